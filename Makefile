@@ -1,0 +1,65 @@
+# mlperf-port: every target runs the project's own Python entry points; nothing is
+# implemented twice here.  Variables: MODEL, DATA_DIR, CHECKPOINT, WORK_DIR, DEVICE, LIMIT.
+
+PYTHON      ?= .venv/bin/python
+MODEL       ?= resnet50
+WORK_DIR    ?= work
+DEVICE      ?= cpu
+DATA_DIR    ?=
+CHECKPOINT  ?=
+LIMIT       ?=
+BATCH_SIZE  ?= 32
+
+# Optional flags, passed only when the variable is set.
+RUN_FLAGS = --model $(MODEL) --work-dir $(WORK_DIR) --device $(DEVICE) --batch-size $(BATCH_SIZE) \
+	$(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+	$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+	$(if $(LIMIT),--limit $(LIMIT))
+
+.PHONY: setup test lint format preprocess convert evaluate run accuracy-ci bench bench-preprocess clean
+
+setup:
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --upgrade pip
+	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	.venv/bin/pip install --quiet torch==2.13.0
+	.venv/bin/pip install --quiet -e '.[dev,loadgen]'
+
+test: lint
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .
+
+# The three stages, each through the same runner as `python -m pipeline.run`.
+preprocess:
+	$(PYTHON) -m pipeline.run $(RUN_FLAGS) --stages preprocess
+
+convert:
+	$(PYTHON) -m pipeline.run $(RUN_FLAGS) --stages convert
+
+evaluate:
+	$(PYTHON) -m pipeline.run $(RUN_FLAGS) --stages evaluate
+
+run:
+	$(PYTHON) -m pipeline.run $(RUN_FLAGS)
+
+# Fixture checkpoints + a generated labelled subset, whole pipeline, both models and
+# backends; fails on any PyTorch/TF disagreement or a change from the committed results.
+accuracy-ci:
+	$(PYTHON) -m pipeline.accuracy_ci --work-dir $(WORK_DIR)/accuracy-ci
+
+bench:
+	$(PYTHON) benchmarks/bench_inference.py --json $(WORK_DIR)/bench/inference.json
+	$(PYTHON) benchmarks/bench_preprocess.py --json $(WORK_DIR)/bench/preprocess.json
+
+bench-preprocess:
+	$(PYTHON) benchmarks/bench_preprocess.py --json $(WORK_DIR)/bench/preprocess.json
+
+clean:
+	rm -rf $(WORK_DIR) .pytest_cache

@@ -1,0 +1,83 @@
+"""What each MLPerf model needs, in one place.
+
+Every stage (preprocess, convert, eval, the runner) looks models up here, so a fact such
+as "label = argmax - 1" or "resnet50 uses INTER_AREA" is written exactly once.
+This module is a leaf: it imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    # Preprocessing (MLPERF_FACTS.md, "Preprocessing").
+    recipe: str  # "vgg" (mean subtraction) or "mobilenet" (scale to [-1, 1])
+    interpolation: str  # "area" or "linear": the cv2.resize flag
+    # Checkpoint.
+    url: str
+    archive_member: str | None  # frozen graph inside a .tgz, or None for a bare .pb
+    checkpoint_filename: str  # the file name the pipeline stores the frozen graph under
+    # TensorFlow tensor names in the frozen graph.
+    input_tensor: str
+    logits_tensor: str
+    probabilities_tensor: str
+    # Classes: 1001 with index 0 = "background", so label = argmax - label_offset.
+    num_classes: int
+    label_offset: int
+    # MLPerf's published accuracy on the 50,000 ImageNet validation images, in percent.
+    reference_top1: float
+
+    def label_from_class_index(self, index):
+        """Map a 1001-way class index (scalar or array) to an ImageNet label 0..999."""
+        return index - self.label_offset
+
+
+# Recipe parameters shared by the models.
+SHORT_SIDE = int(100 * 224 / 87.5)  # 256: MLPerf resizes the short side to this
+CROP_SIZE = 224
+VGG_MEANS_RGB = (123.68, 116.78, 103.94)
+
+RESNET50 = ModelProfile(
+    name="resnet50",
+    recipe="vgg",
+    interpolation="area",
+    url="https://zenodo.org/record/2535873/files/resnet50_v1.pb",
+    archive_member=None,
+    checkpoint_filename="resnet50_v1.pb",
+    input_tensor="input_tensor:0",
+    logits_tensor="resnet_model/final_dense:0",
+    probabilities_tensor="softmax_tensor:0",
+    num_classes=1001,
+    label_offset=1,
+    reference_top1=76.456,
+)
+
+MOBILENET_V1 = ModelProfile(
+    name="mobilenet_v1",
+    recipe="mobilenet",
+    interpolation="linear",
+    url="https://zenodo.org/record/2269307/files/mobilenet_v1_1.0_224.tgz",
+    archive_member="mobilenet_v1_1.0_224_frozen.pb",
+    checkpoint_filename="mobilenet_v1_1.0_224_frozen.pb",
+    input_tensor="input:0",
+    logits_tensor="MobilenetV1/Predictions/Reshape:0",
+    probabilities_tensor="MobilenetV1/Predictions/Reshape_1:0",
+    num_classes=1001,
+    label_offset=1,
+    reference_top1=71.676,
+)
+
+PROFILES: dict[str, ModelProfile] = {p.name: p for p in (RESNET50, MOBILENET_V1)}
+MODEL_NAMES = tuple(PROFILES)
+
+
+def get_profile(name: str) -> ModelProfile:
+    """Return the profile for ``name`` or raise ValueError naming the known models."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        known = ", ".join(MODEL_NAMES)
+        raise ValueError(f"unknown model {name!r}: expected one of {known}") from None
