@@ -1,0 +1,422 @@
+"""Fetch MLPerf's frozen graph for a model: resumable download, integrity record, safe unpack.
+
+``fetch_checkpoint("resnet50", "work/checkpoints")`` returns the path of the frozen ``.pb``.
+The source is the profile's URL unless ``url=`` names another one: ``http(s)://``,
+``file://`` or a plain local path. Where the source is a ``.tgz`` (MobileNet-v1), only the
+frozen graph member is extracted, under ``profile.checkpoint_filename``.
+
+Integrity: every file this module writes into ``dest_dir`` gets a sidecar
+``<file>.sha256.json`` holding its size and sha256; later runs re-hash the file and refuse
+one that changed. A file present and matching its record is used without any network
+access. ``sha256=`` pins the digest of the file the source names (the ``.pb``, or the
+``.tgz`` for an archive).
+
+A local ``.pb`` given as the source is returned as it is (not copied, no sidecar written
+beside it); a local ``.tgz`` is not copied either, only its member is extracted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import posixpath
+import re
+import shutil
+import tarfile
+import zlib
+from pathlib import Path
+from urllib.error import HTTPError, URLError
+from urllib.parse import unquote, urlparse
+from urllib.request import Request, url2pathname, urlopen
+
+from tqdm import tqdm
+
+from pipeline.common import UserError, atomic_path, configure_logging, run_cli, sha256_file
+from pipeline.profiles import MODEL_NAMES, ModelProfile, get_profile
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 30.0  # also bounds each read: a stalled server ends in a resumable error
+CHUNK_SIZE = 1 << 20
+ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+SIDECAR_SUFFIX = ".sha256.json"
+PART_SUFFIX = ".part"
+REJECTED_SUFFIX = ".rejected"
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def fetch_checkpoint(
+    model: str,
+    dest_dir: str | os.PathLike,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Return the path of ``model``'s frozen graph, downloading/extracting it if needed."""
+    try:
+        profile = get_profile(model)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    pin = _normalise_pin(sha256)
+    source = url or profile.url
+    dest_dir = Path(dest_dir)
+    final = dest_dir / profile.checkpoint_filename
+    member = profile.archive_member or profile.checkpoint_filename
+
+    local = _local_path(source)
+    if local is not None:
+        return _fetch_local(local, final, member, pin)
+
+    name = _download_name(source, profile)
+    if not _is_archive(name):
+        if final.exists():
+            _verify_or_record(final, pin, source=source)
+            return final
+        _download(source, final, pin, quiet=quiet)
+        _record(final, source=source)
+        return final
+
+    archive = dest_dir / name
+    if final.exists() and _extracted_is_current(final, archive, pin):
+        return final
+    if archive.exists():
+        archive_sha = _verify_or_record(archive, pin, source=source)
+    else:
+        _download(source, archive, pin, quiet=quiet)
+        archive_sha = _record(archive, source=source)
+    return _extract(archive, archive_sha, member, final)
+
+
+# ---------------------------------------------------------------- sources and names
+
+
+def _normalise_pin(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    pin = sha256.strip().lower()
+    if not _SHA256_RE.match(pin):
+        raise UserError(f"--sha256 must be 64 hexadecimal characters, got {sha256!r}")
+    return pin
+
+
+def _local_path(source: str) -> Path | None:
+    """The local file a ``file://`` URL or plain path names; None for a network URL."""
+    parsed = urlparse(source)
+    if parsed.scheme == "file":
+        return Path(url2pathname(unquote(parsed.path)))
+    if parsed.scheme in ("http", "https"):
+        return None
+    if len(parsed.scheme) > 1:  # a one-letter "scheme" is a Windows drive letter
+        raise UserError(
+            f"cannot fetch {source!r}: expected an http(s):// or file:// URL or a local path"
+        )
+    return Path(source)
+
+
+def _download_name(url: str, profile: ModelProfile) -> str:
+    name = posixpath.basename(unquote(urlparse(url).path))
+    return name or posixpath.basename(urlparse(profile.url).path)
+
+
+def _is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _fetch_local(local: Path, final: Path, member: str, pin: str | None) -> Path:
+    if not local.is_file():
+        raise UserError(f"checkpoint file {local} does not exist")
+    digest = sha256_file(local) if pin or _is_archive(local.name) else None
+    if pin and digest != pin:
+        raise UserError(
+            f"{local} has sha256 {digest} but --sha256 expects {pin}: check that it is the "
+            "right file"
+        )
+    if not _is_archive(local.name):
+        return local
+    if final.exists() and _extracted_is_current(final, local, pin, archive_sha=digest):
+        return final
+    return _extract(local, digest, member, final)
+
+
+# ---------------------------------------------------------------- integrity records
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def _read_record(path: Path) -> dict | None:
+    sidecar = _sidecar(path)
+    if not sidecar.exists():
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+        int(record["size"]), str(record["sha256"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(
+            f"integrity record {sidecar} is unreadable ({err}); delete it and {path.name} "
+            "and rerun to fetch the file again"
+        ) from None
+    return record
+
+
+def _record(path: Path, *, source: str, digest: str | None = None, **extra) -> str:
+    """Write ``path``'s sidecar (size, sha256, source) and return the digest."""
+    digest = digest or sha256_file(path)
+    record = {"file": path.name, "size": path.stat().st_size, "sha256": digest, "source": source}
+    record.update(extra)
+    with atomic_path(_sidecar(path)) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return digest
+
+
+def _check_against_record(path: Path, record: dict, digest: str) -> None:
+    size = path.stat().st_size
+    if size != record["size"] or digest != record["sha256"]:
+        raise UserError(
+            f"{path} changed on disk since it was fetched ({size} bytes, sha256 {digest}; "
+            f"recorded {record['size']} bytes, sha256 {record['sha256']}): delete it and "
+            f"{_sidecar(path).name} and rerun to fetch it again"
+        )
+
+
+def _reject(path: Path, digest: str, pin: str) -> UserError:
+    """Move a file whose digest is not the pinned one aside, so nothing later trusts it."""
+    rejected = path.with_name(path.name + REJECTED_SUFFIX)
+    os.replace(path, rejected)
+    _sidecar(path).unlink(missing_ok=True)
+    return UserError(
+        f"{path} has sha256 {digest} but --sha256 expects {pin}; moved it to {rejected}: "
+        "check the URL and the pinned digest, then rerun"
+    )
+
+
+def _verify_or_record(path: Path, pin: str | None, *, source: str) -> str:
+    """Check a file already in dest_dir against its record and the pin; record it if new."""
+    digest = sha256_file(path)
+    record = _read_record(path)
+    if record is not None:
+        _check_against_record(path, record, digest)
+    if pin and digest != pin:
+        raise _reject(path, digest, pin)
+    if record is None:
+        logger.info("recording the sha256 of %s, found without an integrity record", path)
+        _record(path, source=source, digest=digest)
+    return digest
+
+
+def _extracted_is_current(
+    final: Path, archive: Path, pin: str | None, archive_sha: str | None = None
+) -> bool:
+    """Whether ``final`` was extracted from this archive (or the pinned one) and is intact.
+
+    Without the archive on disk, the digest recorded at extraction time stands in for it,
+    so a present graph needs no network access.
+    """
+    record = _read_record(final)
+    if record is None:
+        if pin or archive.exists():
+            return False  # re-extract: it is cheap and makes the provenance known
+        _verify_or_record(final, None, source="found in place")
+        return True
+    recorded_archive = record.get("archive_sha256")
+    if pin and recorded_archive != pin:
+        return False
+    if archive_sha is None and archive.exists():
+        archive_record = _read_record(archive)
+        archive_sha = archive_record["sha256"] if archive_record else sha256_file(archive)
+    if archive_sha is not None and recorded_archive != archive_sha:
+        return False
+    _check_against_record(final, record, sha256_file(final))
+    return True
+
+
+# ---------------------------------------------------------------- download
+
+
+def _download(url: str, dest: Path, pin: str | None, *, quiet: bool) -> None:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming a previous partial file."""
+    part = dest.with_name(dest.name + PART_SUFFIX)
+    for _attempt in range(2):
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": "mlperf-port"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        try:
+            response = urlopen(Request(url, headers=headers), timeout=CONNECT_TIMEOUT_S)
+        except HTTPError as err:
+            err.close()
+            if err.code == 416 and offset:
+                # The partial file does not fit what the server has now: start over.
+                logger.warning("server refused to resume %s; downloading it again", url)
+                part.unlink()
+                continue
+            raise _unreachable(url, dest, f"HTTP {err.code} {err.reason}") from None
+        except (URLError, OSError, http.client.HTTPException) as err:
+            reason = getattr(err, "reason", None) or err
+            raise _unreachable(url, dest, str(reason)) from None
+        with response:
+            start, total = _response_span(response, offset)
+            if start is None:
+                # A 206 for some other range than the one asked for: start over.
+                part.unlink()
+                continue
+            if start == 0 and offset:
+                logger.info("server ignored the resume request for %s; starting over", url)
+            _stream(response, part, start, total, url, quiet=quiet)
+        break
+    else:
+        raise UserError(f"could not resume the download of {url}: delete {part} and rerun")
+
+    if pin:
+        digest = sha256_file(part)
+        if digest != pin:
+            part.unlink()
+            raise UserError(
+                f"the file downloaded from {url} has sha256 {digest} but --sha256 expects "
+                f"{pin}; it was deleted: check the URL and the pinned digest"
+            )
+    os.replace(part, dest)
+    logger.info("downloaded %s to %s", url, dest)
+
+
+def _response_span(response, offset: int) -> tuple[int | None, int | None]:
+    """Where the response body starts in the file, and the file's total size if known."""
+    length = response.headers.get("Content-Length")
+    length = int(length) if length is not None and length.isdigit() else None
+    if response.status != 206:
+        return 0, length  # a full body, whether or not a range was asked for
+    match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", ""))
+    if not match or int(match.group(1)) != offset:
+        return None, None
+    total = match.group(3)
+    if total != "*":
+        return offset, int(total)
+    return offset, offset + length if length is not None else None
+
+
+def _stream(response, part: Path, start: int, total: int | None, url: str, *, quiet: bool):
+    part.parent.mkdir(parents=True, exist_ok=True)
+    received = start
+    bar = tqdm(
+        total=total,
+        initial=start,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=part.name.removesuffix(PART_SUFFIX),
+        disable=quiet,
+        leave=False,
+    )
+    try:
+        with open(part, "r+b" if start else "wb") as out:
+            out.seek(start)
+            out.truncate()
+            while chunk := response.read(CHUNK_SIZE):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    except (OSError, http.client.HTTPException) as err:
+        raise _interrupted(url, part, received, total, str(err)) from None
+    finally:
+        bar.close()
+    if total is not None and received != total:
+        raise _interrupted(url, part, received, total, "the connection closed early")
+
+
+def _interrupted(url: str, part: Path, received: int, total: int | None, why: str) -> UserError:
+    of_total = f" of {total}" if total is not None else ""
+    return UserError(
+        f"the download of {url} is truncated at {received}{of_total} bytes ({why}); "
+        f"rerun the same command to resume from {part}"
+    )
+
+
+def _unreachable(url: str, dest: Path, reason: str) -> UserError:
+    return UserError(
+        f"could not download {url} ({reason}): download it yourself and save it as {dest}, "
+        "or pass --checkpoint PATH to use a frozen graph you already have"
+    )
+
+
+# ---------------------------------------------------------------- archives
+
+
+def _extract(archive: Path, archive_sha: str | None, member: str, final: Path) -> Path:
+    """Extract only ``member`` (stored as ``name`` or ``./name``) from ``archive`` to ``final``."""
+    corrupt = (
+        f"{archive} is not a readable .tgz archive (corrupt or truncated); delete it and "
+        "rerun to fetch it again"
+    )
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            found = _find_member(tar, member, archive)
+            source = tar.extractfile(found)
+            if source is None:
+                raise UserError(f"member {found.name!r} of {archive} is not a regular file")
+            with source, atomic_path(final) as tmp:
+                with open(tmp, "wb") as out:
+                    shutil.copyfileobj(source, out, CHUNK_SIZE)
+                if tmp.stat().st_size != found.size:
+                    raise UserError(corrupt)
+                tmp.chmod(0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        logger.debug("reading %s failed: %s", archive, err)
+        raise UserError(corrupt) from None
+    _record(
+        final,
+        source=f"{archive}:{found.name}",
+        archive_sha256=archive_sha,
+        member=found.name,
+    )
+    logger.info("extracted %s from %s", final.name, archive)
+    return final
+
+
+def _find_member(tar: tarfile.TarFile, member: str, archive: Path) -> tarfile.TarInfo:
+    names = []
+    for info in tar:
+        name = posixpath.normpath(info.name)
+        if name == member:
+            if not info.isfile():
+                raise UserError(f"member {info.name!r} of {archive} is not a regular file")
+            return info
+        if posixpath.basename(name) == member:
+            # Same file name somewhere else: refuse paths that leave the archive's folder.
+            if name.startswith(("/", "../")) or name == "..":
+                raise UserError(
+                    f"refusing member {info.name!r} of {archive}: its path leaves the archive"
+                )
+        names.append(info.name)
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    raise UserError(f"{archive} holds no member {member!r} (it holds: {shown or 'nothing'})")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.fetch",
+        description="Fetch MLPerf's frozen graph for a model and print its path.",
+    )
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
+    parser.add_argument("--dest", required=True, help="folder to keep the checkpoint in")
+    parser.add_argument("--url", help="http(s)://, file:// URL or local path (default: MLPerf's)")
+    parser.add_argument("--sha256", help="expected sha256 of the file the URL names")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    args = parser.parse_args(argv)
+    configure_logging(args.quiet)
+    path = fetch_checkpoint(
+        args.model, args.dest, url=args.url, sha256=args.sha256, quiet=args.quiet
+    )
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

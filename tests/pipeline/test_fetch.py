@@ -1,0 +1,326 @@
+"""pipeline.fetch against a local HTTP server: resume, truncation, digests, archives, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import socket
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pipeline.common import UserError, run_cli, sha256_file
+from pipeline.fetch import fetch_checkpoint, main
+
+PB_NAME = "resnet50_v1.pb"
+TGZ_NAME = "mobilenet_v1_1.0_224.tgz"
+MEMBER = "mobilenet_v1_1.0_224_frozen.pb"
+
+
+def _payload(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)  # incompressible, so truncation bites
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves ``server.files``; ``server.mode`` selects a misbehaviour for the next requests."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        server = self.server
+        body = server.files.get(self.path.lstrip("/"))
+        range_header = self.headers.get("Range")
+        entry = {"path": self.path, "range": range_header, "sent": 0}
+        server.requests.append(entry)
+        if body is None or server.mode == "404":
+            self.send_error(404, "Not Found")
+            return
+        start = 0
+        if range_header and server.mode != "ignore_range":
+            start = int(range_header.removeprefix("bytes=").split("-")[0])
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        chunk = body[start:]
+        self.send_header("Content-Length", str(len(chunk)))
+        self.end_headers()
+        if server.mode == "truncate":
+            chunk = chunk[: server.cut_at]
+            self.close_connection = True
+        self.wfile.write(chunk)
+        entry["sent"] = len(chunk)
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.files, httpd.requests, httpd.mode, httpd.cut_at = {}, [], "normal", 0
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def _tgz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _sidecar(path: Path) -> dict:
+    return json.loads(path.with_name(path.name + ".sha256.json").read_text())
+
+
+def test_full_download_records_digest_and_then_needs_no_network(server, tmp_path):
+    payload = _payload(300_000, seed=1)
+    server.files[PB_NAME] = payload
+    url = f"{server.url}/{PB_NAME}"
+
+    path = fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
+
+    assert path == tmp_path / PB_NAME
+    assert path.read_bytes() == payload
+    record = _sidecar(path)
+    assert record["size"] == len(payload)
+    assert record["sha256"] == sha256_file(path)
+    assert not (tmp_path / (PB_NAME + ".part")).exists()
+    assert len(server.requests) == 1 and server.requests[0]["range"] is None
+
+    server.mode = "404"  # a second run must not even ask
+    assert fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True) == path
+    assert len(server.requests) == 1
+
+
+def test_resume_requests_only_the_remaining_bytes(server, tmp_path):
+    payload = _payload(200_000, seed=2)
+    server.files[PB_NAME] = payload
+    (tmp_path / (PB_NAME + ".part")).write_bytes(payload[:123_456])
+
+    path = fetch_checkpoint("resnet50", tmp_path, url=f"{server.url}/{PB_NAME}", quiet=True)
+
+    assert path.read_bytes() == payload
+    assert [(r["range"], r["sent"]) for r in server.requests] == [
+        ("bytes=123456-", len(payload) - 123_456)
+    ]
+
+
+def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
+    payload = _payload(100_000, seed=3)
+    server.files[PB_NAME] = payload
+    server.mode = "ignore_range"
+    # A stale partial file with wrong bytes: the full body must replace it, not extend it.
+    (tmp_path / (PB_NAME + ".part")).write_bytes(b"x" * 40_000)
+
+    path = fetch_checkpoint("resnet50", tmp_path, url=f"{server.url}/{PB_NAME}", quiet=True)
+
+    assert path.read_bytes() == payload
+    assert server.requests[0]["range"] == "bytes=40000-"
+
+
+def test_truncated_download_is_an_error_then_resumes(server, tmp_path):
+    payload = _payload(250_000, seed=4)
+    server.files[PB_NAME] = payload
+    server.mode, server.cut_at = "truncate", 100_000
+    url = f"{server.url}/{PB_NAME}"
+
+    with pytest.raises(UserError, match=r"truncated at 100000 of 250000 bytes.*resume"):
+        fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
+    part = tmp_path / (PB_NAME + ".part")
+    assert part.stat().st_size == 100_000
+    assert not (tmp_path / PB_NAME).exists()
+
+    server.mode = "normal"
+    path = fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
+    assert path.read_bytes() == payload
+    assert server.requests[-1]["range"] == "bytes=100000-"
+    assert server.requests[-1]["sent"] == 150_000
+
+
+def test_sha256_pin_mismatch_names_both_digests_and_keeps_nothing(server, tmp_path):
+    payload = _payload(50_000, seed=5)
+    server.files[PB_NAME] = payload
+    wrong = "0" * 64
+    actual = sha256_file_bytes(payload)
+
+    with pytest.raises(UserError) as err:
+        fetch_checkpoint(
+            "resnet50", tmp_path, url=f"{server.url}/{PB_NAME}", sha256=wrong, quiet=True
+        )
+    assert actual in str(err.value) and wrong in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sha256_pin_match_and_malformed_pin(server, tmp_path):
+    payload = _payload(50_000, seed=6)
+    server.files[PB_NAME] = payload
+    url = f"{server.url}/{PB_NAME}"
+    digest = sha256_file_bytes(payload)
+    path = fetch_checkpoint("resnet50", tmp_path, url=url, sha256=digest.upper(), quiet=True)
+    assert path.read_bytes() == payload
+    with pytest.raises(UserError, match="64 hexadecimal"):
+        fetch_checkpoint("resnet50", tmp_path, url=url, sha256="abc", quiet=True)
+
+
+def test_pin_mismatch_on_present_file_moves_it_aside(server, tmp_path):
+    payload = _payload(40_000, seed=7)
+    server.files[PB_NAME] = payload
+    url = f"{server.url}/{PB_NAME}"
+    path = fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
+
+    with pytest.raises(UserError, match="moved it to"):
+        fetch_checkpoint("resnet50", tmp_path, url=url, sha256="1" * 64, quiet=True)
+    assert not path.exists()
+    assert (tmp_path / (PB_NAME + ".rejected")).read_bytes() == payload
+
+
+def test_file_changed_on_disk_is_reported(server, tmp_path):
+    payload = _payload(60_000, seed=8)
+    server.files[PB_NAME] = payload
+    url = f"{server.url}/{PB_NAME}"
+    path = fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
+    corrupted = bytearray(payload)
+    corrupted[1000] ^= 0xFF
+    path.write_bytes(bytes(corrupted))
+
+    with pytest.raises(UserError, match=r"changed on disk since it was fetched.*delete it"):
+        fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
+    assert len(server.requests) == 1
+
+
+def test_http_404_and_unreachable_host_say_what_to_download_and_where(server, tmp_path):
+    server.mode = "404"
+    url = f"{server.url}/{PB_NAME}"
+    with pytest.raises(UserError) as err:
+        fetch_checkpoint("resnet50", tmp_path / "ckpt", url=url, quiet=True)
+    message = str(err.value)
+    assert "HTTP 404" in message and url in message
+    assert str(tmp_path / "ckpt" / PB_NAME) in message and "--checkpoint PATH" in message
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{closed_port}/{TGZ_NAME}"
+    with pytest.raises(UserError) as err:
+        fetch_checkpoint("mobilenet_v1", tmp_path / "ckpt", url=url, quiet=True)
+    message = str(err.value)
+    assert url in message and str(tmp_path / "ckpt" / TGZ_NAME) in message
+    assert not (tmp_path / "ckpt").exists() or list((tmp_path / "ckpt").iterdir()) == []
+
+
+@pytest.mark.parametrize("member_name", [f"./{MEMBER}", MEMBER])
+def test_tgz_extracts_only_the_frozen_graph(server, tmp_path, member_name):
+    graph = _payload(30_000, seed=9)
+    archive = _tgz(
+        {
+            "./mobilenet_v1_1.0_224.ckpt.data-00000-of-00001": b"ckpt",
+            "./mobilenet_v1_1.0_224.tflite": b"tflite",
+            "./other_frozen.pb": b"decoy",
+            member_name: graph,
+            "./mobilenet_v1_1.0_224_info.txt": b"info",
+        }
+    )
+    server.files[TGZ_NAME] = archive
+    url = f"{server.url}/{TGZ_NAME}"
+
+    path = fetch_checkpoint("mobilenet_v1", tmp_path, url=url, quiet=True)
+
+    assert path == tmp_path / MEMBER
+    assert path.read_bytes() == graph
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [MEMBER, MEMBER + ".sha256.json", TGZ_NAME, TGZ_NAME + ".sha256.json"]
+    )
+    assert _sidecar(path)["archive_sha256"] == sha256_file_bytes(archive)
+
+    # Present and verified: no network, even with the archive gone.
+    (tmp_path / TGZ_NAME).unlink()
+    server.mode = "404"
+    assert fetch_checkpoint("mobilenet_v1", tmp_path, url=url, quiet=True) == path
+    assert len(server.requests) == 1
+
+
+def test_tgz_member_with_path_traversal_is_refused(tmp_path):
+    archive = tmp_path / "src" / TGZ_NAME
+    archive.parent.mkdir()
+    archive.write_bytes(_tgz({"./readme": b"r", f"../{MEMBER}": b"evil"}))
+    with pytest.raises(UserError, match="leaves the archive"):
+        fetch_checkpoint("mobilenet_v1", tmp_path / "ckpt", url=str(archive), quiet=True)
+    assert not (tmp_path / MEMBER).exists()
+    assert not (tmp_path / "ckpt" / MEMBER).exists()
+
+
+def test_corrupt_archives_are_one_sentence(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    not_gzip = src / "not_gzip.tgz"
+    not_gzip.write_bytes(b"this is not a gzip file at all" * 10)
+    good = _tgz({f"./{MEMBER}": _payload(200_000, seed=10)})
+    truncated = src / "truncated.tgz"
+    truncated.write_bytes(good[: len(good) // 2])
+    missing = src / "missing.tgz"
+    missing.write_bytes(_tgz({"./mobilenet_v1_1.0_224.tflite": b"t"}))
+
+    for bad in (not_gzip, truncated):
+        with pytest.raises(UserError, match="corrupt or truncated"):
+            fetch_checkpoint("mobilenet_v1", tmp_path / "ckpt", url=str(bad), quiet=True)
+        assert not (tmp_path / "ckpt" / MEMBER).exists()
+    with pytest.raises(UserError, match=r"holds no member 'mobilenet_v1_1.0_224_frozen.pb'"):
+        fetch_checkpoint("mobilenet_v1", tmp_path / "ckpt", url=str(missing), quiet=True)
+    leftovers = list((tmp_path / "ckpt").iterdir()) if (tmp_path / "ckpt").exists() else []
+    assert leftovers == []
+
+
+def test_file_url_and_local_pb(tmp_path):
+    graph = _payload(10_000, seed=11)
+    local_pb = tmp_path / "mine.pb"
+    local_pb.write_bytes(graph)
+    # A local .pb is used where it is, not copied.
+    assert fetch_checkpoint("resnet50", tmp_path / "ckpt", url=local_pb.as_uri()) == local_pb
+    assert not (tmp_path / "ckpt").exists()
+
+    archive = tmp_path / TGZ_NAME
+    archive.write_bytes(_tgz({f"./{MEMBER}": graph}))
+    path = fetch_checkpoint("mobilenet_v1", tmp_path / "ckpt", url=archive.as_uri())
+    assert path == tmp_path / "ckpt" / MEMBER and path.read_bytes() == graph
+
+    with pytest.raises(UserError, match="does not exist"):
+        fetch_checkpoint("resnet50", tmp_path, url=(tmp_path / "absent.pb").as_uri())
+
+
+def test_cli_prints_path_and_reports_errors(tmp_path, capsys):
+    local_pb = tmp_path / "g.pb"
+    local_pb.write_bytes(b"graph")
+    argv = ["--model", "resnet50", "--dest", str(tmp_path / "d"), "--url", str(local_pb)]
+    assert run_cli(main, argv + ["--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(local_pb)
+
+    assert run_cli(main, argv + ["--sha256", "2" * 64, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "2" * 64 in err and err.count("\n") == 1
+
+
+def sha256_file_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
