@@ -1,0 +1,168 @@
+"""Score a LoadGen accuracy log the way MLPerf's ImageNet accuracy tool does.
+
+``mlperf_log_accuracy.json`` is a JSON list of ``{"seq_id", "qsl_idx", "data"}`` entries,
+``data`` being the hex of the SUT's response bytes. For ImageNet the response is the
+predicted label (argmax - offset) as one little-endian float32; it is right when it equals
+the label of line ``qsl_idx`` of ``val_map.txt``. A sample answered twice counts once (the
+first answer), so ``total`` is the number of distinct ``qsl_idx``.
+
+Standalone::
+
+    python -m eval.accuracy_imagenet --mlperf-accuracy-file out/mlperf_log_accuracy.json \\
+        --val-map imagenet/val_map.txt        # or: --cache work/cache/resnet50
+
+This module needs only numpy: it does not import LoadGen, torch or the other eval modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.common import UserError, configure_logging, run_cli
+
+log = logging.getLogger(__name__)
+
+# Response encodings the reference tool accepts (``--dtype``); ImageNet uses float32.
+RESPONSE_DTYPES = {"float32": "<f4", "int32": "<i4", "int64": "<i8"}
+
+
+@dataclass(frozen=True)
+class AccuracyScore:
+    good: int
+    total: int
+
+    @property
+    def top1(self) -> float:
+        """Top-1 accuracy in percent (0 when nothing was scored)."""
+        return 100.0 * self.good / self.total if self.total else 0.0
+
+    def line(self) -> str:
+        """The reference tool's result line, e.g. ``accuracy=74.000%, good=37, total=50``."""
+        return f"accuracy={self.top1:.3f}%, good={self.good}, total={self.total}"
+
+
+def read_accuracy_log(path: str | os.PathLike) -> list[dict]:
+    """Load ``mlperf_log_accuracy.json`` as a list of entries, checking its shape."""
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"the LoadGen accuracy log {path} does not exist") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the LoadGen accuracy log {path}: {err}") from None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and "qsl_idx" in e and "data" in e for e in entries
+    ):
+        raise UserError(
+            f"{path} is not a LoadGen accuracy log (expected a JSON list of "
+            '{"seq_id", "qsl_idx", "data"} entries)'
+        )
+    return entries
+
+
+def decode_response(hex_data: str, dtype: str = "float32") -> np.ndarray:
+    """Decode one entry's ``data`` (hex of the response bytes) into an array."""
+    return np.frombuffer(bytes.fromhex(hex_data), dtype=RESPONSE_DTYPES[dtype])
+
+
+def score_entries(entries: list[dict], labels: np.ndarray, dtype: str = "float32") -> AccuracyScore:
+    """Count right predictions: ``data[0] == labels[qsl_idx]``, first answer per sample."""
+    labels = np.asarray(labels)
+    seen: set[int] = set()
+    good = 0
+    for entry in entries:
+        idx = int(entry["qsl_idx"])
+        if idx in seen:
+            continue
+        if not 0 <= idx < len(labels):
+            raise UserError(
+                f"the accuracy log names sample {idx} but the labels cover only "
+                f"{len(labels)} images: the log and the labels are from different data sets"
+            )
+        seen.add(idx)
+        try:
+            data = decode_response(entry["data"], dtype)
+        except ValueError:
+            raise UserError(f"sample {idx} has data that is not valid hex") from None
+        if data.size == 0:
+            raise UserError(
+                f"sample {idx} has an empty response in the accuracy log: the run that "
+                "wrote it failed"
+            )
+        if data[0] == labels[idx]:
+            good += 1
+    return AccuracyScore(good=good, total=len(seen))
+
+
+def score_accuracy_log(
+    path: str | os.PathLike, labels: np.ndarray, dtype: str = "float32"
+) -> AccuracyScore:
+    """Read and score an ``mlperf_log_accuracy.json`` against labels indexed by qsl_idx."""
+    return score_entries(read_accuracy_log(path), labels, dtype)
+
+
+def labels_from_val_map(path: str | os.PathLike) -> np.ndarray:
+    """Labels from an MLPerf ``val_map.txt``: one ``relative/path label`` line per image."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"the val map {path} does not exist") from None
+    labels = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(None, 1)
+        try:
+            labels.append(int(parts[1]))
+        except (IndexError, ValueError):
+            raise UserError(f"{path} line {number} is not 'path label': {line!r}") from None
+    return np.asarray(labels, dtype=np.int64)
+
+
+def labels_from_cache(path: str | os.PathLike) -> np.ndarray:
+    """Labels from a preprocessed cache: the folder's ``labels.npy`` (or that file itself)."""
+    path = Path(path)
+    labels_path = path / "labels.npy" if path.is_dir() else path
+    try:
+        return np.load(labels_path, mmap_mode="r")
+    except FileNotFoundError:
+        raise UserError(f"no labels found: {labels_path} does not exist") from None
+    except ValueError as err:
+        raise UserError(f"cannot read labels from {labels_path}: {err}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.accuracy_imagenet",
+        description="Score a LoadGen mlperf_log_accuracy.json like MLPerf's ImageNet tool.",
+    )
+    parser.add_argument("--mlperf-accuracy-file", required=True, type=Path)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--val-map", type=Path, help="MLPerf val_map.txt (labels by line)")
+    source.add_argument("--cache", type=Path, help="preprocessed cache folder (its labels.npy)")
+    parser.add_argument("--dtype", choices=sorted(RESPONSE_DTYPES), default="float32")
+    parser.add_argument("--quiet", action="store_true", help="only print the result line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.quiet)
+    labels = labels_from_val_map(args.val_map) if args.val_map else labels_from_cache(args.cache)
+    score = score_accuracy_log(args.mlperf_accuracy_file, labels, args.dtype)
+    if score.total < len(labels):
+        log.info("the log covers %d of %d labelled images", score.total, len(labels))
+    print(score.line())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,396 @@
+"""MLPerf LoadGen runs over the preprocessed uint8 cache.
+
+LoadGen (``mlperf_loadgen``) drives a system under test (SUT) through a query sample
+library (QSL). Here the QSL is the memory-mapped cache, so loading samples is a no-op, and
+the SUT answers every sample with its predicted ImageNet label as one little-endian float32,
+as MLPerf's reference does. Accuracy runs are then scored with ``eval.accuracy_imagenet``;
+performance runs are summarised from LoadGen's detail log.
+
+LoadGen writes its logs into a temporary folder beside ``out_dir``; they are moved into
+``out_dir`` only after a successful run, with ``accuracy.txt`` and ``loadgen_result.json``
+last, so those two never describe a run that failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from eval.accuracy_imagenet import score_accuracy_log
+from pipeline.common import UserError
+
+log = logging.getLogger(__name__)
+
+MODES = ("accuracy", "performance")
+SCENARIOS = ("Offline", "SingleStream")
+ACCURACY_LOG = "mlperf_log_accuracy.json"
+SUMMARY_LOG = "mlperf_log_summary.txt"
+DETAIL_LOG = "mlperf_log_detail.txt"
+TRACE_LOG = "mlperf_log_trace.json"
+ACCURACY_TXT = "accuracy.txt"
+RESULT_JSON = "loadgen_result.json"
+# Files that describe a finished run: removed before a run, written last after it.
+MARKER_FILES = (ACCURACY_TXT, RESULT_JSON)
+# MLPerf's ImageNet performance sample count (mlperf.conf): how many samples stay loaded.
+DEFAULT_PERFORMANCE_SAMPLE_COUNT = 1024
+LATENCY_PERCENTILES = {
+    "50.00": "p50",
+    "90.00": "p90",
+    "95.00": "p95",
+    "97.00": "p97",
+    "99.00": "p99",
+    "99.90": "p99.9",
+}
+# The Python SUT's own per-sample bookkeeping (gather, response objects) tops out near this
+# rate on a CPU; a faster predict_labels must not make the one Offline query huge.
+MAX_ESTIMATED_SAMPLES_PER_SECOND = 50_000.0
+
+PredictLabels = Callable[[np.ndarray], Any]
+
+
+@dataclass
+class LoadgenResult:
+    """What one LoadGen run measured; accuracy fields in accuracy mode, the rest otherwise."""
+
+    mode: str
+    scenario: str
+    out_dir: Path
+    num_samples: int  # images in the QSL
+    loadgen_errors: list[str] = field(default_factory=list)  # errors LoadGen itself logged
+    # Accuracy mode.
+    accuracy_line: str | None = None  # "accuracy=XX.XXX%, good=N, total=M"
+    top1: float | None = None  # percent, like MLPerf's published numbers
+    good: int | None = None
+    total: int | None = None
+    # Performance mode.
+    samples_per_second: float | None = None
+    query_count: int | None = None
+    latency_ns: dict[str, int] = field(default_factory=dict)  # "p50", "p90", ..., "mean"
+    valid: bool | None = None  # LoadGen's own VALID/INVALID verdict
+    invalid_reasons: list[str] = field(default_factory=list)
+
+    def summary_line(self) -> str:
+        head = f"LoadGen {self.scenario} {self.mode}"
+        if self.mode == "accuracy":
+            return f"{head}: {self.accuracy_line}"
+        latencies = ", ".join(
+            f"{name} {self.latency_ns[name] / 1e6:.2f} ms"
+            for name in ("p50", "p90", "p99")
+            if name in self.latency_ns
+        )
+        verdict = "VALID" if self.valid else "INVALID"
+        if not self.valid and self.invalid_reasons:
+            verdict += f" ({'; '.join(self.invalid_reasons)})"
+        return f"{head}: {self.samples_per_second:.1f} samples/s, {latencies}; result {verdict}"
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["out_dir"] = str(self.out_dir)
+        return data
+
+
+def _import_loadgen():
+    try:
+        import mlperf_loadgen
+    except ImportError:
+        raise UserError(
+            "MLPerf LoadGen is not installed: pip install mlcommons-loadgen "
+            "(or the project's [loadgen] extra)"
+        ) from None
+    return mlperf_loadgen
+
+
+class _CacheSUT:
+    """Answers LoadGen queries from the cache with predict_labels, one float32 per sample.
+
+    LoadGen calls ``issue_queries`` on its own thread, through C++: an exception escaping
+    it would abort the process. So any failure is recorded, every outstanding sample is
+    answered with an empty response (LoadGen then finishes instead of waiting forever),
+    and ``run_loadgen`` re-raises the recorded exception after the test.
+    """
+
+    def __init__(self, lg, images, predict_labels: PredictLabels, batch_size: int, bar: tqdm):
+        self.lg = lg
+        self.images = images
+        self.predict_labels = predict_labels
+        self.batch_size = batch_size
+        self.bar = bar
+        self.error: BaseException | None = None
+
+    def issue_queries(self, queries: Sequence) -> None:
+        done = 0
+        try:
+            if self.error is None:
+                for start in range(0, len(queries), self.batch_size):
+                    batch = queries[start : start + self.batch_size]
+                    self._answer(batch)
+                    done = start + len(batch)
+        except BaseException as err:  # noqa: B036 - must never escape into LoadGen's C++ thread
+            self.error = err
+        if done < len(queries):
+            # Empty answers close the queries; the run's result is discarded afterwards.
+            self.lg.QuerySamplesComplete(
+                [self.lg.QuerySampleResponse(q.id, 0, 0) for q in queries[done:]]
+            )
+
+    def _answer(self, queries: Sequence) -> None:
+        indices = np.fromiter((q.index for q in queries), dtype=np.int64, count=len(queries))
+        batch = np.ascontiguousarray(self.images[indices])
+        predicted = np.asarray(self.predict_labels(batch)).reshape(-1)
+        if predicted.shape[0] != len(queries):
+            raise ValueError(
+                f"predict_labels returned {predicted.shape[0]} labels "
+                f"for a batch of {len(queries)} images"
+            )
+        # One little-endian float32 per sample, as MLPerf's reference answers ImageNet queries.
+        # `answers` must stay alive until QuerySamplesComplete returns: LoadGen reads from it.
+        answers = np.ascontiguousarray(predicted, dtype="<f4")
+        base, item = answers.ctypes.data, answers.itemsize
+        responses = [
+            self.lg.QuerySampleResponse(q.id, base + i * item, item) for i, q in enumerate(queries)
+        ]
+        self.lg.QuerySamplesComplete(responses)
+        del answers
+        self.bar.update(len(queries))
+
+    def flush_queries(self) -> None:
+        pass
+
+
+def estimate_samples_per_second(
+    images, predict_labels: PredictLabels, batch_size: int, repeats: int = 2
+) -> float:
+    """Time gathering and predicting one batch (after a warm-up call) to size an Offline query.
+
+    Capped at MAX_ESTIMATED_SAMPLES_PER_SECOND, which the SUT's own overhead cannot exceed.
+    """
+    count = min(batch_size, len(images))
+    predict_labels(np.ascontiguousarray(images[:count]))  # warm-up: allocation, thread pools
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predict_labels(np.ascontiguousarray(images[np.arange(count)]))
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    return min(repeats * count / elapsed, MAX_ESTIMATED_SAMPLES_PER_SECOND)
+
+
+def _parse_detail_log(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """mlperf_log_detail.txt's ``:::MLLOG {json}`` lines: key -> value, and error messages."""
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    with open(path) as f:
+        for line in f:
+            if not line.startswith(":::MLLOG "):
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line[len(":::MLLOG ") :])
+                values[entry["key"]] = entry["value"]
+                if entry.get("metadata", {}).get("is_error"):
+                    errors.append(str(entry["value"]))
+    return values, errors
+
+
+def _performance_fields(detail: dict[str, Any], scenario: str) -> dict[str, Any]:
+    """samples/s, latencies and LoadGen's VALID/INVALID verdict from the detail log."""
+    if "result_validity" not in detail:
+        raise UserError("LoadGen wrote no performance result: its detail log has no verdict")
+    if scenario == "Offline":
+        samples_per_second = float(detail["result_samples_per_second"])
+    else:  # SingleStream: one sample per query
+        samples_per_second = float(detail["result_qps_with_loadgen_overhead"])
+    latency_ns = {
+        name: int(value)
+        for pct, name in LATENCY_PERCENTILES.items()
+        if (value := detail.get(f"result_{pct}_percentile_latency_ns")) is not None
+    }
+    for name in ("min", "max", "mean"):
+        if (value := detail.get(f"result_{name}_latency_ns")) is not None:
+            latency_ns[name] = int(value)
+    reasons = []
+    if detail.get("result_min_duration_met") is False:
+        reasons.append("min duration not met")
+    if detail.get("result_min_queries_met") is False:
+        reasons.append("min query count not met")
+    if detail.get("early_stopping_met") is False:
+        reasons.append("early stopping criterion not met")
+    if hint := str(detail.get("result_invalid_reason", "")).strip():
+        reasons.append(hint)
+    return {
+        "samples_per_second": samples_per_second,
+        "query_count": int(detail.get("result_query_count", 0)),
+        "latency_ns": latency_ns,
+        "valid": detail["result_validity"] == "VALID",
+        "invalid_reasons": reasons,
+    }
+
+
+def _test_settings(
+    lg,
+    mode: str,
+    scenario: str,
+    min_duration_s: float,
+    min_query_count: int,
+    target_qps: float | None,
+):
+    settings = lg.TestSettings()
+    settings.scenario = getattr(lg.TestScenario, scenario)
+    settings.mode = lg.TestMode.AccuracyOnly if mode == "accuracy" else lg.TestMode.PerformanceOnly
+    settings.min_duration_ms = max(1, round(min_duration_s * 1000))
+    settings.min_query_count = min_query_count
+    if target_qps is not None:
+        # Offline: LoadGen issues ~1.1 x target_qps x min_duration samples in its one query.
+        # SingleStream: it pre-generates min_duration / expected latency queries; the default
+        # (1 ms) is shorter than any real model's latency, so only an explicit target is used.
+        settings.offline_expected_qps = float(target_qps)
+        settings.single_stream_expected_latency_ns = max(1, round(1e9 / target_qps))
+    return settings
+
+
+def _publish(tmp_dir: Path, out_dir: Path) -> None:
+    """Move LoadGen's logs, then the marker files, from tmp_dir into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in tmp_dir.iterdir() if p.name not in MARKER_FILES)
+    for name in [*names, *(m for m in MARKER_FILES if (tmp_dir / m).exists())]:
+        src = tmp_dir / name
+        if name == TRACE_LOG and src.stat().st_size == 0:
+            continue  # tracing is off; LoadGen still creates the empty file
+        os.replace(src, out_dir / name)
+
+
+def run_loadgen(
+    images,
+    labels,
+    predict_labels: PredictLabels,
+    out_dir: str | os.PathLike,
+    *,
+    mode: str = "accuracy",
+    scenario: str = "Offline",
+    batch_size: int = 32,
+    performance_sample_count: int | None = None,
+    min_duration_s: float = 2.0,
+    min_query_count: int = 64,
+    target_qps: float | None = None,
+    quiet: bool = False,
+) -> LoadgenResult:
+    """Run MLPerf LoadGen over ``images`` (N x 224 x 224 x 3 uint8) and write its logs.
+
+    ``predict_labels(u8_batch)`` returns one ImageNet label (0..999, offset already applied)
+    per image. ``mode="accuracy"`` issues every sample once and scores the accuracy log
+    against ``labels``; ``mode="performance"`` measures samples/s and latencies, with
+    ``min_duration_s`` / ``min_query_count`` kept small so a CPU run takes seconds (such
+    runs are often INVALID by MLPerf's rules; the result says so). For Offline performance
+    runs without ``target_qps``, predict_labels is timed on one batch to size the query.
+    Errors raised by predict_labels are re-raised here after LoadGen has shut down.
+    """
+    if mode not in MODES:
+        raise UserError(f"unknown LoadGen mode {mode!r}: choose one of {', '.join(MODES)}")
+    if scenario not in SCENARIOS:
+        raise UserError(
+            f"unknown LoadGen scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}"
+        )
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, not {batch_size}")
+    num_samples = len(images)
+    if num_samples == 0:
+        raise UserError("there are no images to run LoadGen on")
+    if len(labels) != num_samples:
+        raise UserError(f"{num_samples} images but {len(labels)} labels: they must match")
+    lg = _import_loadgen()
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for name in MARKER_FILES:  # a failed run must not leave an older result looking current
+        (out_dir / name).unlink(missing_ok=True)
+
+    if performance_sample_count is None:
+        performance_sample_count = min(num_samples, DEFAULT_PERFORMANCE_SAMPLE_COUNT)
+    performance_sample_count = max(1, min(performance_sample_count, num_samples))
+    if mode == "performance" and scenario == "Offline" and target_qps is None:
+        target_qps = estimate_samples_per_second(images, predict_labels, batch_size)
+        log.info("Offline target set to the measured %.1f samples/s", target_qps)
+    settings = _test_settings(lg, mode, scenario, min_duration_s, min_query_count, target_qps)
+
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        log_settings = lg.LogSettings()
+        log_settings.log_output.outdir = str(tmp_dir)
+        log_settings.log_output.copy_summary_to_stdout = False
+        log_settings.enable_trace = False
+        bar = tqdm(
+            total=num_samples if mode == "accuracy" else None,
+            desc=f"loadgen {scenario} {mode}",
+            unit="img",
+            disable=quiet,
+        )
+        sut_impl = _CacheSUT(lg, images, predict_labels, batch_size, bar)
+        with bar:
+            _run_test(lg, sut_impl, num_samples, performance_sample_count, settings, log_settings)
+        if sut_impl.error is not None:
+            raise sut_impl.error
+
+        detail, loadgen_errors = _parse_detail_log(tmp_dir / DETAIL_LOG)
+        result = LoadgenResult(
+            mode=mode,
+            scenario=scenario,
+            out_dir=out_dir,
+            num_samples=num_samples,
+            loadgen_errors=loadgen_errors,
+        )
+        for message in loadgen_errors:
+            log.warning("LoadGen reported an error: %s", message)
+        if mode == "accuracy":
+            score = score_accuracy_log(tmp_dir / ACCURACY_LOG, np.asarray(labels))
+            if score.total != num_samples:
+                raise UserError(
+                    f"LoadGen answered {score.total} of {num_samples} samples in accuracy mode"
+                )
+            result.accuracy_line = score.line()
+            result.top1, result.good, result.total = score.top1, score.good, score.total
+            (tmp_dir / ACCURACY_TXT).write_text(score.line() + "\n")
+        else:
+            for key, value in _performance_fields(detail, scenario).items():
+                setattr(result, key, value)
+            if not result.valid:
+                log.warning(
+                    "LoadGen called this run INVALID: %s", "; ".join(result.invalid_reasons)
+                )
+        # Plain writes suffice: tmp_dir itself is the staging area, published only when whole.
+        (tmp_dir / RESULT_JSON).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        _publish(tmp_dir, out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    log.info("%s", result.summary_line())
+    return result
+
+
+def _run_test(
+    lg, sut_impl: _CacheSUT, num_samples, performance_sample_count, settings, log_settings
+):
+    """Construct the SUT and QSL, run the test, and always destroy both."""
+    sut = lg.ConstructSUT(sut_impl.issue_queries, sut_impl.flush_queries)
+    try:
+        # The cache is memory-mapped already: loading and unloading samples cost nothing.
+        qsl = lg.ConstructQSL(
+            num_samples, performance_sample_count, lambda _indices: None, lambda _indices: None
+        )
+        try:
+            # A path that does not exist: a stray audit.config in the working directory
+            # would otherwise silently change the test.
+            audit_config = Path(log_settings.log_output.outdir) / "no-audit.config"
+            lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, str(audit_config))
+        finally:
+            lg.DestroyQSL(qsl)
+    finally:
+        lg.DestroySUT(sut)
