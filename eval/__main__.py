@@ -1,0 +1,82 @@
+"""``python -m eval``: evaluate a model over a preprocessed cache, or compare predictions.
+
+    python -m eval --model M --cache CACHE (--weights W.pth | --backend tf --checkpoint PB)
+                   [--batch-size B] [--device cpu|cuda] [--limit N] [--out DIR] [--quiet]
+    python -m eval compare A.npy B.npy [--files CACHE_OR_NAMES] [--model M] [--strict]
+
+Evaluation writes DIR/results.json, DIR/predictions.npy and DIR/top5.npy (DIR defaults to
+results/<model>-<backend>) and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.common import UserError, configure_logging, run_cli
+from pipeline.profiles import MODEL_NAMES
+
+log = logging.getLogger("eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval",
+        description="Top-1/top-5 of a converted model (or the TF reference) over a "
+        "preprocessed cache. 'python -m eval compare -h' compares two predictions files.",
+    )
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
+    parser.add_argument("--cache", required=True, help="preprocessed cache directory")
+    parser.add_argument("--backend", choices=("torch", "tf"), default="torch")
+    parser.add_argument("--weights", help="converted PyTorch weights (.pth), torch backend")
+    parser.add_argument("--checkpoint", help="the original frozen graph (.pb), tf backend")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N cached images")
+    parser.add_argument("--out", help="output directory (default: results/<model>-<backend>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
+    return parser
+
+
+def check_backend_inputs(args: argparse.Namespace) -> None:
+    """Catch a weights/checkpoint mix-up before any work starts."""
+    if args.backend == "torch" and args.checkpoint and not args.weights:
+        raise UserError("--checkpoint is for --backend tf; the torch backend needs --weights")
+    if args.backend == "tf" and args.weights:
+        raise UserError("--weights is for the torch backend; --backend tf takes --checkpoint")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        from eval.compare import main as compare_main
+
+        return compare_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    configure_logging(args.quiet)
+    check_backend_inputs(args)
+
+    from eval.evaluate import evaluate
+    from eval.report import format_table
+
+    out_dir = args.out or f"results/{args.model}-{args.backend}"
+    results = evaluate(
+        args.model,
+        args.cache,
+        weights=args.weights,
+        backend=args.backend,
+        checkpoint=args.checkpoint,
+        batch_size=args.batch_size,
+        device=args.device,
+        limit=args.limit,
+        out_dir=out_dir,
+        quiet=args.quiet,
+    )
+    log.info("wrote %s/results.json, predictions.npy, top5.npy", out_dir)
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

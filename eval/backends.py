@@ -1,0 +1,256 @@
+"""Inference backends: uint8 NHWC crops in, float32 logits ``(N, num_classes)`` out.
+
+A backend owns everything between the cache and the logits (normalisation, device
+transfer, the model call), so the evaluation loop, the metrics and a later LoadGen
+harness or faster engine only ever see ``Backend.logits``:
+
+- ``TorchBackend``: a converted ``nn.Module`` (input NCHW float32). The float32
+  normalisation runs on the backend's device with the same float32 operations, in the
+  same order, as ``preprocess.recipes.normalize``; on CUDA this is checked over every
+  possible uint8 input value when the backend starts.
+- ``TFBackend``: the original frozen graph through ``convert.tf_runner.TFGraphRunner``,
+  fed ``preprocess.recipes.normalize`` output: the reference to compare against.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.common import UserError, sha256_file
+from pipeline.profiles import CROP_SIZE, VGG_MEANS_RGB, get_profile
+from preprocess.recipes import normalize
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAMES = ("torch", "tf")
+
+
+class Backend(ABC):
+    """What the evaluation loop needs from an inference engine."""
+
+    #: Short name recorded in results.json ("torch", "tf", ...).
+    name: str = "backend"
+    #: How the model is executed within the backend (e.g. "eager"); None when not applicable.
+    engine: str | None = None
+
+    def __init__(self, model: str, device: str):
+        self.profile = get_profile(model)
+        self.device = device
+
+    @abstractmethod
+    def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
+        """Return float32 logits ``(N, num_classes)`` for uint8 crops ``(N, 224, 224, 3)``."""
+
+    def allocate_batch(self, batch_size: int) -> np.ndarray:
+        """A writable uint8 ``(batch_size, 224, 224, 3)`` buffer the reader fills.
+
+        Backends override this to hand out memory they can transfer fast (pinned memory).
+        """
+        return np.empty((batch_size, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
+
+    def describe(self) -> dict:
+        """Fields for results.json that identify what ran (weights hash, device name)."""
+        return {}
+
+    def close(self) -> None:
+        """Free sessions or device memory early; the backend is unusable afterwards."""
+        return None  # nothing to free by default
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class TorchBackend(Backend):
+    """A converted PyTorch module on ``cpu`` or ``cuda[:N]``."""
+
+    name = "torch"
+    engine = "eager"
+
+    def __init__(self, module, model: str, device: str = "cpu", weights_path=None):
+        import torch
+
+        super().__init__(model, device)
+        self._torch = torch
+        self.torch_device = resolve_torch_device(device)
+        self.weights_path = Path(weights_path) if weights_path is not None else None
+        if self.torch_device.type == "cuda":
+            # TF32 would change float32 convolutions and matmuls well beyond float32 noise.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        self.module = module.to(self.torch_device).eval()
+        self._pinned: list = []  # keeps the pinned tensors behind allocate_batch alive
+        # Normalisation constants live on the device as float32 tensors, like the float32
+        # numpy operands of the CPU recipe. Dividing by a device tensor (not a Python
+        # scalar) matters on CUDA: a CPU-scalar divisor is turned into a multiply by its
+        # reciprocal there, which rounds differently from a true division.
+        as_f32 = {"dtype": torch.float32, "device": self.torch_device}
+        self._vgg_means = torch.tensor(VGG_MEANS_RGB, **as_f32)
+        self._f255 = torch.tensor(255.0, **as_f32)
+        self._f0_5 = torch.tensor(0.5, **as_f32)
+        self._f2 = torch.tensor(2.0, **as_f32)
+        if self.torch_device.type != "cpu":
+            self.check_normalization()
+
+    def normalize(self, u8_nhwc):
+        """Float32 normalisation of a uint8 NHWC tensor on its own device (recipe order)."""
+        x = u8_nhwc.to(self._torch.float32)
+        if self.profile.recipe == "vgg":
+            return x - self._vgg_means
+        if self.profile.recipe == "mobilenet":
+            x = x / self._f255
+            x = x - self._f0_5
+            return x * self._f2
+        raise ValueError(f"unknown preprocessing recipe {self.profile.recipe!r}")
+
+    def check_normalization(self) -> None:
+        """Fail unless the device normalisation equals the CPU recipe for all 256 values."""
+        values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3))
+        values = np.ascontiguousarray(values)
+        expected = normalize(values, self.profile.name)
+        got = self.normalize(self._torch.from_numpy(values).to(self.torch_device)).cpu().numpy()
+        if not np.array_equal(got.view(np.uint32), expected.view(np.uint32)):
+            raise UserError(
+                f"float32 normalisation on {self.torch_device} differs from the CPU recipe "
+                "bit for bit; evaluate with --device cpu"
+            )
+
+    def allocate_batch(self, batch_size: int) -> np.ndarray:
+        if self.torch_device.type != "cuda":
+            return super().allocate_batch(batch_size)
+        shape = (batch_size, CROP_SIZE, CROP_SIZE, 3)
+        pinned = self._torch.empty(shape, dtype=self._torch.uint8, pin_memory=True)
+        self._pinned.append(pinned)
+        return pinned.numpy()
+
+    def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        if not u8_nhwc.flags.writeable:  # a read-only memmap slice: torch wants writable
+            u8_nhwc = np.array(u8_nhwc)
+        with torch.inference_mode():
+            # non_blocking only overlaps when the buffer is pinned; the .cpu() below waits
+            # for the whole stream, so the buffer is free again when this returns.
+            u8 = torch.from_numpy(u8_nhwc).to(self.torch_device, non_blocking=True)
+            # NHWC -> NCHW is a free view (channels-last strides), no copy.
+            x = self.normalize(u8).permute(0, 3, 1, 2)
+            out = self.module(x)
+            result = out.float().cpu().numpy()
+        check_logits_shape(result, len(u8_nhwc), self.profile.num_classes, "the PyTorch model")
+        return result
+
+    def describe(self) -> dict:
+        info = {"device_name": torch_device_name(self.torch_device)}
+        if self.weights_path is not None:
+            info["weights"] = os.fspath(self.weights_path)
+            info["weights_sha256"] = sha256_file(self.weights_path)
+        return info
+
+
+class TFBackend(Backend):
+    """The original frozen graph, run by TensorFlow on the CPU: the reference."""
+
+    name = "tf"
+
+    def __init__(self, checkpoint, model: str, device: str = "cpu"):
+        if device != "cpu":
+            raise UserError(f"the tf reference backend runs on the CPU only, not {device!r}")
+        super().__init__(model, device)
+        from convert.tf_runner import TFGraphRunner
+
+        self.checkpoint_path = Path(checkpoint)
+        self.runner = TFGraphRunner(self.checkpoint_path, model)
+
+    def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
+        result = np.asarray(
+            self.runner.logits(normalize(u8_nhwc, self.profile.name)), dtype=np.float32
+        )
+        check_logits_shape(result, len(u8_nhwc), self.profile.num_classes, "the frozen graph")
+        return result
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def describe(self) -> dict:
+        return {
+            "device_name": "cpu",
+            "checkpoint": os.fspath(self.checkpoint_path),
+            "checkpoint_sha256": sha256_file(self.checkpoint_path),
+        }
+
+
+def check_logits_shape(logits: np.ndarray, batch: int, num_classes: int, what: str) -> None:
+    if logits.shape != (batch, num_classes):
+        raise UserError(
+            f"{what} returned logits of shape {tuple(logits.shape)}, "
+            f"expected ({batch}, {num_classes})"
+        )
+
+
+def resolve_torch_device(device: str):
+    """Turn ``cpu`` / ``cuda`` / ``cuda:N`` into a torch.device, or explain why not."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}: use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {device!r}: use cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"--device {device} was requested but this PyTorch ({torch.__version__}) "
+                "sees no CUDA GPU; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {device} was requested but only "
+                f"{torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return dev
+
+
+def torch_device_name(dev) -> str:
+    import torch
+
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return "cpu"
+
+
+def make_backend(
+    model: str,
+    backend: str = "torch",
+    *,
+    weights=None,
+    checkpoint=None,
+    device: str = "cpu",
+) -> Backend:
+    """Build a backend from file paths, with one-sentence errors for missing inputs."""
+    get_profile(model)  # unknown model names fail before any file work
+    if backend == "torch":
+        if weights is None:
+            raise UserError("the torch backend needs --weights (a converted .pth file)")
+        weights = Path(weights)
+        if not weights.is_file():
+            raise UserError(f"weights file not found: {weights}")
+        dev = resolve_torch_device(device)  # before loading: fail fast on a missing GPU
+        from convert import load_model
+
+        module = load_model(model, weights)
+        return TorchBackend(module, model, str(dev), weights_path=weights)
+    if backend == "tf":
+        if checkpoint is None:
+            raise UserError("the tf backend needs --checkpoint (the frozen graph .pb)")
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise UserError(f"checkpoint file not found: {checkpoint}")
+        return TFBackend(checkpoint, model, device)
+    raise UserError(f"unknown backend {backend!r}: expected one of {', '.join(BACKEND_NAMES)}")

@@ -1,0 +1,151 @@
+"""Agreement between two predictions files (for example the torch and tf backends).
+
+Usage (both spellings are the same command)::
+
+    python -m eval compare A B [--files CACHE_DIR|NAMES.txt] [--model M] [--strict]
+    python -m eval.compare A B [...]
+
+``A`` and ``B`` are ``predictions.npy`` files, or the ``--out`` directories of two
+``python -m eval`` runs (their ``predictions.npy`` is used). The command prints the
+agreement (``n/N`` and percent) and one line per image where the predicted labels differ:
+its index in cache order, its file name when ``--files`` is given (a preprocessed cache
+directory, or a text file with one name per line in cache order), and both labels.
+
+``--model`` names the cache's model when ``--files`` is a cache directory; without it each
+known model is tried. The exit status is 0 even when predictions differ, unless
+``--strict`` is given (then 1 when they differ). Unusable inputs exit 1 with one sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.common import UserError, run_cli
+from pipeline.profiles import MODEL_NAMES
+
+PREDICTIONS_FILE = "predictions.npy"
+
+
+def compare_predictions(a: np.ndarray, b: np.ndarray) -> dict:
+    """Compare two 1-D label arrays of equal length.
+
+    Returns ``{"total", "agree", "differ", "percent", "differing_indices"}`` where
+    ``percent`` is the agreement in percent and ``differing_indices`` a list of ints.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.ndim != 1 or b.ndim != 1:
+        raise UserError(f"predictions must be 1-D label arrays, got shapes {a.shape} and {b.shape}")
+    if a.shape != b.shape:
+        raise UserError(
+            f"the predictions cover different numbers of images ({len(a)} and {len(b)})"
+        )
+    differing = np.flatnonzero(a != b)
+    total = int(a.shape[0])
+    agree = total - int(differing.size)
+    return {
+        "total": total,
+        "agree": agree,
+        "differ": int(differing.size),
+        "percent": 100.0 * agree / total if total else 100.0,
+        "differing_indices": [int(i) for i in differing],
+    }
+
+
+def load_predictions(path: str | os.PathLike) -> np.ndarray:
+    """Read a predictions.npy file, or the one inside an evaluation output directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PREDICTIONS_FILE
+    if not path.is_file():
+        raise UserError(f"predictions file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise UserError(f"cannot read predictions from {path}: {err}") from None
+
+
+def load_file_names(source: str | os.PathLike, model: str | None = None) -> list[str]:
+    """File names in cache order from a cache directory or a one-name-per-line text file."""
+    source = Path(source)
+    if source.is_file():
+        return [line.strip() for line in source.read_text().splitlines() if line.strip()]
+    if not source.is_dir():
+        raise UserError(f"--files path not found: {source}")
+    from preprocess import load_cache
+
+    errors = []
+    for name in [model] if model else MODEL_NAMES:
+        try:
+            return list(load_cache(source, name).files)
+        except UserError as err:
+            errors.append(str(err))
+    # Prefer the reason that is not merely "built for the other model".
+    reason = next((e for e in errors if "was built for" not in e), errors[0])
+    raise UserError(f"cannot read file names from cache {source}: {reason}")
+
+
+def format_comparison(
+    summary: dict, a: np.ndarray, b: np.ndarray, files: list[str] | None = None
+) -> str:
+    """The agreement line plus one row per differing image."""
+    lines = [
+        f"agreement: {summary['agree']}/{summary['total']} ({summary['percent']:.3f} %)",
+    ]
+    if not summary["differ"]:
+        return "\n".join(lines)
+    lines.append(f"{summary['differ']} image(s) differ:")
+    idx_width = max(5, len(str(summary["differing_indices"][-1])))
+    header = f"  {'index':>{idx_width}}  {'A':>5}  {'B':>5}"
+    if files is not None:
+        header += "  file"
+    lines.append(header)
+    for i in summary["differing_indices"]:
+        row = f"  {i:>{idx_width}}  {int(a[i]):>5}  {int(b[i]):>5}"
+        if files is not None:
+            row += f"  {files[i]}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def build_parser(prog: str = "python -m eval compare") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Agreement between two predictions.npy files."
+    )
+    parser.add_argument("a", help="first predictions.npy (or an eval --out directory)")
+    parser.add_argument("b", help="second predictions.npy (or an eval --out directory)")
+    parser.add_argument(
+        "--files", help="cache directory or text file giving the file name of each index"
+    )
+    parser.add_argument(
+        "--model", choices=MODEL_NAMES, help="the model of the --files cache (default: detect)"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit with status 1 when any prediction differs"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m eval compare") -> int:
+    args = build_parser(prog).parse_args(argv)
+    a = load_predictions(args.a)
+    b = load_predictions(args.b)
+    summary = compare_predictions(a, b)
+    files = None
+    if args.files:
+        files = load_file_names(args.files, args.model)
+        if len(files) < summary["total"]:
+            raise UserError(
+                f"--files lists {len(files)} names but the predictions cover "
+                f"{summary['total']} images"
+            )
+    print(format_comparison(summary, a, b, files))
+    return 1 if args.strict and summary["differ"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(lambda argv: main(argv, prog="python -m eval.compare")))

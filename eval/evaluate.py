@@ -1,0 +1,196 @@
+"""Batches from the uint8 cache -> backend logits -> predictions and top-1/top-5.
+
+``evaluate`` is the API the runner calls (it builds the backend from file paths and writes
+the results); ``run_evaluation`` is the loop itself over any ``Backend`` and any cache-like
+object (``.images``, ``.labels``, ``len()``), for callers that bring their own engine.
+
+A reader thread copies the next batches out of the memory-mapped cache while the backend
+works on the current one, so disk reads overlap inference; ``images_per_second`` counts
+only the time spent inside ``Backend.logits``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from eval.backends import Backend, make_backend
+from eval.metrics import TOP_K, AccuracyCounter, labels_from_classes, top_k_classes
+from pipeline.common import UserError
+
+log = logging.getLogger(__name__)
+
+# Buffers in flight between the reader thread and the loop: one being filled, one queued,
+# one in the backend's hands.
+_READ_BUFFERS = 3
+
+
+@dataclass
+class EvaluationOutcome:
+    """Everything one pass over the cache produced."""
+
+    predictions: np.ndarray  # int64 (N,): predicted label (class index - offset)
+    top5: np.ndarray  # int64 (N, 5): the five best labels, best first
+    counter: AccuracyCounter
+    inference_seconds: float  # time inside Backend.logits only
+    wall_seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.counter.images / self.inference_seconds if self.inference_seconds else 0.0
+
+
+def _read_batches(
+    images: np.ndarray, count: int, batch_size: int, buffers: list[np.ndarray]
+) -> Iterator[np.ndarray]:
+    """Yield consecutive uint8 batches of ``images[:count]`` copied into ``buffers``.
+
+    A batch must be finished with before the next one is requested: the reader reuses a
+    buffer once the two batches after it have been handed out.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader() -> None:
+        try:
+            for i, start in enumerate(range(0, count, batch_size)):
+                stop_at = min(start + batch_size, count)
+                buf = buffers[i % len(buffers)][: stop_at - start]
+                np.copyto(buf, images[start:stop_at])
+                if not put(buf):
+                    return
+            put(done)
+        except BaseException as err:  # surfaced in the consumer's thread
+            put(err)
+
+    thread = threading.Thread(target=reader, name="eval-cache-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_evaluation(
+    backend: Backend,
+    cache,
+    *,
+    batch_size: int = 32,
+    limit: int | None = None,
+    quiet: bool = False,
+) -> EvaluationOutcome:
+    """Run ``backend`` over the first ``limit`` (default all) images of ``cache``."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    total = len(cache)
+    if total == 0:
+        raise UserError("the cache holds no images")
+    count = total if limit is None else min(limit, total)
+    if limit is not None and limit > total:
+        log.info("--limit %d is more than the %d cached images: evaluating all", limit, total)
+    labels = np.asarray(cache.labels[:count], dtype=np.int64)
+    offset = backend.profile.label_offset
+
+    predictions = np.empty(count, dtype=np.int64)
+    top5 = np.empty((count, TOP_K), dtype=np.int64)
+    counter = AccuracyCounter()
+    buffers = [backend.allocate_batch(min(batch_size, count)) for _ in range(_READ_BUFFERS)]
+    inference_seconds = 0.0
+    wall_start = time.perf_counter()
+    bar = tqdm(
+        total=count,
+        unit="img",
+        desc=f"{backend.profile.name} [{backend.name}]",
+        disable=quiet,
+        dynamic_ncols=True,
+    )
+    with bar:
+        start = 0
+        for batch in _read_batches(cache.images, count, batch_size, buffers):
+            t0 = time.perf_counter()
+            logits = backend.logits(batch)
+            inference_seconds += time.perf_counter() - t0
+            stop = start + len(batch)
+            best = labels_from_classes(top_k_classes(logits, TOP_K), offset)
+            top5[start:stop] = best
+            predictions[start:stop] = best[:, 0]
+            counter.update(best, labels[start:stop])
+            bar.update(len(batch))
+            bar.set_postfix(top1=f"{counter.top1:.2f}%", refresh=False)
+            start = stop
+    return EvaluationOutcome(
+        predictions=predictions,
+        top5=top5,
+        counter=counter,
+        inference_seconds=inference_seconds,
+        wall_seconds=time.perf_counter() - wall_start,
+    )
+
+
+def evaluate(
+    model: str,
+    cache_dir,
+    *,
+    weights=None,
+    backend: str = "torch",
+    checkpoint=None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    limit: int | None = None,
+    out_dir=None,
+    quiet: bool = False,
+) -> dict:
+    """Evaluate ``model`` over the preprocessed cache; return (and write) the results dict.
+
+    ``backend="torch"`` needs ``weights`` (a converted .pth); ``backend="tf"`` needs
+    ``checkpoint`` (the frozen graph). With ``out_dir``, writes results.json,
+    predictions.npy and top5.npy there atomically.
+    """
+    from eval.report import build_results, write_outputs
+    from pipeline.profiles import get_profile
+    from preprocess import load_cache
+
+    try:
+        get_profile(model)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    cache = load_cache(Path(cache_dir), model)
+    with make_backend(
+        model, backend, weights=weights, checkpoint=checkpoint, device=device
+    ) as engine:
+        outcome = run_evaluation(engine, cache, batch_size=batch_size, limit=limit, quiet=quiet)
+        results = build_results(
+            engine, outcome, cache=cache, cache_dir=cache_dir, batch_size=batch_size, limit=limit
+        )
+    if out_dir is not None:
+        write_outputs(Path(out_dir), results, outcome)
+    return results

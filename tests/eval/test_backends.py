@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+
+from eval.backends import TorchBackend, make_backend, resolve_torch_device
+from pipeline.common import UserError
+from preprocess.recipes import normalize
+from tests.eval.fakes import ToyNet
+
+
+def every_uint8_value() -> np.ndarray:
+    """A (1, 16, 16, 3) batch holding each uint8 value once in every channel."""
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    return np.ascontiguousarray(np.stack([values, values[::-1], values.T], axis=-1)[None])
+
+
+@pytest.mark.parametrize("model", ["resnet50", "mobilenet_v1"])
+def test_torch_normalisation_equals_cpu_recipe_bit_for_bit(model):
+    backend = TorchBackend(ToyNet(), model)
+    batch = every_uint8_value()
+    got = backend.normalize(torch.from_numpy(batch)).numpy()
+    want = normalize(batch, model)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    backend.check_normalization()  # the start-up self-check passes on this device too
+
+
+@pytest.mark.parametrize("model", ["resnet50", "mobilenet_v1"])
+def test_module_gets_normalised_nchw_and_logits_come_back(model):
+    net = ToyNet()
+    backend = TorchBackend(net, model)
+    rng = np.random.default_rng(3)
+    batch = rng.integers(0, 256, size=(4, 224, 224, 3), dtype=np.uint8)
+    batch.flags.writeable = False  # a memmap slice is read-only
+    logits = backend.logits(batch)
+    assert logits.shape == (4, 1001) and logits.dtype == np.float32
+    seen = net.last_input.numpy()
+    assert seen.shape == (4, 3, 224, 224)
+    np.testing.assert_array_equal(seen, normalize(batch, model).transpose(0, 3, 1, 2))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(normalize(batch, model).transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_logits_shape_is_one_sentence():
+    backend = TorchBackend(torch.nn.Flatten(), "resnet50")
+    with pytest.raises(UserError, match=r"logits of shape \(2, 150528\), expected \(2, 1001\)"):
+        backend.logits(np.zeros((2, 224, 224, 3), dtype=np.uint8))
+
+
+def test_cuda_without_gpu_is_one_clear_sentence(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="sees no CUDA GPU; use --device cpu"):
+        resolve_torch_device("cuda")
+    with pytest.raises(UserError, match="unsupported device"):
+        resolve_torch_device("meta")
+    with pytest.raises(UserError, match="unknown device"):
+        resolve_torch_device("gpu")
+    assert resolve_torch_device("cpu").type == "cpu"
+
+
+def test_make_backend_reports_missing_inputs(tmp_path):
+    with pytest.raises(UserError, match="needs --weights"):
+        make_backend("resnet50", "torch")
+    with pytest.raises(UserError, match="weights file not found"):
+        make_backend("resnet50", "torch", weights=tmp_path / "missing.pth")
+    with pytest.raises(UserError, match="needs --checkpoint"):
+        make_backend("resnet50", "tf")
+    with pytest.raises(UserError, match="checkpoint file not found"):
+        make_backend("resnet50", "tf", checkpoint=tmp_path / "missing.pb")
+    with pytest.raises(UserError, match="unknown backend"):
+        make_backend("resnet50", "onnx")
+
+
+def test_describe_hashes_the_weights(tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"abc")
+    info = TorchBackend(ToyNet(), "resnet50", weights_path=weights).describe()
+    assert info["weights_sha256"] == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+    assert info["device_name"] == "cpu"
+
+
+class RecordingRunner:
+    """Stands in for convert.tf_runner.TFGraphRunner: records what the graph would get."""
+
+    def __init__(self, checkpoint_path, model):
+        self.checkpoint_path, self.model = checkpoint_path, model
+        self.inputs = []
+
+    def logits(self, nhwc_float32):
+        self.inputs.append(nhwc_float32)
+        return np.tile(np.arange(1001, dtype=np.float64), (len(nhwc_float32), 1))
+
+
+def test_tf_backend_feeds_the_cpu_recipe_to_the_graph(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("convert.tf_runner")
+    fake.TFGraphRunner = RecordingRunner
+    monkeypatch.setitem(sys.modules, "convert.tf_runner", fake)
+    checkpoint = tmp_path / "graph.pb"
+    checkpoint.write_bytes(b"graph")
+    backend = make_backend("mobilenet_v1", "tf", checkpoint=checkpoint)
+    batch = np.random.default_rng(0).integers(0, 256, size=(3, 224, 224, 3), dtype=np.uint8)
+    logits = backend.logits(batch)
+    assert logits.dtype == np.float32 and logits.shape == (3, 1001)
+    (fed,) = backend.runner.inputs
+    np.testing.assert_array_equal(fed, normalize(batch, "mobilenet_v1"))
+    assert backend.runner.model == "mobilenet_v1"
+    info = backend.describe()
+    assert info["checkpoint_sha256"] == __import__("hashlib").sha256(b"graph").hexdigest()
+    with pytest.raises(UserError, match="runs on the CPU only"):
+        make_backend("mobilenet_v1", "tf", checkpoint=checkpoint, device="cuda")

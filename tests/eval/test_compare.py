@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from eval.__main__ import main as eval_main
+from eval.compare import compare_predictions, format_comparison, main
+from pipeline.common import UserError, run_cli
+
+
+def test_compare_predictions_counts_and_indices():
+    summary = compare_predictions(np.array([1, 2, 3, 4, 5]), np.array([1, 9, 3, 4, 0]))
+    assert summary == {
+        "total": 5,
+        "agree": 3,
+        "differ": 2,
+        "percent": 60.0,
+        "differing_indices": [1, 4],
+    }
+    same = compare_predictions(np.arange(4), np.arange(4))
+    assert same["differ"] == 0 and same["percent"] == 100.0
+
+
+def test_compare_rejects_mismatched_inputs():
+    with pytest.raises(UserError, match="different numbers of images"):
+        compare_predictions(np.arange(3), np.arange(4))
+    with pytest.raises(UserError, match="1-D"):
+        compare_predictions(np.zeros((2, 5)), np.zeros((2, 5)))
+
+
+@pytest.fixture
+def two_files(tmp_path):
+    a = np.array([10, 20, 30, 40, 50, 60], dtype=np.int64)
+    b = a.copy()
+    b[[2, 5]] = [31, 999]
+    np.save(tmp_path / "a.npy", a)
+    (tmp_path / "run_b").mkdir()
+    np.save(tmp_path / "run_b" / "predictions.npy", b)  # an eval --out directory
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"ILSVRC2012_val_{i:08d}.JPEG\n" for i in range(1, 7)))
+    return tmp_path / "a.npy", tmp_path / "run_b", names
+
+
+def test_compare_cli_lists_differences_with_file_names(two_files, capsys):
+    a, b, names = two_files
+    assert main([str(a), str(b), "--files", str(names)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "agreement: 4/6 (66.667 %)"
+    assert out[1] == "2 image(s) differ:"
+    rows = [line.split() for line in out[3:]]
+    assert rows == [
+        ["2", "30", "31", "ILSVRC2012_val_00000003.JPEG"],
+        ["5", "60", "999", "ILSVRC2012_val_00000006.JPEG"],
+    ]
+
+
+def test_compare_subcommand_of_eval_and_strict_exit(two_files, capsys):
+    a, b, _ = two_files
+    assert eval_main(["compare", str(a), str(b)]) == 0
+    assert "agreement: 4/6" in capsys.readouterr().out
+    assert eval_main(["compare", str(a), str(b), "--strict"]) == 1
+    assert "2 image(s) differ" in capsys.readouterr().out
+    assert eval_main(["compare", str(a), str(a), "--strict"]) == 0
+    assert capsys.readouterr().out.strip() == "agreement: 6/6 (100.000 %)"
+
+
+def test_compare_cli_errors_are_one_sentence(two_files, tmp_path, capsys):
+    a, _, names = two_files
+    np.save(tmp_path / "short.npy", np.arange(3))
+    assert run_cli(main, [str(a), str(tmp_path / "short.npy")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: the predictions cover different numbers of images (6 and 3)"
+    )
+    assert run_cli(main, [str(a), str(tmp_path / "nope.npy")]) == 1
+    assert "error: predictions file not found" in capsys.readouterr().err
+    names.write_text("one.JPEG\n")
+    assert run_cli(main, [str(a), str(a), "--files", str(names)]) == 1
+    assert "--files lists 1 names but the predictions cover 6" in capsys.readouterr().err
+
+
+def test_format_without_files_shows_labels():
+    a, b = np.array([1, 2]), np.array([1, 3])
+    text = format_comparison(compare_predictions(a, b), a, b)
+    assert text.splitlines()[-1].split() == ["1", "2", "3"]

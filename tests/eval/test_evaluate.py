@@ -1,0 +1,164 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from eval.evaluate import run_evaluation
+from eval.metrics import accuracy, labels_from_classes, top_k_classes
+from eval.report import RESULTS_FILE, build_results, format_table, write_outputs
+from pipeline.common import UserError
+from tests.eval.fakes import FakeCache, ToyBackend, toy_logits
+
+REQUIRED_KEYS = {
+    "model", "backend", "images", "top1", "top5", "correct_top1", "correct_top5",
+    "reference_top1", "images_per_second", "device", "cache_fingerprint", "batch_size",
+    "timestamp", "versions",
+}  # fmt: skip
+
+
+def test_predictions_and_counts_match_direct_computation():
+    cache = FakeCache(n=23)
+    outcome = run_evaluation(ToyBackend(), cache, batch_size=5, quiet=True)
+    logits = toy_logits(cache.images)
+    expected_top5 = labels_from_classes(top_k_classes(logits), 1)
+    np.testing.assert_array_equal(outcome.top5, expected_top5)
+    np.testing.assert_array_equal(outcome.predictions, np.argmax(logits, axis=1) - 1)
+    assert outcome.predictions.dtype == np.int64
+    direct = accuracy(logits, cache.labels, label_offset=1)
+    assert outcome.counter == direct
+    assert outcome.counter.images == 23
+
+
+def test_labels_that_match_the_predictions_score_100_percent():
+    cache = FakeCache(n=9)
+    cache.labels = np.argmax(toy_logits(cache.images), axis=1) - 1  # offset 1 from profile
+    outcome = run_evaluation(ToyBackend(), cache, batch_size=4, quiet=True)
+    assert outcome.counter.top1 == 100.0 and outcome.counter.top5 == 100.0
+
+
+def test_batch_size_does_not_change_results():
+    cache = FakeCache(n=23)
+    one = run_evaluation(ToyBackend(), cache, batch_size=1, quiet=True)
+    backend = ToyBackend()
+    seven = run_evaluation(backend, cache, batch_size=7, quiet=True)
+    assert backend.batch_sizes == [7, 7, 7, 2]
+    np.testing.assert_array_equal(one.predictions, seven.predictions)
+    np.testing.assert_array_equal(one.top5, seven.top5)
+    assert one.counter == seven.counter
+
+
+def test_limit_evaluates_the_first_images_only():
+    cache = FakeCache(n=23)
+    full = run_evaluation(ToyBackend(), cache, batch_size=4, quiet=True)
+    part = run_evaluation(ToyBackend(), cache, batch_size=4, limit=6, quiet=True)
+    assert part.counter.images == 6
+    np.testing.assert_array_equal(part.predictions, full.predictions[:6])
+    more = run_evaluation(ToyBackend(), cache, batch_size=4, limit=100, quiet=True)
+    assert more.counter.images == 23
+    with pytest.raises(UserError, match="--limit must be at least 1"):
+        run_evaluation(ToyBackend(), cache, limit=0, quiet=True)
+    with pytest.raises(UserError, match="--batch-size must be at least 1"):
+        run_evaluation(ToyBackend(), cache, batch_size=0, quiet=True)
+
+
+class SlowImages:
+    """Cache images whose reads take a while, to check the timing excludes them."""
+
+    def __init__(self, images, delay):
+        self.images, self.delay = images, delay
+
+    def __getitem__(self, key):
+        time.sleep(self.delay)
+        return self.images[key]
+
+
+class SlowBackend(ToyBackend):
+    def logits(self, u8_nhwc):
+        time.sleep(0.02)
+        return super().logits(u8_nhwc)
+
+
+def test_throughput_counts_inference_time_only():
+    cache = FakeCache(n=8)
+    cache.images = SlowImages(cache.images, delay=0.1)
+    outcome = run_evaluation(SlowBackend(), cache, batch_size=2, quiet=True)
+    assert 0.08 <= outcome.inference_seconds < 0.3  # 4 batches x 20 ms, no 100 ms reads
+    assert outcome.wall_seconds >= 0.4  # the reads did happen
+    assert outcome.images_per_second == pytest.approx(8 / outcome.inference_seconds)
+
+
+class BrokenImages:
+    def __getitem__(self, key):
+        raise OSError("disk went away")
+
+
+def test_reader_errors_reach_the_caller():
+    cache = FakeCache(n=8)
+    cache.images = BrokenImages()
+    with pytest.raises(OSError, match="disk went away"):
+        run_evaluation(ToyBackend(), cache, batch_size=2, quiet=True)
+
+
+def test_empty_cache_is_a_user_error():
+    with pytest.raises(UserError, match="no images"):
+        run_evaluation(ToyBackend(), FakeCache(n=0), quiet=True)
+
+
+def make_results(n=11):
+    cache = FakeCache(n=n)
+    backend = ToyBackend()
+    outcome = run_evaluation(backend, cache, batch_size=4, quiet=True)
+    results = build_results(
+        backend, outcome, cache=cache, cache_dir="/tmp/cache", batch_size=4, limit=None
+    )
+    return cache, outcome, results
+
+
+def test_results_hold_every_key_and_files_are_written(tmp_path):
+    cache, outcome, results = make_results()
+    assert REQUIRED_KEYS <= set(results)
+    assert results["model"] == "resnet50"
+    assert results["backend"] == "toy"
+    assert results["images"] == 11
+    assert results["reference_top1"] == 76.456
+    assert results["cache_fingerprint"] == cache.fingerprint
+    assert set(results["versions"]) >= {"torch", "tensorflow", "numpy", "opencv"}
+    assert results["top1"] == pytest.approx(100 * results["correct_top1"] / 11, abs=1e-4)
+
+    out = tmp_path / "out"
+    write_outputs(out, results, outcome)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "predictions.npy",
+        "results.json",
+        "top5.npy",
+    ]
+    predictions = np.load(out / "predictions.npy")
+    assert predictions.dtype == np.int64
+    np.testing.assert_array_equal(predictions, outcome.predictions)
+    assert np.load(out / "top5.npy").shape == (11, 5)
+    assert json.loads((out / RESULTS_FILE).read_text()) == results
+
+
+def test_a_failed_write_leaves_the_previous_results_untouched(tmp_path, monkeypatch):
+    _, outcome, results = make_results()
+    write_outputs(tmp_path, results, outcome)
+    before = (tmp_path / RESULTS_FILE).read_text()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("eval.report.json.dumps", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_outputs(tmp_path, dict(results, top1=0.0), outcome)
+    assert (tmp_path / RESULTS_FILE).read_text() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_final_table_reads_at_a_glance():
+    _, _, results = make_results()
+    results["images_per_second"] = 1234.5
+    table = format_table(results)
+    for text in ("resnet50", "toy on cpu", "11", "top-1", "top-5", "76.456 %", "1,234.5 img/s"):
+        assert text in table
+    assert f"{results['top1']:.3f} %" in table
