@@ -1,0 +1,74 @@
+"""``python -m convert``: MLPerf frozen graph -> verified PyTorch state_dict + JSON sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pipeline.common import configure_logging, run_cli
+from pipeline.profiles import MODEL_NAMES
+
+log = logging.getLogger("convert")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m convert",
+        description="Convert an MLPerf TF frozen graph (.pb or .tgz) to a PyTorch state_dict, "
+        "verified layer by layer against TensorFlow.",
+    )
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
+    parser.add_argument("--checkpoint", required=True, help="frozen graph .pb or MLPerf .tgz")
+    parser.add_argument("--out", required=True, help="output .pth (sidecar: same name, .json)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--verify-images", metavar="DIR", help="verify on these image files")
+    source.add_argument("--verify-cache", metavar="CACHE", help="verify on a preprocess cache")
+    parser.add_argument(
+        "--verify-limit",
+        type=int,
+        default=32,
+        metavar="N",
+        help="verify on at most N images from --verify-images/--verify-cache (default 32)",
+    )
+    parser.add_argument("--report", metavar="REPORT.json", help="write the full report here")
+    parser.add_argument("--no-verify", action="store_true", help="skip the TF comparison")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.quiet)
+    from convert.api import convert_checkpoint
+
+    summary = convert_checkpoint(
+        args.model,
+        args.checkpoint,
+        args.out,
+        verify_images=args.verify_images,
+        verify_cache=args.verify_cache,
+        report=args.report,
+        verify=not args.no_verify,
+        quiet=args.quiet,
+        verify_limit=args.verify_limit,
+    )
+    if not args.quiet:
+        verification = summary["verification"]
+        result = {
+            "out": summary["out"],
+            "sidecar": summary["sidecar"],
+            "seconds": summary["seconds"],
+        }
+        if verification:
+            result.update(
+                logits_max_abs_diff=verification["logits_max_abs_diff"],
+                logits_max_rel_diff=verification["logits_max_rel_diff"],
+            )
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

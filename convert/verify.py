@@ -1,0 +1,326 @@
+"""Layer-by-layer comparison of a converted model with the original TF graph.
+
+Both run on the same MLPerf-preprocessed NHWC float32 images (real ones, or deterministic
+smooth synthetic ones). Every block's activation is compared (stem, each bottleneck or
+features block, pooled features, logits) against the TF tensor the weight walker found for
+it; NHWC tensors are moved to NCHW first. The conversion passes when the logits agree to
+``tolerance`` relative to the logit magnitude and top-1/top-5 agree on every image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.common import UserError
+from pipeline.profiles import CROP_SIZE
+
+from .weights import LayerTensor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = 1e-4
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class LayerDiff:
+    layer: str
+    tf_tensor: str
+    shape: list[int]
+    max_abs_diff: float
+    max_rel_diff: float  # max |diff| / max |TF activation| of the layer
+    passed: bool
+
+
+@dataclass
+class ImageAgreement:
+    image: str
+    tf_top1: int
+    torch_top1: int
+    top1_agree: bool
+    top5_agree: bool
+    max_abs_logit_diff: float
+
+
+@dataclass
+class VerificationResult:
+    source: str
+    tolerance: float
+    layers: list[LayerDiff]
+    images: list[ImageAgreement]
+    logits_max_abs_diff: float
+    logits_max_rel_diff: float
+    first_failing_layer: str | None
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "source": self.source,
+            "num_images": len(self.images),
+            "tolerance": self.tolerance,
+            "logits_max_abs_diff": self.logits_max_abs_diff,
+            "logits_max_rel_diff": self.logits_max_rel_diff,
+            "top1_agreement": sum(i.top1_agree for i in self.images) / max(len(self.images), 1),
+            "top5_agreement": sum(i.top5_agree for i in self.images) / max(len(self.images), 1),
+            "first_failing_layer": self.first_failing_layer,
+            "failures": self.failures,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.summary(),
+            "layers": [asdict(row) for row in self.layers],
+            "images": [asdict(row) for row in self.images],
+        }
+
+    def table(self) -> str:
+        """The per-layer comparison as an aligned text table."""
+        header = ("layer", "TF tensor", "shape", "max|diff|", "max rel", "ok")
+        rows = [
+            (
+                r.layer,
+                r.tf_tensor,
+                "x".join(map(str, r.shape)),
+                f"{r.max_abs_diff:.3g}",
+                f"{r.max_rel_diff:.3g}",
+                "ok" if r.passed else "FAIL",
+            )
+            for r in self.layers
+        ]
+        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+        lines = [
+            "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in [header, *rows]
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        top1 = sum(i.top1_agree for i in self.images)
+        top5 = sum(i.top5_agree for i in self.images)
+        n = len(self.images)
+        lines.append(
+            f"logits: max |diff| {self.logits_max_abs_diff:.3g}, max rel "
+            f"{self.logits_max_rel_diff:.3g} (tolerance {self.tolerance:g}); top-1 agree "
+            f"{top1}/{n}, top-5 agree {top5}/{n} on {self.source}"
+        )
+        if self.first_failing_layer:
+            lines.append(f"first layer over tolerance: {self.first_failing_layer}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def synthetic_images(model: str, count: int = 4, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Deterministic smooth random crops, normalised with the model's MLPerf recipe."""
+    import cv2
+
+    from preprocess import normalize
+
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(count):
+        coarse = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        smooth = cv2.resize(coarse, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_CUBIC)
+        noise = rng.integers(-8, 9, size=smooth.shape)
+        crops.append(np.clip(smooth.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    names = [f"synthetic_{i}" for i in range(count)]
+    return names, normalize(np.stack(crops), model)
+
+
+def images_from_dir(model: str, folder: str | os.PathLike, limit: int | None):
+    from preprocess import mlperf_preprocess
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"verification image folder {folder} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{folder} holds no images to verify the conversion with")
+    if limit is not None and len(files) > limit:
+        log.info("verifying on the first %d of %d images in %s", limit, len(files), folder)
+        files = files[:limit]
+    batch = np.stack([mlperf_preprocess(p, model) for p in files])
+    return [str(p.relative_to(folder)) for p in files], batch
+
+
+def images_from_cache(model: str, cache_dir: str | os.PathLike, limit: int | None):
+    from preprocess import load_cache, normalize
+
+    cache = load_cache(cache_dir, model)
+    count = len(cache) if limit is None else min(limit, len(cache))
+    if count == 0:
+        raise UserError(f"the cache at {cache_dir} holds no images to verify with")
+    return list(cache.files[:count]), normalize(np.asarray(cache.images[:count]), model)
+
+
+def verification_images(
+    model: str,
+    verify_images: str | os.PathLike | None = None,
+    verify_cache: str | os.PathLike | None = None,
+    limit: int | None = 32,
+) -> tuple[str, list[str], np.ndarray]:
+    """(description, image names, NHWC float32 batch) to verify ``model`` with."""
+    if verify_images is not None and verify_cache is not None:
+        raise UserError("give either verification images or a verification cache, not both")
+    if verify_images is not None:
+        names, batch = images_from_dir(model, verify_images, limit)
+        return f"{len(names)} images from {verify_images}", names, batch
+    if verify_cache is not None:
+        names, batch = images_from_cache(model, verify_cache, limit)
+        return f"{len(names)} images from cache {verify_cache}", names, batch
+    names, batch = synthetic_images(model)
+    return f"{len(names)} synthetic images", names, batch
+
+
+# ---------------------------------------------------------------------------- comparison
+
+
+def _to_nchw(value: np.ndarray, data_format: str) -> np.ndarray:
+    return value.transpose(0, 3, 1, 2) if value.ndim == 4 and data_format == "NHWC" else value
+
+
+def _topk(row: np.ndarray, k: int) -> set[int]:
+    return set(np.argsort(-row, kind="stable")[:k].tolist())
+
+
+def topk_agree(tf_row: np.ndarray, torch_row: np.ndarray, k: int, tie_tolerance: float) -> bool:
+    """Same top-k classes, except for classes tied with TF's k-th logit within tolerance."""
+    differing = _topk(tf_row, k) ^ _topk(torch_row, k)
+    if not differing:
+        return True
+    kth = np.sort(tf_row)[::-1][k - 1]
+    return all(abs(tf_row[c] - kth) <= tie_tolerance for c in differing)
+
+
+class _Recorder:
+    """Forward hooks that keep a copy of each watched module's output."""
+
+    def __init__(self, model: nn.Module, modules: list[str]):
+        self.outputs: dict[str, torch.Tensor] = {}
+        named = dict(model.named_modules())
+        self.handles = []
+        for name in modules:
+            if name not in named:
+                raise AssertionError(f"model has no module {name!r}")
+            self.handles.append(named[name].register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            self.outputs[name] = output.detach().clone()
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def compare_layers(
+    model: nn.Module,
+    runner: Any,
+    layer_tensors: list[LayerTensor],
+    data_format: str,
+    names: list[str],
+    images: np.ndarray,
+    *,
+    source: str = "images",
+    tolerance: float = DEFAULT_TOLERANCE,
+    batch_size: int = 8,
+    quiet: bool = False,
+) -> VerificationResult:
+    """Run TF and PyTorch on ``images`` (NHWC float32) and compare every listed layer."""
+    model.eval()
+    watched = [lt.module for lt in layer_tensors if lt.module]
+    recorder = _Recorder(model, watched)
+    max_abs = {lt.layer: 0.0 for lt in layer_tensors}
+    max_ref = {lt.layer: 0.0 for lt in layer_tensors}
+    shapes: dict[str, list[int]] = {}
+    mismatched: set[str] = set()
+    tf_logits_all, pt_logits_all = [], []
+    bar = tqdm(total=len(images), unit="img", desc="verify", disable=quiet, leave=False)
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            tf_values = runner.run(batch, [lt.tf_tensor for lt in layer_tensors])
+            with torch.no_grad():
+                x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+                logits = model(x)
+            for lt, tf_value in zip(layer_tensors, tf_values, strict=True):
+                pt = (logits if not lt.module else recorder.outputs[lt.module]).numpy()
+                ref = _to_nchw(np.asarray(tf_value, dtype=np.float32), data_format)
+                shapes[lt.layer] = list(pt.shape[1:])
+                if ref.size != pt.size:
+                    mismatched.add(lt.layer)
+                    continue
+                diff = np.abs(pt.reshape(len(batch), -1) - ref.reshape(len(batch), -1))
+                max_abs[lt.layer] = max(max_abs[lt.layer], float(diff.max()))
+                max_ref[lt.layer] = max(max_ref[lt.layer], float(np.abs(ref).max()))
+                if not lt.module:
+                    tf_logits_all.append(ref.reshape(len(batch), -1))
+                    pt_logits_all.append(pt.reshape(len(batch), -1))
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        recorder.remove()
+
+    rows = []
+    for lt in layer_tensors:
+        rel = max_abs[lt.layer] / max(max_ref[lt.layer], np.finfo(np.float32).tiny)
+        ok = lt.layer not in mismatched and rel <= tolerance
+        rows.append(
+            LayerDiff(lt.layer, lt.tf_tensor, shapes.get(lt.layer, []), max_abs[lt.layer], rel, ok)
+        )
+    first_failing = next((r.layer for r in rows if not r.passed), None)
+
+    failures = []
+    image_rows = []
+    logits_row = rows[-1]
+    if logits_row.layer in mismatched:
+        failures.append(f"the logits have shape {logits_row.shape} in PyTorch but not in TF")
+    else:
+        tf_logits = np.concatenate(tf_logits_all)
+        pt_logits = np.concatenate(pt_logits_all)
+        for name, tf_row, pt_row in zip(names, tf_logits, pt_logits, strict=True):
+            tie = tolerance * float(np.abs(tf_row).max())
+            image_rows.append(
+                ImageAgreement(
+                    image=name,
+                    tf_top1=int(np.argmax(tf_row)),
+                    torch_top1=int(np.argmax(pt_row)),
+                    top1_agree=topk_agree(tf_row, pt_row, 1, tie),
+                    top5_agree=topk_agree(tf_row, pt_row, 5, tie),
+                    max_abs_logit_diff=float(np.abs(tf_row - pt_row).max()),
+                )
+            )
+        if not logits_row.passed:
+            failures.append(
+                f"logits differ by {logits_row.max_rel_diff:.3g} relative to their magnitude "
+                f"(tolerance {tolerance:g})"
+            )
+        bad_top1 = [i.image for i in image_rows if not i.top1_agree]
+        bad_top5 = [i.image for i in image_rows if not i.top5_agree]
+        if bad_top1:
+            failures.append(f"top-1 differs on {len(bad_top1)} images (first {bad_top1[0]})")
+        if bad_top5:
+            failures.append(f"top-5 differs on {len(bad_top5)} images (first {bad_top5[0]})")
+    return VerificationResult(
+        source=source,
+        tolerance=tolerance,
+        layers=rows,
+        images=image_rows,
+        logits_max_abs_diff=logits_row.max_abs_diff,
+        logits_max_rel_diff=logits_row.max_rel_diff,
+        first_failing_layer=first_failing,
+        passed=not failures,
+        failures=failures,
+    )

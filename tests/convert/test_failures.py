@@ -1,0 +1,132 @@
+"""Graphs that are not the expected model fail in one sentence, with no output left behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from convert.__main__ import main
+from convert.graph import read_graph_def
+from convert.models import MobileNetV1
+from convert.tf_runner import TFGraphRunner
+from convert.verify import compare_layers, synthetic_images
+from convert.weights import extract_weights
+from pipeline.common import run_cli
+
+tf = pytest.importorskip("tensorflow")
+
+
+def _run(capsys, model: str, checkpoint, out_dir) -> str:
+    out = out_dir / "model.pth"
+    code = run_cli(main, ["--model", model, "--checkpoint", str(checkpoint), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    left = [p.name for p in out_dir.iterdir() if p.suffix in (".pth", ".json", ".tmp")]
+    assert left == [], f"output left behind: {left}"
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def resnet_graph_def(resnet50_pb):
+    return read_graph_def(resnet50_pb)
+
+
+def _write(graph_def, path):
+    path.write_bytes(graph_def.SerializeToString())
+    return path
+
+
+def test_truncated_file(resnet50_pb, tmp_path, capsys):
+    bad = tmp_path / "in" / "resnet50_v1.pb"
+    bad.parent.mkdir()
+    bad.write_bytes(resnet50_pb.read_bytes()[:50_000])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    msg = _run(capsys, "resnet50", bad, out_dir)
+    assert "truncated" in msg and "resnet50_v1.pb" in msg
+
+
+def test_not_a_graph_def(tmp_path, capsys):
+    bad = tmp_path / "in" / "notes.pb"
+    bad.parent.mkdir()
+    bad.write_text("this is not a protobuf, just some text\n" * 20)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    assert "not a TensorFlow" in _run(capsys, "resnet50", bad, out_dir)
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    assert "does not exist" in _run(capsys, "resnet50", tmp_path / "nope.pb", out_dir)
+
+
+def test_resnet_graph_passed_as_mobilenet(resnet50_pb, tmp_path, capsys):
+    msg = _run(capsys, "mobilenet_v1", resnet50_pb, tmp_path)
+    assert "not a mobilenet_v1 graph" in msg and "input:0" in msg
+
+
+def test_missing_tensor_is_named(resnet_graph_def, tmp_path, capsys):
+    edited = tf.compat.v1.GraphDef()
+    edited.CopyFrom(resnet_graph_def)
+    keep = [n for n in edited.node if n.name != "resnet_model/conv2d_5/kernel"]
+    del edited.node[:]
+    edited.node.extend(keep)
+    path = _write(edited, tmp_path / "edited.pb")
+    msg = _run(capsys, "resnet50", path, tmp_path)
+    assert "resnet_model/conv2d_5/kernel" in msg and "no tensor" in msg
+
+
+def test_wrong_shape_is_named(resnet_graph_def, tmp_path, capsys):
+    edited = tf.compat.v1.GraphDef()
+    edited.CopyFrom(resnet_graph_def)
+    name = "resnet_model/batch_normalization_7/gamma"
+    node = next(n for n in edited.node if n.name == name)
+    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.ones(3, np.float32)))
+    path = _write(edited, tmp_path / "edited.pb")
+    msg = _run(capsys, "resnet50", path, tmp_path)
+    assert name in msg and "shape (3,)" in msg
+
+
+def test_wrong_kernel_shape_is_named(resnet_graph_def, tmp_path, capsys):
+    edited = tf.compat.v1.GraphDef()
+    edited.CopyFrom(resnet_graph_def)
+    name = "resnet_model/dense/kernel"
+    node = next(n for n in edited.node if n.name == name)
+    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.ones((2048, 1000), np.float32)))
+    path = _write(edited, tmp_path / "edited.pb")
+    msg = _run(capsys, "resnet50", path, tmp_path)
+    assert name in msg and "1000 classes" in msg
+
+
+def test_unused_weights_are_reported(resnet_graph_def):
+    edited = tf.compat.v1.GraphDef()
+    edited.CopyFrom(resnet_graph_def)
+    extra = edited.node.add()
+    extra.name, extra.op = "resnet_model/dense_1/kernel", "Const"
+    extra.attr["dtype"].type = tf.float32.as_datatype_enum
+    extra.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.zeros((4, 4), np.float32)))
+    extracted = extract_weights(edited, "resnet50")
+    assert extracted.ignored_tensors == ["resnet_model/dense_1/kernel"]
+
+
+def test_verification_names_first_bad_layer(mobilenet_v1_pb):
+    graph_def = read_graph_def(mobilenet_v1_pb)
+    extracted = extract_weights(graph_def, "mobilenet_v1")
+    model = MobileNetV1()
+    model.load_state_dict(extracted.state_dict)
+    with torch.no_grad():
+        model.features[5].pointwise.bn.bias += 0.5
+    names, images = synthetic_images("mobilenet_v1", count=2)
+    with TFGraphRunner(mobilenet_v1_pb, "mobilenet_v1", graph_def=graph_def) as runner:
+        result = compare_layers(
+            model, runner, extracted.layer_tensors, "NHWC", names, images, quiet=True
+        )
+    assert not result.passed
+    assert result.first_failing_layer == "features.5"
+    rows = {r.layer: r for r in result.layers}
+    assert rows["features.4"].passed and not rows["features.5"].passed
+    assert "first layer over tolerance: features.5" in result.table()
