@@ -52,7 +52,7 @@ run:
 # Fixture checkpoints + a generated labelled subset, whole pipeline, both models and
 # backends; fails on any PyTorch/TF disagreement or a change from the committed results.
 accuracy-ci:
-	$(PYTHON) -m pipeline.accuracy_ci --work-dir $(WORK_DIR)/accuracy-ci
+	$(PYTHON) -m tests.accuracy_ci --work-dir $(WORK_DIR)/accuracy-ci
 
 bench:
 	$(PYTHON) benchmarks/bench_inference.py --json $(WORK_DIR)/bench/inference.json

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--limit", type=int, help="evaluate only the first N cached images")
     parser.add_argument("--out", help="output directory (default: results/<model>-<backend>)")
+    parser.add_argument(
+        "--loadgen", action="store_true", help="also run MLPerf LoadGen (logs in OUT/loadgen)"
+    )
+    parser.add_argument("--loadgen-mode", choices=("accuracy", "performance"), default="accuracy")
+    parser.add_argument("--scenario", choices=("Offline", "SingleStream"), default="Offline")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
     return parser
 
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         out_dir=out_dir,
         quiet=args.quiet,
+        loadgen=args.loadgen_mode if args.loadgen else None,
+        scenario=args.scenario,
     )
     log.info("wrote %s/results.json, predictions.npy, top5.npy", out_dir)
     print(format_table(results))

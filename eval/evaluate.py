@@ -166,12 +166,18 @@ def evaluate(
     limit: int | None = None,
     out_dir=None,
     quiet: bool = False,
+    loadgen: str | None = None,
+    scenario: str = "Offline",
 ) -> dict:
     """Evaluate ``model`` over the preprocessed cache; return (and write) the results dict.
 
     ``backend="torch"`` needs ``weights`` (a converted .pth); ``backend="tf"`` needs
     ``checkpoint`` (the frozen graph). With ``out_dir``, writes results.json,
     predictions.npy and top5.npy there atomically.
+
+    ``loadgen="accuracy"|"performance"`` adds an MLPerf LoadGen run with the same backend
+    (a second pass over the images; its logs go to ``out_dir/loadgen``) and records its
+    result under ``results["loadgen"]``.
     """
     from eval.report import build_results, write_outputs
     from pipeline.profiles import get_profile
@@ -191,6 +197,58 @@ def evaluate(
         results = build_results(
             engine, outcome, cache=cache, cache_dir=cache_dir, batch_size=batch_size, limit=limit
         )
+        if loadgen is not None:
+            if out_dir is None:
+                raise UserError("a LoadGen run needs an output directory for its logs")
+            results["loadgen"] = run_loadgen_pass(
+                engine,
+                cache,
+                outcome.counter.images,
+                Path(out_dir) / "loadgen",
+                mode=loadgen,
+                scenario=scenario,
+                batch_size=batch_size,
+                quiet=quiet,
+            )
     if out_dir is not None:
         write_outputs(Path(out_dir), results, outcome)
     return results
+
+
+def run_loadgen_pass(
+    backend: Backend,
+    cache,
+    count: int,
+    out_dir: Path,
+    *,
+    mode: str,
+    scenario: str,
+    batch_size: int,
+    quiet: bool,
+) -> dict:
+    """Answer MLPerf LoadGen's queries over the first ``count`` cached images with ``backend``.
+
+    The SUT replies with the predicted label (argmax - the profile's offset), as MLPerf's
+    reference does; the accuracy log is then scored the way accuracy-imagenet.py scores it.
+    """
+    from eval.loadgen import run_loadgen
+
+    offset = backend.profile.label_offset
+
+    def predict_labels(u8_batch: np.ndarray) -> np.ndarray:
+        logits = backend.logits(u8_batch)
+        return labels_from_classes(top_k_classes(logits, 1), offset)[:, 0]
+
+    result = run_loadgen(
+        cache.images[:count],
+        np.asarray(cache.labels[:count], dtype=np.int64),
+        predict_labels,
+        out_dir,
+        mode=mode,
+        scenario=scenario,
+        batch_size=batch_size,
+        quiet=quiet,
+    )
+    if result.accuracy_line:
+        log.info("LoadGen %s", result.accuracy_line)
+    return result.to_json()

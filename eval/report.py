@@ -117,6 +117,17 @@ def format_table(results: dict) -> str:
         ("MLPerf top-1", f"{results['reference_top1']:.3f} %  (50,000 images)"),
         ("throughput", f"{results['images_per_second']:,.1f} img/s  (inference only)"),
     ]
+    loadgen = results.get("loadgen")
+    if loadgen and loadgen.get("accuracy_line"):
+        rows.append(("LoadGen", loadgen["accuracy_line"]))
+    elif loadgen and loadgen.get("samples_per_second") is not None:
+        verdict = "VALID" if loadgen.get("valid") else "INVALID"
+        rows.append(
+            (
+                "LoadGen",
+                f"{loadgen['scenario']} {loadgen['samples_per_second']:,.1f} samples/s ({verdict})",
+            )
+        )
     width = max(len(name) for name, _ in rows)
     rule = "-" * (width + 2 + max(len(value) for _, value in rows))
     lines = [rule] + [f"{name:<{width}}  {value}" for name, value in rows] + [rule]

@@ -1,0 +1,382 @@
+"""One command from "ImageNet val + an MLPerf checkpoint" to "top-1 next to MLPerf's".
+
+    python -m pipeline.run --model resnet50 [--checkpoint PATH|URL] [--data-dir DIR] ...
+
+Stages: fetch → preprocess → convert (with verification against TensorFlow) → evaluate.
+Each stage records its inputs (pipeline.stages.StageStamp); a rerun skips stages whose
+inputs did not change and redoes only what changed. The preprocess stage resumes a killed
+build by itself. `make preprocess convert evaluate` calls this module with --stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.common import UserError, configure_logging, run_cli, sha256_file, write_text_atomic
+from pipeline.profiles import MODEL_NAMES, ModelProfile, get_profile
+from pipeline.stages import StageStamp
+
+log = logging.getLogger("pipeline.run")
+
+STAGES = ("fetch", "preprocess", "convert", "evaluate")
+BACKENDS = {"torch": ("torch",), "tf": ("tf",), "both": ("torch", "tf")}
+# How many cached images the convert stage verifies layer by layer against TensorFlow.
+VERIFY_IMAGES = 8
+
+
+@dataclass
+class RunOptions:
+    model: str
+    work_dir: Path
+    checkpoint: str | None = None
+    sha256: str | None = None
+    data_dir: Path | None = None
+    val_map: Path | None = None
+    limit: int | None = None
+    workers: int | None = None
+    skip_bad: bool = False
+    device: str = "cpu"
+    backend: str = "torch"
+    engine: str = "auto"
+    batch_size: int = 32
+    stages: tuple[str, ...] = STAGES
+    force: bool = False
+    quiet: bool = False
+    loadgen: bool = False
+    loadgen_mode: str = "accuracy"
+    scenario: str = "Offline"
+
+
+@dataclass
+class RunState:
+    """What the stages produced so far, and which of them did work this time."""
+
+    profile: ModelProfile
+    model_dir: Path
+    checkpoint: Path | None = None
+    cache_dir: Path | None = None
+    weights: Path | None = None
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ran: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped"
+    seconds: dict[str, float] = field(default_factory=dict)
+    using_sample: bool = False
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+
+def stage_fetch(opts: RunOptions, state: RunState) -> None:
+    from pipeline.fetch import fetch_checkpoint
+
+    source = opts.checkpoint
+    if source and "://" not in source and Path(source).suffix == ".pb":
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} does not exist")
+        state.checkpoint = path
+        state.ran["fetch"] = "skipped (local .pb)"
+        return
+    state.checkpoint = fetch_checkpoint(
+        opts.model,
+        state.model_dir / "checkpoint",
+        url=source,
+        sha256=opts.sha256,
+        quiet=opts.quiet,
+    )
+    state.ran["fetch"] = "ran"
+
+
+def stage_preprocess(opts: RunOptions, state: RunState) -> None:
+    from preprocess import build_cache
+
+    data_dir = opts.data_dir
+    if data_dir is None:
+        from pipeline.sample import sample_dir
+
+        data_dir = sample_dir()
+        state.using_sample = True
+    state.cache_dir = state.model_dir / "cache"
+    summary = build_cache(
+        opts.model,
+        data_dir,
+        state.cache_dir,
+        val_map=opts.val_map,
+        limit=opts.limit,
+        workers=opts.workers,
+        skip_bad=opts.skip_bad,
+        quiet=opts.quiet,
+    )
+    state.ran["preprocess"] = "skipped (cache up to date)" if summary.already_complete else "ran"
+
+
+def _cache_fingerprint(opts: RunOptions, state: RunState) -> str:
+    from preprocess import load_cache
+
+    return load_cache(state.cache_dir, opts.model).fingerprint
+
+
+def stage_convert(opts: RunOptions, state: RunState) -> None:
+    from convert import convert_checkpoint
+
+    weights = state.model_dir / "model.pth"
+    stamp = StageStamp(state.model_dir / "stages", "convert")
+    # The weights depend only on the checkpoint and the converter: new data does not redo
+    # the conversion (the report names the images it was verified on).
+    inputs = {
+        "checkpoint_sha256": sha256_file(state.checkpoint),
+        "converter": _package_digest("convert"),
+    }
+    state.weights = weights
+    if not opts.force and stamp.is_current(inputs, [weights, weights.with_suffix(".json")]):
+        state.ran["convert"] = "skipped (checkpoint unchanged)"
+        return
+    stamp.clear()
+    convert_checkpoint(
+        opts.model,
+        state.checkpoint,
+        weights,
+        verify_cache=state.cache_dir,
+        verify_limit=VERIFY_IMAGES,
+        report=state.model_dir / "conversion_report.json",
+        quiet=opts.quiet,
+    )
+    stamp.record(inputs, [weights, weights.with_suffix(".json")])
+    state.ran["convert"] = "ran"
+
+
+def stage_evaluate(opts: RunOptions, state: RunState) -> None:
+    from eval import evaluate
+
+    fingerprint = _cache_fingerprint(opts, state)
+    did_work = False
+    for backend in BACKENDS[opts.backend]:
+        out_dir = state.model_dir / f"eval-{backend}"
+        source = state.weights if backend == "torch" else state.checkpoint
+        inputs = {
+            "backend": backend,
+            "source_sha256": sha256_file(source),
+            "cache": fingerprint,
+            "limit": opts.limit,
+            "device": opts.device,
+            "engine": opts.engine if backend == "torch" else None,
+            "loadgen": [opts.loadgen_mode, opts.scenario] if opts.loadgen else None,
+        }
+        stamp = StageStamp(state.model_dir / "stages", f"evaluate-{backend}")
+        results_path = out_dir / "results.json"
+        if not opts.force and stamp.is_current(inputs, [results_path]):
+            state.results[backend] = json.loads(results_path.read_text())
+            continue
+        stamp.clear()
+        kwargs: dict[str, Any] = dict(
+            backend=backend,
+            batch_size=opts.batch_size,
+            device=opts.device,
+            limit=opts.limit,
+            out_dir=out_dir,
+            quiet=opts.quiet,
+        )
+        if backend == "torch":
+            kwargs.update(weights=state.weights, engine=opts.engine)
+        else:
+            kwargs.update(checkpoint=state.checkpoint)
+        if opts.loadgen:
+            kwargs.update(loadgen=opts.loadgen_mode, scenario=opts.scenario)
+        state.results[backend] = evaluate(opts.model, state.cache_dir, **kwargs)
+        stamp.record(inputs, [results_path])
+        did_work = True
+    state.ran["evaluate"] = "ran" if did_work else "skipped (results up to date)"
+
+
+STAGE_FUNCTIONS = {
+    "fetch": stage_fetch,
+    "preprocess": stage_preprocess,
+    "convert": stage_convert,
+    "evaluate": stage_evaluate,
+}
+
+
+def _package_digest(package: str) -> str:
+    """A digest of a package's source, so a change in the converter redoes conversion."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent / package
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def run_pipeline(opts: RunOptions) -> RunState:
+    """Run the requested stages in order; earlier stages a later one needs run too.
+
+    Asking only for `evaluate` still resolves the checkpoint, cache and weights: their own
+    stamps make that free when they are already up to date.
+    """
+    profile = get_profile(opts.model)
+    state = RunState(profile=profile, model_dir=opts.work_dir / opts.model)
+    last = max(STAGES.index(s) for s in opts.stages)
+    for stage in STAGES[: last + 1]:
+        if stage == "fetch" and last == STAGES.index("preprocess"):
+            continue  # preprocessing needs no checkpoint
+        start = time.perf_counter()
+        STAGE_FUNCTIONS[stage](opts, state)
+        state.seconds[stage] = time.perf_counter() - start
+        log.info("%s: %s in %.1f s", stage, state.ran.get(stage, "ran"), state.seconds[stage])
+    if state.results:
+        write_summary(opts, state)
+    return state
+
+
+def combined_results(opts: RunOptions, state: RunState) -> dict[str, Any]:
+    """W/<model>/results.json: the primary backend's keys plus the other backend's figures."""
+    primary = "torch" if "torch" in state.results else "tf"
+    combined = dict(state.results[primary])
+    if "torch" in state.results and "tf" in state.results:
+        torch_res, tf_res = state.results["torch"], state.results["tf"]
+        combined["tf_top1"] = tf_res["top1"]
+        combined["tf_top5"] = tf_res["top5"]
+        combined["tf_images_per_second"] = tf_res["images_per_second"]
+        combined["top1_torch_minus_tf"] = round(torch_res["top1"] - tf_res["top1"], 6)
+        combined["prediction_agreement"] = _prediction_agreement(state)
+    loadgen = combined.get("loadgen") or {}
+    if loadgen.get("accuracy_line"):
+        combined["loadgen_accuracy_line"] = loadgen["accuracy_line"]
+        combined["loadgen_top1"] = loadgen["top1"]
+    combined["difference_from_reference"] = round(
+        combined["top1"] - state.profile.reference_top1, 6
+    )
+    combined["dataset"] = "built-in sample (not ImageNet)" if state.using_sample else "user data"
+    combined["stages"] = state.ran
+    return combined
+
+
+def _prediction_agreement(state: RunState) -> float:
+    import numpy as np
+
+    a = np.load(state.model_dir / "eval-torch" / "predictions.npy")
+    b = np.load(state.model_dir / "eval-tf" / "predictions.npy")
+    return float((a == b).mean() * 100.0) if len(a) else 100.0
+
+
+def write_summary(opts: RunOptions, state: RunState) -> None:
+    combined = combined_results(opts, state)
+    write_text_atomic(
+        state.model_dir / "results.json", json.dumps(combined, indent=2, sort_keys=True) + "\n"
+    )
+    print(format_summary(combined, state))
+
+
+def format_summary(combined: dict[str, Any], state: RunState) -> str:
+    torch_top1 = state.results.get("torch", {}).get("top1")
+    tf_top1 = state.results.get("tf", {}).get("top1")
+    main_top1 = torch_top1 if torch_top1 is not None else tf_top1
+    rows = [
+        ("model", combined["model"]),
+        ("images", str(combined["images"])),
+        ("top-1 PyTorch", _pct(torch_top1)),
+        ("top-1 TensorFlow", _pct(tf_top1)),
+        ("MLPerf reference", _pct(state.profile.reference_top1)),
+        ("difference", f"{main_top1 - state.profile.reference_top1:+.3f} points"),
+    ]
+    if "loadgen_accuracy_line" in combined:
+        rows.append(("MLPerf LoadGen", combined["loadgen_accuracy_line"]))
+    if "prediction_agreement" in combined:
+        rows.append(("PyTorch = TF", f"{combined['prediction_agreement']:.3f} % of images"))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    if state.using_sample:
+        from pipeline.sample import SAMPLE_DESCRIPTION
+
+        lines.append(f"  note: {SAMPLE_DESCRIPTION}")
+    stages = ", ".join(f"{s} {what}" for s, what in state.ran.items())
+    lines.append(f"  stages: {stages}")
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} %"
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def _parse_stages(text: str) -> tuple[str, ...]:
+    stages = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise argparse.ArgumentTypeError(
+            f"unknown stage(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(STAGES)}"
+        )
+    return stages
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--checkpoint", help="frozen graph .pb / MLPerf .tgz: a path or a URL")
+    p.add_argument("--sha256", help="expected sha256 of the downloaded checkpoint")
+    p.add_argument("--data-dir", type=Path, help="ImageNet val (default: built-in sample)")
+    p.add_argument("--val-map", type=Path, help="val_map.txt outside the data dir")
+    p.add_argument("--work-dir", type=Path, default=Path("work"))
+    p.add_argument("--limit", type=int, help="use only the first N images of the listing")
+    p.add_argument("--workers", type=int, help="preprocessing processes (default: all cores)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS))
+    p.add_argument("--engine", default="auto", choices=("auto", "eager", "fast"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--stages", type=_parse_stages, default=STAGES, help="comma-separated")
+    p.add_argument("--force", action="store_true", help="redo convert and evaluate")
+    p.add_argument("--loadgen", action="store_true", help="run through MLPerf LoadGen")
+    p.add_argument("--loadgen-mode", default="accuracy", choices=("accuracy", "performance"))
+    p.add_argument("--scenario", default="Offline", choices=("Offline", "SingleStream"))
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.quiet)
+    if args.limit is not None and args.limit <= 0:
+        raise UserError("--limit must be a positive number of images")
+    if args.batch_size <= 0:
+        raise UserError("--batch-size must be positive")
+    opts = RunOptions(
+        model=args.model,
+        work_dir=args.work_dir,
+        checkpoint=args.checkpoint,
+        sha256=args.sha256,
+        data_dir=args.data_dir,
+        val_map=args.val_map,
+        limit=args.limit,
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        device=args.device,
+        backend=args.backend,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        stages=args.stages,
+        force=args.force,
+        quiet=args.quiet,
+        loadgen=args.loadgen,
+        loadgen_mode=args.loadgen_mode,
+        scenario=args.scenario,
+    )
+    os.makedirs(opts.work_dir, exist_ok=True)
+    run_pipeline(opts)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
