@@ -1,0 +1,129 @@
+"""Preprocessing throughput: this project's cache build vs an MLPerf-style build.
+
+MLPerf's reference preprocesses in one process and writes one float32 ``.npy`` per image
+with ``np.save``. The project's build decodes in worker processes into one uint8 memmap.
+Both run here on the same generated ImageNet-sized JPEGs (page cache warmed first), and
+the script checks that the two caches hold the same floats.
+
+    python benchmarks/bench_preprocess.py [--images 300] [--model resnet50] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from preprocess import build_cache, load_cache, normalize  # noqa: E402
+from tests.fixtures.images import write_val_set  # noqa: E402
+
+IMAGENET_LIKE_SIZES = [(375, 500), (500, 375), (333, 500), (500, 333), (375, 500), (400, 500)]
+
+
+def mlperf_style_build(model: str, data_dir: Path, out_dir: Path) -> int:
+    """One process, MLPerf's per-image recipe, one float32 .npy per image via np.save."""
+    interpolation = cv2.INTER_AREA if model == "resnet50" else cv2.INTER_LINEAR
+    means = np.array([123.68, 116.78, 103.94], dtype=np.float32)
+    out_dir.mkdir(parents=True)
+    count = 0
+    for line in (data_dir / "val_map.txt").read_text().splitlines():
+        name = line.split()[0]
+        img = cv2.cvtColor(cv2.imread(str(data_dir / name)), cv2.COLOR_BGR2RGB)
+        height, width, _ = img.shape
+        if height > width:
+            w, h = 256, int(256 * height / width)
+        else:
+            w, h = int(256 * width / height), 256
+        img = cv2.resize(img, (w, h), interpolation=interpolation)
+        top, left = int((h - 224) / 2), int((w - 224) / 2)
+        img = np.asarray(img[top : top + 224, left : left + 224], dtype="float32")
+        if model == "resnet50":
+            img -= means
+        else:
+            img /= 255.0
+            img -= 0.5
+            img *= 2
+        np.save(out_dir / name, img)
+        count += 1
+    return count
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=300, help="JPEGs to generate")
+    parser.add_argument("--model", default="resnet50", choices=("resnet50", "mobilenet_v1"))
+    parser.add_argument("--workers", type=int, default=None, help="default: all cores")
+    parser.add_argument("--repeats", type=int, default=2, help="best of N timings each")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:
+        tmp = Path(tmp)
+        data = tmp / "data"
+        t0 = time.perf_counter()
+        write_val_set(data, args.images, sizes=IMAGENET_LIKE_SIZES, seed=2024, quality=90)
+        jpeg_bytes = folder_bytes(data) / args.images
+        print(f"generated {args.images} JPEGs ({jpeg_bytes / 1024:.0f} KiB each) in "
+              f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+        for path in data.iterdir():  # warm the page cache so neither build pays cold reads
+            path.read_bytes()
+
+        ours_s, theirs_s = [], []
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            build_cache(args.model, data, tmp / f"ours{r}", workers=args.workers, quiet=True)
+            ours_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            mlperf_style_build(args.model, data, tmp / f"mlperf{r}")
+            theirs_s.append(time.perf_counter() - t0)
+
+        cache = load_cache(tmp / "ours0", args.model)
+        for i in range(0, len(cache), max(1, len(cache) // 10)):  # spot-check exactness
+            expected = np.load(tmp / "mlperf0" / f"{cache.files[i]}.npy")
+            assert np.array_equal(normalize(cache.images[i : i + 1], args.model)[0], expected)
+
+        result = {
+            "images": args.images,
+            "model": args.model,
+            "cpu_count": os.cpu_count(),
+            "workers": args.workers or os.cpu_count(),
+            "opencv": cv2.__version__,
+            "ours_seconds": min(ours_s),
+            "mlperf_style_seconds": min(theirs_s),
+            "ours_img_per_s": args.images / min(ours_s),
+            "mlperf_style_img_per_s": args.images / min(theirs_s),
+            "speedup": min(theirs_s) / min(ours_s),
+            "ours_bytes_per_image": folder_bytes(tmp / "ours0") / args.images,
+            "mlperf_style_bytes_per_image": folder_bytes(tmp / "mlperf0") / args.images,
+            "all_timings_s": {"ours": ours_s, "mlperf_style": theirs_s},
+        }
+
+    print(f"{'build':<28}{'img/s':>10}{'bytes/image':>14}")
+    print(f"{'project (uint8 memmap)':<28}{result['ours_img_per_s']:>10.1f}"
+          f"{result['ours_bytes_per_image']:>14.0f}")  # fmt: skip
+    print(f"{'MLPerf-style (float32 .npy)':<28}{result['mlperf_style_img_per_s']:>10.1f}"
+          f"{result['mlperf_style_bytes_per_image']:>14.0f}")  # fmt: skip
+    print(f"speedup {result['speedup']:.2f}x with {result['workers']} worker(s) on "
+          f"{result['cpu_count']} core(s); crops checked equal to MLPerf's floats")  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

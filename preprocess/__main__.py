@@ -1,0 +1,53 @@
+"""``python -m preprocess``: build (or resume, or confirm) a model's uint8 crop cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.common import configure_logging, run_cli
+from pipeline.profiles import MODEL_NAMES
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocess",
+        description="Decode, resize and centre-crop ImageNet validation images exactly as "
+        "MLPerf does, into a resumable uint8 cache (one model per cache dir).",
+    )
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
+    parser.add_argument(
+        "--data-dir", required=True, help="folder with val_map.txt or synset folders"
+    )
+    parser.add_argument("--cache-dir", required=True, help="where the cache is written")
+    parser.add_argument("--val-map", help="a val_map.txt elsewhere (paths relative to data dir)")
+    parser.add_argument("--limit", type=int, help="take only the first N listed images")
+    parser.add_argument("--workers", type=int, help="worker threads (default: all cores)")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="leave unreadable images out instead of failing"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.quiet)
+    from preprocess.build import build_cache  # after argparse, so --help stays instant
+
+    summary = build_cache(
+        args.model,
+        args.data_dir,
+        args.cache_dir,
+        val_map=args.val_map,
+        limit=args.limit,
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+        quiet=args.quiet,
+    )
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,146 @@
+"""ImageNet validation listings: MLPerf's ``val_map.txt`` or torchvision synset folders.
+
+A listing is an ordered list of (relative path, label 0..999). Order matters: MLPerf's
+accuracy tool matches query index i with line i of ``val_map.txt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.common import UserError
+
+log = logging.getLogger(__name__)
+
+NUM_LABELS = 1000
+VAL_MAP_NAME = "val_map.txt"
+# torchvision's ImageFolder extensions (compared case-insensitively).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_SYNSET_RE = re.compile(r"^n\d{8}$")
+
+
+@dataclass(frozen=True)
+class Listing:
+    root: Path  # file names are relative to this folder
+    files: list[str]
+    labels: list[int]
+    source: str  # where the listing came from, for log lines and manifests
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def digest(self) -> str:
+        """sha256 over the ordered (name, label) pairs: changes when the listing does."""
+        h = hashlib.sha256()
+        for name, label in zip(self.files, self.labels, strict=True):
+            h.update(f"{name}\t{label}\n".encode())
+        return h.hexdigest()
+
+
+def read_val_map(val_map: Path, root: Path) -> Listing:
+    """Parse ``relative/path label`` lines (blank lines ignored), keeping their order."""
+    try:
+        text = val_map.read_text(encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"cannot read val map {val_map}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"val map {val_map} is not a UTF-8 text file") from None
+    files, labels = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().rsplit(None, 1)
+        if len(parts) != 2 or not re.fullmatch(r"[+-]?\d+", parts[1]):
+            raise UserError(
+                f"{val_map} line {number} is not 'relative/path label': {line.strip()[:80]!r}"
+            )
+        label = int(parts[1])
+        if not 0 <= label < NUM_LABELS:
+            raise UserError(
+                f"{val_map} line {number} has label {label}, outside 0-{NUM_LABELS - 1}"
+            )
+        files.append(parts[0])
+        labels.append(label)
+    return Listing(root=root, files=files, labels=labels, source=str(val_map))
+
+
+def _synset_dirs(folder: Path) -> list[str]:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    return sorted(e.name for e in entries if e.is_dir() and _SYNSET_RE.match(e.name))
+
+
+def read_synset_folders(folder: Path, synsets: list[str]) -> Listing:
+    """torchvision layout: label = index of the synset folder in sorted order."""
+    if len(synsets) > NUM_LABELS:
+        raise UserError(
+            f"{folder} has {len(synsets)} synset folders, so labels would exceed 0-{NUM_LABELS - 1}"
+        )
+    if len(synsets) != NUM_LABELS:
+        log.warning(
+            "%s has %d synset folders, not %d: labels are indexes among the folders present",
+            folder,
+            len(synsets),
+            NUM_LABELS,
+        )
+    files, labels = [], []
+    for label, synset in enumerate(synsets):
+        names = sorted(
+            e.name
+            for e in os.scandir(folder / synset)
+            if e.is_file()
+            and not e.name.startswith(".")
+            and e.name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        files.extend(f"{synset}/{name}" for name in names)
+        labels.extend([label] * len(names))
+    return Listing(root=folder, files=files, labels=labels, source=f"synset folders in {folder}")
+
+
+def list_dataset(
+    data_dir: str | os.PathLike,
+    val_map: str | os.PathLike | None = None,
+    limit: int | None = None,
+) -> Listing:
+    """Find the listing under ``data_dir`` (or use ``val_map``) and keep the first ``limit``.
+
+    Detection order: an explicit ``val_map``; ``DATA/val_map.txt``; synset folders in
+    ``DATA/`` or ``DATA/val/``.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"data dir {root} does not exist or is not a folder")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    if val_map is not None:
+        val_map_path = Path(val_map)
+        if not val_map_path.is_file():
+            raise UserError(f"val map {val_map_path} does not exist")
+        listing = read_val_map(val_map_path, root)
+    elif (root / VAL_MAP_NAME).is_file():
+        listing = read_val_map(root / VAL_MAP_NAME, root)
+    elif synsets := _synset_dirs(root):
+        listing = read_synset_folders(root, synsets)
+    elif synsets := _synset_dirs(root / "val"):
+        listing = read_synset_folders(root / "val", synsets)
+    else:
+        raise UserError(
+            f"{root} has neither {VAL_MAP_NAME} nor synset folders (nXXXXXXXX/ or val/nXXXXXXXX/)"
+        )
+    if not listing.files:
+        raise UserError(f"the listing from {listing.source} holds no images")
+    if limit is not None and limit < len(listing):
+        listing = Listing(
+            root=listing.root,
+            files=listing.files[:limit],
+            labels=listing.labels[:limit],
+            source=listing.source,
+        )
+    return listing

@@ -1,0 +1,106 @@
+"""MLPerf's image preprocessing, split at the point where the data is still uint8.
+
+``crop_uint8`` does steps 1-3 of MLPERF_FACTS.md (decode, BGR->RGB, resize, centre crop):
+its output is what the cache stores. ``normalize`` does step 4 (float32 arithmetic) and is
+applied at load time. Together they equal MLPerf's ``pre_process_vgg`` /
+``pre_process_mobilenet`` bit for bit, because every float32 operation is done in the same
+order, with the same operand types, as the reference.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+from pipeline.common import UserError
+from pipeline.profiles import CROP_SIZE, SHORT_SIDE, VGG_MEANS_RGB, get_profile
+
+INTERPOLATION_FLAGS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+
+# Same dtype and values as the reference's ``np.array([...], dtype=np.float32)``.
+_VGG_MEANS_F32 = np.array(VGG_MEANS_RGB, dtype=np.float32)
+
+
+def resized_size(height: int, width: int, short_side: int = SHORT_SIDE) -> tuple[int, int]:
+    """Return cv2's ``(width, height)`` with the short side at ``short_side``.
+
+    Python ``int()`` truncation on a float quotient, exactly as MLPerf computes it.
+    """
+    if height > width:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def center_crop(img: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """MLPerf's centre crop: ``int((d - size) / 2)`` to ``int((d + size) / 2)`` per axis."""
+    height, width = img.shape[:2]
+    top, bottom = int((height - size) / 2), int((height + size) / 2)
+    left, right = int((width - size) / 2), int((width + size) / 2)
+    return img[top:bottom, left:right]
+
+
+def crop_bgr_image(bgr: np.ndarray, model: str) -> np.ndarray:
+    """Steps 2-3 on an image as ``cv2.imread`` returns it: uint8 RGB (224, 224, 3)."""
+    profile = get_profile(model)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    width, height = resized_size(rgb.shape[0], rgb.shape[1])
+    resized = cv2.resize(
+        rgb, (width, height), interpolation=INTERPOLATION_FLAGS[profile.interpolation]
+    )
+    return center_crop(resized)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray | None:
+    """``cv2.imread`` with default flags (3-channel BGR uint8), or None if it cannot decode."""
+    return cv2.imread(os.fspath(path))
+
+
+def crop_uint8(path: str | os.PathLike, model: str) -> np.ndarray:
+    """Steps 1-3 for one file: the uint8 RGB crop the cache stores."""
+    bgr = read_image(path)
+    if bgr is None:
+        raise UserError(f"cannot read image {os.fspath(path)}: OpenCV could not decode it")
+    return crop_bgr_image(bgr, model)
+
+
+def normalize(u8_batch: np.ndarray, model: str) -> np.ndarray:
+    """Step 4 on uint8 crops of any leading shape (usually (N, 224, 224, 3)): float32 out.
+
+    The operations mirror the reference in-place float32 code: ``img -= means`` with a
+    float32 means array (vgg); ``img /= 255.0; img -= 0.5; img *= 2`` (mobilenet), where the
+    Python scalars act as float32 operands. A float64 means list would round differently.
+    """
+    recipe = get_profile(model).recipe
+    out = np.array(u8_batch, dtype=np.float32)  # always a fresh, writable array
+    if recipe == "vgg":
+        out -= _VGG_MEANS_F32
+    elif recipe == "mobilenet":
+        out /= np.float32(255.0)
+        out -= np.float32(0.5)
+        out *= np.float32(2)
+    else:
+        raise ValueError(f"unknown preprocessing recipe {recipe!r} for model {model!r}")
+    return out
+
+
+def mlperf_preprocess(path: str | os.PathLike, model: str) -> np.ndarray:
+    """MLPerf's float32 (224, 224, 3) RGB input for one image file, bit for bit."""
+    return normalize(crop_uint8(path, model), model)
+
+
+def recipe_parameters(model: str) -> dict:
+    """Everything that determines a model's crops and floats, for manifests and fingerprints."""
+    profile = get_profile(model)
+    params = {
+        "model": profile.name,
+        "recipe": profile.recipe,
+        "interpolation": profile.interpolation,
+        "short_side": SHORT_SIDE,
+        "crop_size": CROP_SIZE,
+        "decoder": "cv2.imread(IMREAD_COLOR) then COLOR_BGR2RGB",
+    }
+    if profile.recipe == "vgg":
+        params["means_rgb"] = list(VGG_MEANS_RGB)
+    return params
