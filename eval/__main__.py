@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="evaluate only the first N cached images")
     parser.add_argument("--out", help="output directory (default: results/<model>-<backend>)")
     parser.add_argument(
+        "--engine",
+        default="auto",
+        help="torch execution: eager, fast (frozen/compiled) or auto (fast for long runs)",
+    )
+    parser.add_argument(
         "--loadgen", action="store_true", help="also run MLPerf LoadGen (logs in OUT/loadgen)"
     )
     parser.add_argument("--loadgen-mode", choices=("accuracy", "performance"), default="accuracy")
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         out_dir=out_dir,
         quiet=args.quiet,
+        engine=args.engine,
         loadgen=args.loadgen_mode if args.loadgen else None,
         scenario=args.scenario,
     )

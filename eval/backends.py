@@ -74,7 +74,18 @@ class TorchBackend(Backend):
     name = "torch"
     engine = "eager"
 
-    def __init__(self, module, model: str, device: str = "cpu", weights_path=None):
+    def __init__(
+        self,
+        module,
+        model: str,
+        device: str = "cpu",
+        weights_path=None,
+        *,
+        engine: str = "eager",
+        batch_size: int = 32,
+        num_images: int | None = None,
+        verify_images: np.ndarray | None = None,
+    ):
         import torch
 
         super().__init__(model, device)
@@ -98,6 +109,32 @@ class TorchBackend(Backend):
         self._f2 = torch.tensor(2.0, **as_f32)
         if self.torch_device.type != "cpu":
             self.check_normalization()
+        self.prepared = self._prepare(engine, batch_size, num_images, verify_images)
+        self.engine = self.prepared.name
+
+    def _prepare(self, engine, batch_size, num_images, verify_images):
+        """Eager or fast (frozen/compiled) execution, checked against eager on real crops."""
+        from eval.engines import prepare_engine
+
+        sample = None
+        if verify_images is not None and len(verify_images):
+            u8 = self._torch.from_numpy(np.array(verify_images)).to(self.torch_device)
+            with self._torch.inference_mode():
+                sample = self.normalize(u8).permute(0, 3, 1, 2).contiguous()
+        try:
+            from eval.engines import choose_engine
+
+            choose_engine(engine, num_images)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        return prepare_engine(
+            self.module,
+            engine,
+            device=self.torch_device,
+            batch_size=batch_size,
+            num_images=num_images,
+            verify_sample=sample,
+        )
 
     def normalize(self, u8_nhwc):
         """Float32 normalisation of a uint8 NHWC tensor on its own device (recipe order)."""
@@ -140,13 +177,17 @@ class TorchBackend(Backend):
             u8 = torch.from_numpy(u8_nhwc).to(self.torch_device, non_blocking=True)
             # NHWC -> NCHW is a free view (channels-last strides), no copy.
             x = self.normalize(u8).permute(0, 3, 1, 2)
-            out = self.module(x)
+            out = self.prepared(x)
             result = out.float().cpu().numpy()
         check_logits_shape(result, len(u8_nhwc), self.profile.num_classes, "the PyTorch model")
         return result
 
     def describe(self) -> dict:
-        info = {"device_name": torch_device_name(self.torch_device)}
+        info = {
+            "device_name": torch_device_name(self.torch_device),
+            "setup_seconds": round(self.prepared.setup_seconds, 2),
+            "engine_notes": list(self.prepared.notes),
+        }
         if self.weights_path is not None:
             info["weights"] = os.fspath(self.weights_path)
             info["weights_sha256"] = sha256_file(self.weights_path)
@@ -232,8 +273,16 @@ def make_backend(
     weights=None,
     checkpoint=None,
     device: str = "cpu",
+    engine: str = "eager",
+    batch_size: int = 32,
+    num_images: int | None = None,
+    verify_images: np.ndarray | None = None,
 ) -> Backend:
-    """Build a backend from file paths, with one-sentence errors for missing inputs."""
+    """Build a backend from file paths, with one-sentence errors for missing inputs.
+
+    ``engine``, ``batch_size``, ``num_images`` and ``verify_images`` (uint8 crops the fast
+    engine is checked on) only concern the torch backend.
+    """
     get_profile(model)  # unknown model names fail before any file work
     if backend == "torch":
         if weights is None:
@@ -245,7 +294,16 @@ def make_backend(
         from convert import load_model
 
         module = load_model(model, weights)
-        return TorchBackend(module, model, str(dev), weights_path=weights)
+        return TorchBackend(
+            module,
+            model,
+            str(dev),
+            weights_path=weights,
+            engine=engine,
+            batch_size=batch_size,
+            num_images=num_images,
+            verify_images=verify_images,
+        )
     if backend == "tf":
         if checkpoint is None:
             raise UserError("the tf backend needs --checkpoint (the frozen graph .pb)")

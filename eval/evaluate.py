@@ -166,6 +166,7 @@ def evaluate(
     limit: int | None = None,
     out_dir=None,
     quiet: bool = False,
+    engine: str = "auto",
     loadgen: str | None = None,
     scenario: str = "Offline",
 ) -> dict:
@@ -174,6 +175,9 @@ def evaluate(
     ``backend="torch"`` needs ``weights`` (a converted .pth); ``backend="tf"`` needs
     ``checkpoint`` (the frozen graph). With ``out_dir``, writes results.json,
     predictions.npy and top5.npy there atomically.
+
+    ``engine`` (torch only): "eager", "fast" (frozen/compiled, checked against eager on the
+    first cached crops) or "auto" (fast only when the run is long enough to pay for it).
 
     ``loadgen="accuracy"|"performance"`` adds an MLPerf LoadGen run with the same backend
     (a second pass over the images; its logs go to ``out_dir/loadgen``) and records its
@@ -190,8 +194,17 @@ def evaluate(
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     cache = load_cache(Path(cache_dir), model)
+    count = len(cache) if limit is None else min(limit, len(cache))
     with make_backend(
-        model, backend, weights=weights, checkpoint=checkpoint, device=device
+        model,
+        backend,
+        weights=weights,
+        checkpoint=checkpoint,
+        device=device,
+        engine=engine,
+        batch_size=batch_size,
+        num_images=count,
+        verify_images=cache.images[: min(count, 8)],
     ) as engine:
         outcome = run_evaluation(engine, cache, batch_size=batch_size, limit=limit, quiet=quiet)
         results = build_results(

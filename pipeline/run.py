@@ -83,14 +83,12 @@ def stage_fetch(opts: RunOptions, state: RunState) -> None:
         state.checkpoint = path
         state.ran["fetch"] = "skipped (local .pb)"
         return
+    dest = state.model_dir / "checkpoint"
+    already_there = (dest / state.profile.checkpoint_filename).is_file()
     state.checkpoint = fetch_checkpoint(
-        opts.model,
-        state.model_dir / "checkpoint",
-        url=source,
-        sha256=opts.sha256,
-        quiet=opts.quiet,
+        opts.model, dest, url=source, sha256=opts.sha256, quiet=opts.quiet
     )
-    state.ran["fetch"] = "ran"
+    state.ran["fetch"] = "skipped (checkpoint present, sha256 verified)" if already_there else "ran"
 
 
 def stage_preprocess(opts: RunOptions, state: RunState) -> None:

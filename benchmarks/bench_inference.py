@@ -1,0 +1,273 @@
+"""Inference throughput: PyTorch eager vs this project's fast path vs TensorFlow vs ONNX Runtime.
+
+One run, both models, img/s at each batch size, steady state (warm-up first, then as many
+calls as fit in ``--seconds``). TensorFlow runs the original frozen graph (a fixture graph
+with random weights: speed does not depend on the values), PyTorch runs the same weights
+converted by ``convert``, ONNX Runtime runs the graph converted by tf2onnx. The fast path's
+logits are also compared with TensorFlow's on the timed batch, so a speed-up that broke
+exactness would show.
+
+    python benchmarks/bench_inference.py --json work/bench/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make the project importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+from pipeline.common import UserError, configure_logging, run_cli, write_text_atomic  # noqa: E402
+from pipeline.profiles import MODEL_NAMES, get_profile  # noqa: E402
+
+log = logging.getLogger("bench_inference")
+
+# "fast" is the project's default fast path; "fast:<builder>" names one explicitly.
+ENGINES = ("eager", "fast", "fast:torchscript-freeze", "fast:inductor", "tf", "onnx")
+DEFAULT_ENGINES = ("eager", "fast", "tf", "onnx")
+DEFAULT_BATCHES = (1, 32)
+FIXTURE_WRITERS = {"resnet50": "write_resnet50_pb", "mobilenet_v1": "write_mobilenet_v1_pb"}
+
+
+def cpu_description() -> dict:
+    """CPU model name and the cores this process may use."""
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return {"cpu": model, "cores": cores}
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def throughput(run: Callable[[], object], batch: int, seconds: float) -> dict:
+    """Steady-state img/s: two warm-up calls, then calls until ``seconds`` (at least 3)."""
+    for _ in range(2):
+        run()
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        run()
+        calls += 1
+    elapsed = time.perf_counter() - start
+    return {"img_per_s": calls * batch / elapsed, "calls": calls, "seconds": elapsed}
+
+
+def fixture_graph(model: str, cache_dir: Path) -> Path:
+    """The fixture frozen graph for ``model``, built once into ``cache_dir``."""
+    path = cache_dir / f"{model}_fixture.pb"
+    if not path.exists():
+        from tests.fixtures import tf_graphs  # TensorFlow: imported only when needed
+
+        log.info("building the %s fixture graph", model)
+        getattr(tf_graphs, FIXTURE_WRITERS[model])(path, seed=0)
+    return path
+
+
+def converted_model(model: str, graph: Path, cache_dir: Path):
+    """The graph's weights as the project's PyTorch module (converted once, cached)."""
+    from convert import convert_checkpoint, load_model
+
+    pth = cache_dir / f"{model}_fixture.pth"
+    if not pth.exists() or pth.stat().st_mtime < graph.stat().st_mtime:
+        convert_checkpoint(model, graph, pth, verify=False, quiet=True)
+    return load_model(model, pth)
+
+
+def onnx_session(model: str, graph: Path, cores: int):
+    """An ONNX Runtime session for the graph via tf2onnx, or a string saying why not."""
+    try:
+        import onnxruntime as ort
+        import tf2onnx
+
+        from convert.graph import read_graph_def
+
+        profile = get_profile(model)
+        graph_def = read_graph_def(graph, profile.archive_member)
+        proto, _ = tf2onnx.convert.from_graph_def(
+            graph_def,
+            input_names=[profile.input_tensor],
+            output_names=[profile.logits_tensor],
+            opset=13,
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cores
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        return session, profile.input_tensor
+    except Exception as err:  # any converter/runtime failure is reported, not fatal
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"n/a: {type(err).__name__}: {first[:200]}"
+
+
+def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> list[dict]:
+    import torch
+
+    from convert.tf_runner import TFGraphRunner
+    from eval.engines import prepare_engine
+    from preprocess import normalize
+
+    graph = fixture_graph(model, args.cache_dir)
+    module = converted_model(model, graph, args.cache_dir)
+    runner = TFGraphRunner(graph, model) if "tf" in args.engines else None
+    onnx = onnx_session(model, graph, cores) if "onnx" in args.engines else None
+    rows = []
+    for batch in args.batches:
+        rng = np.random.default_rng(batch)
+        u8 = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+        nhwc = normalize(u8, model)
+        nchw = torch.from_numpy(nhwc).permute(0, 3, 1, 2)  # channels-last view, no copy
+        tf_logits = runner.logits(nhwc) if runner is not None else None
+        for engine in args.engines:
+            row = {"model": model, "batch": batch, "engine": engine}
+            progress.set_description(f"{model} b{batch} {engine}")
+            if engine == "eager" or engine.startswith("fast"):
+                prepared = prepare_engine(module, engine, batch_size=batch)
+                row["name"] = f"torch {prepared.name}"
+                if engine != "eager" and not prepared.is_fast:
+                    row["name"] += " (fast fell back)"
+                row["setup_seconds"] = round(prepared.setup_seconds, 2)
+                row["notes"] = prepared.notes
+                row.update(throughput(lambda p=prepared, x=nchw: p(x), batch, args.seconds))
+                if tf_logits is not None:
+                    logits = prepared(nchw).numpy()
+                    diff = float(np.abs(logits - tf_logits).max())
+                    # Fixture weights give large logits: relative to their magnitude too.
+                    scale = max(1.0, float(np.abs(tf_logits).max()))
+                    row["max_abs_logit_diff_vs_tf"] = diff
+                    row["max_rel_logit_diff_vs_tf"] = diff / scale
+                    row["top1_equal_to_tf"] = bool(
+                        np.array_equal(logits.argmax(1), tf_logits.argmax(1))
+                    )
+            elif engine == "tf":
+                row["name"] = "tensorflow"
+                row.update(throughput(lambda x=nhwc: runner.logits(x), batch, args.seconds))
+            elif isinstance(onnx, str):
+                row["name"], row["img_per_s"] = "onnxruntime", None
+                row["error"] = onnx
+            else:
+                session, input_name = onnx
+                row["name"] = "onnxruntime"
+                feed = {input_name: nhwc}
+                row.update(
+                    throughput(lambda s=session, f=feed: s.run(None, f), batch, args.seconds)
+                )
+            rows.append(row)
+            progress.update(1)
+    if runner is not None:
+        runner.close()
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's img/s relative to TensorFlow's for the same model and batch."""
+    tf_speed = {(r["model"], r["batch"]): r.get("img_per_s") for r in rows if r["engine"] == "tf"}
+    for row in rows:
+        base = tf_speed.get((row["model"], row["batch"]))
+        speed = row.get("img_per_s")
+        row["ratio_to_tf"] = round(speed / base, 3) if speed and base else None
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (
+        f"{'model':<13} {'batch':>5}  {'engine':<32} {'img/s':>8}  {'vs TF':>6}  {'setup s':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        speed = f"{r['img_per_s']:8.1f}" if r.get("img_per_s") else f"{'n/a':>8}"
+        ratio = f"{r['ratio_to_tf']:6.2f}" if r.get("ratio_to_tf") else f"{'':>6}"
+        setup = f"{r['setup_seconds']:7.1f}" if "setup_seconds" in r else f"{'':>7}"
+        lines.append(f"{r['model']:<13} {r['batch']:>5}  {r['name']:<32} {speed}  {ratio}  {setup}")
+        if r.get("error"):
+            lines.append(f"{'':<21}{r['error']}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    parser.add_argument("--batches", nargs="+", type=int, default=list(DEFAULT_BATCHES))
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(DEFAULT_ENGINES))
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="timed seconds per cell (after warm-up)"
+    )
+    parser.add_argument("--json", type=Path, help="write all results to this JSON file")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("work/bench/cache"),
+        help="where fixture graphs and their conversions are kept between runs",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
+    args = parser.parse_args(argv)
+    if any(b < 1 for b in args.batches):
+        parser.error("--batches must be positive integers")
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.quiet)
+    from tqdm import tqdm
+
+    try:
+        args.cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create the cache folder {args.cache_dir} ({err.strerror})"
+        ) from None
+    system = cpu_description()
+    import torch
+
+    system.update(
+        torch=torch.__version__, python=platform.python_version(), load_before=load_average()
+    )
+    started = time.perf_counter()
+    cells = len(args.models) * len(args.batches) * len(args.engines)
+    rows: list[dict] = []
+    with tqdm(total=cells, unit="cell", disable=args.quiet) as progress:
+        for model in args.models:
+            rows += bench_model(model, args, system["cores"], progress)
+    add_ratios(rows)
+    system["load_after"] = load_average()
+    system["total_seconds"] = round(time.perf_counter() - started, 1)
+
+    print(f"CPU: {system['cpu']} ({system['cores']} cores), torch {system['torch']}, fp32")
+    print(f"load average before/after: {system['load_before']} / {system['load_after']}")
+    print(format_table(rows))
+    if args.json:
+        result = {"system": system, "seconds_per_cell": args.seconds, "results": rows}
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+        log.info("wrote %s", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

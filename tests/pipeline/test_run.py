@@ -1,0 +1,110 @@
+"""pipeline.run end to end on a fixture MobileNet checkpoint and a generated val set."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from pipeline.common import UserError
+from pipeline.run import RunOptions, main, run_pipeline
+from tests.fixtures.images import write_val_set
+
+
+@pytest.fixture(scope="module")
+def val_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("val")
+    write_val_set(root, 6, layout="val_map", seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(mobilenet_v1_tgz, val_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
+    opts = RunOptions(
+        model="mobilenet_v1",
+        work_dir=work,
+        checkpoint=str(mobilenet_v1_tgz),
+        data_dir=val_dir,
+        backend="both",
+        batch_size=4,
+        quiet=True,
+    )
+    state = run_pipeline(opts)
+    return opts, state
+
+
+def test_first_run_does_every_stage_and_agrees_with_tensorflow(first_run):
+    opts, state = first_run
+    assert state.ran == {"fetch": "ran", "preprocess": "ran", "convert": "ran", "evaluate": "ran"}
+    combined = json.loads((opts.work_dir / "mobilenet_v1" / "results.json").read_text())
+    assert combined["model"] == "mobilenet_v1"
+    assert combined["images"] == 6
+    assert combined["top1"] == combined["tf_top1"]
+    assert combined["prediction_agreement"] == 100.0
+    assert combined["reference_top1"] == 71.676
+    assert combined["dataset"] == "user data"
+    torch_pred = np.load(opts.work_dir / "mobilenet_v1" / "eval-torch" / "predictions.npy")
+    tf_pred = np.load(opts.work_dir / "mobilenet_v1" / "eval-tf" / "predictions.npy")
+    np.testing.assert_array_equal(torch_pred, tf_pred)
+
+
+def test_identical_rerun_skips_every_stage(first_run):
+    opts, _ = first_run
+    state = run_pipeline(opts)
+    assert state.ran["preprocess"].startswith("skipped")
+    assert state.ran["convert"].startswith("skipped")
+    assert state.ran["evaluate"].startswith("skipped")
+    assert state.results["torch"]["top1"] == state.results["tf"]["top1"]
+
+
+def test_changed_limit_redoes_data_stages_but_not_conversion(first_run):
+    opts, _ = first_run
+    weights = opts.work_dir / "mobilenet_v1" / "model.pth"
+    before = weights.stat().st_mtime_ns
+    limited = RunOptions(**{**opts.__dict__, "limit": 3, "backend": "torch"})
+    state = run_pipeline(limited)
+    assert state.ran["preprocess"] == "ran"
+    assert state.ran["convert"].startswith("skipped")
+    assert state.ran["evaluate"] == "ran"
+    assert state.results["torch"]["images"] == 3
+    assert weights.stat().st_mtime_ns == before
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_checkpoint_is_one_sentence(tmp_path, val_dir, capsys):
+    from pipeline.common import run_cli
+
+    url = f"http://127.0.0.1:{_closed_port()}/resnet50_v1.pb"
+    argv = ["--model", "resnet50", "--checkpoint", url, "--data-dir", str(val_dir)]
+    code = run_cli(main, [*argv, "--work-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.startswith("error: ") and "\n" not in err
+    assert url in err and "--checkpoint" in err
+    assert not list(tmp_path.rglob("*.pth"))
+
+
+def test_missing_local_checkpoint(tmp_path, val_dir):
+    opts = RunOptions(
+        model="resnet50",
+        work_dir=tmp_path,
+        checkpoint=str(tmp_path / "nope.pb"),
+        data_dir=val_dir,
+        quiet=True,
+    )
+    with pytest.raises(UserError, match="nope.pb"):
+        run_pipeline(opts)
+
+
+def test_stage_list_is_validated(capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "resnet50", "--stages", "preprocess,bake"])
+    assert "bake" in capsys.readouterr().err
