@@ -34,7 +34,7 @@ def test_module_gets_normalised_nchw_and_logits_come_back(model):
     batch.flags.writeable = False  # a memmap slice is read-only
     logits = backend.logits(batch)
     assert logits.shape == (4, 1001) and logits.dtype == np.float32
-    seen = net.last_input.numpy()
+    seen = backend.prepared.forward.last_input.numpy()  # the engine runs its own copy
     assert seen.shape == (4, 3, 224, 224)
     np.testing.assert_array_equal(seen, normalize(batch, model).transpose(0, 3, 1, 2))
     with torch.no_grad():
