@@ -11,6 +11,8 @@ only the time spent inside ``Backend.logits``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import queue
 import threading
@@ -24,7 +26,7 @@ from tqdm import tqdm
 
 from eval.backends import Backend, make_backend
 from eval.metrics import TOP_K, AccuracyCounter, labels_from_classes, top_k_classes
-from pipeline.common import UserError
+from pipeline.common import UserError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +44,18 @@ class EvaluationOutcome:
     counter: AccuracyCounter
     inference_seconds: float  # time inside Backend.logits only
     wall_seconds: float
+    resumed_from: int = 0  # images restored from a resume journal (not timed this run)
 
     @property
     def images_per_second(self) -> float:
-        return self.counter.images / self.inference_seconds if self.inference_seconds else 0.0
+        timed = self.counter.images - self.resumed_from
+        return timed / self.inference_seconds if self.inference_seconds else 0.0
 
 
 def _read_batches(
-    images: np.ndarray, count: int, batch_size: int, buffers: list[np.ndarray]
+    images: np.ndarray, count: int, batch_size: int, buffers: list[np.ndarray], first: int = 0
 ) -> Iterator[np.ndarray]:
-    """Yield consecutive uint8 batches of ``images[:count]`` copied into ``buffers``.
+    """Yield consecutive uint8 batches of ``images[first:count]`` copied into ``buffers``.
 
     A batch must be finished with before the next one is requested: the reader reuses a
     buffer once the two batches after it have been handed out.
@@ -71,7 +75,7 @@ def _read_batches(
 
     def reader() -> None:
         try:
-            for i, start in enumerate(range(0, count, batch_size)):
+            for i, start in enumerate(range(first, count, batch_size)):
                 stop_at = min(start + batch_size, count)
                 buf = buffers[i % len(buffers)][: stop_at - start]
                 np.copyto(buf, images[start:stop_at])
@@ -103,8 +107,13 @@ def run_evaluation(
     batch_size: int = 32,
     limit: int | None = None,
     quiet: bool = False,
+    journal: ResumeJournal | None = None,
 ) -> EvaluationOutcome:
-    """Run ``backend`` over the first ``limit`` (default all) images of ``cache``."""
+    """Run ``backend`` over the first ``limit`` (default all) images of ``cache``.
+
+    With a ``journal``, finished images are saved every few seconds and a run killed
+    part-way continues from the last save instead of starting over.
+    """
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if limit is not None and limit < 1:
@@ -121,6 +130,13 @@ def run_evaluation(
     predictions = np.empty(count, dtype=np.int64)
     top5 = np.empty((count, TOP_K), dtype=np.int64)
     counter = AccuracyCounter()
+    first = 0
+    if journal is not None:
+        first = journal.restore(top5, count)
+        if first:
+            predictions[:first] = top5[:first, 0]
+            counter.update(top5[:first], labels[:first])
+            log.info("resuming %s: %d of %d images already evaluated", journal.path, first, count)
     buffers = [backend.allocate_batch(min(batch_size, count)) for _ in range(_READ_BUFFERS)]
     inference_seconds = 0.0
     wall_start = time.perf_counter()
@@ -131,9 +147,10 @@ def run_evaluation(
         disable=quiet,
         dynamic_ncols=True,
     )
+    bar.update(first)
     with bar:
-        start = 0
-        for batch in _read_batches(cache.images, count, batch_size, buffers):
+        start = first
+        for batch in _read_batches(cache.images, count, batch_size, buffers, first):
             t0 = time.perf_counter()
             logits = backend.logits(batch)
             inference_seconds += time.perf_counter() - t0
@@ -145,13 +162,64 @@ def run_evaluation(
             bar.update(len(batch))
             bar.set_postfix(top1=f"{counter.top1:.2f}%", refresh=False)
             start = stop
+            if journal is not None:
+                journal.maybe_save(top5, stop)
     return EvaluationOutcome(
         predictions=predictions,
         top5=top5,
         counter=counter,
         inference_seconds=inference_seconds,
         wall_seconds=time.perf_counter() - wall_start,
+        resumed_from=first,
     )
+
+
+class ResumeJournal:
+    """The top-5 labels of the images finished so far, saved atomically every few seconds.
+
+    ``key`` names what was being evaluated (backend, weights or checkpoint digest, cache
+    fingerprint, image count): a journal from any other run is ignored, never reused.
+    """
+
+    def __init__(self, path: Path, key: str, every_seconds: float = 20.0):
+        self.path, self.key, self.every_seconds = Path(path), key, every_seconds
+        self._last_save = time.monotonic()
+
+    def restore(self, top5: np.ndarray, count: int) -> int:
+        """Fill ``top5[:done]`` from the journal and return ``done`` (0 when none fits)."""
+        try:
+            with np.load(self.path) as saved:
+                if str(saved["key"]) != self.key or saved["top5"].shape != top5.shape:
+                    return 0
+                done = min(int(saved["done"]), count)
+                top5[:done] = saved["top5"][:done]
+                return done
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def maybe_save(self, top5: np.ndarray, done: int) -> None:
+        if time.monotonic() - self._last_save >= self.every_seconds:
+            self.save(top5, done)
+
+    def save(self, top5: np.ndarray, done: int) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, key=np.array(self.key), done=np.array(done), top5=top5)
+        self._last_save = time.monotonic()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _journal_key(backend: Backend, cache, count: int) -> str:
+    identity = {
+        "model": backend.profile.name,
+        "backend": backend.name,
+        "engine": backend.engine,
+        "source": {k: v for k, v in backend.describe().items() if k.endswith("sha256")},
+        "cache": getattr(cache, "fingerprint", None),
+        "count": count,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def evaluate(
@@ -206,7 +274,14 @@ def evaluate(
         num_images=count,
         verify_images=cache.images[: min(count, 8)],
     ) as engine:
-        outcome = run_evaluation(engine, cache, batch_size=batch_size, limit=limit, quiet=quiet)
+        journal = None
+        if out_dir is not None:
+            journal = ResumeJournal(
+                Path(out_dir) / "resume.npz", _journal_key(engine, cache, count)
+            )
+        outcome = run_evaluation(
+            engine, cache, batch_size=batch_size, limit=limit, quiet=quiet, journal=journal
+        )
         results = build_results(
             engine, outcome, cache=cache, cache_dir=cache_dir, batch_size=batch_size, limit=limit
         )
@@ -225,6 +300,7 @@ def evaluate(
             )
     if out_dir is not None:
         write_outputs(Path(out_dir), results, outcome)
+        journal.clear()
     return results
 
 

@@ -162,3 +162,27 @@ def test_final_table_reads_at_a_glance():
     for text in ("resnet50", "toy on cpu", "11", "top-1", "top-5", "76.456 %", "1,234.5 img/s"):
         assert text in table
     assert f"{results['top1']:.3f} %" in table
+
+
+def test_killed_evaluation_resumes_from_its_journal(tmp_path):
+    """A journal saved part-way is picked up: only the remaining images are evaluated."""
+    from eval.evaluate import ResumeJournal, run_evaluation
+    from tests.eval.fakes import FakeCache, ToyBackend
+
+    cache = FakeCache(n=10, seed=5)
+    full = run_evaluation(ToyBackend("resnet50"), cache, batch_size=3, quiet=True)
+
+    journal = ResumeJournal(tmp_path / "resume.npz", key="run-a")
+    journal.save(full.top5, 6)  # as if killed after 6 images
+    counting = ToyBackend("resnet50")
+    resumed = run_evaluation(counting, cache, batch_size=3, quiet=True, journal=journal)
+    assert sum(counting.batch_sizes) == 4
+    assert resumed.resumed_from == 6
+    np.testing.assert_array_equal(resumed.predictions, full.predictions)
+    np.testing.assert_array_equal(resumed.top5, full.top5)
+    assert resumed.counter.correct_top1 == full.counter.correct_top1
+
+    other = ResumeJournal(tmp_path / "resume.npz", key="run-b")  # different inputs: ignored
+    fresh = ToyBackend("resnet50")
+    run_evaluation(fresh, cache, batch_size=3, quiet=True, journal=other)
+    assert sum(fresh.batch_sizes) == 10
