@@ -287,8 +287,19 @@ def format_summary(combined: dict[str, Any], state: RunState) -> str:
         ("MLPerf reference", _pct(state.profile.reference_top1)),
         ("difference", f"{main_top1 - state.profile.reference_top1:+.3f} points"),
     ]
+    loadgen = combined.get("loadgen") or {}
     if "loadgen_accuracy_line" in combined:
         rows.append(("MLPerf LoadGen", combined["loadgen_accuracy_line"]))
+    elif loadgen.get("samples_per_second") is not None:
+        p90_ms = (loadgen.get("latency_ns") or {}).get("p90", 0) / 1e6
+        verdict = "VALID" if loadgen.get("valid") else "INVALID"
+        rows.append(
+            (
+                "MLPerf LoadGen",
+                f"{loadgen['scenario']} {loadgen['samples_per_second']:.1f} samples/s, "
+                f"p90 {p90_ms:.1f} ms ({verdict})",
+            )
+        )
     if "prediction_agreement" in combined:
         rows.append(("PyTorch = TF", f"{combined['prediction_agreement']:.3f} % of images"))
     width = max(len(k) for k, _ in rows)
