@@ -156,13 +156,16 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
     did_work = False
     for backend in BACKENDS[opts.backend]:
         out_dir = state.model_dir / f"eval-{backend}"
+        # The TF reference runs the original graph on the CPU (tensorflow-cpu) even when
+        # PyTorch runs on a GPU: its answers are the ones to compare against.
+        device = opts.device if backend == "torch" else "cpu"
         source = state.weights if backend == "torch" else state.checkpoint
         inputs = {
             "backend": backend,
             "source_sha256": sha256_file(source),
             "cache": fingerprint,
             "limit": opts.limit,
-            "device": opts.device,
+            "device": device,
             "engine": opts.engine if backend == "torch" else None,
             "loadgen": [opts.loadgen_mode, opts.scenario] if opts.loadgen else None,
         }
@@ -175,7 +178,7 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
         kwargs: dict[str, Any] = dict(
             backend=backend,
             batch_size=opts.batch_size,
-            device=opts.device,
+            device=device,
             limit=opts.limit,
             out_dir=out_dir,
             quiet=opts.quiet,
