@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -364,28 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--limit must be a positive number of images")
     if args.batch_size <= 0:
         raise UserError("--batch-size must be positive")
-    opts = RunOptions(
-        model=args.model,
-        work_dir=args.work_dir,
-        checkpoint=args.checkpoint,
-        sha256=args.sha256,
-        data_dir=args.data_dir,
-        val_map=args.val_map,
-        limit=args.limit,
-        workers=args.workers,
-        skip_bad=args.skip_bad,
-        device=args.device,
-        backend=args.backend,
-        engine=args.engine,
-        batch_size=args.batch_size,
-        stages=args.stages,
-        force=args.force,
-        quiet=args.quiet,
-        loadgen=args.loadgen,
-        loadgen_mode=args.loadgen_mode,
-        scenario=args.scenario,
-    )
-    os.makedirs(opts.work_dir, exist_ok=True)
+    # Every RunOptions field has a command-line option of the same name.
+    opts = RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)})
+    try:
+        os.makedirs(opts.work_dir, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create work dir {opts.work_dir}: {err.strerror}") from None
     run_pipeline(opts)
     return 0
 
