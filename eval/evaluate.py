@@ -261,6 +261,8 @@ def evaluate(
         raise UserError(str(err)) from None
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if loadgen is not None and out_dir is None:
+        raise UserError("a LoadGen run needs an output directory for its logs")
     cache = load_cache(Path(cache_dir), model)
     count = len(cache) if limit is None else min(limit, len(cache))
     with make_backend(
@@ -273,23 +275,21 @@ def evaluate(
         batch_size=batch_size,
         num_images=count,
         verify_images=cache.images[: min(count, 8)],
-    ) as engine:
+    ) as runner:
         journal = None
         if out_dir is not None:
             journal = ResumeJournal(
-                Path(out_dir) / "resume.npz", _journal_key(engine, cache, count)
+                Path(out_dir) / "resume.npz", _journal_key(runner, cache, count)
             )
         outcome = run_evaluation(
-            engine, cache, batch_size=batch_size, limit=limit, quiet=quiet, journal=journal
+            runner, cache, batch_size=batch_size, limit=limit, quiet=quiet, journal=journal
         )
         results = build_results(
-            engine, outcome, cache=cache, cache_dir=cache_dir, batch_size=batch_size, limit=limit
+            runner, outcome, cache=cache, cache_dir=cache_dir, batch_size=batch_size, limit=limit
         )
         if loadgen is not None:
-            if out_dir is None:
-                raise UserError("a LoadGen run needs an output directory for its logs")
             results["loadgen"] = run_loadgen_pass(
-                engine,
+                runner,
                 cache,
                 outcome.counter.images,
                 Path(out_dir) / "loadgen",
