@@ -14,6 +14,7 @@ harness or faster engine only ever see ``Backend.logits``:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -92,11 +93,6 @@ class TorchBackend(Backend):
         self._torch = torch
         self.torch_device = resolve_torch_device(device)
         self.weights_path = Path(weights_path) if weights_path is not None else None
-        if self.torch_device.type == "cuda":
-            # TF32 would change float32 convolutions and matmuls well beyond float32 noise.
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-        self.module = module.to(self.torch_device).eval()
         self._pinned: list = []  # keeps the pinned tensors behind allocate_batch alive
         # Normalisation constants live on the device as float32 tensors, like the float32
         # numpy operands of the CPU recipe. Dividing by a device tensor (not a Python
@@ -109,10 +105,11 @@ class TorchBackend(Backend):
         self._f2 = torch.tensor(2.0, **as_f32)
         if self.torch_device.type != "cpu":
             self.check_normalization()
-        self.prepared = self._prepare(engine, batch_size, num_images, verify_images)
+        # prepare_engine turns TF32 off on CUDA and takes the module over (no second copy).
+        self.prepared = self._prepare(module, engine, batch_size, num_images, verify_images)
         self.engine = self.prepared.name
 
-    def _prepare(self, engine, batch_size, num_images, verify_images):
+    def _prepare(self, module, engine, batch_size, num_images, verify_images):
         """Eager or fast (frozen/compiled) execution, checked against eager on real crops."""
         from eval.engines import prepare_engine
 
@@ -122,19 +119,17 @@ class TorchBackend(Backend):
             with self._torch.inference_mode():
                 sample = self.normalize(u8).permute(0, 3, 1, 2).contiguous()
         try:
-            from eval.engines import choose_engine
-
-            choose_engine(engine, num_images)
-        except ValueError as err:
+            return prepare_engine(
+                module,
+                engine,
+                device=self.torch_device,
+                batch_size=batch_size,
+                num_images=num_images,
+                verify_sample=sample,
+                copy_module=False,
+            )
+        except ValueError as err:  # an unknown engine name or a bad batch size
             raise UserError(str(err)) from None
-        return prepare_engine(
-            self.module,
-            engine,
-            device=self.torch_device,
-            batch_size=batch_size,
-            num_images=num_images,
-            verify_sample=sample,
-        )
 
     def normalize(self, u8_nhwc):
         """Float32 normalisation of a uint8 NHWC tensor on its own device (recipe order)."""
@@ -190,8 +185,13 @@ class TorchBackend(Backend):
         }
         if self.weights_path is not None:
             info["weights"] = os.fspath(self.weights_path)
-            info["weights_sha256"] = sha256_file(self.weights_path)
+            info["weights_sha256"] = self.weights_sha256
         return info
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        """Hashed once: results.json and the resume journal both name the weights by it."""
+        return sha256_file(self.weights_path)
 
 
 class TFBackend(Backend):
@@ -222,8 +222,12 @@ class TFBackend(Backend):
         return {
             "device_name": "cpu",
             "checkpoint": os.fspath(self.checkpoint_path),
-            "checkpoint_sha256": sha256_file(self.checkpoint_path),
+            "checkpoint_sha256": self.checkpoint_sha256,
         }
+
+    @functools.cached_property
+    def checkpoint_sha256(self) -> str:
+        return sha256_file(self.checkpoint_path)
 
 
 def check_logits_shape(logits: np.ndarray, batch: int, num_classes: int, what: str) -> None:

@@ -237,8 +237,9 @@ def prepare_engine(
     channels_last: bool = True,
     verify: bool = True,
     verify_sample: torch.Tensor | None = None,
+    copy_module: bool = True,
 ) -> PreparedEngine:
-    """Build the engine that runs ``module`` (put in eval mode; not modified in place).
+    """Build the engine that runs ``module`` (by default a copy: the original is not modified).
 
     ``engine``: "eager", "fast" (always the default fast builder, unless it fails to build
     or to verify, then eager with the reason in ``.notes``), "fast:<builder>" for one of
@@ -261,7 +262,8 @@ def prepare_engine(
     elif device.type == "cuda":
         configure_cuda_exactness()
 
-    eager_module = copy.deepcopy(module).eval().to(device)
+    # The caller's module is left untouched unless it hands it over (copy_module=False).
+    eager_module = (copy.deepcopy(module) if copy_module else module).eval().to(device)
     if channels_last:
         eager_module = eager_module.to(memory_format=torch.channels_last)
     if chosen == "eager":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import atomic_path, write_text_atomic
+from pipeline.common import save_npy_atomic, write_text_atomic
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.npy"
@@ -83,12 +83,6 @@ def build_results(backend, outcome, *, cache, cache_dir, batch_size: int, limit)
     return results
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    # np.save on a path would append ".npy" to the temporary name: hand it a file object.
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
-
-
 def write_outputs(out_dir: Path, results: dict, outcome) -> dict[str, Path]:
     """Write predictions.npy, top5.npy, then results.json into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -97,8 +91,8 @@ def write_outputs(out_dir: Path, results: dict, outcome) -> dict[str, Path]:
         "top5": out_dir / TOP5_FILE,
         "results": out_dir / RESULTS_FILE,
     }
-    _save_npy_atomic(paths["predictions"], np.asarray(outcome.predictions, dtype=np.int64))
-    _save_npy_atomic(paths["top5"], np.asarray(outcome.top5, dtype=np.int64))
+    save_npy_atomic(paths["predictions"], np.asarray(outcome.predictions, dtype=np.int64))
+    save_npy_atomic(paths["top5"], np.asarray(outcome.top5, dtype=np.int64))
     write_text_atomic(paths["results"], json.dumps(results, indent=2, sort_keys=False) + "\n")
     return paths
 

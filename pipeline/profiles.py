@@ -30,10 +30,6 @@ class ModelProfile:
     # MLPerf's published accuracy on the 50,000 ImageNet validation images, in percent.
     reference_top1: float
 
-    def label_from_class_index(self, index):
-        """Map a 1001-way class index (scalar or array) to an ImageNet label 0..999."""
-        return index - self.label_offset
-
 
 # Recipe parameters shared by the models.
 SHORT_SIDE = int(100 * 224 / 87.5)  # 256: MLPerf resizes the short side to this

@@ -62,11 +62,21 @@ class RunState:
     model_dir: Path
     checkpoint: Path | None = None
     cache_dir: Path | None = None
+    cache_fingerprint: str | None = None
     weights: Path | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     ran: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped"
     seconds: dict[str, float] = field(default_factory=dict)
     using_sample: bool = False
+    _digests: dict[tuple, str] = field(default_factory=dict)
+
+    def sha256(self, path: Path) -> str:
+        """sha256 of a file, computed once per run (several stages stamp the same file)."""
+        st = Path(path).stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = sha256_file(path)
+        return self._digests[key]
 
 
 # --- stages ---------------------------------------------------------------------------------
@@ -111,13 +121,8 @@ def stage_preprocess(opts: RunOptions, state: RunState) -> None:
         skip_bad=opts.skip_bad,
         quiet=opts.quiet,
     )
+    state.cache_fingerprint = summary.fingerprint
     state.ran["preprocess"] = "skipped (cache up to date)" if summary.already_complete else "ran"
-
-
-def _cache_fingerprint(opts: RunOptions, state: RunState) -> str:
-    from preprocess import load_cache
-
-    return load_cache(state.cache_dir, opts.model).fingerprint
 
 
 def stage_convert(opts: RunOptions, state: RunState) -> None:
@@ -128,7 +133,7 @@ def stage_convert(opts: RunOptions, state: RunState) -> None:
     # The weights depend only on the checkpoint and the converter: new data does not redo
     # the conversion (the report names the images it was verified on).
     inputs = {
-        "checkpoint_sha256": sha256_file(state.checkpoint),
+        "checkpoint_sha256": state.sha256(state.checkpoint),
         "converter": _package_digest("convert"),
     }
     state.weights = weights
@@ -152,7 +157,6 @@ def stage_convert(opts: RunOptions, state: RunState) -> None:
 def stage_evaluate(opts: RunOptions, state: RunState) -> None:
     from eval import evaluate
 
-    fingerprint = _cache_fingerprint(opts, state)
     did_work = False
     for backend in BACKENDS[opts.backend]:
         out_dir = state.model_dir / f"eval-{backend}"
@@ -162,8 +166,8 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
         source = state.weights if backend == "torch" else state.checkpoint
         inputs = {
             "backend": backend,
-            "source_sha256": sha256_file(source),
-            "cache": fingerprint,
+            "source_sha256": state.sha256(source),
+            "cache": state.cache_fingerprint,
             "limit": opts.limit,
             "device": device,
             "engine": opts.engine if backend == "torch" else None,

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from pipeline.common import UserError, atomic_path, write_text_atomic
+from pipeline.common import UserError, atomic_path, save_npy_atomic, write_text_atomic
 from pipeline.profiles import get_profile
 from preprocess.cache import (
     CROP_SHAPE,
@@ -370,8 +370,7 @@ def _finish(cache_dir: Path, listing: Listing, bad_indices: list[int]) -> None:
     partial = cache_dir / PARTIAL_IMAGES_NAME
     keep = np.setdiff1d(np.arange(len(listing)), np.asarray(bad_indices, dtype=np.int64))
     labels = np.asarray(listing.labels, dtype=np.int64)[keep]
-    with atomic_path(cache_dir / LABELS_NAME) as tmp, open(tmp, "wb") as f:
-        np.save(f, labels)
+    save_npy_atomic(cache_dir / LABELS_NAME, labels)
     names = [listing.files[i] for i in keep]
     write_text_atomic(cache_dir / FILES_NAME, "".join(f"{n}\n" for n in names))
     if not bad_indices:
