@@ -11,7 +11,8 @@ Standalone::
     python -m eval.accuracy_imagenet --mlperf-accuracy-file out/mlperf_log_accuracy.json \\
         --val-map imagenet/val_map.txt        # or: --cache work/cache/resnet50
 
-This module needs only numpy: it does not import LoadGen, torch or the other eval modules.
+Scoring needs only numpy (it imports no LoadGen, torch or other eval modules); reading
+labels borrows the preprocess stage's val_map parser and cache layout.
 """
 
 from __future__ import annotations
@@ -109,28 +110,19 @@ def score_accuracy_log(
 
 
 def labels_from_val_map(path: str | os.PathLike) -> np.ndarray:
-    """Labels from an MLPerf ``val_map.txt``: one ``relative/path label`` line per image."""
+    """Labels from an MLPerf ``val_map.txt``, parsed (and checked) as the preprocess stage does."""
+    from preprocess.dataset import read_val_map
+
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise UserError(f"the val map {path} does not exist") from None
-    labels = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        parts = line.rsplit(None, 1)
-        try:
-            labels.append(int(parts[1]))
-        except (IndexError, ValueError):
-            raise UserError(f"{path} line {number} is not 'path label': {line!r}") from None
-    return np.asarray(labels, dtype=np.int64)
+    return np.asarray(read_val_map(path, path.parent).labels, dtype=np.int64)
 
 
 def labels_from_cache(path: str | os.PathLike) -> np.ndarray:
     """Labels from a preprocessed cache: the folder's ``labels.npy`` (or that file itself)."""
+    from preprocess.cache import LABELS_NAME
+
     path = Path(path)
-    labels_path = path / "labels.npy" if path.is_dir() else path
+    labels_path = path / LABELS_NAME if path.is_dir() else path
     try:
         return np.load(labels_path, mmap_mode="r")
     except FileNotFoundError:
