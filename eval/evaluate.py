@@ -39,12 +39,16 @@ _READ_BUFFERS = 3
 class EvaluationOutcome:
     """Everything one pass over the cache produced."""
 
-    predictions: np.ndarray  # int64 (N,): predicted label (class index - offset)
     top5: np.ndarray  # int64 (N, 5): the five best labels, best first
     counter: AccuracyCounter
     inference_seconds: float  # time inside Backend.logits only
     wall_seconds: float
     resumed_from: int = 0  # images restored from a resume journal (not timed this run)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """int64 (N,): the predicted label (class index - offset), i.e. the top-5's first."""
+        return self.top5[:, 0]
 
     @property
     def images_per_second(self) -> float:
@@ -127,14 +131,12 @@ def run_evaluation(
     labels = np.asarray(cache.labels[:count], dtype=np.int64)
     offset = backend.profile.label_offset
 
-    predictions = np.empty(count, dtype=np.int64)
     top5 = np.empty((count, TOP_K), dtype=np.int64)
     counter = AccuracyCounter()
     first = 0
     if journal is not None:
         first = journal.restore(top5, count)
         if first:
-            predictions[:first] = top5[:first, 0]
             counter.update(top5[:first], labels[:first])
             log.info("resuming %s: %d of %d images already evaluated", journal.path, first, count)
     buffers = [backend.allocate_batch(min(batch_size, count)) for _ in range(_READ_BUFFERS)]
@@ -157,7 +159,6 @@ def run_evaluation(
             stop = start + len(batch)
             best = labels_from_classes(top_k_classes(logits, TOP_K), offset)
             top5[start:stop] = best
-            predictions[start:stop] = best[:, 0]
             counter.update(best, labels[start:stop])
             bar.update(len(batch))
             bar.set_postfix(top1=f"{counter.top1:.2f}%", refresh=False)
@@ -165,7 +166,6 @@ def run_evaluation(
             if journal is not None:
                 journal.maybe_save(top5, stop)
     return EvaluationOutcome(
-        predictions=predictions,
         top5=top5,
         counter=counter,
         inference_seconds=inference_seconds,
