@@ -39,8 +39,8 @@ from preprocess.cache import (
     write_manifest,
 )
 from preprocess.dataset import Listing, list_dataset
-from preprocess.recipes import recipe_parameters
-from preprocess.workers import RangeProcessor, decode, run_ranges
+from preprocess.recipes import decode, recipe_parameters
+from preprocess.workers import RangeProcessor, run_ranges
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ order, with the same operand types, as the reference.
 from __future__ import annotations
 
 import os
+import stat
 
 import cv2
 import numpy as np
@@ -52,16 +53,38 @@ def crop_bgr_image(bgr: np.ndarray, model: str) -> np.ndarray:
     return center_crop(resized)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray | None:
-    """``cv2.imread`` with default flags (3-channel BGR uint8), or None if it cannot decode."""
-    return cv2.imread(os.fspath(path))
+def unreadable_reason(path: str) -> str | None:
+    """Why ``path`` cannot be an image without decoding it, or None if it may be one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return f"cannot stat: {err.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty file"
+    return None
+
+
+def decode(path: str) -> tuple[np.ndarray | None, str | None]:
+    """(BGR image as ``cv2.imread`` returns it, None) or (None, why it is unreadable)."""
+    reason = unreadable_reason(path)
+    if reason is not None:
+        return None, reason
+    try:
+        bgr = cv2.imread(path)
+    except cv2.error:
+        bgr = None
+    return (bgr, None) if bgr is not None else (None, "OpenCV cannot decode it")
 
 
 def crop_uint8(path: str | os.PathLike, model: str) -> np.ndarray:
     """Steps 1-3 for one file: the uint8 RGB crop the cache stores."""
-    bgr = read_image(path)
+    bgr, reason = decode(os.fspath(path))
     if bgr is None:
-        raise UserError(f"cannot read image {os.fspath(path)}: OpenCV could not decode it")
+        raise UserError(f"cannot read image {os.fspath(path)}: {reason}")
     return crop_bgr_image(bgr, model)
 
 

@@ -18,36 +18,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import cv2
 import numpy as np
 
-from preprocess.recipes import crop_bgr_image
+from preprocess.recipes import crop_bgr_image, decode
+from preprocess.recipes import unreadable_reason as unreadable_reason  # re-exported
 
 TASKS_PER_WORKER = 2  # in flight at once, so no thread waits for its next range
-
-
-def unreadable_reason(path: str) -> str | None:
-    """Why ``path`` cannot be an image without decoding it, or None if it may be one."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "missing"
-    except OSError as err:
-        return f"cannot stat: {err.strerror}"
-    if not os.path.isfile(path):
-        return "not a regular file"
-    if st.st_size == 0:
-        return "empty file"
-    return None
-
-
-def decode(path: str) -> tuple[np.ndarray | None, str | None]:
-    """(BGR image as ``cv2.imread`` returns it, None) or (None, why it is unreadable)."""
-    reason = unreadable_reason(path)
-    if reason is not None:
-        return None, reason
-    try:
-        bgr = cv2.imread(path)
-    except cv2.error:
-        bgr = None
-    return (bgr, None) if bgr is not None else (None, "OpenCV cannot decode it")
 
 
 class RangeProcessor:
