@@ -10,6 +10,7 @@ recognises batch norm in either form (one fused node, or TF's decomposed
 from __future__ import annotations
 
 import os
+import posixpath
 import tarfile
 import zlib
 from collections import defaultdict
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.common import UserError
+from pipeline.common import UserError, find_archive_member
 
 FUSED_BN_OPS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
 ADD_OPS = ("Add", "AddV2")
@@ -51,25 +52,16 @@ def _is_archive(path: Path) -> bool:
 
 
 def _read_archive_member(path: Path, member: str | None) -> tuple[bytes, str]:
-    """Bytes of the frozen-graph member of a tar archive, matched by base name."""
+    """Bytes of the frozen-graph member of a tar archive (the same rule as the fetcher)."""
     try:
         with tarfile.open(path, "r:*") as archive:
-            files = [m for m in archive.getmembers() if m.isfile()]
-            wanted = os.path.basename(member) if member else None
-            matches = [m for m in files if os.path.basename(m.name) == wanted]
-            if not matches:
-                matches = [m for m in files if m.name.endswith("_frozen.pb")] or [
-                    m for m in files if m.name.endswith(".pb")
-                ]
-            if len(matches) != 1:
-                names = ", ".join(m.name for m in files[:8]) or "nothing"
-                raise UserError(
-                    f"{path} holds no single frozen graph {wanted or '*.pb'} (it contains {names})"
-                )
-            extracted = archive.extractfile(matches[0])
-            if extracted is None:
-                raise UserError(f"cannot read {matches[0].name} from {path}")
-            return extracted.read(), matches[0].name
+            if member is None:  # no MLPerf archive for this model: take its only .pb
+                graphs = [m.name for m in archive.getmembers() if m.name.endswith(".pb")]
+                if len(graphs) != 1:
+                    raise UserError(f"{path} holds {len(graphs)} .pb files, expected one")
+                member = posixpath.normpath(graphs[0])
+            info = find_archive_member(archive, member, path)
+            return archive.extractfile(info).read(), info.name
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise UserError(
             f"{path} is not a readable tar archive ({err}); the download may be truncated"

@@ -9,7 +9,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import posixpath
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,3 +100,27 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def find_archive_member(tar: tarfile.TarFile, member: str, archive) -> tarfile.TarInfo:
+    """The regular-file member named ``member`` (``./member`` too) of an open tar archive.
+
+    One rule for every reader of MLPerf's .tgz (the fetcher, the graph reader): an exact
+    name match; a same-named member whose path leaves the archive is refused.
+    """
+    names = []
+    for info in tar:
+        name = posixpath.normpath(info.name)
+        if name == member:
+            if not info.isfile():
+                raise UserError(f"member {info.name!r} of {archive} is not a regular file")
+            return info
+        if posixpath.basename(name) == member:
+            # Same file name somewhere else: refuse paths that leave the archive's folder.
+            if name.startswith(("/", "../")) or name == "..":
+                raise UserError(
+                    f"refusing member {info.name!r} of {archive}: its path leaves the archive"
+                )
+        names.append(info.name)
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    raise UserError(f"{archive} holds no member {member!r} (it holds: {shown or 'nothing'})")

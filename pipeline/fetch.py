@@ -34,7 +34,14 @@ from urllib.request import Request, url2pathname, urlopen
 
 from tqdm import tqdm
 
-from pipeline.common import UserError, atomic_path, configure_logging, run_cli, sha256_file
+from pipeline.common import (
+    UserError,
+    atomic_path,
+    configure_logging,
+    find_archive_member,
+    run_cli,
+    sha256_file,
+)
 from pipeline.profiles import MODEL_NAMES, ModelProfile, get_profile
 
 logger = logging.getLogger(__name__)
@@ -354,7 +361,7 @@ def _extract(archive: Path, archive_sha: str | None, member: str, final: Path) -
     )
     try:
         with tarfile.open(archive, "r:*") as tar:
-            found = _find_member(tar, member, archive)
+            found = find_archive_member(tar, member, archive)
             source = tar.extractfile(found)
             if source is None:
                 raise UserError(f"member {found.name!r} of {archive} is not a regular file")
@@ -375,25 +382,6 @@ def _extract(archive: Path, archive_sha: str | None, member: str, final: Path) -
     )
     logger.info("extracted %s from %s", final.name, archive)
     return final
-
-
-def _find_member(tar: tarfile.TarFile, member: str, archive: Path) -> tarfile.TarInfo:
-    names = []
-    for info in tar:
-        name = posixpath.normpath(info.name)
-        if name == member:
-            if not info.isfile():
-                raise UserError(f"member {info.name!r} of {archive} is not a regular file")
-            return info
-        if posixpath.basename(name) == member:
-            # Same file name somewhere else: refuse paths that leave the archive's folder.
-            if name.startswith(("/", "../")) or name == "..":
-                raise UserError(
-                    f"refusing member {info.name!r} of {archive}: its path leaves the archive"
-                )
-        names.append(info.name)
-    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-    raise UserError(f"{archive} holds no member {member!r} (it holds: {shown or 'nothing'})")
 
 
 # ---------------------------------------------------------------- CLI
