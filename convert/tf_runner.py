@@ -138,7 +138,9 @@ class TFGraphRunner:
             try:
                 return [np.asarray(v) for v in self.session.run(fetches, {self._input: batch})]
             except tf.errors.InvalidArgumentError as err:
-                if len(batch) <= 1:
+                # Only a graph exported for batch 1 may still bake that size into a later
+                # shape; on any other graph the error is real and must surface now.
+                if len(batch) <= 1 or self.pinned_batch is None:
                     raise
                 log.info(
                     "the graph rejects a batch of %d (%s); running one image at a time",
