@@ -28,7 +28,6 @@ from .weights import LayerTensor
 log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 1e-4
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -139,11 +138,12 @@ def synthetic_images(model: str, count: int = 4, seed: int = 0) -> tuple[list[st
 
 def images_from_dir(model: str, folder: str | os.PathLike, limit: int | None):
     from preprocess import mlperf_preprocess
+    from preprocess.dataset import IMAGE_EXTENSIONS
 
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"verification image folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise UserError(f"{folder} holds no images to verify the conversion with")
     if limit is not None and len(files) > limit:
@@ -154,13 +154,13 @@ def images_from_dir(model: str, folder: str | os.PathLike, limit: int | None):
 
 
 def images_from_cache(model: str, cache_dir: str | os.PathLike, limit: int | None):
-    from preprocess import load_cache, normalize
+    from preprocess import load_cache
 
     cache = load_cache(cache_dir, model)
     count = len(cache) if limit is None else min(limit, len(cache))
     if count == 0:
         raise UserError(f"the cache at {cache_dir} holds no images to verify with")
-    return list(cache.files[:count]), normalize(np.asarray(cache.images[:count]), model)
+    return list(cache.files[:count]), cache.normalized(0, count)
 
 
 def verification_images(
