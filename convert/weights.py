@@ -41,7 +41,6 @@ class ConvOp:
     stride: tuple[int, int]
     padding: str  # the conv's own "SAME"/"VALID"
     explicit_pad: tuple[tuple[int, int], tuple[int, int]] | None  # from a preceding Pad
-    data_format: str
 
 
 @dataclass
@@ -173,7 +172,6 @@ class _Walker:
             stride=self._stride(node),
             padding=self.graph.attr_str(node, "padding"),
             explicit_pad=explicit_pad,
-            data_format=self.data_format or "NHWC",
         )
 
     def check_conv(self, conv: ConvOp, layer: str, stride: int, padding: str) -> None:
@@ -257,9 +255,6 @@ class _Walker:
         bn = self.graph.batch_norm_after(conv.node)
         self.put_bn(bn_prefix, bn)
         return bn
-
-    def expect_op(self, name: str, ops: tuple[str, ...], what: str):
-        return self.graph.next_op(name, ops, what)
 
     # ---------------------------------------------------------------- result
 
@@ -354,9 +349,9 @@ def extract_resnet50(graph: Graph) -> ExtractedWeights:
     x = w.skip_layout_transpose(input_name)
 
     bn = w.conv_bn(x, "conv1", "conv1", "bn1", stride=2, padding="symmetric")
-    relu = w.expect_op(bn.output, ("Relu",), "the stem Relu")
+    relu = w.graph.next_op(bn.output, ("Relu",), "the stem Relu")
     w.layers.append(LayerTensor("stem (conv1/bn1/relu)", "relu", relu.name))
-    pool = w.expect_op(relu.name, ("MaxPool",), "the stem max-pool")
+    pool = w.graph.next_op(relu.name, ("MaxPool",), "the stem max-pool")
     ksize = w._stride(pool, "ksize")
     if ksize != (3, 3) or w._stride(pool) != (2, 2) or w.graph.attr_str(pool, "padding") != "SAME":
         raise UserError(
@@ -397,13 +392,13 @@ def extract_resnet50(graph: Graph) -> ExtractedWeights:
                 w.put_bn(f"{prefix}.downsample.1", bn)
             w.layers.append(LayerTensor(prefix, prefix, relu.name))
 
-    mean = w.expect_op(x, ("Mean",), "the global average pool")
+    mean = w.graph.next_op(x, ("Mean",), "the global average pool")
     axes = sorted(int(a) for a in np.ravel(graph.input_const(mean, 1)[0]))
     if axes != list(_spatial_axes(w.data_format or "NHWC")):
         raise UserError(f"{graph.source}: {mean.name} averages over axes {axes}, not H and W")
     pooled = mean
     while True:
-        nxt = w.expect_op(pooled.name, ("Squeeze", "Reshape", "MatMul"), "the dense layer")
+        nxt = w.graph.next_op(pooled.name, ("Squeeze", "Reshape", "MatMul"), "the dense layer")
         if nxt.op == "MatMul":
             break
         pooled = nxt
@@ -414,7 +409,7 @@ def extract_resnet50(graph: Graph) -> ExtractedWeights:
     kernel, kernel_name = graph.input_const(matmul, 1)
     _check_classes(w, kernel, kernel_name)
     w.put("fc.weight", kernel, kernel_name, lambda t: t.t())
-    bias_add = w.expect_op(matmul.name, ("BiasAdd", *ADD_OPS), "the dense bias")
+    bias_add = w.graph.next_op(matmul.name, ("BiasAdd", *ADD_OPS), "the dense bias")
     bias, bias_name = graph.input_const(bias_add, 1)
     w.put("fc.bias", bias, bias_name)
     logits = graph.output_identity(bias_add.name)
@@ -440,7 +435,7 @@ def extract_mobilenet_v1(graph: Graph) -> ExtractedWeights:
     x = w.skip_layout_transpose(input_name)
 
     bn = w.conv_bn(x, "features.0", "features.0.conv", "features.0.bn", stride=2, padding="same")
-    x = w.expect_op(bn.output, ("Relu6",), "the ReLU6 of features.0").name
+    x = w.graph.next_op(bn.output, ("Relu6",), "the ReLU6 of features.0").name
     w.layers.append(LayerTensor("features.0", "features.0", x))
 
     for index, (_, stride) in enumerate(mobilenet_arch.BLOCKS, start=1):
@@ -458,14 +453,14 @@ def extract_mobilenet_v1(graph: Graph) -> ExtractedWeights:
             padding="same",
             depthwise=True,
         )
-        x = w.expect_op(bn.output, ("Relu6",), f"the depthwise ReLU6 of {block}").name
+        x = w.graph.next_op(bn.output, ("Relu6",), f"the depthwise ReLU6 of {block}").name
         bn = w.conv_bn(
             x, block, f"{block}.pointwise.conv", f"{block}.pointwise.bn", stride=1, padding="same"
         )
-        x = w.expect_op(bn.output, ("Relu6",), f"the pointwise ReLU6 of {block}").name
+        x = w.graph.next_op(bn.output, ("Relu6",), f"the pointwise ReLU6 of {block}").name
         w.layers.append(LayerTensor(block, block, x))
 
-    pool = w.expect_op(x, ("AvgPool",), "the 7x7 average pool after 13 blocks")
+    pool = w.graph.next_op(x, ("AvgPool",), "the 7x7 average pool after 13 blocks")
     if w._stride(pool, "ksize") != (7, 7) or w.graph.attr_str(pool, "padding") != "VALID":
         raise UserError(f"{graph.source}: {pool.name} is not a 7x7 VALID average pool")
     w.layers.append(LayerTensor("avgpool", "avgpool", pool.name))
@@ -474,7 +469,7 @@ def extract_mobilenet_v1(graph: Graph) -> ExtractedWeights:
     w.check_conv(conv, "classifier", 1, "same")
     _check_classes(w, conv.kernel, conv.kernel_tensor)
     w.put_conv("classifier", conv)
-    bias_add = w.expect_op(conv.node, ("BiasAdd", *ADD_OPS), "the logits bias")
+    bias_add = w.graph.next_op(conv.node, ("BiasAdd", *ADD_OPS), "the logits bias")
     bias, bias_name = graph.input_const(bias_add, 1)
     w.put("classifier.bias", bias, bias_name)
     logits = bias_add
