@@ -28,8 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make the project importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.common import UserError, configure_logging, run_cli, write_text_atomic  # noqa: E402
-from pipeline.profiles import MODEL_NAMES, get_profile  # noqa: E402
+from core.errors import UserError, configure_logging, run_cli  # noqa: E402
+from core.files import write_text_atomic  # noqa: E402
+from core.profiles import MODEL_NAMES, get_profile  # noqa: E402
 
 log = logging.getLogger("bench_inference")
 

@@ -23,7 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.common import configure_logging, write_text_atomic  # noqa: E402
+from core.errors import configure_logging  # noqa: E402
+from core.files import write_text_atomic  # noqa: E402
 
 MODELS = ("resnet50", "mobilenet_v1")
 CUDA_ENGINES = ("eager", "fast")

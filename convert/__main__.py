@@ -7,8 +7,8 @@ import json
 import logging
 import sys
 
-from pipeline.common import configure_logging, run_cli
-from pipeline.profiles import MODEL_NAMES
+from core.errors import configure_logging, run_cli
+from core.profiles import MODEL_NAMES
 
 log = logging.getLogger("convert")
 

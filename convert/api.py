@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.common import UserError, atomic_path, sha256_file, write_text_atomic
-from pipeline.profiles import get_profile
+from core.errors import UserError
+from core.files import atomic_path, sha256_file, write_text_atomic
+from core.profiles import get_profile
 
 from .models import build_model
 
@@ -28,10 +29,7 @@ def sidecar_path(out: str | os.PathLike) -> Path:
 
 
 def _check_model_name(model: str) -> None:
-    try:
-        get_profile(model)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    get_profile(model)
 
 
 def convert_checkpoint(

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.common import UserError, find_archive_member
+from core.errors import UserError
+from core.files import find_archive_member
 
 FUSED_BN_OPS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
 ADD_OPS = ("Add", "AddV2")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.profiles import get_profile
+from core.profiles import get_profile
 
 from .graph import _quiet_tensorflow, node_name, read_graph_def, tensor_name
 
@@ -106,7 +106,7 @@ class TFGraphRunner:
         self.logits_tensor = tensor_name(logits_tensor or self.profile.logits_tensor)
         original = next((n for n in graph_def.node if n.name == self.input_name), None)
         if original is None:
-            from pipeline.common import UserError
+            from core.errors import UserError
 
             raise UserError(f"{checkpoint_path} has no input tensor {self.input_name}:0")
         dims = (

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.common import UserError
-from pipeline.profiles import CROP_SIZE
+from core.errors import UserError
+from core.profiles import CROP_SIZE
 
 from .weights import LayerTensor
 

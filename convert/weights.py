@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.common import UserError
-from pipeline.profiles import get_profile
+from core.errors import UserError
+from core.profiles import get_profile
 
 from .graph import ADD_OPS, BatchNormParams, Graph, node_name, tensor_name
 from .models import build_model

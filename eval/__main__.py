@@ -14,8 +14,8 @@ import argparse
 import logging
 import sys
 
-from pipeline.common import UserError, configure_logging, run_cli
-from pipeline.profiles import MODEL_NAMES
+from core.errors import UserError, configure_logging, run_cli
+from core.profiles import MODEL_NAMES
 
 log = logging.getLogger("eval")
 

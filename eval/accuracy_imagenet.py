@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import UserError, configure_logging, run_cli
+from core.errors import UserError, configure_logging, run_cli
 
 log = logging.getLogger(__name__)
 

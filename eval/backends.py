@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import UserError, sha256_file
-from pipeline.profiles import CROP_SIZE, VGG_MEANS_RGB, get_profile
+from core.errors import UserError
+from core.files import sha256_file
+from core.profiles import CROP_SIZE, VGG_MEANS_RGB, get_profile
 from preprocess.recipes import normalize
 
 log = logging.getLogger(__name__)

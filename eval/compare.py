@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import UserError, run_cli
-from pipeline.profiles import MODEL_NAMES
+from core.errors import UserError, run_cli
+from core.profiles import MODEL_NAMES
 
 PREDICTIONS_FILE = "predictions.npy"
 

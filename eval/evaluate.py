@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core.errors import UserError
+from core.files import atomic_path
 from eval.backends import Backend, make_backend
 from eval.metrics import TOP_K, AccuracyCounter, labels_from_classes, top_k_classes
-from pipeline.common import UserError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -251,14 +252,11 @@ def evaluate(
     (a second pass over the images; its logs go to ``out_dir/loadgen``) and records its
     result under ``results["loadgen"]``.
     """
+    from core.profiles import get_profile
     from eval.report import build_results, write_outputs
-    from pipeline.profiles import get_profile
     from preprocess import load_cache
 
-    try:
-        get_profile(model)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    get_profile(model)
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if loadgen is not None and out_dir is None:

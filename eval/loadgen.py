@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from core.errors import UserError
 from eval.accuracy_imagenet import score_accuracy_log
-from pipeline.common import UserError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import save_npy_atomic, write_text_atomic
+from core.files import save_npy_atomic, write_text_atomic
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.npy"

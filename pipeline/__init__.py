@@ -1,5 +1,4 @@
-"""Model profiles, checkpoint fetching and the stage runner (``python -m pipeline.run``).
+"""The top layer: fetch checkpoints, stamp stages, and run them all (``python -m pipeline.run``).
 
-Kept free of imports on purpose: every stage imports ``pipeline.profiles`` and
-``pipeline.common``, and importing this package must not drag the runner in.
+It composes ``preprocess``, ``convert`` and ``eval``; nothing below imports it.
 """

@@ -34,15 +34,9 @@ from urllib.request import Request, url2pathname, urlopen
 
 from tqdm import tqdm
 
-from pipeline.common import (
-    UserError,
-    atomic_path,
-    configure_logging,
-    find_archive_member,
-    run_cli,
-    sha256_file,
-)
-from pipeline.profiles import MODEL_NAMES, ModelProfile, get_profile
+from core.errors import UserError, configure_logging, run_cli
+from core.files import atomic_path, find_archive_member, sha256_file
+from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +58,7 @@ def fetch_checkpoint(
     quiet: bool = False,
 ) -> Path:
     """Return the path of ``model``'s frozen graph, downloading/extracting it if needed."""
-    try:
-        profile = get_profile(model)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    profile = get_profile(model)
     pin = _normalise_pin(sha256)
     source = url or profile.url
     dest_dir = Path(dest_dir)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.common import UserError, configure_logging, run_cli, sha256_file, write_text_atomic
-from pipeline.profiles import MODEL_NAMES, ModelProfile, get_profile
+from core.errors import UserError, configure_logging, run_cli
+from core.files import sha256_file, write_text_atomic
+from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 from pipeline.stages import StageStamp
 
 log = logging.getLogger("pipeline.run")

@@ -17,12 +17,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.common import (
-    UserError,
-    atomic_path,
-    configure_logging,
-    run_cli,
-)
+from core.errors import UserError, configure_logging, run_cli
+from core.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.common import write_text_atomic
+from core.files import write_text_atomic
 
 
 class StageStamp:

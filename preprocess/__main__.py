@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.common import configure_logging, run_cli
-from pipeline.profiles import MODEL_NAMES
+from core.errors import configure_logging, run_cli
+from core.profiles import MODEL_NAMES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -22,8 +22,9 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from pipeline.common import UserError, atomic_path, save_npy_atomic, write_text_atomic
-from pipeline.profiles import get_profile
+from core.errors import UserError
+from core.files import atomic_path, save_npy_atomic, write_text_atomic
+from core.profiles import get_profile
 from preprocess.cache import (
     CROP_SHAPE,
     FILES_NAME,
@@ -229,10 +230,7 @@ def build_cache(
     count, unless ``skip_bad``, which leaves them out and records them in the manifest.
     """
     started = time.perf_counter()
-    try:
-        get_profile(model)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    get_profile(model)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import UserError, write_text_atomic
-from pipeline.profiles import CROP_SIZE, get_profile
+from core.errors import UserError
+from core.files import write_text_atomic
+from core.profiles import CROP_SIZE, get_profile
 
 log = logging.getLogger(__name__)
 

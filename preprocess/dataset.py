@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.common import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

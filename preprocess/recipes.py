@@ -15,8 +15,8 @@ import stat
 import cv2
 import numpy as np
 
-from pipeline.common import UserError
-from pipeline.profiles import CROP_SIZE, SHORT_SIDE, VGG_MEANS_RGB, get_profile
+from core.errors import UserError
+from core.profiles import CROP_SIZE, SHORT_SIDE, VGG_MEANS_RGB, get_profile
 
 INTERPOLATION_FLAGS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.common import configure_logging, sha256_file, write_text_atomic
+from core.errors import configure_logging
+from core.files import sha256_file, write_text_atomic
 
 EXPECTED_PATH = Path(__file__).with_name("accuracy_ci_expected.json")
 MODELS = ("resnet50", "mobilenet_v1")

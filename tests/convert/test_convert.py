@@ -19,7 +19,7 @@ from convert.__main__ import main
 from convert.graph import read_graph_def
 from convert.tf_runner import TFGraphRunner
 from convert.verify import synthetic_images
-from pipeline.common import run_cli
+from core.errors import run_cli
 
 ABS_LOGIT_TOL = 1e-3
 REL_LOGIT_TOL = 1e-4

@@ -12,7 +12,7 @@ from convert.models import MobileNetV1
 from convert.tf_runner import TFGraphRunner
 from convert.verify import compare_layers, synthetic_images
 from convert.weights import extract_weights
-from pipeline.common import run_cli
+from core.errors import run_cli
 
 tf = pytest.importorskip("tensorflow")
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import UserError
 from eval.backends import TorchBackend, make_backend, resolve_torch_device
-from pipeline.common import UserError
 from preprocess.recipes import normalize
 from tests.eval.fakes import ToyNet
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import eval as eval_stage
+from core.errors import run_cli
 from eval.__main__ import main
-from pipeline.common import run_cli
 from preprocess import build_cache, load_cache
 from tests.eval.fakes import ToyNet
 from tests.fixtures.images import write_val_set

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from core.errors import UserError, run_cli
 from eval.__main__ import main as eval_main
 from eval.compare import compare_predictions, format_comparison, main
-from pipeline.common import UserError, run_cli
 
 
 def test_compare_predictions_counts_and_indices():

@@ -4,10 +4,10 @@ import time
 import numpy as np
 import pytest
 
+from core.errors import UserError
 from eval.evaluate import run_evaluation
 from eval.metrics import accuracy, labels_from_classes, top_k_classes
 from eval.report import RESULTS_FILE, build_results, format_table, write_outputs
-from pipeline.common import UserError
 from tests.eval.fakes import FakeCache, ToyBackend, toy_logits
 
 REQUIRED_KEYS = {

@@ -13,10 +13,10 @@ import pytest
 
 pytest.importorskip("mlperf_loadgen")
 
+from core.errors import UserError, run_cli  # noqa: E402
 from eval import accuracy_imagenet  # noqa: E402
 from eval.accuracy_imagenet import AccuracyScore, score_accuracy_log  # noqa: E402
 from eval.loadgen import LoadgenResult, run_loadgen  # noqa: E402
-from pipeline.common import UserError, run_cli  # noqa: E402
 
 NUM_IMAGES = 50
 NUM_RIGHT = 37

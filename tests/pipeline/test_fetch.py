@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.common import UserError, run_cli, sha256_file
+from core.errors import UserError, run_cli
+from core.files import sha256_file
 from pipeline.fetch import fetch_checkpoint, main
 
 PB_NAME = "resnet50_v1.pb"

@@ -8,7 +8,7 @@ import socket
 import numpy as np
 import pytest
 
-from pipeline.common import UserError
+from core.errors import UserError
 from pipeline.run import RunOptions, main, run_pipeline
 from tests.fixtures.images import write_val_set
 
@@ -80,7 +80,7 @@ def _closed_port() -> int:
 
 
 def test_unreachable_checkpoint_is_one_sentence(tmp_path, val_dir, capsys):
-    from pipeline.common import run_cli
+    from core.errors import run_cli
 
     url = f"http://127.0.0.1:{_closed_port()}/resnet50_v1.pb"
     argv = ["--model", "resnet50", "--checkpoint", url, "--data-dir", str(val_dir)]

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.common import UserError, run_cli
+from core.errors import UserError, run_cli
 from pipeline.sample import (
     SAMPLE_DESCRIPTION,
     SAMPLE_IMAGES,

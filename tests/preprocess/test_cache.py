@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.common import UserError
+from core.errors import UserError
 from preprocess import build_cache, load_cache, mlperf_preprocess, normalize
 from tests.fixtures.images import (
     textured_image,

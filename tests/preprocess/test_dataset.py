@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.common import UserError
+from core.errors import UserError
 from preprocess.dataset import list_dataset
 from tests.fixtures.images import write_val_set
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.common import UserError
+from core.errors import UserError
 from preprocess import crop_uint8, mlperf_preprocess, normalize
 from preprocess.recipes import center_crop, resized_size
 from tests.preprocess.conftest import MODELS
@@ -108,5 +108,5 @@ def test_unreadable_file_is_a_user_error(tmp_path):
 
 
 def test_unknown_model_is_rejected(image_files):
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(UserError, match="unknown model"):
         mlperf_preprocess(image_files[0], "vgg16")

@@ -2,12 +2,14 @@
 
 Every stage (preprocess, convert, eval, the runner) looks models up here, so a fact such
 as "label = argmax - 1" or "resnet50 uses INTER_AREA" is written exactly once.
-This module is a leaf: it imports nothing of the project.
+Part of the ``core`` leaf: it imports nothing of the project outside ``core``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,9 @@ MODEL_NAMES = tuple(PROFILES)
 
 
 def get_profile(name: str) -> ModelProfile:
-    """Return the profile for ``name`` or raise ValueError naming the known models."""
+    """Return the profile for ``name``; an unknown name is a UserError naming the known ones."""
     try:
         return PROFILES[name]
     except KeyError:
         known = ", ".join(MODEL_NAMES)
-        raise ValueError(f"unknown model {name!r}: expected one of {known}") from None
+        raise UserError(f"unknown model {name!r}: expected one of {known}") from None

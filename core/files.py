@@ -1,31 +1,20 @@
-"""Small helpers every stage shares: user-facing errors, atomic writes, hashing, CLI exit.
+"""Files written whole or not at all, content digests, and MLPerf's archive member rule.
 
-A leaf module like ``profiles``: it imports nothing of the project, so any stage may use it.
+A leaf like the rest of ``core``: imports nothing of the project outside ``core``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import posixpath
-import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-
-class UserError(Exception):
-    """A problem with the user's input, reported as one sentence and a non-zero exit.
-
-    ``exit_code`` lets a stage distinguish kinds of failure (preprocess uses 2 for bad images).
-    """
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
+from core.errors import UserError
 
 
 @contextlib.contextmanager
@@ -78,28 +67,6 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def configure_logging(quiet: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-
-
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a stage's ``main``; turn UserError into one sentence on stderr and its exit code.
-
-    Ctrl-C exits with 130 and a short note instead of a traceback.
-    """
-    try:
-        return int(main(argv) or 0)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
 
 
 def find_archive_member(tar: tarfile.TarFile, member: str, archive) -> tarfile.TarInfo:

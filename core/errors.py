@@ -1,0 +1,43 @@
+"""The user-facing error type and the CLI wrapper every stage's ``__main__`` uses.
+
+A leaf: imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one sentence and a non-zero exit.
+
+    ``exit_code`` lets a stage distinguish kinds of failure (preprocess uses 2 for bad images).
+    """
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def configure_logging(quiet: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run a stage's ``main``; turn UserError into one sentence on stderr and its exit code.
+
+    Ctrl-C exits with 130 and a short note instead of a traceback.
+    """
+    try:
+        return int(main(argv) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
