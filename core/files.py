@@ -91,3 +91,69 @@ def find_archive_member(tar: tarfile.TarFile, member: str, archive) -> tarfile.T
         names.append(info.name)
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     raise UserError(f"{archive} holds no member {member!r} (it holds: {shown or 'nothing'})")
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | os.PathLike, what: str, *, wait: bool = False) -> Iterator[None]:
+    """Hold ``folder/.lock`` exclusively while the block runs: one writer per folder.
+
+    The lock is an fcntl lock, so the OS releases it when the holder dies (kill -9 included)
+    and a stale lock file never blocks anyone. The holder's pid and command line are written
+    into the file so a second process can say who holds it. Without ``wait`` a held lock is
+    a UserError naming that process; with ``wait`` the call blocks until it is free.
+    """
+    import fcntl
+    import sys
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(
+                f"{what} {folder} is in use by {holder}: wait for it to finish, "
+                f"or rerun with --wait to wait for it"
+            ) from None
+        os.ftruncate(fd, 0)
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
+        os.pwrite(fd, f"process {os.getpid()} ({command})\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the ``.NAME.XXXX.tmp`` files a killed writer left in ``folder``; return how many.
+
+    Call it only while holding ``exclusive_lock(folder)``: then no live writer owns them.
+    """
+    removed = 0
+    for path in Path(folder).glob(".*.tmp"):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def check_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) -> None:
+    """UserError, before any long work, when ``folder``'s file system cannot hold the output."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if needed_bytes > free:
+        raise UserError(
+            f"not enough disk space in {folder} for {what}: it needs {needed_bytes / 1e9:.2f} GB "
+            f"and {free / 1e9:.2f} GB are free"
+        )
