@@ -96,29 +96,40 @@ def find_archive_member(tar: tarfile.TarFile, member: str, archive) -> tarfile.T
 LOCK_NAME = ".lock"
 
 
-@contextlib.contextmanager
-def exclusive_lock(folder: str | os.PathLike, what: str, *, wait: bool = False) -> Iterator[None]:
+def exclusive_lock(folder: str | os.PathLike, what: str, *, wait: bool = False):
     """Hold ``folder/.lock`` exclusively while the block runs: one writer per folder.
 
-    The lock is an fcntl lock, so the OS releases it when the holder dies (kill -9 included)
-    and a stale lock file never blocks anyone. The holder's pid and command line are written
-    into the file so a second process can say who holds it. Without ``wait`` a held lock is
-    a UserError naming that process; with ``wait`` the call blocks until it is free.
+    ``what`` names the folder in the error, e.g. "cache dir". See ``_held_lock``.
     """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return _held_lock(folder / LOCK_NAME, folder, what, wait)
+
+
+def file_lock(path: str | os.PathLike, what: str, *, wait: bool = False):
+    """Hold ``.NAME.lock`` beside ``path`` exclusively: one writer of that one file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _held_lock(path.parent / f".{path.name}.lock", path, what, wait)
+
+
+@contextlib.contextmanager
+def _held_lock(lock_path: Path, guarded: Path, what: str, wait: bool) -> Iterator[None]:
+    """An fcntl lock on ``lock_path``: the OS releases it when the holder dies (kill -9
+    included), so a stale lock file never blocks anyone. The holder writes its pid and
+    command line into the file, so a second process can say who holds it. Without ``wait``
+    a held lock is a UserError naming that process; with ``wait`` the call blocks."""
     import fcntl
     import sys
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
             raise UserError(
-                f"{what} {folder} is in use by {holder}: wait for it to finish, "
+                f"{what} {guarded} is in use by {holder}: wait for it to finish, "
                 f"or rerun with --wait to wait for it"
             ) from None
         os.ftruncate(fd, 0)
