@@ -55,11 +55,11 @@ accuracy-ci:
 	$(PYTHON) -m tests.accuracy_ci --work-dir $(WORK_DIR)/accuracy-ci
 
 bench:
-	$(PYTHON) benchmarks/bench_inference.py --json $(WORK_DIR)/bench/inference.json
-	$(PYTHON) benchmarks/bench_preprocess.py --json $(WORK_DIR)/bench/preprocess.json
+	$(PYTHON) -m benchmarks.bench_inference --json $(WORK_DIR)/bench/inference.json
+	$(PYTHON) -m benchmarks.bench_preprocess --json $(WORK_DIR)/bench/preprocess.json
 
 bench-preprocess:
-	$(PYTHON) benchmarks/bench_preprocess.py --json $(WORK_DIR)/bench/preprocess.json
+	$(PYTHON) -m benchmarks.bench_preprocess --json $(WORK_DIR)/bench/preprocess.json
 
 clean:
 	rm -rf $(WORK_DIR) .pytest_cache

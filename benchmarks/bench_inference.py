@@ -7,7 +7,7 @@ converted by ``convert``, ONNX Runtime runs the graph converted by tf2onnx. The 
 logits are also compared with TensorFlow's on the timed batch, so a speed-up that broke
 exactness would show.
 
-    python benchmarks/bench_inference.py --json work/bench/inference.json
+    python -m benchmarks.bench_inference --json work/bench/inference.json
 """
 
 from __future__ import annotations
@@ -24,13 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script: make the project importable
-    sys.path.insert(0, str(REPO_ROOT))
-
-from core.errors import UserError, configure_logging, run_cli  # noqa: E402
-from core.files import write_text_atomic  # noqa: E402
-from core.profiles import MODEL_NAMES, get_profile  # noqa: E402
+from core.errors import UserError, configure_logging, run_cli
+from core.files import write_text_atomic
+from core.profiles import MODEL_NAMES, get_profile
 
 log = logging.getLogger("bench_inference")
 

@@ -5,7 +5,7 @@ with ``np.save``. The project's build decodes in worker processes into one uint8
 Both run here on the same generated ImageNet-sized JPEGs (page cache warmed first), and
 the script checks that the two caches hold the same floats.
 
-    python benchmarks/bench_preprocess.py [--images 300] [--model resnet50] [--json PATH]
+    python -m benchmarks.bench_preprocess [--images 300] [--model resnet50] [--json PATH]
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from preprocess import build_cache, load_cache, normalize  # noqa: E402
-from tests.fixtures.images import write_val_set  # noqa: E402
+from preprocess import build_cache, load_cache, normalize
+from tests.fixtures.images import write_val_set
 
 IMAGENET_LIKE_SIZES = [(375, 500), (500, 375), (333, 500), (500, 333), (375, 500), (400, 500)]
 

@@ -1,6 +1,6 @@
 """The prepared GPU check: CUDA evaluation of both converted models against the CPU result.
 
-    python benchmarks/gpu_check.py [--work-dir work/gpu-check] [--images 512] [--json PATH]
+    python -m benchmarks.gpu_check [--work-dir work/gpu-check] [--images 512] [--json PATH]
 
 For each model it builds the fixture checkpoint (full size, MLPerf's node names, random
 weights) and a generated validation set, runs the pipeline on the CPU (the reference
@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from core.errors import configure_logging
+from core.files import write_text_atomic
 
-from core.errors import configure_logging  # noqa: E402
-from core.files import write_text_atomic  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = ("resnet50", "mobilenet_v1")
 CUDA_ENGINES = ("eager", "fast")

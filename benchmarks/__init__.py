@@ -1,0 +1,1 @@
+"""Throughput benchmarks behind `make bench`; run from the repository root as modules."""
