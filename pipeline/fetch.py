@@ -7,9 +7,12 @@ frozen graph member is extracted, under ``profile.checkpoint_filename``.
 
 Integrity: every file this module writes into ``dest_dir`` gets a sidecar
 ``<file>.sha256.json`` holding its size and sha256; later runs re-hash the file and refuse
-one that changed. A file present and matching its record is used without any network
-access. ``sha256=`` pins the digest of the file the source names (the ``.pb``, or the
-``.tgz`` for an archive).
+one that changed. A digest is recorded only after the file parsed as the expected model (a
+GraphDef, or a .tgz member, holding the profile's input and logits nodes): a file that is
+not (an HTML error page, say) is moved aside to ``<file>.rejected`` with nothing recorded,
+so the real file is accepted later. A file present and matching its record is used without
+any network access. ``sha256=`` pins the digest of the file the source names (the ``.pb``,
+or the ``.tgz`` for an archive). A full disk says so and never advises deleting a file.
 
 A local ``.pb`` given as the source is returned as it is (not copied, no sidecar written
 beside it); a local ``.tgz`` is not copied either, only its member is extracted.
@@ -18,6 +21,7 @@ beside it); a local ``.tgz`` is not copied either, only its member is extracted.
 from __future__ import annotations
 
 import argparse
+import errno
 import http.client
 import json
 import logging
@@ -47,6 +51,11 @@ SIDECAR_SUFFIX = ".sha256.json"
 PART_SUFFIX = ".part"
 REJECTED_SUFFIX = ".rejected"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NotTheModelError(UserError):
+    """The file is not the expected frozen graph: it must never be recorded as trusted."""
 
 
 def fetch_checkpoint(
@@ -62,31 +71,48 @@ def fetch_checkpoint(
     pin = _normalise_pin(sha256)
     source = url or profile.url
     dest_dir = Path(dest_dir)
+    try:
+        return _fetch(profile, source, pin, dest_dir, quiet=quiet)
+    except OSError as err:
+        if err.errno in _DISK_FULL:
+            raise UserError(
+                f"the disk holding {dest_dir} is full ({err.filename or err.strerror}): free "
+                "some space and rerun the same command; nothing already fetched was deleted"
+            ) from None
+        raise
+
+
+def _fetch(profile: ModelProfile, source: str, pin: str | None, dest_dir: Path, *, quiet: bool):
     final = dest_dir / profile.checkpoint_filename
     member = profile.archive_member or profile.checkpoint_filename
 
     local = _local_path(source)
     if local is not None:
-        return _fetch_local(local, final, member, pin)
+        return _fetch_local(local, final, member, pin, profile)
 
     name = _download_name(source, profile)
     if not _is_archive(name):
         if final.exists():
-            _verify_or_record(final, pin, source=source)
+            _verify_or_record(final, pin, source=source, profile=profile)
             return final
         _download(source, final, pin, quiet=quiet)
+        _refuse_unless_model(final, profile)
         _record(final, source=source)
         return final
 
     archive = dest_dir / name
     if final.exists() and _extracted_is_current(final, archive, pin):
         return final
-    if archive.exists():
-        archive_sha = _verify_or_record(archive, pin, source=source)
-    else:
+    if not archive.exists():
         _download(source, archive, pin, quiet=quiet)
-        archive_sha = _record(archive, source=source)
-    return _extract(archive, archive_sha, member, final)
+    archive_sha = _verify_against_record(archive, pin)
+    try:
+        extracted = _extract(archive, archive_sha, member, final, profile)
+    except NotTheModelError as err:
+        raise _set_aside(archive, err) from None
+    if _read_record(archive) is None:
+        _record(archive, source=source, digest=archive_sha)
+    return extracted
 
 
 # ---------------------------------------------------------------- sources and names
@@ -124,7 +150,9 @@ def _is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _fetch_local(local: Path, final: Path, member: str, pin: str | None) -> Path:
+def _fetch_local(
+    local: Path, final: Path, member: str, pin: str | None, profile: ModelProfile
+) -> Path:
     if not local.is_file():
         raise UserError(f"checkpoint file {local} does not exist")
     digest = sha256_file(local) if pin or _is_archive(local.name) else None
@@ -137,7 +165,7 @@ def _fetch_local(local: Path, final: Path, member: str, pin: str | None) -> Path
         return local
     if final.exists() and _extracted_is_current(final, local, pin, archive_sha=digest):
         return final
-    return _extract(local, digest, member, final)
+    return _extract(local, digest, member, final, profile)
 
 
 # ---------------------------------------------------------------- integrity records
@@ -193,18 +221,87 @@ def _reject(path: Path, digest: str, pin: str) -> UserError:
     )
 
 
-def _verify_or_record(path: Path, pin: str | None, *, source: str) -> str:
-    """Check a file already in dest_dir against its record and the pin; record it if new."""
+def _verify_against_record(path: Path, pin: str | None) -> str:
+    """Check a file in dest_dir against its record (if any) and the pin; return its sha256."""
     digest = sha256_file(path)
     record = _read_record(path)
     if record is not None:
         _check_against_record(path, record, digest)
     if pin and digest != pin:
         raise _reject(path, digest, pin)
-    if record is None:
+    return digest
+
+
+def _verify_or_record(
+    path: Path, pin: str | None, *, source: str, profile: ModelProfile | None = None
+) -> str:
+    """``_verify_against_record``, then record a file found without a record: only once it
+    parsed as ``profile``'s frozen graph when a profile is given."""
+    digest = _verify_against_record(path, pin)
+    if _read_record(path) is None:
+        if profile is not None:
+            _refuse_unless_model(path, profile)
         logger.info("recording the sha256 of %s, found without an integrity record", path)
         _record(path, source=source, digest=digest)
     return digest
+
+
+# ---------------------------------------------------------------- is it the model?
+
+
+def _refuse_unless_model(path: Path, profile: ModelProfile) -> None:
+    """Move ``path`` aside (nothing recorded) unless it is ``profile``'s frozen graph."""
+    try:
+        check_is_model(path, profile)
+    except NotTheModelError as err:
+        raise _set_aside(path, err) from None
+
+
+def check_is_model(path: Path, profile: ModelProfile, shown: str | None = None) -> None:
+    """NotTheModelError unless ``path`` parses as a GraphDef with the profile's input and
+    logits nodes. ``shown`` names the file in messages (e.g. ``archive:member``)."""
+    from convert.graph import node_name, read_graph_def
+
+    shown = shown or str(path)
+    looks = _looks_like(path)
+    if looks is not None:
+        raise NotTheModelError(f"{shown} is not a TensorFlow frozen graph (it looks like {looks})")
+    try:
+        graph_def = read_graph_def(path)
+    except UserError as err:
+        raise NotTheModelError(f"{shown} is not a TensorFlow frozen graph ({err})") from None
+    names = {node.name for node in graph_def.node}
+    for tensor in (profile.input_tensor, profile.logits_tensor):
+        if node_name(tensor) not in names:
+            raise NotTheModelError(
+                f"{shown} is a TensorFlow graph but not MLPerf's {profile.name}: it has no "
+                f"node {node_name(tensor)!r}"
+            )
+
+
+def _looks_like(path: Path) -> str | None:
+    """What a file that is plainly not a binary graph looks like, from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in head:
+        return "an HTML page"
+    if head.startswith(b"<"):
+        return "an XML document"
+    if head.startswith((b"{", b"[")):
+        return "a JSON document"
+    if not head:
+        return "an empty file"
+    return None
+
+
+def _set_aside(path: Path, err: UserError) -> UserError:
+    """Move a file that is not the model to ``<file>.rejected``; its record goes too."""
+    rejected = path.with_name(path.name + REJECTED_SUFFIX)
+    os.replace(path, rejected)
+    _sidecar(path).unlink(missing_ok=True)
+    return NotTheModelError(
+        f"{err}; moved it to {rejected}: check the URL (or save the real file there) and rerun"
+    )
 
 
 def _extracted_is_current(
@@ -319,6 +416,11 @@ def _stream(response, part: Path, start: int, total: int | None, url: str, *, qu
                 received += len(chunk)
                 bar.update(len(chunk))
     except (OSError, http.client.HTTPException) as err:
+        if getattr(err, "errno", None) in _DISK_FULL:
+            raise UserError(
+                f"the disk holding {part} is full after {received} bytes of {url}: free some "
+                "space and rerun the same command to resume the download"
+            ) from None
         raise _interrupted(url, part, received, total, str(err)) from None
     finally:
         bar.close()
@@ -344,8 +446,11 @@ def _unreachable(url: str, dest: Path, reason: str) -> UserError:
 # ---------------------------------------------------------------- archives
 
 
-def _extract(archive: Path, archive_sha: str | None, member: str, final: Path) -> Path:
-    """Extract only ``member`` (stored as ``name`` or ``./name``) from ``archive`` to ``final``."""
+def _extract(
+    archive: Path, archive_sha: str | None, member: str, final: Path, profile: ModelProfile
+) -> Path:
+    """Extract only ``member`` (stored as ``name`` or ``./name``) from ``archive`` to ``final``,
+    and record it only once it parsed as ``profile``'s frozen graph."""
     corrupt = (
         f"{archive} is not a readable .tgz archive (corrupt or truncated); delete it and "
         "rerun to fetch it again"
@@ -361,10 +466,18 @@ def _extract(archive: Path, archive_sha: str | None, member: str, final: Path) -
                     shutil.copyfileobj(source, out, CHUNK_SIZE)
                 if tmp.stat().st_size != found.size:
                     raise UserError(corrupt)
+                check_is_model(tmp, profile, shown=f"{archive}:{found.name}")
                 tmp.chmod(0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        logger.debug("reading %s failed: %s", archive, err)
-        raise UserError(corrupt) from None
+    except OSError as err:
+        if err.errno in _DISK_FULL:
+            raise _disk_full_while_extracting(archive, final) from None
+        if err.errno is not None:  # a system error (permissions, I/O), not the archive's fault
+            raise UserError(
+                f"cannot extract {member} from {archive} to {final} ({err.strerror})"
+            ) from None
+        raise _unreadable_archive(archive, corrupt, err) from None
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise _unreadable_archive(archive, corrupt, err) from None
     _record(
         final,
         source=f"{archive}:{found.name}",
@@ -373,6 +486,25 @@ def _extract(archive: Path, archive_sha: str | None, member: str, final: Path) -
     )
     logger.info("extracted %s from %s", final.name, archive)
     return final
+
+
+def _unreadable_archive(archive: Path, corrupt: str, err: Exception) -> UserError:
+    logger.debug("reading %s failed: %s", archive, err)
+    looks = _looks_like(archive)
+    if looks is not None:
+        return NotTheModelError(
+            f"{archive} is not a TensorFlow frozen graph (it looks like {looks})"
+        )
+    return UserError(corrupt)
+
+
+def _disk_full_while_extracting(archive: Path, final: Path) -> UserError:
+    free = shutil.disk_usage(final.parent).free
+    return UserError(
+        f"no space left on the disk holding {final.parent} while extracting {final.name} from "
+        f"{archive} ({free / 1e6:.1f} MB free): free some space and rerun; {archive.name} is "
+        "kept and will be reused"
+    )
 
 
 # ---------------------------------------------------------------- CLI

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import random
@@ -15,6 +16,7 @@ import pytest
 
 from core.errors import UserError, run_cli
 from core.files import sha256_file
+from core.profiles import get_profile
 from pipeline.fetch import fetch_checkpoint, main
 
 PB_NAME = "resnet50_v1.pb"
@@ -24,6 +26,30 @@ MEMBER = "mobilenet_v1_1.0_224_frozen.pb"
 
 def _payload(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)  # incompressible, so truncation bites
+
+
+def _graph(model: str, size: int, seed: int) -> bytes:
+    """A GraphDef holding the profile's input and logits nodes, padded by a random constant of
+    ``size`` bytes: the fetcher accepts it as the model; truncating it still bites."""
+    from tensorflow.core.framework import graph_pb2, types_pb2
+
+    from convert.graph import node_name
+
+    profile = get_profile(model)
+    graph = graph_pb2.GraphDef()
+    placeholder = graph.node.add(name=node_name(profile.input_tensor), op="Placeholder")
+    placeholder.attr["dtype"].type = types_pb2.DT_FLOAT
+    padding = graph.node.add(name="padding", op="Const")
+    padding.attr["dtype"].type = types_pb2.DT_UINT8
+    tensor = padding.attr["value"].tensor
+    tensor.dtype = types_pb2.DT_UINT8
+    tensor.tensor_shape.dim.add(size=size)
+    tensor.tensor_content = _payload(size, seed)
+    graph.node.add(name=node_name(profile.logits_tensor), op="Identity", input=[placeholder.name])
+    return graph.SerializeToString()
+
+
+HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>...</body></html>\n"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -95,7 +121,7 @@ def _sidecar(path: Path) -> dict:
 
 
 def test_full_download_records_digest_and_then_needs_no_network(server, tmp_path):
-    payload = _payload(300_000, seed=1)
+    payload = _graph("resnet50", 300_000, seed=1)
     server.files[PB_NAME] = payload
     url = f"{server.url}/{PB_NAME}"
 
@@ -115,7 +141,7 @@ def test_full_download_records_digest_and_then_needs_no_network(server, tmp_path
 
 
 def test_resume_requests_only_the_remaining_bytes(server, tmp_path):
-    payload = _payload(200_000, seed=2)
+    payload = _graph("resnet50", 200_000, seed=2)
     server.files[PB_NAME] = payload
     (tmp_path / (PB_NAME + ".part")).write_bytes(payload[:123_456])
 
@@ -128,7 +154,7 @@ def test_resume_requests_only_the_remaining_bytes(server, tmp_path):
 
 
 def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
-    payload = _payload(100_000, seed=3)
+    payload = _graph("resnet50", 100_000, seed=3)
     server.files[PB_NAME] = payload
     server.mode = "ignore_range"
     # A stale partial file with wrong bytes: the full body must replace it, not extend it.
@@ -141,12 +167,12 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
 
 
 def test_truncated_download_is_an_error_then_resumes(server, tmp_path):
-    payload = _payload(250_000, seed=4)
+    payload = _graph("resnet50", 250_000, seed=4)
     server.files[PB_NAME] = payload
     server.mode, server.cut_at = "truncate", 100_000
     url = f"{server.url}/{PB_NAME}"
 
-    with pytest.raises(UserError, match=r"truncated at 100000 of 250000 bytes.*resume"):
+    with pytest.raises(UserError, match=rf"truncated at 100000 of {len(payload)} bytes.*resume"):
         fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
     part = tmp_path / (PB_NAME + ".part")
     assert part.stat().st_size == 100_000
@@ -156,11 +182,11 @@ def test_truncated_download_is_an_error_then_resumes(server, tmp_path):
     path = fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
     assert path.read_bytes() == payload
     assert server.requests[-1]["range"] == "bytes=100000-"
-    assert server.requests[-1]["sent"] == 150_000
+    assert server.requests[-1]["sent"] == len(payload) - 100_000
 
 
 def test_sha256_pin_mismatch_names_both_digests_and_keeps_nothing(server, tmp_path):
-    payload = _payload(50_000, seed=5)
+    payload = _graph("resnet50", 50_000, seed=5)
     server.files[PB_NAME] = payload
     wrong = "0" * 64
     actual = sha256_file_bytes(payload)
@@ -174,7 +200,7 @@ def test_sha256_pin_mismatch_names_both_digests_and_keeps_nothing(server, tmp_pa
 
 
 def test_sha256_pin_match_and_malformed_pin(server, tmp_path):
-    payload = _payload(50_000, seed=6)
+    payload = _graph("resnet50", 50_000, seed=6)
     server.files[PB_NAME] = payload
     url = f"{server.url}/{PB_NAME}"
     digest = sha256_file_bytes(payload)
@@ -185,7 +211,7 @@ def test_sha256_pin_match_and_malformed_pin(server, tmp_path):
 
 
 def test_pin_mismatch_on_present_file_moves_it_aside(server, tmp_path):
-    payload = _payload(40_000, seed=7)
+    payload = _graph("resnet50", 40_000, seed=7)
     server.files[PB_NAME] = payload
     url = f"{server.url}/{PB_NAME}"
     path = fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
@@ -197,7 +223,7 @@ def test_pin_mismatch_on_present_file_moves_it_aside(server, tmp_path):
 
 
 def test_file_changed_on_disk_is_reported(server, tmp_path):
-    payload = _payload(60_000, seed=8)
+    payload = _graph("resnet50", 60_000, seed=8)
     server.files[PB_NAME] = payload
     url = f"{server.url}/{PB_NAME}"
     path = fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
@@ -232,7 +258,7 @@ def test_http_404_and_unreachable_host_say_what_to_download_and_where(server, tm
 
 @pytest.mark.parametrize("member_name", [f"./{MEMBER}", MEMBER])
 def test_tgz_extracts_only_the_frozen_graph(server, tmp_path, member_name):
-    graph = _payload(30_000, seed=9)
+    graph = _graph("mobilenet_v1", 30_000, seed=9)
     archive = _tgz(
         {
             "./mobilenet_v1_1.0_224.ckpt.data-00000-of-00001": b"ckpt",
@@ -293,14 +319,14 @@ def test_corrupt_archives_are_one_sentence(tmp_path):
 
 
 def test_file_url_and_local_pb(tmp_path):
-    graph = _payload(10_000, seed=11)
     local_pb = tmp_path / "mine.pb"
-    local_pb.write_bytes(graph)
+    local_pb.write_bytes(_graph("resnet50", 10_000, seed=11))
     # A local .pb is used where it is, not copied.
     assert fetch_checkpoint("resnet50", tmp_path / "ckpt", url=local_pb.as_uri()) == local_pb
     assert not (tmp_path / "ckpt").exists()
 
     archive = tmp_path / TGZ_NAME
+    graph = _graph("mobilenet_v1", 10_000, seed=11)
     archive.write_bytes(_tgz({f"./{MEMBER}": graph}))
     path = fetch_checkpoint("mobilenet_v1", tmp_path / "ckpt", url=archive.as_uri())
     assert path == tmp_path / "ckpt" / MEMBER and path.read_bytes() == graph
@@ -325,3 +351,123 @@ def sha256_file_bytes(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------ only the expected model is ever trusted
+
+
+def test_html_page_first_is_refused_unrecorded_then_the_real_file_is_accepted(server, tmp_path):
+    url = f"{server.url}/{PB_NAME}"
+    server.files[PB_NAME] = HTML_PAGE
+    with pytest.raises(UserError) as err:
+        fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
+    message = str(err.value)
+    assert "is not a TensorFlow frozen graph (it looks like an HTML page)" in message
+    assert "\n" not in message
+    assert not (tmp_path / PB_NAME).exists()
+    assert not (tmp_path / (PB_NAME + ".sha256.json")).exists()
+    assert (tmp_path / (PB_NAME + ".rejected")).read_bytes() == HTML_PAGE
+
+    real = _graph("resnet50", 20_000, seed=12)
+    server.files[PB_NAME] = real
+    path = fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
+    assert path.read_bytes() == real
+    assert _sidecar(path)["sha256"] == sha256_file_bytes(real)
+
+
+def test_html_page_instead_of_the_tgz_is_refused_then_the_real_archive_works(server, tmp_path):
+    url = f"{server.url}/{TGZ_NAME}"
+    server.files[TGZ_NAME] = HTML_PAGE
+    with pytest.raises(
+        UserError, match=r"is not a TensorFlow frozen graph \(it looks like an HTML"
+    ):
+        fetch_checkpoint("mobilenet_v1", tmp_path, url=url, quiet=True)
+    assert not list(tmp_path.glob("*.sha256.json"))
+    assert not (tmp_path / TGZ_NAME).exists() and not (tmp_path / MEMBER).exists()
+
+    graph = _graph("mobilenet_v1", 20_000, seed=13)
+    server.files[TGZ_NAME] = _tgz({f"./{MEMBER}": graph})
+    path = fetch_checkpoint("mobilenet_v1", tmp_path, url=url, quiet=True)
+    assert path.read_bytes() == graph
+    assert _sidecar(tmp_path / TGZ_NAME)["sha256"] == sha256_file(tmp_path / TGZ_NAME)
+
+
+def test_a_graph_without_the_models_nodes_is_not_trusted(server, tmp_path):
+    server.files[PB_NAME] = _graph("mobilenet_v1", 5_000, seed=14)  # MobileNet's node names
+    with pytest.raises(UserError, match=r"not MLPerf's resnet50: it has no node 'input_tensor'"):
+        fetch_checkpoint("resnet50", tmp_path, url=f"{server.url}/{PB_NAME}", quiet=True)
+    assert not list(tmp_path.glob("*.sha256.json"))
+
+
+def test_unrecorded_file_found_in_place_is_checked_before_it_is_recorded(server, tmp_path):
+    (tmp_path / PB_NAME).write_bytes(HTML_PAGE)  # e.g. saved by hand from a browser
+    with pytest.raises(UserError, match="looks like an HTML page"):
+        fetch_checkpoint("resnet50", tmp_path, url=f"{server.url}/{PB_NAME}", quiet=True)
+    assert not (tmp_path / (PB_NAME + ".sha256.json")).exists()
+    assert server.requests == []
+
+
+class _FillsUp:
+    """A writable file whose disk is full after ``room`` bytes (raises ENOSPC)."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, data):
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_full_disk_during_download_says_so_and_resumes(server, tmp_path, monkeypatch):
+    import pipeline.fetch as fetch
+
+    payload = _graph("resnet50", 3 * (1 << 20), seed=15)
+    server.files[PB_NAME] = payload
+    url = f"{server.url}/{PB_NAME}"
+    monkeypatch.setattr(
+        fetch, "open", lambda *a, **k: _FillsUp(open(*a, **k), 1 << 20), raising=False
+    )
+    with pytest.raises(UserError) as err:
+        fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
+    message = str(err.value)
+    assert "is full" in message and "resume" in message and "delete" not in message
+    assert (tmp_path / (PB_NAME + ".part")).stat().st_size == 1 << 20
+
+    monkeypatch.undo()
+    assert fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True).read_bytes() == payload
+
+
+def test_full_disk_while_extracting_keeps_the_good_archive(tmp_path, monkeypatch):
+    graph = _graph("mobilenet_v1", 50_000, seed=16)
+    archive = tmp_path / "src" / TGZ_NAME
+    archive.parent.mkdir()
+    archive.write_bytes(_tgz({f"./{MEMBER}": graph}))
+    before = archive.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("shutil.copyfileobj", disk_full)
+    with pytest.raises(UserError) as err:
+        fetch_checkpoint("mobilenet_v1", tmp_path / "ckpt", url=str(archive), quiet=True)
+    message = str(err.value)
+    assert "no space left" in message and "is kept" in message
+    assert "delete" not in message and "corrupt" not in message
+    assert archive.read_bytes() == before
+    assert not (tmp_path / "ckpt" / MEMBER).exists()
+    assert not list((tmp_path / "ckpt").glob(".*.tmp"))
+
+    monkeypatch.undo()
+    path = fetch_checkpoint("mobilenet_v1", tmp_path / "ckpt", url=str(archive), quiet=True)
+    assert path.read_bytes() == graph
