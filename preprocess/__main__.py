@@ -26,6 +26,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-bad", action="store_true", help="leave unreadable images out instead of failing"
     )
+    parser.add_argument(
+        "--force", action="store_true", help="re-crop every image, even unchanged ones"
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another build is writing this cache dir, wait for it instead of stopping",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
     return parser.parse_args(argv)
 
@@ -44,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         skip_bad=args.skip_bad,
         quiet=args.quiet,
+        force=args.force,
+        wait=args.wait,
     )
     print(summary.line())
     return 0

@@ -1,9 +1,17 @@
 """Build a cache: decode and crop in worker threads, straight into a memory-mapped file.
 
-Resuming: every finished range of images is appended to ``journal.txt`` after its crops
-are in the shared file mapping, so a ``kill -9`` loses nothing that the journal claims.
-A rerun with the same build config skips the journaled ranges; a different config (model,
-recipe, OpenCV, listing, limit, data dir) starts over and says so.
+One writer at a time: the whole build holds the cache dir's lock.
+
+Incremental: every run stats the listed files (see ``incremental.py``) and re-crops only
+the files whose signature changed, files new to the listing, and rows found damaged;
+other crops are reused. When the rows stay the same, the work happens in place in the
+existing ``images.npy`` (renamed to the partial file while it is rewritten); otherwise the
+reused crops are copied into a new partial file.
+
+Resuming: every finished range of rows is appended to ``journal.txt`` after its crops and
+digests are in the shared file mappings, so a ``kill -9`` loses nothing that the journal
+claims. A rerun skips journaled rows whose file kept its signature; a different recipe,
+OpenCV, data dir or listing starts over and says so.
 """
 
 from __future__ import annotations
@@ -23,29 +31,57 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from core.errors import UserError
-from core.files import atomic_path, save_npy_atomic, write_text_atomic
+from core.files import (
+    LOCK_NAME,
+    atomic_path,
+    check_free_space,
+    exclusive_lock,
+    remove_stale_temporaries,
+    save_npy_atomic,
+    write_text_atomic,
+)
 from core.profiles import get_profile
 from preprocess.cache import (
     CROP_SHAPE,
+    DAMAGED_NAME,
+    DIGEST_SIZE,
+    DIGESTS_NAME,
     FILES_NAME,
-    FINAL_NAMES,
     FORMAT_VERSION,
     IMAGES_NAME,
     JOURNAL_NAME,
     LABELS_NAME,
+    MANIFEST_NAME,
+    OWN_NAMES,
+    PARTIAL_DIGESTS_NAME,
     PARTIAL_IMAGES_NAME,
-    cache_fingerprint,
+    PARTIAL_NAMES,
+    PARTIAL_SIGNATURES_NAME,
+    SIGNATURES_NAME,
     config_key,
+    content_fingerprint,
+    file_stat,
+    read_damage,
     read_manifest,
     write_manifest,
 )
 from preprocess.dataset import Listing, list_dataset
+from preprocess.incremental import (
+    SIGNATURE_WIDTH,
+    Plan,
+    PreviousCache,
+    load_previous,
+    make_plan,
+    stat_listing,
+)
 from preprocess.recipes import decode, recipe_parameters
 from preprocess.workers import RangeProcessor, run_ranges
 
 log = logging.getLogger(__name__)
 
 MAX_CHUNK = 32  # images per task: small enough for a fine-grained journal and progress bar
+CROP_BYTES = int(np.prod(CROP_SHAPE))
+PER_IMAGE_BYTES = CROP_BYTES + DIGEST_SIZE + 8 * SIGNATURE_WIDTH
 
 
 @dataclass(frozen=True)
@@ -58,6 +94,7 @@ class BuildSummary:
     seconds: float
     already_complete: bool
     fingerprint: str
+    changes: dict | None = None  # changed/added/removed/damaged counts of a rebuild
 
     @property
     def images_per_second(self) -> float:
@@ -72,78 +109,133 @@ class BuildSummary:
         skipped = f", skipped {len(self.skipped)} unreadable" if self.skipped else ""
         return (
             f"preprocess {self.model}: {self.images} images cached in {self.cache_dir} "
-            f"({self.processed} processed in {self.seconds:.1f} s, "
+            f"({self._what_changed()}{self.processed} processed in {self.seconds:.1f} s, "
             f"{self.images_per_second:.1f} img/s{skipped})"
         )
 
+    def _what_changed(self) -> str:
+        if self.changes is None:
+            return ""
+        c = self.changes
+        noun = "image" if c["changed"] == 1 else "images"
+        damaged = f", {c['damaged']} damaged" if c["damaged"] else ""
+        return (
+            f"re-cropped {c['changed']} changed {noun}, {c['added']} added, "
+            f"{c['removed']} removed{damaged}; "
+        )
 
-# ---------------------------------------------------------------- journal
+
+# ---------------------------------------------------------------- journal and partial files
 
 
-def _read_journal(cache_dir: Path, key: str, count: int) -> list[tuple[int, int]] | None:
-    """Finished ranges of a build with this key, or None when there is nothing to resume."""
-    journal = cache_dir / JOURNAL_NAME
-    partial = cache_dir / PARTIAL_IMAGES_NAME
+def _journal_key(config: dict, listing: Listing) -> str:
+    """What the rows of a partial build are: recipe settings and the listed names, in order."""
+    return config_key({"config": config, "files": listing.files})
+
+
+def _read_journal(cache_dir: Path, key: str, signatures: np.ndarray) -> np.ndarray | None:
+    """Rows finished by an interrupted build with this key whose files kept their
+    signature (bool mask), or None when there is nothing to resume."""
+    count = len(signatures)
     try:
-        lines = journal.read_text().split("\n")
+        lines = (cache_dir / JOURNAL_NAME).read_text().split("\n")
         header = json.loads(lines[0])
-        images = np.load(partial, mmap_mode="r")
+        images = np.load(cache_dir / PARTIAL_IMAGES_NAME, mmap_mode="r")
+        digests = np.load(cache_dir / PARTIAL_DIGESTS_NAME, mmap_mode="r")
+        cropped_from = np.load(cache_dir / PARTIAL_SIGNATURES_NAME)
     except (OSError, ValueError, IndexError):
         return None
-    if header.get("build_key") != key or images.shape != (count, *CROP_SHAPE):
+    if (
+        header.get("build_key") != key
+        or images.shape != (count, *CROP_SHAPE)
+        or digests.shape != (count, DIGEST_SIZE)
+        or cropped_from.shape != signatures.shape
+    ):
         log.info("discarding an unfinished build in %s made with other settings", cache_dir)
         return None
-    done = []
+    finished = np.zeros(count, dtype=bool)
     for line in lines[1:-1]:  # the last element follows the final newline: maybe torn
         parts = line.split()
         if len(parts) == 2 and all(p.isdigit() for p in parts):
             start, stop = int(parts[0]), int(parts[1])
             if 0 <= start < stop <= count:
-                done.append((start, stop))
-    return done
+                finished[start:stop] = True
+    return finished & (cropped_from == signatures).all(axis=1)
 
 
-def _start_journal(cache_dir: Path, key: str, count: int) -> None:
-    with atomic_path(cache_dir / PARTIAL_IMAGES_NAME) as tmp:
-        open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, *CROP_SHAPE)).flush()
-        _reserve_disk_space(tmp, count)
+def _start_partial(
+    cache_dir: Path,
+    key: str,
+    signatures: np.ndarray,
+    digests: np.ndarray,
+    adopt_images: bool,
+) -> None:
+    """Create the partial files, then the journal that makes them resumable.
+
+    ``adopt_images``: the finished images.npy becomes the partial file (rows unchanged).
+    """
+    count = len(signatures)
+    if adopt_images:
+        os.replace(cache_dir / IMAGES_NAME, cache_dir / PARTIAL_IMAGES_NAME)
+    else:
+        with atomic_path(cache_dir / PARTIAL_IMAGES_NAME) as tmp:
+            _create_reserved_npy(tmp, (count, *CROP_SHAPE), f"{count} crops")
+    save_npy_atomic(cache_dir / PARTIAL_DIGESTS_NAME, digests)
+    save_npy_atomic(cache_dir / PARTIAL_SIGNATURES_NAME, signatures)
     write_text_atomic(cache_dir / JOURNAL_NAME, json.dumps({"build_key": key}) + "\n")
 
 
-def _reserve_disk_space(path: Path, count: int) -> None:
-    """Allocate the whole file now: a full disk under a memmap write would kill us (SIGBUS)."""
-    if not hasattr(os, "posix_fallocate"):
-        return
+def _create_reserved_npy(path: Path, shape: tuple, what: str) -> None:
+    """A zero uint8 .npy whose blocks are all allocated now: a full disk under a memmap
+    write would kill the process with SIGBUS; here it is a UserError before any work."""
+    open_memmap(path, mode="w+", dtype=np.uint8, shape=shape).flush()
     size = path.stat().st_size
     fd = os.open(path, os.O_RDWR)
     try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise UserError(
-                f"not enough disk space in {path.parent} for {count} crops ({size / 1e9:.1f} GB)"
-            ) from None
-        # Filesystems without fallocate support: fall back to a sparse file.
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _disk_full(path.parent, f"{what} ({size / 1e9:.2f} GB)") from None
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            _write_zeros(fd, size)  # no fallocate here: allocate by writing
     finally:
         os.close(fd)
 
 
-def _pending_tasks(count: int, done: list[tuple[int, int]], chunk: int) -> list[tuple[int, int]]:
-    finished = np.zeros(count, dtype=bool)
-    for start, stop in done:
-        finished[start:stop] = True
+def _write_zeros(fd: int, size: int) -> None:
+    block = bytes(1 << 20)
+    for offset in range(0, size, len(block)):
+        os.pwrite(fd, block[: min(len(block), size - offset)], offset)
+
+
+def _disk_full(folder: Path, what: str) -> UserError:
+    return UserError(
+        f"not enough disk space in {folder} for {what}: free some space and rerun the same "
+        f"command to continue"
+    )
+
+
+def _remove_partial(cache_dir: Path) -> None:
+    (cache_dir / JOURNAL_NAME).unlink(missing_ok=True)  # first: it vouches for the rest
+    for name in PARTIAL_NAMES:
+        (cache_dir / name).unlink(missing_ok=True)
+
+
+def _pending_tasks(finished: np.ndarray, chunk: int) -> list[tuple[int, int]]:
+    """Ranges of at most ``chunk`` consecutive unfinished rows."""
     tasks = []
-    i = 0
-    while i < count:
-        if finished[i]:
-            i += 1
-            continue
-        stop = i
-        while stop < count and stop - i < chunk and not finished[stop]:
-            stop += 1
-        tasks.append((i, stop))
-        i = stop
+    for start, stop in _runs(~finished):
+        tasks.extend((a, min(a + chunk, stop)) for a in range(start, stop, chunk))
     return tasks
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True values."""
+    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    starts, stops = np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()
+    return list(zip(starts, stops, strict=True))
 
 
 def _good_ranges(start: int, stop: int, bad: list[tuple[int, str]]) -> list[tuple[int, int]]:
@@ -157,20 +249,16 @@ def _good_ranges(start: int, stop: int, bad: list[tuple[int, str]]) -> list[tupl
     return ranges
 
 
-# ---------------------------------------------------------------- build
+# ---------------------------------------------------------------- checks before any work
 
 
-def build_config(model: str, listing: Listing, limit: int | None) -> dict:
-    """Everything that determines the crops; a change means the old crops are stale."""
+def build_config(model: str, listing: Listing) -> dict:
+    """What determines each crop besides its file; a change means no old crop is reusable."""
     return {
         "format_version": FORMAT_VERSION,
         "recipe": recipe_parameters(model),
         "opencv_version": cv2.__version__,
         "data_dir": str(listing.root.resolve()),
-        "listing_source": listing.source,
-        "listing_sha256": listing.digest(),
-        "count": len(listing),
-        "limit": limit,
     }
 
 
@@ -190,15 +278,48 @@ def _bad_images_error(listing: Listing, bad: list[tuple[int, str]], from_manifes
     )
 
 
-def _check_files(listing: Listing, names: list[str]) -> list[tuple[int, str]]:
+def _check_files(listing: Listing, indices: list[int]) -> list[tuple[int, str]]:
     """Re-check files a finished cache left out; (index, reason) for those still bad."""
-    index_of = {name: i for i, name in enumerate(listing.files)}
     bad = []
-    for name in names:
-        _, reason = decode(str(listing.root / name))
+    for i in indices:
+        _, reason = decode(str(listing.root / listing.files[i]))
         if reason is not None:
-            bad.append((index_of.get(name, 0), reason))
+            bad.append((i, reason))
     return bad
+
+
+def _check_cache_dir(cache_dir: Path, data_root: Path) -> None:
+    """Refuse a cache dir that is (or holds) the data, or holds files we did not write."""
+    cache, data = cache_dir.resolve(), data_root.resolve()
+    if cache == data or cache in data.parents:
+        relation = "is" if cache == data else "contains"
+        raise UserError(
+            f"cache dir {cache_dir} {relation} the data dir {data_root}: give the cache a "
+            f"folder of its own"
+        )
+    if not cache_dir.is_dir() or _holds_our_cache(cache_dir):
+        return
+    for entry in sorted(os.listdir(cache_dir)):
+        if entry != LOCK_NAME and not _is_our_temporary(entry):
+            raise UserError(
+                f"cache dir {cache_dir} holds {entry}, which preprocess did not write: "
+                f"choose an empty or new folder for the cache"
+            )
+
+
+def _holds_our_cache(cache_dir: Path) -> bool:
+    if read_manifest(cache_dir) is not None:
+        return True
+    try:
+        header = json.loads((cache_dir / JOURNAL_NAME).read_text().split("\n")[0])
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and "build_key" in header
+
+
+def _is_our_temporary(entry: str) -> bool:
+    """``.NAME.XXXX.tmp`` as core.files.atomic_path names them, for one of our NAMEs."""
+    return entry.endswith(".tmp") and any(entry.startswith(f".{n}.") for n in OWN_NAMES)
 
 
 def _prepare_cache_dir(cache_dir: Path) -> None:
@@ -213,6 +334,9 @@ def _prepare_cache_dir(cache_dir: Path) -> None:
         raise UserError(f"cache dir {cache_dir} is not writable: {err.strerror or err}") from None
 
 
+# ---------------------------------------------------------------- build
+
+
 def build_cache(
     model: str,
     data_dir: str | os.PathLike,
@@ -223,11 +347,15 @@ def build_cache(
     workers: int | None = None,
     skip_bad: bool = False,
     quiet: bool = False,
+    force: bool = False,
+    wait: bool = False,
 ) -> BuildSummary:
     """Make ``cache_dir`` hold ``model``'s uint8 crops of the listing, doing only missing work.
 
     Unreadable files end the build with a UserError (exit code 2) naming the first and the
     count, unless ``skip_bad``, which leaves them out and records them in the manifest.
+    ``force`` re-crops everything; ``wait`` waits for another build of this cache dir to
+    end instead of refusing to start.
     """
     started = time.perf_counter()
     get_profile(model)
@@ -236,155 +364,316 @@ def build_cache(
         raise UserError(f"--workers must be at least 1, got {workers}")
     listing = list_dataset(data_dir, val_map=val_map, limit=limit)
     cache_dir = Path(cache_dir)
+    _check_cache_dir(cache_dir, listing.root)
     _prepare_cache_dir(cache_dir)
-    config = build_config(model, listing, limit)
-    key = config_key(config)
+    build = _Build(model, listing, cache_dir, workers, skip_bad, quiet, started)
+    try:
+        with exclusive_lock(cache_dir, "cache dir", wait=wait):
+            return build.run(force)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(cache_dir, "the cache") from None
+        raise
 
-    manifest = read_manifest(cache_dir)
-    if manifest and manifest.get("build_key") == key and manifest.get("complete"):
-        skipped = manifest.get("skipped", [])
-        if not skipped or skip_bad:
-            return BuildSummary(
-                model=model,
-                cache_dir=cache_dir,
-                images=manifest["count"],
-                processed=0,
-                skipped=tuple(s["file"] for s in skipped),
-                seconds=time.perf_counter() - started,
-                already_complete=True,
-                fingerprint=manifest["fingerprint"],
+
+class _Build:
+    """One run of build_cache, under the cache dir's lock."""
+
+    def __init__(self, model, listing, cache_dir, workers, skip_bad, quiet, started):
+        self.model, self.listing, self.cache_dir = model, listing, cache_dir
+        self.workers, self.skip_bad, self.quiet, self.started = workers, skip_bad, quiet, started
+        self.config = build_config(model, listing)
+        self.key = _journal_key(self.config, listing)
+        self.signatures = np.zeros((0, SIGNATURE_WIDTH), dtype=np.int64)
+
+    def run(self, force: bool) -> BuildSummary:
+        if removed := remove_stale_temporaries(self.cache_dir):
+            log.info("removed %d temporary file(s) an interrupted run left", removed)
+        self.signatures = stat_listing(self.listing)
+        manifest = read_manifest(self.cache_dir)
+        if force:
+            log.info("--force: re-cropping every image into %s", self.cache_dir)
+            return self._fresh()
+        if manifest and manifest.get("complete"):
+            if manifest["config"] == self.config:
+                previous = load_previous(self.cache_dir, manifest, self.workers)
+                if previous is not None:
+                    return self._update(manifest, previous)
+            else:
+                log.info(
+                    "rebuilding the cache in %s: %s changed since it was built",
+                    self.cache_dir,
+                    _changed_fields(
+                        {k: manifest["config"].get(k) for k in self.config}, self.config
+                    ),
+                )
+            return self._fresh()
+        finished = _read_journal(self.cache_dir, self.key, self.signatures)
+        if finished is None:
+            return self._fresh()
+        if finished.any():
+            log.info(
+                "resuming: %d of %d images already done in %s",
+                finished.sum(),
+                len(finished),
+                self.cache_dir,
             )
-        still_bad = _check_files(listing, [s["file"] for s in skipped])
-        if still_bad:
-            raise _bad_images_error(listing, still_bad, from_manifest=True)
-        log.info("files left out by --skip-bad are readable now: rebuilding %s", cache_dir)
-    elif manifest and manifest.get("build_key") != key:
-        log.info(
-            "rebuilding the cache in %s: %s changed since it was built",
-            cache_dir,
-            _changed_fields(manifest.get("config", {}), config),
+        return self._crop_and_finish(finished, {}, changes=None, damage_text="")
+
+    # -- the three ways in: from scratch, from a finished cache, (resume is above)
+
+    def _fresh(self) -> BuildSummary:
+        count = len(self.listing)
+        for name in (MANIFEST_NAME, IMAGES_NAME, DIGESTS_NAME, LABELS_NAME, DAMAGED_NAME):
+            (self.cache_dir / name).unlink(missing_ok=True)  # manifest first: no stale reads
+        _remove_partial(self.cache_dir)
+        check_free_space(self.cache_dir, count * PER_IMAGE_BYTES, f"{count} crops")
+        self._write_incomplete_manifest(done=0)
+        digests = np.zeros((count, DIGEST_SIZE), dtype=np.uint8)
+        _start_partial(self.cache_dir, self.key, self.signatures, digests, adopt_images=False)
+        finished = np.zeros(count, dtype=bool)
+        return self._crop_and_finish(finished, {}, changes=None, damage_text="")
+
+    def _update(self, manifest: dict, previous: PreviousCache) -> BuildSummary:
+        plan = make_plan(self.listing, self.signatures, previous, self.skip_bad)
+        if plan.recheck:
+            if still_bad := _check_files(self.listing, plan.recheck):
+                raise _bad_images_error(self.listing, still_bad, from_manifest=True)
+            log.info("files left out by --skip-bad are readable now: adding them to the cache")
+            plan.added += len(plan.recheck)
+        changes = {
+            "changed": plan.changed,
+            "added": plan.added,
+            "removed": plan.removed,
+            "damaged": plan.damaged,
+        }
+        kept = np.ones(len(self.listing), dtype=bool)
+        kept[list(plan.kept_bad)] = False
+        if not plan.to_crop.any() and np.array_equal(
+            plan.sources[kept], np.arange(len(previous.files))
+        ):
+            return self._same_crops(manifest, previous, plan)
+        return self._rebuild_from(previous, plan, changes)
+
+    def _rebuild_from(self, previous: PreviousCache, plan: Plan, changes: dict):
+        count = len(self.listing)
+        reused = plan.sources >= 0
+        digests = np.zeros((count, DIGEST_SIZE), dtype=np.uint8)
+        digests[reused] = previous.digests[plan.sources[reused]]
+        in_place = (
+            self.listing.files == previous.files
+            and not plan.kept_bad
+            and os.access(self.cache_dir / IMAGES_NAME, os.W_OK)
+        )
+        extra = 0 if in_place else count * CROP_BYTES
+        metadata = 2 * count * (PER_IMAGE_BYTES - CROP_BYTES)
+        check_free_space(self.cache_dir, extra + metadata, f"{count} crops")
+        self._write_incomplete_manifest(done=int(reused.sum()))
+        _remove_partial(self.cache_dir)
+        _start_partial(self.cache_dir, self.key, self.signatures, digests, adopt_images=in_place)
+        if not in_place:
+            self._copy_rows(plan.sources)
+        self._journal(_runs(reused))
+        return self._crop_and_finish(reused, plan.kept_bad, changes, previous.damage_text)
+
+    def _same_crops(self, manifest: dict, previous: PreviousCache, plan: Plan):
+        """No crop to redo: rewrite only what changed around them (labels, the list of
+        files left out, images.npy's recorded stat after a move); often nothing at all."""
+        kept = np.ones(len(self.listing), dtype=bool)
+        kept[list(plan.kept_bad)] = False
+        labels = np.asarray(self.listing.labels, dtype=np.int64)[kept]
+        skipped = self._skipped_entries(sorted(plan.kept_bad.items()))
+        fingerprint = content_fingerprint(self.config, previous.digests, labels, previous.files)
+        unchanged = (
+            fingerprint == manifest["fingerprint"]
+            and skipped == manifest.get("skipped")
+            and np.array_equal(self.signatures[kept], previous.signatures)
+            and manifest.get("listing_source") == self.listing.source
+        )
+        if previous.damage_text:  # names no row that still holds a damaged crop
+            (self.cache_dir / DAMAGED_NAME).unlink(missing_ok=True)
+        if not unchanged:
+            save_npy_atomic(self.cache_dir / LABELS_NAME, labels)
+            save_npy_atomic(self.cache_dir / SIGNATURES_NAME, self.signatures[kept])
+        if not unchanged or previous.images_stat != manifest.get("images_stat"):
+            self._write_complete_manifest(len(labels), skipped, fingerprint)
+        return self._summary(
+            len(labels), 0, skipped, fingerprint, already_complete=unchanged, changes=None
         )
 
-    for name in FINAL_NAMES:  # the manifest goes first, so no reader sees stale crops
-        (cache_dir / name).unlink(missing_ok=True)
-    done = _read_journal(cache_dir, key, len(listing))
-    if done is None:
-        _start_journal(cache_dir, key, len(listing))
-        done = []
-    tasks = _pending_tasks(len(listing), done, _chunk_size(len(listing), workers))
-    resumed = len(listing) - sum(stop - start for start, stop in tasks)
-    if resumed:
-        log.info("resuming: %d of %d images already done in %s", resumed, len(listing), cache_dir)
-    write_manifest(cache_dir, _manifest(config, key, resumed, complete=False))
+    def _copy_rows(self, sources: np.ndarray) -> None:
+        """Copy reused crops from the finished images.npy into the new partial file."""
+        reused = np.flatnonzero(sources >= 0)
+        log.info("copying %d unchanged crops in %s", len(reused), self.cache_dir)
+        old = np.load(self.cache_dir / IMAGES_NAME, mmap_mode="r")
+        new = np.load(self.cache_dir / PARTIAL_IMAGES_NAME, mmap_mode="r+")
+        for j in range(0, len(reused), 256):
+            rows = reused[j : j + 256]
+            new[rows] = old[sources[rows]]
+        new.flush()
+        del new, old
 
-    bad = _run_tasks(cache_dir, listing, model, tasks, workers, resumed, quiet)
-    processed = sum(stop - start for start, stop in tasks)
-    if bad and not skip_bad:
-        raise _bad_images_error(listing, bad)
-    skipped = [{"file": listing.files[i], "reason": reason} for i, reason in sorted(bad)]
-    _finish(cache_dir, listing, sorted(i for i, _ in bad))
-    fingerprint = cache_fingerprint(config, [s["file"] for s in skipped])
-    count = len(listing) - len(bad)
-    manifest = _manifest(config, key, count, complete=True, skipped=skipped)
-    manifest["fingerprint"] = fingerprint
-    write_manifest(cache_dir, manifest)
-    (cache_dir / JOURNAL_NAME).unlink(missing_ok=True)
-    seconds = time.perf_counter() - started
-    if skipped:
-        log.warning("left out %d unreadable image(s), listed in the manifest", len(skipped))
-    return BuildSummary(
-        model=model,
-        cache_dir=cache_dir,
-        images=count,
-        processed=processed,
-        skipped=tuple(s["file"] for s in skipped),
-        seconds=seconds,
-        already_complete=False,
-        fingerprint=fingerprint,
-    )
+    def _journal(self, ranges: list[tuple[int, int]]) -> None:
+        with open(self.cache_dir / JOURNAL_NAME, "a") as journal:
+            journal.write("".join(f"{a} {b}\n" for a, b in ranges))
+
+    def _write_incomplete_manifest(self, done: int) -> None:
+        write_manifest(self.cache_dir, self._manifest(len(self.listing), [], done=done))
+
+    def _write_complete_manifest(self, count: int, skipped: list, fingerprint: str) -> None:
+        manifest = self._manifest(count, skipped, done=count)
+        manifest.update(
+            complete=True,
+            fingerprint=fingerprint,
+            images_stat=file_stat(self.cache_dir / IMAGES_NAME),
+        )
+        write_manifest(self.cache_dir, manifest)
+
+    def _manifest(self, count: int, skipped: list, done: int) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": self.config,
+            "listing_source": self.listing.source,
+            "count": count,
+            "done": done,
+            "skipped": skipped,
+            "complete": False,
+            "fingerprint": None,
+        }
+
+    def _skipped_entries(self, bad: list[tuple[int, str]]) -> list[dict]:
+        return [
+            {
+                "file": self.listing.files[i],
+                "reason": reason,
+                "signature": self.signatures[i].tolist(),
+            }
+            for i, reason in bad
+        ]
+
+    def _summary(self, count, processed, skipped, fingerprint, *, already_complete, changes):
+        return BuildSummary(
+            model=self.model,
+            cache_dir=self.cache_dir,
+            images=count,
+            processed=processed,
+            skipped=tuple(s["file"] for s in skipped),
+            seconds=time.perf_counter() - self.started,
+            already_complete=already_complete,
+            fingerprint=fingerprint,
+            changes=changes,
+        )
+
+    # -- cropping and finishing
+
+    def _crop_and_finish(self, finished, kept_bad: dict, changes, damage_text: str):
+        """Crop every row not ``finished`` and not in ``kept_bad``, then finish the cache."""
+        skip = finished.copy()
+        skip[list(kept_bad)] = True
+        tasks = _pending_tasks(skip, _chunk_size(int((~skip).sum()), self.workers))
+        bad = self._run_tasks(tasks, initial=int(skip.sum()))
+        if bad and not self.skip_bad:
+            raise _bad_images_error(self.listing, bad)
+        bad = sorted(bad + list(kept_bad.items()))
+        skipped = self._skipped_entries(bad)
+        count, fingerprint = self._finish([i for i, _ in bad], skipped)
+        if damage_text and read_damage(self.cache_dir)[0] == damage_text:
+            (self.cache_dir / DAMAGED_NAME).unlink(missing_ok=True)  # those rows are redone
+        if skipped:
+            log.warning("left out %d unreadable image(s), listed in the manifest", len(skipped))
+        processed = sum(stop - start for start, stop in tasks)
+        return self._summary(
+            count, processed, skipped, fingerprint, already_complete=False, changes=changes
+        )
+
+    def _run_tasks(self, tasks: list[tuple[int, int]], initial: int) -> list[tuple[int, str]]:
+        """Run the tasks on worker threads, journaling finished ranges; return the bad files."""
+        bad: list[tuple[int, str]] = []
+        if not tasks:
+            return bad
+        workers = min(self.workers, len(tasks))
+        todo = sum(stop - start for start, stop in tasks)
+        log.info(
+            "preprocessing %d images for %s into %s with %d thread(s)",
+            todo,
+            self.model,
+            self.cache_dir,
+            workers,
+        )
+        processor = RangeProcessor(
+            partial=str(self.cache_dir / PARTIAL_IMAGES_NAME),
+            digests=str(self.cache_dir / PARTIAL_DIGESTS_NAME),
+            root=str(self.listing.root),
+            files=self.listing.files,
+            model=self.model,
+        )
+        bar = tqdm(
+            total=len(self.listing),
+            initial=initial,
+            unit="img",
+            desc=f"preprocess {self.model}",
+            disable=self.quiet,
+            dynamic_ncols=True,
+        )
+        with bar, open(self.cache_dir / JOURNAL_NAME, "a") as journal:
+
+            def record(start: int, stop: int, chunk_bad: list) -> None:
+                for a, b in _good_ranges(start, stop, chunk_bad):
+                    journal.write(f"{a} {b}\n")
+                journal.flush()  # one write(2) per task: survives a kill of this process
+                bad.extend(chunk_bad)
+                bar.update(stop - start)
+
+            run_ranges(processor, tasks, workers, record)
+        processor.flush()
+        return bad
+
+    def _finish(self, bad_indices: list[int], skipped: list[dict]) -> tuple[int, str]:
+        """Write digests, labels, names, signatures and the final images.npy (without
+        unreadable files), then the complete manifest; return (count, fingerprint)."""
+        cache_dir = self.cache_dir
+        keep = np.setdiff1d(np.arange(len(self.listing)), np.asarray(bad_indices, dtype=np.int64))
+        digests = np.load(cache_dir / PARTIAL_DIGESTS_NAME)[keep]
+        labels = np.asarray(self.listing.labels, dtype=np.int64)[keep]
+        names = [self.listing.files[i] for i in keep]
+        fingerprint = content_fingerprint(self.config, digests, labels, names)
+        partial = cache_dir / PARTIAL_IMAGES_NAME
+        if bad_indices:
+            with atomic_path(cache_dir / IMAGES_NAME) as tmp:
+                _compact(partial, tmp, keep)
+                self._write_metadata(digests, labels, names, keep)
+            partial.unlink()
+        else:
+            self._write_metadata(digests, labels, names, keep)
+            _fsync(partial)
+            os.replace(partial, cache_dir / IMAGES_NAME)
+        self._write_complete_manifest(len(keep), skipped, fingerprint)
+        _remove_partial(cache_dir)
+        return len(keep), fingerprint
+
+    def _write_metadata(self, digests, labels, names: list[str], keep: np.ndarray) -> None:
+        save_npy_atomic(self.cache_dir / DIGESTS_NAME, digests)
+        save_npy_atomic(self.cache_dir / LABELS_NAME, labels)
+        save_npy_atomic(self.cache_dir / SIGNATURES_NAME, self.signatures[keep])
+        write_text_atomic(self.cache_dir / FILES_NAME, "".join(f"{n}\n" for n in names))
+
+
+def _compact(partial: Path, out_path: Path, keep: np.ndarray) -> None:
+    """Copy rows ``keep`` of the partial file into ``out_path``, its space reserved first."""
+    check_free_space(out_path.parent, len(keep) * CROP_BYTES, f"the {len(keep)} readable crops")
+    _create_reserved_npy(out_path, (len(keep), *CROP_SHAPE), f"{len(keep)} crops")
+    source = np.load(partial, mmap_mode="r")
+    out = np.load(out_path, mmap_mode="r+")
+    for j in range(0, len(keep), 256):
+        out[j : j + 256] = source[keep[j : j + 256]]
+    out.flush()
+    del out, source
+    _fsync(out_path)
 
 
 def _chunk_size(count: int, workers: int) -> int:
     # At least ~8 tasks per worker so the load balances, at most MAX_CHUNK per task.
     return max(1, min(MAX_CHUNK, -(-count // (workers * 8))))
-
-
-def _manifest(config, key, done, *, complete, skipped=()) -> dict:
-    count = config["count"] - len(skipped) if complete else config["count"]
-    return {
-        "format_version": FORMAT_VERSION,
-        "config": config,
-        "build_key": key,
-        "count": count,
-        "done": done,
-        "skipped": list(skipped),
-        "complete": complete,
-        "fingerprint": None,
-    }
-
-
-def _run_tasks(cache_dir, listing, model, tasks, workers, initial, quiet):
-    """Run the tasks on worker threads, journaling finished ranges; return the bad files."""
-    bad: list[tuple[int, str]] = []
-    if not tasks:
-        return bad
-    workers = min(workers, len(tasks))
-    log.info(
-        "preprocessing %d images for %s into %s with %d thread(s)",
-        sum(stop - start for start, stop in tasks),
-        model,
-        cache_dir,
-        workers,
-    )
-    setup = {
-        "partial": str(cache_dir / PARTIAL_IMAGES_NAME),
-        "root": str(listing.root),
-        "files": listing.files,
-        "model": model,
-    }
-    bar = tqdm(
-        total=len(listing),
-        initial=initial,
-        unit="img",
-        desc=f"preprocess {model}",
-        disable=quiet,
-        dynamic_ncols=True,
-    )
-    with bar, open(cache_dir / JOURNAL_NAME, "a") as journal:
-
-        def record(start: int, stop: int, chunk_bad: list) -> None:
-            for a, b in _good_ranges(start, stop, chunk_bad):
-                journal.write(f"{a} {b}\n")
-            journal.flush()  # one write(2) per task: survives a kill of this process
-            bad.extend(chunk_bad)
-            bar.update(stop - start)
-
-        run_ranges(RangeProcessor(**setup), tasks, workers, record)
-    return bad
-
-
-def _finish(cache_dir: Path, listing: Listing, bad_indices: list[int]) -> None:
-    """Write labels, file names and the final images.npy (without unreadable files)."""
-    partial = cache_dir / PARTIAL_IMAGES_NAME
-    keep = np.setdiff1d(np.arange(len(listing)), np.asarray(bad_indices, dtype=np.int64))
-    labels = np.asarray(listing.labels, dtype=np.int64)[keep]
-    save_npy_atomic(cache_dir / LABELS_NAME, labels)
-    names = [listing.files[i] for i in keep]
-    write_text_atomic(cache_dir / FILES_NAME, "".join(f"{n}\n" for n in names))
-    if not bad_indices:
-        _fsync(partial)
-        os.replace(partial, cache_dir / IMAGES_NAME)
-        return
-    source = np.load(partial, mmap_mode="r")
-    with atomic_path(cache_dir / IMAGES_NAME) as tmp:
-        out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep), *CROP_SHAPE))
-        for j in range(0, len(keep), 256):
-            out[j : j + 256] = source[keep[j : j + 256]]
-        out.flush()
-        del out
-        _fsync(tmp)
-    del source
-    partial.unlink()
 
 
 def _fsync(path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,30 +44,52 @@ class Listing:
 
 
 def read_val_map(val_map: Path, root: Path) -> Listing:
-    """Parse ``relative/path label`` lines (blank lines ignored), keeping their order."""
+    """Parse ``relative/path label`` lines (blank lines ignored), keeping their order.
+
+    Paths are normalised (``./a`` is ``a``); a path that leaves the data dir or repeats an
+    earlier line is refused with its line number. A leading UTF-8 BOM is ignored.
+    """
     try:
-        text = val_map.read_text(encoding="utf-8")
+        text = val_map.read_text(encoding="utf-8-sig")
     except OSError as err:
         raise UserError(f"cannot read val map {val_map}: {err.strerror or err}") from None
     except UnicodeDecodeError:
         raise UserError(f"val map {val_map} is not a UTF-8 text file") from None
     files, labels = [], []
+    first_line_of: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        parts = line.strip().rsplit(None, 1)
-        if len(parts) != 2 or not re.fullmatch(r"[+-]?\d+", parts[1]):
+        name, label = _parse_val_map_line(val_map, number, line)
+        if name in first_line_of:
             raise UserError(
-                f"{val_map} line {number} is not 'relative/path label': {line.strip()[:80]!r}"
+                f"{val_map} lines {first_line_of[name]} and {number} both list {name}: "
+                f"each image may be listed once"
             )
-        label = int(parts[1])
-        if not 0 <= label < NUM_LABELS:
-            raise UserError(
-                f"{val_map} line {number} has label {label}, outside 0-{NUM_LABELS - 1}"
-            )
-        files.append(parts[0])
+        first_line_of[name] = number
+        files.append(name)
         labels.append(label)
     return Listing(root=root, files=files, labels=labels, source=str(val_map))
+
+
+def _parse_val_map_line(val_map: Path, number: int, line: str) -> tuple[str, int]:
+    parts = line.strip().rsplit(None, 1)
+    if len(parts) != 2 or not re.fullmatch(r"[+-]?\d+", parts[1]):
+        raise UserError(
+            f"{val_map} line {number} is not 'relative/path label': {line.strip()[:80]!r}"
+        )
+    label = int(parts[1])
+    if not 0 <= label < NUM_LABELS:
+        raise UserError(f"{val_map} line {number} has label {label}, outside 0-{NUM_LABELS - 1}")
+    name = posixpath.normpath(parts[0])
+    if posixpath.isabs(name) or os.path.isabs(parts[0]):
+        raise UserError(
+            f"{val_map} line {number} has an absolute path {parts[0]!r}: paths must be "
+            f"relative to the data dir"
+        )
+    if name == ".." or name.startswith("../"):
+        raise UserError(f"{val_map} line {number} has a path outside the data dir: {parts[0]!r}")
+    return name, label
 
 
 def _synset_dirs(folder: Path) -> list[str]:

@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import cv2
 import numpy as np
 
+from preprocess.cache import crop_digest
 from preprocess.recipes import crop_bgr_image, decode
 from preprocess.recipes import unreadable_reason as unreadable_reason  # re-exported
 
@@ -25,10 +26,13 @@ TASKS_PER_WORKER = 2  # in flight at once, so no thread waits for its next range
 
 
 class RangeProcessor:
-    """Crops images ``start:stop`` of a listing into the memmapped partial images file."""
+    """Crops images ``start:stop`` of a listing into the memmapped partial images file and
+    writes each crop's digest beside it (hashlib releases the GIL, so this runs in parallel
+    too, on bytes still in the CPU cache)."""
 
-    def __init__(self, partial: str, root: str, files: list[str], model: str):
+    def __init__(self, partial: str, digests: str, root: str, files: list[str], model: str):
         self.images = np.load(partial, mmap_mode="r+")
+        self.digests = np.load(digests, mmap_mode="r+")
         self.root, self.files, self.model = root, files, model
 
     def __call__(self, start: int, stop: int) -> list[tuple[int, str]]:
@@ -40,7 +44,12 @@ class RangeProcessor:
                 bad.append((i, reason))
             else:
                 self.images[i] = crop_bgr_image(bgr, self.model)
+                self.digests[i] = np.frombuffer(crop_digest(self.images[i]), dtype=np.uint8)
         return bad
+
+    def flush(self) -> None:
+        self.images.flush()
+        self.digests.flush()
 
 
 @contextlib.contextmanager

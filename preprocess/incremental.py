@@ -1,0 +1,196 @@
+"""What a rebuild must redo: per-file signatures, the previous cache, and the plan.
+
+Each listed file's signature is (size, mtime_ns, ctime_ns, inode). Size and mtime catch
+ordinary edits. ctime and inode are there because mtime can be carried over: ``mv``,
+``cp -p``, ``rsync -t`` and tar all set a file's mtime to the source's, and files
+unpacked from one archive share mtimes and often sizes, so swapping two of them keeps
+size and mtime. Renaming or replacing a file always gives it a new ctime (the kernel sets
+it; no tool can carry it over) and usually a new inode. The price is false alarms only:
+a ``chmod``/``chown``/``touch`` or a copy of the data re-crops those files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from preprocess.cache import (
+    DIGEST_SIZE,
+    DIGESTS_NAME,
+    FILES_NAME,
+    FORMAT_VERSION,
+    IMAGES_NAME,
+    LABELS_NAME,
+    SIGNATURES_NAME,
+    content_fingerprint,
+    crop_digest,
+    file_stat,
+    read_damage,
+)
+from preprocess.dataset import Listing
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_WIDTH = 4  # size, mtime_ns, ctime_ns, inode; -1 everywhere for a missing file
+
+
+def stat_listing(listing: Listing) -> np.ndarray:
+    """int64 (N, 4) signatures of the listed files, one ``os.stat`` each."""
+    root = os.fspath(listing.root)
+    rows = []
+    missing = (-1, -1, -1, -1)
+    for name in listing.files:
+        try:
+            st = os.stat(os.path.join(root, name))
+        except OSError:
+            rows.append(missing)
+            continue
+        rows.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return np.array(rows, dtype=np.int64).reshape(len(rows), SIGNATURE_WIDTH)
+
+
+@dataclass
+class PreviousCache:
+    """A finished cache whose crops may be reused (same recipe, OpenCV and data dir)."""
+
+    files: list[str]
+    labels: np.ndarray
+    signatures: np.ndarray  # int64 (N, 4)
+    digests: np.ndarray  # uint8 (N, 32)
+    skipped: dict[str, dict]  # file -> {"reason", "signature"} for files left out
+    damaged: np.ndarray  # bool (N,): rows whose bytes no longer match their digest
+    damage_text: str  # damaged.json as read, so the build removes only what it handled
+    images_stat: dict  # images.npy's size and mtime now (to record if it only moved)
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self):
+        self.index = {name: i for i, name in enumerate(self.files)}
+
+
+def load_previous(cache_dir: Path, manifest: dict, workers: int) -> PreviousCache | None:
+    """The finished cache in ``cache_dir`` as a PreviousCache, or None if it cannot be
+    trusted (files missing, or digests/labels/names not those the manifest names)."""
+    try:
+        files = (cache_dir / FILES_NAME).read_text(encoding="utf-8").splitlines()
+        labels = np.load(cache_dir / LABELS_NAME)
+        digests = np.load(cache_dir / DIGESTS_NAME)
+        signatures = np.load(cache_dir / SIGNATURES_NAME)
+        images = np.load(cache_dir / IMAGES_NAME, mmap_mode="r")
+        images_stat = file_stat(cache_dir / IMAGES_NAME)
+    except (OSError, ValueError):
+        return None
+    count = manifest.get("count")
+    shapes_ok = (
+        len(files) == count
+        and images.shape[0] == count
+        and digests.shape == (count, DIGEST_SIZE)
+        and signatures.shape == (count, SIGNATURE_WIDTH)
+        and manifest.get("format_version") == FORMAT_VERSION
+    )
+    if not shapes_ok or content_fingerprint(
+        manifest["config"], digests, labels, files
+    ) != manifest.get("fingerprint"):
+        log.warning("the cache files in %s do not match its manifest: rebuilding", cache_dir)
+        return None
+    damage_text, entries = read_damage(cache_dir)
+    damaged = _damaged_rows(entries, files, digests)
+    if images_stat != manifest.get("images_stat"):
+        damaged |= _verify_all(images, digests, workers, cache_dir)
+    skipped = {s["file"]: s for s in manifest.get("skipped", []) if "file" in s}
+    return PreviousCache(
+        files, labels, signatures, digests, skipped, damaged, damage_text, images_stat
+    )
+
+
+def _damaged_rows(entries: list[dict], files: list[str], digests: np.ndarray) -> np.ndarray:
+    """Rows named in damaged.json that still hold the crop that was found damaged."""
+    damaged = np.zeros(len(files), dtype=bool)
+    for entry in entries:
+        i = entry.get("index")
+        if (
+            isinstance(i, int)
+            and 0 <= i < len(files)
+            and files[i] == entry.get("file")
+            and digests[i].tobytes().hex() == entry.get("digest")
+        ):
+            damaged[i] = True
+    return damaged
+
+
+def _verify_all(images: np.ndarray, digests: np.ndarray, workers: int, cache_dir) -> np.ndarray:
+    """images.npy was written to since the build: check every crop against its digest."""
+    log.warning("%s changed since it was built: checking every crop", cache_dir / IMAGES_NAME)
+
+    def check(start: int) -> np.ndarray:
+        stop = min(start + 256, len(images))
+        return np.array(
+            [crop_digest(np.ascontiguousarray(images[i])) != digests[i].tobytes()
+             for i in range(start, stop)],
+            dtype=bool,
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        parts = list(pool.map(check, range(0, len(images), 256)))
+    damaged = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+    if damaged.any():
+        log.warning("%d crop(s) in %s no longer match their digest", damaged.sum(), cache_dir)
+    return damaged
+
+
+@dataclass
+class Plan:
+    """Per listed file: the old row to reuse (``sources[i] >= 0``), or -1 to crop it.
+    ``kept_bad`` holds files left out before and left out again (--skip-bad, unchanged)."""
+
+    sources: np.ndarray  # int64 (M,)
+    kept_bad: dict[int, str]  # listing index -> reason
+    recheck: list[int]  # left out before, unchanged, and --skip-bad not given
+    changed: int
+    added: int
+    removed: int
+    damaged: int
+
+    @property
+    def to_crop(self) -> np.ndarray:
+        mask = self.sources < 0
+        mask[list(self.kept_bad)] = False
+        return mask
+
+    def same_rows(self, previous: PreviousCache) -> bool:
+        """True when the new cache's rows are the old ones, in the same order."""
+        return not self.kept_bad and np.array_equal(self.sources, np.arange(len(previous.files)))
+
+
+def make_plan(
+    listing: Listing, signatures: np.ndarray, previous: PreviousCache, skip_bad: bool
+) -> Plan:
+    """Reuse every row whose file has the same name and signature and is not damaged.
+
+    Vectorised over the rows that exist already; only new names are looked at one by one.
+    """
+    rows = np.array([previous.index.get(n, -1) for n in listing.files], dtype=np.int64)
+    present = rows >= 0
+    old = rows.clip(min=0)
+    same = present & (signatures == previous.signatures[old]).all(axis=1)
+    damaged = same & previous.damaged[old] if len(previous.files) else same & False
+    sources = np.where(same & ~damaged, rows, -1)
+    kept_bad, recheck = {}, []
+    changed, added = int((present & ~same).sum()), 0
+    for i in np.flatnonzero(~present).tolist():
+        left_out = previous.skipped.get(listing.files[i])
+        if left_out is None:
+            added += 1
+        elif left_out.get("signature") != signatures[i].tolist():
+            changed += 1
+        elif skip_bad:
+            kept_bad[i] = left_out.get("reason", "unreadable")
+        else:
+            recheck.append(i)
+    listed = set(listing.files)
+    removed = sum(1 for name in [*previous.files, *previous.skipped] if name not in listed)
+    return Plan(sources, kept_bad, recheck, changed, added, removed, int(damaged.sum()))
