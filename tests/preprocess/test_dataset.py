@@ -95,3 +95,26 @@ def test_too_many_synset_folders(tmp_path):
         (tmp_path / f"n{k:08d}").mkdir()
     with pytest.raises(UserError, match="1001 synset folders"):
         list_dataset(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a.JPEG 1\nb.JPEG 2\n./a.JPEG 3\n", r"lines 1 and 3 both list a.JPEG"),
+        ("a.JPEG 1\n\nsub/../b.JPEG 2\nb.JPEG 4\n", r"lines 3 and 4 both list b.JPEG"),
+        ("a.JPEG 1\n../x.JPEG 2\n", r"line 2 has a path outside the data dir: '../x.JPEG'"),
+        ("sub/../../x.JPEG 2\n", r"line 1 has a path outside the data dir"),
+        ("a.JPEG 1\n/etc/x.JPEG 2\n", r"line 2 has an absolute path '/etc/x.JPEG'"),
+    ],
+)
+def test_val_map_refuses_duplicates_and_paths_outside(tmp_path, text, message):
+    (tmp_path / "val_map.txt").write_text(text)
+    with pytest.raises(UserError, match=message):
+        list_dataset(tmp_path)
+
+
+def test_val_map_bom_is_stripped_and_paths_normalised(tmp_path):
+    (tmp_path / "val_map.txt").write_bytes("\ufeffa.JPEG 1\n./sub//b.JPEG 2\n".encode())
+    listing = list_dataset(tmp_path)
+    assert listing.files == ["a.JPEG", "sub/b.JPEG"]
+    assert listing.labels == [1, 2]
