@@ -196,12 +196,16 @@ def _create_reserved_npy(path: Path, shape: tuple, what: str) -> None:
             os.posix_fallocate(fd, 0, size)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _disk_full(path.parent, f"{what} ({size / 1e9:.2f} GB)") from None
+                raise _disk_full(path.parent, f"{what} ({_megabytes(size)})") from None
             if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
             _write_zeros(fd, size)  # no fallocate here: allocate by writing
     finally:
         os.close(fd)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
 
 
 def _write_zeros(fd: int, size: int) -> None:

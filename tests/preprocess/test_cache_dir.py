@@ -1,0 +1,98 @@
+"""Cache dirs that cannot be meant: the data dir itself, a folder above it, someone else's
+folder, a read-only one. Each is refused in one sentence before anything is written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from preprocess import build_cache, load_cache
+from tests.fixtures.images import write_val_set
+
+
+@pytest.fixture
+def data(tmp_path):
+    write_val_set(tmp_path / "data", 4, sizes=[(90, 120)], seed=2)
+    return tmp_path / "data"
+
+
+def error_of(result) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1
+    return result.stderr.strip()
+
+
+def test_cache_dir_equal_to_the_data_dir_is_refused(data, run_preprocess_cli):
+    before = sorted(p.name for p in data.iterdir())
+    result = run_preprocess_cli(
+        "--model", "resnet50", "--data-dir", str(data), "--cache-dir", str(data)
+    )  # fmt: skip
+    assert error_of(result) == (
+        f"error: cache dir {data} is the data dir {data}: give the cache a folder of its own"
+    )
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_cache_dir_above_the_data_dir_is_refused(data, tmp_path, run_preprocess_cli):
+    result = run_preprocess_cli(
+        "--model", "resnet50", "--data-dir", str(data), "--cache-dir", str(tmp_path)
+    )  # fmt: skip
+    assert error_of(result) == (
+        f"error: cache dir {tmp_path} contains the data dir {data}: give the cache a folder "
+        f"of its own"
+    )
+
+
+def test_a_folder_of_other_files_is_refused_naming_one(data, tmp_path, run_preprocess_cli):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "files.txt").write_text("my list")
+    result = run_preprocess_cli(
+        "--model", "resnet50", "--data-dir", str(data), "--cache-dir", str(mine)
+    )  # fmt: skip
+    assert error_of(result) == (
+        f"error: cache dir {mine} holds files.txt, which preprocess did not write: choose an "
+        f"empty or new folder for the cache"
+    )
+    assert sorted(p.name for p in mine.iterdir()) == ["files.txt", "notes.txt"]
+
+
+def test_empty_new_or_own_folders_are_fine(data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    build_cache("resnet50", data, tmp_path / "empty", quiet=True)
+    build_cache("resnet50", data, tmp_path / "new" / "deeper", quiet=True)
+    (tmp_path / "empty" / "README").write_text("a note beside our cache is left alone")
+    assert build_cache("resnet50", data, tmp_path / "empty", quiet=True).already_complete
+    assert len(load_cache(tmp_path / "new" / "deeper", "resnet50")) == 4
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody can write: a read-only tmpfs as root (who ignores permissions),
+    a chmod 555 folder otherwise."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("root cannot mount a read-only tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_read_only_cache_dir_is_refused_before_any_work(data, read_only_dir, run_preprocess_cli):
+    result = run_preprocess_cli(
+        "--model", "resnet50", "--data-dir", str(data), "--cache-dir", str(read_only_dir)
+    )  # fmt: skip
+    assert error_of(result).startswith(f"error: cache dir {read_only_dir} is not writable:")
