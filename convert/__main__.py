@@ -1,4 +1,5 @@
-"""``python -m convert``: MLPerf frozen graph -> verified PyTorch state_dict + JSON sidecar."""
+"""``python -m convert``: MLPerf frozen graph -> one verified, self-describing .pth (+ a
+human-readable JSON record beside it)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ log = logging.getLogger("convert")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m convert",
-        description="Convert an MLPerf TF frozen graph (.pb or .tgz) to a PyTorch state_dict, "
-        "verified layer by layer against TensorFlow.",
+        description="Convert an MLPerf TF frozen graph (.pb or .tgz) to a PyTorch model file, "
+        "verified layer by layer against TensorFlow. Graphs holding anything but pure "
+        "tensor ops are refused before TensorFlow runs them.",
     )
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--checkpoint", required=True, help="frozen graph .pb or MLPerf .tgz")
-    parser.add_argument("--out", required=True, help="output .pth (sidecar: same name, .json)")
+    parser.add_argument(
+        "--out", required=True, help="output .pth (a human-readable record goes to the .json)"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--verify-images", metavar="DIR", help="verify on these image files")
     source.add_argument("--verify-cache", metavar="CACHE", help="verify on a preprocess cache")
@@ -35,6 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report", metavar="REPORT.json", help="write the full report here")
     parser.add_argument("--no-verify", action="store_true", help="skip the TF comparison")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another conversion is writing the same --out, wait for it instead of failing",
+    )
     return parser.parse_args(argv)
 
 
@@ -53,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         verify=not args.no_verify,
         quiet=args.quiet,
         verify_limit=args.verify_limit,
+        wait=args.wait,
     )
     if not args.quiet:
         verification = summary["verification"]

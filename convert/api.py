@@ -1,35 +1,79 @@
-"""``convert_checkpoint`` (graph -> verified .pth + JSON sidecar) and ``load_model``."""
+"""``convert_checkpoint`` (graph -> one verified, self-describing .pth) and its loaders.
+
+A converted model is one file, read with ``torch.load(..., weights_only=True)``::
+
+    {"format": FORMAT, "model_name", "num_classes", "label_offset", "bn_epsilons" (every
+     batch-norm layer), "bn_encoding", "source_file", "source_sha256" (the frozen graph),
+     "state_dict", "content_sha256" (of every other field and every tensor)}
+
+``load_checkpoint`` rebuilds the model from that file alone. The JSON sidecar beside it is
+a record for people (verification summary, graph details, digests); nothing reads it back,
+so editing it cannot change what is built.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import logging
+import math
 import os
+import re
+import tarfile
 import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from core.errors import UserError
-from core.files import atomic_path, sha256_file, write_text_atomic
-from core.profiles import get_profile
+from core.files import (
+    atomic_path,
+    file_lock,
+    find_archive_member,
+    sha256_file,
+    write_text_atomic,
+)
+from core.profiles import MODEL_NAMES, get_profile
 
 from .models import build_model
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = "mlperf-port.convert/1"
+FORMAT = "mlperf-port.converted-model/2"
+SIDECAR_FORMAT = "mlperf-port.convert-record/2"
+# The fields of a converted model file and the Python type each must have.
+RECORD_FIELDS: dict[str, type] = {
+    "format": str,
+    "model_name": str,
+    "num_classes": int,
+    "label_offset": int,
+    "bn_epsilons": dict,
+    "bn_encoding": dict,
+    "source_file": str,
+    "source_sha256": str,
+    "state_dict": dict,
+    "content_sha256": str,
+}
+_ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 
 
 def sidecar_path(out: str | os.PathLike) -> Path:
-    """``model.pth`` -> ``model.json``: the conversion record that travels with the weights."""
+    """``model.pth`` -> ``model.json``: the human-readable record beside the weights."""
     return Path(out).with_suffix(".json")
 
 
-def _check_model_name(model: str) -> None:
-    get_profile(model)
+def convert_command(path: str | os.PathLike, model: str = "MODEL") -> str:
+    return f"python -m convert --model {model} --checkpoint GRAPH --out {path}"
+
+
+# ============================================================================ conversion
 
 
 def convert_checkpoint(
@@ -43,26 +87,79 @@ def convert_checkpoint(
     verify: bool = True,
     quiet: bool = False,
     verify_limit: int | None = 32,
+    wait: bool = False,
 ) -> dict[str, Any]:
-    """Convert an MLPerf frozen graph to a PyTorch state_dict ``out`` plus ``out``'s sidecar.
+    """Convert an MLPerf frozen graph to the self-describing ``out`` (.pth) plus its sidecar.
 
-    Verification against TF runs by default; when it fails, UserError is raised and no
-    ``.pth`` is written. Returns the summary that the sidecar also records.
+    One process writes ``out`` at a time: a second one fails naming the first, or waits
+    with ``wait=True``. A graph holding anything but pure tensor ops is refused before any
+    work. Verification against TF runs by default; when it fails, UserError is raised and
+    nothing is written. Returns the summary that the sidecar records.
     """
-    from .graph import read_graph_def
-    from .weights import extract_weights
-
-    started = time.perf_counter()
-    _check_model_name(model)
     profile = get_profile(model)
     checkpoint, out = Path(checkpoint), Path(out)
     if out.suffix != ".pth":
         raise UserError(f"output {out} must end in .pth (its sidecar goes to the .json beside it)")
-    graph_def = read_graph_def(checkpoint, profile.archive_member)
+    with _output_lock(out, wait):
+        removed = remove_stale_outputs(out)
+        if removed:
+            log.info("removed %d temporary file(s) a killed run left beside %s", removed, out)
+        return _convert_locked(
+            profile.name,
+            checkpoint,
+            out,
+            verify_images=verify_images,
+            verify_cache=verify_cache,
+            report=report,
+            verify=verify,
+            quiet=quiet,
+            verify_limit=verify_limit,
+        )
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path, wait: bool) -> Iterator[None]:
+    """``file_lock`` on ``out``; an unwritable output folder is one sentence, not a trace."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(out, "converted model", wait=wait))
+        except OSError as err:
+            raise UserError(f"cannot write the converted model to {out.parent} ({err})") from None
+        yield
+
+
+def remove_stale_outputs(out: str | os.PathLike) -> int:
+    """Delete the temporaries a killed conversion left for ``out`` and its sidecar only.
+
+    ``atomic_path`` names them ``.NAME.XXXXXXXX.tmp``; other files' temporaries in the same
+    folder belong to other writers and stay. Call only while holding ``out``'s lock.
+    """
+    out = Path(out)
+    removed = 0
+    for name in (out.name, sidecar_path(out).name):
+        pattern = re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+        for path in out.parent.glob(f".{name}.*.tmp"):
+            if pattern.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _convert_locked(model, checkpoint, out, *, report, verify, quiet, **verify_kw):
+    from .safety import check_graph_ops
+    from .weights import extract_weights
+
+    started = time.perf_counter()
+    profile = get_profile(model)
+    graph_def, source_sha256 = read_checkpoint(checkpoint, profile.archive_member)
+    # Refuse a hostile graph at once, also when it will never be run here.
+    outputs = _present(graph_def, [profile.logits_tensor, profile.probabilities_tensor])
+    check_graph_ops(graph_def, outputs, str(checkpoint))
     extracted = extract_weights(graph_def, model, source=checkpoint.name)
-    torch_model = build_model(model, **extracted.hyperparameters)
-    torch_model.load_state_dict(extracted.state_dict, strict=True)
-    torch_model.eval()
+    layer_tensors = [layer.tf_tensor for layer in extracted.layer_tensors]
+    check_graph_ops(graph_def, [extracted.logits_tensor, *layer_tensors], str(checkpoint))
+    payload = _checkpoint_payload(model, checkpoint, source_sha256, extracted)
+    torch_model, _ = module_from_payload(payload, out)  # exactly what loading will build
     log.info(
         "read %d tensors from %s (%s, batch norm %s)",
         len(extracted.used_tensors),
@@ -70,42 +167,16 @@ def convert_checkpoint(
         extracted.data_format,
         extracted.bn_form,
     )
-
     verification = None
     if verify:
         verification = _verify(
-            torch_model,
-            checkpoint,
-            graph_def,
-            extracted,
-            model,
-            verify_images,
-            verify_cache,
-            verify_limit,
-            quiet,
+            torch_model, checkpoint, graph_def, extracted, model, quiet=quiet, **verify_kw
         )
-
-    summary: dict[str, Any] = {
-        "format": SIDECAR_FORMAT,
-        "model": model,
-        "source": {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
-        "hyperparameters": extracted.hyperparameters,
-        "epsilons": {
-            name: m.eps for name, m in torch_model.named_modules() if isinstance(m, nn.BatchNorm2d)
-        },
-        "graph": {
-            "data_format": extracted.data_format,
-            "batch_norm": extracted.bn_form,
-            "input_tensor": extracted.input_tensor,
-            "logits_tensor": extracted.logits_tensor,
-        },
-        "verification": verification.summary() if verification else None,
-        "ignored_tensors": extracted.ignored_tensors,
-    }
+    summary = _sidecar_summary(payload, extracted, verification)
     sidecar = sidecar_path(out)
     with atomic_path(out) as tmp_pth, atomic_path(sidecar) as tmp_json:
-        torch.save(torch_model.state_dict(), tmp_pth)
-        summary["state_dict"] = {"file": out.name, "sha256": sha256_file(tmp_pth)}
+        torch.save(payload, tmp_pth)
+        summary["file_sha256"] = sha256_file(tmp_pth)
         summary["seconds"] = round(time.perf_counter() - started, 2)
         tmp_json.write_text(json.dumps(summary, indent=2) + "\n")
     if report is not None:
@@ -124,13 +195,129 @@ def convert_checkpoint(
     }
 
 
+def _present(graph_def: Any, tensor_names: list[str]) -> list[str]:
+    """The names whose node the graph defines (a missing one is the walker's to explain)."""
+    defined = {node.name for node in graph_def.node}
+    return [name for name in tensor_names if name.split(":")[0] in defined]
+
+
+def _checkpoint_payload(model, checkpoint, source_sha256, extracted) -> dict[str, Any]:
+    """The converted model file's contents: everything rebuilding needs, and nothing else."""
+    built = build_model(model, **extracted.hyperparameters)
+    epsilons = {name: float(m.eps) for name, m in built.named_modules() if _is_bn(m)}
+    num_classes = int(extracted.hyperparameters["num_classes"])
+    state_dict = {key: value.detach().cpu() for key, value in extracted.state_dict.items()}
+    payload = {
+        "format": FORMAT,
+        "model_name": model,
+        "num_classes": num_classes,
+        "label_offset": num_classes - 1000,
+        "bn_epsilons": epsilons,
+        "bn_encoding": bn_encoding_summary(extracted),
+        "source_file": checkpoint.name,
+        "source_sha256": source_sha256,
+        "state_dict": state_dict,
+    }
+    payload["content_sha256"] = content_digest(payload)
+    return payload
+
+
+def bn_encoding_summary(extracted: Any) -> dict[str, str]:
+    """Layer -> batch-norm encoding the walker found ("fused", "decomposed", ...).
+
+    When the walker reports only one summary for the whole graph it is kept under "*".
+    """
+    per_layer = getattr(extracted, "bn_encodings", None)
+    if isinstance(per_layer, dict) and per_layer:
+        return {str(layer): str(form) for layer, form in per_layer.items()}
+    return {"*": str(extracted.bn_form)}
+
+
+def _sidecar_summary(payload: dict[str, Any], extracted, verification) -> dict[str, Any]:
+    """The human-readable record: the file's fields, plus what the conversion found."""
+    record = {key: value for key, value in payload.items() if key not in ("format", "state_dict")}
+    return {
+        "format": SIDECAR_FORMAT,
+        "note": "a record for people: loading rebuilds the model from the .pth alone",
+        **record,
+        "graph": {
+            "data_format": extracted.data_format,
+            "batch_norm": extracted.bn_form,
+            "input_tensor": extracted.input_tensor,
+            "logits_tensor": extracted.logits_tensor,
+        },
+        "verification": verification.summary() if verification else None,
+        "ignored_tensors": extracted.ignored_tensors,
+    }
+
+
+def read_checkpoint(path: Path, archive_member: str | None) -> tuple[Any, str]:
+    """Read a frozen graph (.pb, or a member of an MLPerf .tgz) and the sha256 of the file.
+
+    The file is read once: the digest describes exactly the bytes that were parsed.
+    """
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read checkpoint {path} ({err})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    source = str(path)
+    if path.name.lower().endswith(_ARCHIVE_SUFFIXES) or data[:2] == b"\x1f\x8b":
+        data, member = _archive_member_bytes(data, path, archive_member)
+        source = f"{path}:{member}"
+    return _parse_graph_def(data, source), digest
+
+
+def _archive_member_bytes(data: bytes, path: Path, member: str | None) -> tuple[bytes, str]:
+    """The frozen-graph member of a tar archive held in memory (the fetcher's rule)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+            if member is None:  # no MLPerf archive for this model: take its only .pb
+                graphs = [m.name for m in archive.getmembers() if m.name.endswith(".pb")]
+                if len(graphs) != 1:
+                    raise UserError(f"{path} holds {len(graphs)} .pb files, expected one")
+                member = graphs[0]
+            info = find_archive_member(archive, os.path.normpath(member), path)
+            return archive.extractfile(info).read(), info.name
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        raise UserError(
+            f"{path} is not a readable tar archive ({err}); the download may be truncated"
+        ) from None
+
+
+def _parse_graph_def(data: bytes, source: str) -> Any:
+    from google.protobuf.message import DecodeError
+
+    from .graph import _quiet_tensorflow
+
+    graph_def = _quiet_tensorflow().compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError) as err:
+        raise UserError(f"{source} is not a TensorFlow GraphDef or is truncated ({err})") from None
+    if not graph_def.node or not all(n.name and n.op for n in graph_def.node):
+        raise UserError(f"{source} is not a TensorFlow frozen graph (it holds no usable nodes)")
+    return graph_def
+
+
 def _verify(
-    torch_model, checkpoint, graph_def, extracted, model, verify_images, verify_cache, limit, quiet
+    torch_model,
+    checkpoint,
+    graph_def,
+    extracted,
+    model,
+    *,
+    quiet,
+    verify_images,
+    verify_cache,
+    verify_limit,
 ):
     from .tf_runner import TFGraphRunner
     from .verify import compare_layers, verification_images
 
-    source, names, images = verification_images(model, verify_images, verify_cache, limit)
+    source, names, images = verification_images(model, verify_images, verify_cache, verify_limit)
     with TFGraphRunner(
         checkpoint,
         model,
@@ -162,37 +349,166 @@ def _verify(
     return result
 
 
-def load_model(model: str, path: str | os.PathLike) -> nn.Module:
-    """Rebuild a converted model from ``path`` (.pth) in eval mode.
+# ============================================================================ loading
 
-    Hyperparameters (class count, batch-norm epsilons) come from the JSON sidecar beside the
-    file. Without a sidecar the model is built with MLPerf's standard values (ResNet-50
-    eps 1.001e-5, MobileNet-v1 eps 1e-3, 1001 classes) and a warning is logged.
+
+def load_checkpoint(
+    path: str | os.PathLike, *, expected_model: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a converted model from its ``.pth`` alone; return it (eval mode) and its record.
+
+    The record is the file's fields without the tensors: format, model_name, num_classes,
+    label_offset, bn_epsilons, bn_encoding, source_file, source_sha256, content_sha256.
+    Any file this converter did not write (an older bare state_dict, an unknown field, a
+    wrong type, altered tensors, a truncated or non-PyTorch file) is one UserError sentence.
+    ``expected_model`` also refuses a file that holds another model.
     """
-    _check_model_name(model)
     path = Path(path)
     if not path.is_file():
         raise UserError(f"converted model {path} does not exist")
-    hyper: dict[str, Any] = {}
-    sidecar = sidecar_path(path)
-    if sidecar.is_file():
-        try:
-            record = json.loads(sidecar.read_text())
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot read the sidecar {sidecar} ({err})") from None
-        if record.get("model") != model:
-            raise UserError(f"{path} holds a {record.get('model')} model, not {model}")
-        hyper = record.get("hyperparameters", {})
-    else:
-        log.warning("no sidecar %s: building %s with its standard hyperparameters", sidecar, model)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged files
-        raise UserError(f"cannot load {path} as a PyTorch state_dict ({err})") from None
-    torch_model = build_model(model, **hyper)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for damaged or foreign files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(
+            f"cannot load {path}: it is not a converted model file or it is truncated ({first})"
+        ) from None
+    module, record = module_from_payload(payload, path)
+    if expected_model is not None and record["model_name"] != expected_model:
+        raise UserError(
+            f"{path} holds a converted {record['model_name']} model, not {expected_model}"
+        )
+    return module, record
+
+
+def load_model(
+    path_or_model: str | os.PathLike,
+    path: str | os.PathLike | None = None,
+    *,
+    expected_model: str | None = None,
+) -> nn.Module:
+    """``load_model(path)``: the model of ``load_checkpoint`` without its record.
+
+    The older call ``load_model(model_name, path)`` still works and also checks that the
+    file holds ``model_name``.
+    """
+    if path is not None:
+        expected_model, path_or_model = str(path_or_model), path
+    return load_checkpoint(path_or_model, expected_model=expected_model)[0]
+
+
+def module_from_payload(payload: Any, path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Check a converted model file's contents field by field and build its model."""
+    _check_format(payload, path)
+    _check_field_types(payload, path)
     try:
-        torch_model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as err:
+        digest = content_digest(payload)
+    except (RuntimeError, TypeError, ValueError) as err:  # e.g. a sparse or meta tensor
+        raise UserError(f"{path} holds tensors that cannot be read back ({err})") from None
+    if digest != payload["content_sha256"]:
+        raise UserError(
+            f"{path}'s contents do not match the digest recorded with them: the file was "
+            f"altered after conversion; convert it again with {convert_command(path)}"
+        )
+    model_name, num_classes = payload["model_name"], payload["num_classes"]
+    if model_name not in MODEL_NAMES:
+        raise UserError(
+            f"{path} names the model {model_name!r}; known models: {', '.join(MODEL_NAMES)}"
+        )
+    if num_classes < 1000 or payload["label_offset"] != num_classes - 1000:
+        raise UserError(
+            f"{path} has num_classes {num_classes} and label_offset {payload['label_offset']}; "
+            "a converted model has 1000 or more classes and label_offset = num_classes - 1000"
+        )
+    module = build_model(model_name, num_classes=num_classes)
+    _apply_epsilons(module, payload["bn_epsilons"], path)
+    try:
+        module.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, TypeError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
-        raise UserError(f"{path} is not a converted {model} state_dict ({first})") from None
-    return torch_model.eval()
+        raise UserError(f"{path} does not hold a {model_name} state_dict ({first})") from None
+    record = {key: value for key, value in payload.items() if key != "state_dict"}
+    return module.eval(), record
+
+
+def _check_format(payload: Any, path: Path) -> None:
+    """A dict tagged with this converter's format; an older bare state_dict says so."""
+    is_dict = isinstance(payload, dict)
+    if is_dict and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise UserError(
+            f"{path} is a converted model in the older format (a bare state_dict whose "
+            f"settings lived in its .json); convert it again with {convert_command(path)}"
+        )
+    if not is_dict or payload.get("format") != FORMAT:
+        found = payload.get("format") if is_dict else type(payload).__name__
+        raise UserError(
+            f"{path} is not a converted model of format {FORMAT} (found {found!r}); "
+            f"convert it again with {convert_command(path)}"
+        )
+
+
+# The element types of the mapping fields: (key type, value type).
+_MAPPING_TYPES = {
+    "bn_epsilons": (str, float),
+    "bn_encoding": (str, str),
+    "state_dict": (str, torch.Tensor),
+}
+
+
+def _check_field_types(payload: dict[str, Any], path: Path) -> None:
+    """Exactly the known fields, each of its type (mappings down to their entries)."""
+    unknown = sorted(set(payload) - set(RECORD_FIELDS))
+    if unknown:
+        raise UserError(
+            f"{path} holds the unknown field {unknown[0]!r}, which this converter never "
+            f"writes; the file was edited or made elsewhere: convert it again with "
+            f"{convert_command(path)}"
+        )
+    for field, kind in RECORD_FIELDS.items():
+        if field not in payload:
+            raise UserError(f"{path} lacks the field {field!r}; convert it again")
+        value = payload[field]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UserError(
+                f"{path} has field {field!r} of type {type(value).__name__}, "
+                f"expected {kind.__name__}; convert it again"
+            )
+    for field, (key_type, value_type) in _MAPPING_TYPES.items():
+        for key, value in payload[field].items():
+            if not isinstance(key, key_type) or not isinstance(value, value_type):
+                raise UserError(
+                    f"{path} has an entry {key!r} of type {type(value).__name__} in field "
+                    f"{field!r}, expected {value_type.__name__}; convert it again"
+                )
+
+
+def _apply_epsilons(module: nn.Module, epsilons: dict[str, float], path: Path) -> None:
+    """Set every batch-norm layer's epsilon from the file: all of them, each exactly once."""
+    layers = {name: m for name, m in module.named_modules() if _is_bn(m)}
+    if set(epsilons) != set(layers):
+        differ = sorted(set(epsilons) ^ set(layers))
+        raise UserError(
+            f"{path}'s bn_epsilons do not name exactly the batch-norm layers of the model "
+            f"(first difference: {differ[0]!r})"
+        )
+    for name, eps in epsilons.items():
+        if not (math.isfinite(eps) and eps > 0):
+            raise UserError(f"{path} has batch-norm epsilon {eps!r} for {name}, not a float > 0")
+        layers[name].eps = eps
+
+
+def content_digest(payload: dict[str, Any]) -> str:
+    """sha256 over every field but the digest itself: the settings as canonical JSON, then
+    every tensor's name, dtype, shape and bytes in name order."""
+    settings = {k: v for k, v in payload.items() if k not in ("state_dict", "content_sha256")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    state_dict = payload["state_dict"]
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"\n{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _is_bn(module: nn.Module) -> bool:
+    return isinstance(module, nn.BatchNorm2d)

@@ -6,6 +6,10 @@ whole batches. If some baked-in shape still rejects a batch, the runner falls ba
 image at a time. Channels-first graphs are rewritten so that the ops TF's CPU kernels lack
 in NCHW (Conv2D, MaxPool, AvgPool, depthwise) run NHWC between two Transposes; every
 original tensor name keeps its meaning and layout.
+
+A frozen graph is a program: before the graph is imported, every node the logits depend on
+must pass ``convert.safety.check_graph_ops``, and so must every node of any other tensor
+fetched later, before the session runs it.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import UserError
 from core.profiles import get_profile
 
 from .graph import _quiet_tensorflow, node_name, read_graph_def, tensor_name
+from .safety import check_graph_ops
 
 log = logging.getLogger(__name__)
 
@@ -98,23 +104,26 @@ class TFGraphRunner:
         input_tensor: str | None = None,
         logits_tensor: str | None = None,
     ):
-        tf = _quiet_tensorflow()
         self.profile = get_profile(model)
         if graph_def is None:
             graph_def = read_graph_def(checkpoint_path, self.profile.archive_member)
+        self.source = str(checkpoint_path)
         self.input_name = node_name(input_tensor or self.profile.input_tensor)
         self.logits_tensor = tensor_name(logits_tensor or self.profile.logits_tensor)
         original = next((n for n in graph_def.node if n.name == self.input_name), None)
         if original is None:
-            from core.errors import UserError
-
             raise UserError(f"{checkpoint_path} has no input tensor {self.input_name}:0")
+        # Before TensorFlow sees the graph: nothing but pure tensor ops may run.
+        self._graph_def = graph_def
+        self._checked: set[str] = set()
+        self._check_fetches([self.logits_tensor])
         dims = (
             [d.size for d in original.attr["shape"].shape.dim] if "shape" in original.attr else []
         )
         shape = [None, *[d if d > 0 else None for d in dims[1:]]] if dims else None
         self.pinned_batch = dims[0] if dims and dims[0] > 0 else None
 
+        tf = _quiet_tensorflow()
         self.graph = tf.Graph()
         with self.graph.as_default():
             self._input = tf.compat.v1.placeholder(tf.float32, shape, name="runner_input")
@@ -126,12 +135,20 @@ class TFGraphRunner:
         self.session = tf.compat.v1.Session(graph=self.graph)
         self._one_at_a_time = False
 
+    def _check_fetches(self, names: Sequence[str]) -> None:
+        """Refuse (UserError) any fetch whose nodes are not all pure tensor ops."""
+        new = [node_name(n) for n in names if node_name(n) not in self._checked]
+        if new:
+            check_graph_ops(self._graph_def, new, self.source)
+            self._checked.update(new)
+
     def _tensor(self, name: str):
         return self.graph.get_tensor_by_name(tensor_name(name))
 
     def run(self, nhwc: np.ndarray, tensor_names: Sequence[str]) -> list[np.ndarray]:
         """Values of ``tensor_names`` (node or tensor names) for an NHWC float32 batch."""
         tf = _quiet_tensorflow()
+        self._check_fetches(tensor_names)
         batch = np.ascontiguousarray(nhwc, dtype=np.float32)
         fetches = [self._tensor(n) for n in tensor_names]
         if not self._one_at_a_time:

@@ -8,13 +8,14 @@ the same weights, so float32 noise alone exceeds 1e-4 in absolute terms.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from convert import convert_checkpoint, load_model
+from convert import convert_checkpoint, load_checkpoint, load_model
 from convert.__main__ import main
 from convert.graph import read_graph_def
 from convert.tf_runner import TFGraphRunner
@@ -53,14 +54,16 @@ def _assert_accepted(verification: dict) -> None:
     assert verification["first_failing_layer"] is None
 
 
-def test_cli_writes_state_dict_sidecar_and_report(resnet_cli, resnet50_pb):
+def test_cli_writes_model_file_sidecar_and_report(resnet_cli, resnet50_pb):
     out, report_path = resnet_cli
     sidecar = json.loads(out.with_suffix(".json").read_text())
-    assert sidecar["model"] == "resnet50"
-    assert sidecar["source"]["file"] == resnet50_pb.name and len(sidecar["source"]["sha256"]) == 64
-    assert sidecar["hyperparameters"]["num_classes"] == 1001
-    assert sidecar["hyperparameters"]["bn_eps"] == pytest.approx(1.001e-5)
-    assert sidecar["epsilons"]["layer3.2.bn2"] == pytest.approx(1.001e-5)
+    assert sidecar["model_name"] == "resnet50"
+    assert sidecar["source_file"] == resnet50_pb.name
+    assert sidecar["source_sha256"] == hashlib.sha256(resnet50_pb.read_bytes()).hexdigest()
+    assert sidecar["num_classes"] == 1001 and sidecar["label_offset"] == 1
+    assert len(sidecar["bn_epsilons"]) == 53
+    assert sidecar["bn_epsilons"]["layer3.2.bn2"] == pytest.approx(1.001e-5)
+    assert sidecar["file_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert sidecar["ignored_tensors"] == []
     _assert_accepted(sidecar["verification"])
 
@@ -75,14 +78,19 @@ def test_cli_writes_state_dict_sidecar_and_report(resnet_cli, resnet50_pb):
     assert len(report["verification"]["images"]) == 4
     assert report["tensors"]["layer1.0.conv1.weight"].startswith("resnet_model/conv2d")
 
-    state = torch.load(out, weights_only=True)
+    payload = torch.load(out, weights_only=True)
+    assert payload["format"] == "mlperf-port.converted-model/2"
+    assert payload["model_name"] == "resnet50" and payload["label_offset"] == 1
+    assert payload["bn_epsilons"] == sidecar["bn_epsilons"]
+    assert payload["source_sha256"] == sidecar["source_sha256"]
+    state = payload["state_dict"]
     assert "layer1.0.conv1.weight" in state and "layer1.0.downsample.0.weight" in state
     assert state["fc.weight"].shape == (1001, 2048)
 
 
 def test_load_model_round_trip_matches_tf(resnet_cli, resnet50_pb):
     out, _ = resnet_cli
-    model = load_model("resnet50", out)
+    model = load_model(out)
     assert not model.training
     _, images = synthetic_images("resnet50", count=2, seed=7)
     with TFGraphRunner(resnet50_pb, "resnet50") as runner:
@@ -94,12 +102,14 @@ def test_load_model_round_trip_matches_tf(resnet_cli, resnet50_pb):
     np.testing.assert_array_equal(pt_logits.argmax(1), tf_logits.argmax(1))
 
 
-def test_load_model_without_sidecar_uses_standard_hyperparameters(resnet_cli, tmp_path):
+def test_load_needs_only_the_pth(resnet_cli, tmp_path):
     out, _ = resnet_cli
-    bare = tmp_path / "bare.pth"
-    bare.write_bytes(out.read_bytes())
-    model = load_model("resnet50", bare)
+    alone = tmp_path / "alone.pth"
+    alone.write_bytes(out.read_bytes())
+    model, record = load_checkpoint(alone)
     assert model.layer1[0].bn1.eps == pytest.approx(1.001e-5)
+    assert record["model_name"] == "resnet50" and record["num_classes"] == 1001
+    assert "state_dict" not in record
 
 
 @pytest.mark.parametrize(
@@ -123,13 +133,18 @@ def test_every_fixture_converts_within_tolerance(
     assert summary["graph"]["data_format"] == data_format
     _assert_accepted(summary["verification"])
     expected_eps = 1e-3 if model == "mobilenet_v1" else 1.001e-5
-    assert summary["hyperparameters"]["bn_eps"] == pytest.approx(expected_eps)
-    assert "bn_eps_per_layer" not in summary["hyperparameters"]
+    assert list(summary["bn_epsilons"].values()) == pytest.approx(
+        [expected_eps] * len(summary["bn_epsilons"])
+    )
     if model == "mobilenet_v1":
         assert summary["graph"]["logits_tensor"] == "MobilenetV1/Predictions/Reshape:0"
+    loaded, record = load_checkpoint(tmp_path / "m.pth")
+    assert record["bn_epsilons"] == summary["bn_epsilons"]
+    loaded_eps = [m.eps for m in loaded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert loaded_eps == list(summary["bn_epsilons"].values())
     assert (
-        load_model(model, tmp_path / "m.pth").state_dict().keys()
-        == torch.load(tmp_path / "m.pth", weights_only=True).keys()
+        loaded.state_dict().keys()
+        == torch.load(tmp_path / "m.pth", weights_only=True)["state_dict"].keys()
     )
 
 
