@@ -1,10 +1,12 @@
 """Read a frozen TF GraphDef and answer questions about it by following its edges.
 
-``read_graph_def`` opens a bare ``.pb`` or MLPerf's ``.tgz``; ``Graph`` indexes the nodes,
-resolves constants through ``Identity`` (``<name>/read``) nodes, reads attributes and
-recognises batch norm in either form (one fused node, or TF's decomposed
-``Rsqrt``/``Mul``/``Sub``/``Add`` chain). TensorFlow is imported lazily so that
-``import convert`` stays cheap for people who only load ``.pth`` files.
+``read_graph_def`` opens a bare ``.pb`` or MLPerf's ``.tgz``. ``Graph`` indexes the nodes and
+their consumers, reads attributes and folds constants: any node whose value does not depend
+on a placeholder (``Const`` and pure arithmetic or reshaping of constants) is evaluated once,
+in numpy, without running the graph, so walkers see values rather than spellings
+(``Reshape(gamma)``, ``Cast(Const)``, ``Rsqrt(var + eps) * gamma`` are all just numbers).
+TensorFlow is imported lazily so that ``import convert`` stays cheap for people who only
+load ``.pth`` files.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import posixpath
 import tarfile
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ import numpy as np
 from core.errors import UserError
 from core.files import find_archive_member
 
-FUSED_BN_OPS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
 ADD_OPS = ("Add", "AddV2")
 PASS_THROUGH_OPS = ("Identity", "StopGradient", "Snapshot")
+# Ops that carry no value of their own: the walkers step over them on the data path.
+IGNORED_CONSUMERS = ("Shape",)
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 
 
@@ -96,22 +98,75 @@ def read_graph_def(path: str | os.PathLike, archive_member: str | None = None) -
     return graph_def
 
 
-@dataclass
-class BatchNormParams:
-    """Inference batch norm read from the graph, in either encoding."""
+def _np_dtype(attr_type: int) -> np.dtype:
+    tf = _quiet_tensorflow()
+    return np.dtype(tf.dtypes.as_dtype(attr_type).as_numpy_dtype)
 
-    gamma: np.ndarray
-    beta: np.ndarray
-    mean: np.ndarray
-    variance: np.ndarray
-    epsilon: float
-    output: str  # node whose output 0 is the normalised tensor
-    form: str  # "fused" or "decomposed"
-    tensors: dict[str, str] = field(default_factory=dict)  # role -> Const node name
+
+def _binary(fn):
+    return lambda node, args: fn(args[0], args[1])
+
+
+def _reshape(node, args):
+    return args[0].reshape(args[1].astype(np.int64).tolist())
+
+
+def _expand_dims(node, args):
+    return np.expand_dims(args[0], int(args[1].reshape(-1)[0]))
+
+
+def _squeeze(node, args):
+    dims = list(node.attr["squeeze_dims"].list.i) if "squeeze_dims" in node.attr else []
+    return np.squeeze(args[0], axis=tuple(dims)) if dims else np.squeeze(args[0])
+
+
+def _concat(node, args):
+    return np.concatenate(args[:-1], axis=int(args[-1]))
+
+
+def _pack(node, args):
+    return np.stack(args, axis=node.attr["axis"].i if "axis" in node.attr else 0)
+
+
+def _rsqrt(node, args):
+    x = args[0]
+    return (np.ones((), x.dtype) / np.sqrt(x)).astype(x.dtype)
+
+
+def _reciprocal(node, args):
+    x = args[0]
+    return (np.ones((), x.dtype) / x).astype(x.dtype)
+
+
+# Pure functions of their inputs, evaluated in numpy when every input is a constant. float32
+# elementwise arithmetic in numpy rounds exactly as TF's does (IEEE single precision).
+_FOLDERS = {
+    "Mul": _binary(np.multiply),
+    "Add": _binary(np.add),
+    "AddV2": _binary(np.add),
+    "Sub": _binary(np.subtract),
+    "RealDiv": _binary(np.divide),
+    "Maximum": _binary(np.maximum),
+    "Minimum": _binary(np.minimum),
+    "Neg": lambda node, args: np.negative(args[0]),
+    "Square": lambda node, args: np.square(args[0]),
+    "Sqrt": lambda node, args: np.sqrt(args[0]),
+    "Rsqrt": _rsqrt,
+    "Reciprocal": _reciprocal,
+    "Inv": _reciprocal,
+    "Reshape": _reshape,
+    "ExpandDims": _expand_dims,
+    "Squeeze": _squeeze,
+    "Cast": lambda node, args: args[0].astype(_np_dtype(node.attr["DstT"].type)),
+    "ConcatV2": _concat,
+    "Pack": _pack,
+    "Transpose": lambda node, args: np.transpose(args[0], args[1].astype(np.int64).tolist()),
+}
+FOLDABLE_OPS = ("Const", *PASS_THROUGH_OPS, *_FOLDERS)
 
 
 class Graph:
-    """Index over a GraphDef: nodes by name, consumers, constants through Identity."""
+    """Index over a GraphDef: nodes by name, consumers, folded constants, attributes."""
 
     def __init__(self, graph_def: Any, source: str = "the graph"):
         self.graph_def = graph_def
@@ -122,7 +177,21 @@ class Graph:
             for inp in n.input:
                 if not inp.startswith("^"):
                     self._consumers[node_name(inp)].append(n.name)
+        self._dynamic = self._depends_on_placeholders()
+        self._values: dict[str, np.ndarray] = {}
         self.used_consts: set[str] = set()
+
+    def _depends_on_placeholders(self) -> set[str]:
+        """Names of the nodes whose value depends on a fed input (forward closure)."""
+        dynamic: set[str] = set()
+        stack = [n.name for n in self.graph_def.node if n.op in ("Placeholder", "PlaceholderV2")]
+        while stack:
+            name = stack.pop()
+            if name in dynamic:
+                continue
+            dynamic.add(name)
+            stack.extend(self._consumers.get(name, []))
+        return dynamic
 
     # ------------------------------------------------------------------ structure
 
@@ -140,15 +209,17 @@ class Graph:
     def data_inputs(self, node) -> list[str]:
         return [node_name(i) for i in node.input if not i.startswith("^")]
 
-    def input_node(self, node, index: int):
-        """The producer of input ``index`` of ``node``, looking through Identity nodes."""
-        inputs = self.data_inputs(node)
-        if index >= len(inputs):
-            raise UserError(f"{self.source}: node {node.name} has no input {index}")
-        producer = self.node(inputs[index], wanted_by=node.name)
-        while producer.op in PASS_THROUGH_OPS:
-            producer = self.node(self.data_inputs(producer)[0], wanted_by=producer.name)
-        return producer
+    def is_constant(self, name: str) -> bool:
+        """True when ``name``'s value does not depend on any placeholder."""
+        return node_name(name) not in self._dynamic
+
+    def dynamic_inputs(self, node) -> list[str]:
+        """The data inputs of ``node`` that depend on the fed input."""
+        return [i for i in self.data_inputs(node) if not self.is_constant(i)]
+
+    def constant_inputs(self, node) -> list[int]:
+        """Indices of the data inputs of ``node`` that are constants."""
+        return [k for k, i in enumerate(self.data_inputs(node)) if self.is_constant(i)]
 
     def consumers(self, name: str) -> list:
         """Nodes that read ``name``, looking through Identity nodes (which are skipped)."""
@@ -161,14 +232,20 @@ class Graph:
                 result.append(consumer)
         return result
 
+    def data_consumers(self, name: str) -> list:
+        """``consumers`` without the ops that only read a tensor's shape."""
+        return [c for c in self.consumers(name) if c.op not in IGNORED_CONSUMERS]
+
+    def describe(self, nodes) -> str:
+        return ", ".join(f"{c.name} ({c.op})" for c in nodes) or "nothing"
+
     def next_op(self, name: str, expected: tuple[str, ...], what: str):
         """The single consumer of ``name``, which must be one of the ``expected`` op types."""
-        consumers = self.consumers(name)
+        consumers = self.data_consumers(name)
         if len(consumers) != 1 or consumers[0].op not in expected:
-            found = ", ".join(f"{c.name} ({c.op})" for c in consumers) or "nothing"
             raise UserError(
                 f"{self.source}: expected {what} ({'/'.join(expected)}) after {node_name(name)}, "
-                f"found {found}"
+                f"found {self.describe(consumers)}"
             )
         return consumers[0]
 
@@ -181,54 +258,93 @@ class Graph:
 
     # ------------------------------------------------------------------ constants
 
-    def const(self, name: str, *, wanted_by: str | None = None) -> np.ndarray:
-        """Value of a Const, following Identity and Reshape/ExpandDims of constants.
+    def value(self, name: str, *, wanted_by: str | None = None) -> np.ndarray:
+        """The value of a constant tensor, folding any arithmetic on constants.
 
-        (Keras reshapes per-channel vectors to [1, C, 1, 1] in channels-first graphs.)
-        The underlying Const is marked as used.
+        Every ``Const`` the value is computed from is marked as used. Raises UserError
+        (naming the node) when the tensor depends on the input or uses an op that cannot be
+        folded.
         """
-        node = self.node(name, wanted_by=wanted_by)
-        if node.op in PASS_THROUGH_OPS:
-            return self.const(self.data_inputs(node)[0], wanted_by=node.name)
-        if node.op in ("Reshape", "ExpandDims"):
-            value = self.const(self.data_inputs(node)[0], wanted_by=node.name)
-            arg = self.const(self.data_inputs(node)[1], wanted_by=node.name)
-            if node.op == "Reshape":
-                return value.reshape(arg.astype(np.int64).tolist())
-            return np.expand_dims(value, int(arg.reshape(-1)[0]))
-        if node.op != "Const":
-            by = f" read by {wanted_by}" if wanted_by else ""
+        name_ = node_name(name)
+        node = self.node(name_, wanted_by=wanted_by)
+        by = f" read by {wanted_by}" if wanted_by else ""
+        if not self.is_constant(name_):
             raise UserError(
-                f"{self.source}: tensor {node.name}{by} is a {node.op}, not a frozen constant"
+                f"{self.source}: tensor {name_}{by} depends on the input, where a frozen "
+                f"constant was expected"
             )
-        tf = _quiet_tensorflow()
-        self.used_consts.add(node.name)
-        return np.array(tf.make_ndarray(node.attr["value"].tensor))
+        if ":" in name and not name.endswith(":0"):
+            raise UserError(f"{self.source}: tensor {name}{by} is not a foldable constant")
+        if node.op not in FOLDABLE_OPS:
+            raise UserError(
+                f"{self.source}: tensor {name_}{by} is computed by a {node.op}, which is not a "
+                f"frozen constant or arithmetic on constants"
+            )
+        self.used_consts.update(self.const_leaves(name_))
+        return self._fold(node)
 
-    def const_node_name(self, name: str) -> str:
-        """The Const behind ``name`` (through Identity/Reshape/ExpandDims)."""
-        node = self.node(name)
-        while node.op in (*PASS_THROUGH_OPS, "Reshape", "ExpandDims"):
-            node = self.node(self.data_inputs(node)[0])
-        return node.name
+    def _fold(self, node) -> np.ndarray:
+        if node.name in self._values:
+            return self._values[node.name]
+        if node.op == "Const":
+            tf = _quiet_tensorflow()
+            result = np.array(tf.make_ndarray(node.attr["value"].tensor))
+        else:
+            args = [self.value(i, wanted_by=node.name) for i in self.data_inputs(node)]
+            if node.op in PASS_THROUGH_OPS:
+                result = args[0]
+            else:
+                try:
+                    result = np.asarray(_FOLDERS[node.op](node, args))
+                except (ValueError, TypeError, IndexError) as err:
+                    raise UserError(
+                        f"{self.source}: cannot evaluate constant {node.name} ({node.op}): {err}"
+                    ) from None
+        result.setflags(write=False)
+        self._values[node.name] = result
+        return result
 
-    def input_const(self, node, index: int) -> tuple[np.ndarray, str]:
-        """Value and Const name of input ``index`` of ``node``."""
-        inp = self.data_inputs(node)[index]
-        value = self.const(inp, wanted_by=node.name)
-        return value, self.const_node_name(inp)
+    def const_leaves(self, name: str) -> list[str]:
+        """The ``Const`` nodes a constant tensor is computed from, in input order."""
+        leaves: list[str] = []
+        stack = [node_name(name)]
+        seen: set[str] = set()
+        while stack:
+            current = stack.pop()
+            if current in seen or current not in self.nodes:
+                continue
+            seen.add(current)
+            node = self.nodes[current]
+            if node.op == "Const":
+                leaves.append(current)
+            else:
+                stack.extend(reversed(self.data_inputs(node)))
+        return leaves
+
+    def source_of(self, name: str) -> str:
+        """A readable name for a constant: its only floating-point Const, else the tensor."""
+        floats = [c for c in self.const_leaves(name) if self._is_float_const(c)]
+        return floats[0] if len(floats) == 1 else node_name(name)
+
+    def input_value(self, node, index: int) -> tuple[np.ndarray, str]:
+        """Value and readable source name of input ``index`` of ``node``."""
+        inputs = self.data_inputs(node)
+        if index >= len(inputs):
+            raise UserError(f"{self.source}: node {node.name} ({node.op}) has no input {index}")
+        value = self.value(inputs[index], wanted_by=node.name)
+        return value, self.source_of(inputs[index])
+
+    def _is_float_const(self, name: str) -> bool:
+        node = self.nodes[name]
+        return node.op == "Const" and _np_dtype(node.attr["dtype"].type).kind == "f"
 
     def weight_consts(self) -> list[str]:
         """Names of all floating-point, non-scalar Const nodes: the graph's weights."""
-        tf = _quiet_tensorflow()
         names = []
         for n in self.graph_def.node:
-            if n.op != "Const":
-                continue
-            dtype = tf.dtypes.as_dtype(n.attr["dtype"].type)
-            dims = n.attr["value"].tensor.tensor_shape.dim
-            if dtype.is_floating and len(dims) > 0:
-                names.append(n.name)
+            if n.op == "Const" and self._is_float_const(n.name):
+                if len(n.attr["value"].tensor.tensor_shape.dim) > 0:
+                    names.append(n.name)
         return names
 
     # ------------------------------------------------------------------ attributes
@@ -244,96 +360,3 @@ class Graph:
     @staticmethod
     def attr_float(node, key: str) -> float | None:
         return float(node.attr[key].f) if key in node.attr else None
-
-    # ------------------------------------------------------------------ batch norm
-
-    def batch_norm_after(self, name: str) -> BatchNormParams:
-        """The inference batch norm applied to the output of node ``name``."""
-        consumer = self.next_op(name, (*FUSED_BN_OPS, "Mul"), "a batch norm")
-        if consumer.op in FUSED_BN_OPS:
-            return self._fused_bn(consumer)
-        return self._decomposed_bn(consumer, node_name(name))
-
-    def _fused_bn(self, node) -> BatchNormParams:
-        if node.attr["is_training"].b if "is_training" in node.attr else False:
-            raise UserError(f"{self.source}: batch norm {node.name} is in training mode")
-        roles = ("gamma", "beta", "moving_mean", "moving_variance")
-        values, names = {}, {}
-        for index, role in enumerate(roles, start=1):
-            values[role], names[role] = self.input_const(node, index)
-        eps = self.attr_float(node, "epsilon")
-        if eps is None:
-            eps = 1e-3  # FusedBatchNorm's attr default, used when the file omits it
-        return BatchNormParams(
-            gamma=values["gamma"].reshape(-1),
-            beta=values["beta"].reshape(-1),
-            mean=values["moving_mean"].reshape(-1),
-            variance=values["moving_variance"].reshape(-1),
-            epsilon=eps,
-            output=node.name,
-            form="fused",
-            tensors=names,
-        )
-
-    def _decomposed_bn(self, mul_x, x_name: str) -> BatchNormParams:
-        """``x * scale + (beta - mean * scale)``, ``scale = rsqrt(var + eps) * gamma``."""
-        where = f"decomposed batch norm at {mul_x.name}"
-        others = [i for i in self.data_inputs(mul_x) if i != x_name]
-        if len(others) != 1:
-            raise UserError(f"{self.source}: cannot read the {where}: unexpected inputs")
-        scale_node = self.node(others[0], wanted_by=mul_x.name)
-        names: dict[str, str] = {}
-        values: dict[str, np.ndarray] = {}
-        if scale_node.op == "Mul":
-            rsqrt, gamma_input = None, None
-            for i in range(2):
-                producer = self.input_node(scale_node, i)
-                if producer.op == "Rsqrt":
-                    rsqrt = producer
-                else:
-                    gamma_input = i
-            if rsqrt is None or gamma_input is None:
-                raise UserError(f"{self.source}: the {where} has no Rsqrt(variance + eps)")
-            values["gamma"], names["gamma"] = self.input_const(scale_node, gamma_input)
-        elif scale_node.op == "Rsqrt":
-            rsqrt = scale_node
-        else:
-            raise UserError(f"{self.source}: the {where} scales by a {scale_node.op}")
-        var_add = self.input_node(rsqrt, 0)
-        if var_add.op not in ADD_OPS:
-            raise UserError(f"{self.source}: the {where} has no variance + eps Add")
-        a, a_name = self.input_const(var_add, 0)
-        b, b_name = self.input_const(var_add, 1)
-        (eps, eps_name), (var, var_name) = sorted(
-            [(a, a_name), (b, b_name)], key=lambda item: item[0].size
-        )
-        if eps.size != 1:
-            raise UserError(f"{self.source}: the {where} has no scalar epsilon in {var_add.name}")
-        values["moving_variance"], names["moving_variance"] = var, var_name
-        names["epsilon"] = eps_name
-
-        add_shift = self.next_op(mul_x.name, ADD_OPS, f"the shift Add of the {where}")
-        shift_inputs = [i for i in self.data_inputs(add_shift) if i != mul_x.name]
-        sub = self.node(shift_inputs[0], wanted_by=add_shift.name) if shift_inputs else None
-        if sub is None or sub.op != "Sub":
-            raise UserError(f"{self.source}: the {where} has no beta - mean * scale Sub")
-        values["beta"], names["beta"] = self.input_const(sub, 0)
-        mean_mul = self.input_node(sub, 1)
-        if mean_mul.op != "Mul":
-            raise UserError(f"{self.source}: the {where} has no mean * scale Mul")
-        mean_index = [i for i in range(2) if self.input_node(mean_mul, i).name != scale_node.name]
-        if len(mean_index) != 1:
-            raise UserError(f"{self.source}: the {where} has no moving mean")
-        values["moving_mean"], names["moving_mean"] = self.input_const(mean_mul, mean_index[0])
-        channels = values["moving_variance"].size
-        gamma = values.get("gamma", np.ones(channels, np.float32))
-        return BatchNormParams(
-            gamma=gamma.reshape(-1),
-            beta=values["beta"].reshape(-1),
-            mean=values["moving_mean"].reshape(-1),
-            variance=values["moving_variance"].reshape(-1),
-            epsilon=float(eps.reshape(())),
-            output=add_shift.name,
-            form="decomposed",
-            tensors=names,
-        )

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from core.errors import UserError
 from core.profiles import CROP_SIZE
 
-from .weights import LayerTensor
+from .walker import LayerTensor
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class LayerDiff:
     max_abs_diff: float
     max_rel_diff: float  # max |diff| / max |TF activation| of the layer
     passed: bool
+    encoding: str = ""  # batch-norm encoding(s) the converter found in this block
 
 
 @dataclass
@@ -85,11 +86,12 @@ class VerificationResult:
 
     def table(self) -> str:
         """The per-layer comparison as an aligned text table."""
-        header = ("layer", "TF tensor", "shape", "max|diff|", "max rel", "ok")
+        header = ("layer", "TF tensor", "batch norm", "shape", "max|diff|", "max rel", "ok")
         rows = [
             (
                 r.layer,
                 r.tf_tensor,
+                r.encoding or "-",
                 "x".join(map(str, r.shape)),
                 f"{r.max_abs_diff:.3g}",
                 f"{r.max_rel_diff:.3g}",
@@ -237,8 +239,13 @@ def compare_layers(
     tolerance: float = DEFAULT_TOLERANCE,
     batch_size: int = 8,
     quiet: bool = False,
+    input_layout: str = "NHWC",
 ) -> VerificationResult:
-    """Run TF and PyTorch on ``images`` (NHWC float32) and compare every listed layer."""
+    """Run TF and PyTorch on ``images`` (NHWC float32) and compare every listed layer.
+
+    ``input_layout`` is the layout the graph's input placeholder takes ("NCHW" for graphs
+    exported channels-first without a leading Transpose).
+    """
     model.eval()
     watched = [lt.module for lt in layer_tensors if lt.module]
     recorder = _Recorder(model, watched)
@@ -251,7 +258,8 @@ def compare_layers(
     try:
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            tf_values = runner.run(batch, [lt.tf_tensor for lt in layer_tensors])
+            tf_batch = batch.transpose(0, 3, 1, 2) if input_layout == "NCHW" else batch
+            tf_values = runner.run(tf_batch, [lt.tf_tensor for lt in layer_tensors])
             with torch.no_grad():
                 x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
                 logits = model(x)
@@ -277,8 +285,9 @@ def compare_layers(
     for lt in layer_tensors:
         rel = max_abs[lt.layer] / max(max_ref[lt.layer], np.finfo(np.float32).tiny)
         ok = lt.layer not in mismatched and rel <= tolerance
+        shape = shapes.get(lt.layer, [])
         rows.append(
-            LayerDiff(lt.layer, lt.tf_tensor, shapes.get(lt.layer, []), max_abs[lt.layer], rel, ok)
+            LayerDiff(lt.layer, lt.tf_tensor, shape, max_abs[lt.layer], rel, ok, lt.encoding)
         )
     first_failing = next((r.layer for r in rows if not r.passed), None)
 
