@@ -5,7 +5,7 @@ Public API::
     mlperf_preprocess(path, model) -> float32 (224, 224, 3)   # MLPerf's array for one file
     normalize(u8_batch, model) -> float32, same shape          # uint8 crops -> MLPerf floats
     build_cache(model, data_dir, cache_dir, ...) -> BuildSummary
-    load_cache(cache_dir, model) -> PreprocessedCache          # .images .labels .files ...
+    load_cache(cache_dir, model) -> PreprocessedCache          # .read(a, b) .labels .files ...
 
 Names are imported on first use, so worker processes and ``load_cache`` callers do not pay
 for modules they never touch.

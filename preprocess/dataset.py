@@ -6,7 +6,6 @@ accuracy tool matches query index i with line i of ``val_map.txt``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import posixpath
@@ -34,13 +33,6 @@ class Listing:
 
     def __len__(self) -> int:
         return len(self.files)
-
-    def digest(self) -> str:
-        """sha256 over the ordered (name, label) pairs: changes when the listing does."""
-        h = hashlib.sha256()
-        for name, label in zip(self.files, self.labels, strict=True):
-            h.update(f"{name}\t{label}\n".encode())
-        return h.hexdigest()
 
 
 def read_val_map(val_map: Path, root: Path) -> Listing:
@@ -74,22 +66,30 @@ def read_val_map(val_map: Path, root: Path) -> Listing:
 
 def _parse_val_map_line(val_map: Path, number: int, line: str) -> tuple[str, int]:
     parts = line.strip().rsplit(None, 1)
-    if len(parts) != 2 or not re.fullmatch(r"[+-]?\d+", parts[1]):
+    digits = parts[-1][1:] if parts[-1][:1] in "+-" else parts[-1]
+    if len(parts) != 2 or not (digits.isascii() and digits.isdigit()):
         raise UserError(
             f"{val_map} line {number} is not 'relative/path label': {line.strip()[:80]!r}"
         )
     label = int(parts[1])
     if not 0 <= label < NUM_LABELS:
         raise UserError(f"{val_map} line {number} has label {label}, outside 0-{NUM_LABELS - 1}")
-    name = posixpath.normpath(parts[0])
-    if posixpath.isabs(name) or os.path.isabs(parts[0]):
+    return _relative_path(val_map, number, parts[0]), label
+
+
+def _relative_path(val_map: Path, number: int, raw: str) -> str:
+    """``raw`` normalised; a UserError if it is absolute or climbs out of the data dir."""
+    if "/" not in raw and raw not in (".", ".."):
+        return raw  # a plain file name, as in MLPerf's val_map.txt: nothing to normalise
+    if raw.startswith("/"):
         raise UserError(
-            f"{val_map} line {number} has an absolute path {parts[0]!r}: paths must be "
-            f"relative to the data dir"
+            f"{val_map} line {number} has an absolute path {raw!r}: paths must be relative "
+            f"to the data dir"
         )
+    name = posixpath.normpath(raw)
     if name == ".." or name.startswith("../"):
-        raise UserError(f"{val_map} line {number} has a path outside the data dir: {parts[0]!r}")
-    return name, label
+        raise UserError(f"{val_map} line {number} has a path outside the data dir: {raw!r}")
+    return name
 
 
 def _synset_dirs(folder: Path) -> list[str]:
