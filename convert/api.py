@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import tarfile
 import time
@@ -369,9 +370,9 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged or foreign files
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise UserError(
-            f"cannot load {path}: it is not a converted model file or it is truncated ({first})"
+            f"cannot load {path}: it is not a converted model file or it is truncated "
+            f"({_load_failure(err)})"
         ) from None
     module, record = module_from_payload(payload, path)
     if expected_model is not None and record["model_name"] != expected_model:
@@ -379,6 +380,14 @@ def load_checkpoint(
             f"{path} holds a converted {record['model_name']} model, not {expected_model}"
         )
     return module, record
+
+
+def _load_failure(err: Exception) -> str:
+    """What went wrong in ``torch.load``, in a few words."""
+    if isinstance(err, pickle.UnpicklingError):  # weights_only met something else
+        return "it holds objects other than tensors and plain values, which are never loaded"
+    first = (str(err).strip().splitlines() or [""])[0][:160]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def load_model(
