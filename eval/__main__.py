@@ -1,11 +1,13 @@
 """``python -m eval``: evaluate a model over a preprocessed cache, or compare predictions.
 
     python -m eval --model M --cache CACHE (--weights W.pth | --backend tf --checkpoint PB)
-                   [--batch-size B] [--device cpu|cuda] [--limit N] [--out DIR] [--quiet]
+                   [--batch-size B] [--device cpu|cuda] [--limit N] [--out DIR] [--wait]
+                   [--quiet]
     python -m eval compare A.npy B.npy [--files CACHE_OR_NAMES] [--model M] [--strict]
 
 Evaluation writes DIR/results.json, DIR/predictions.npy and DIR/top5.npy (DIR defaults to
-results/<model>-<backend>) and prints a summary table.
+results/<model>-<backend>) and prints a summary table. One run writes into DIR at a time: a
+second one exits with a sentence naming the first, or waits for it with --wait.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--loadgen-mode", choices=("accuracy", "performance"), default="accuracy")
     parser.add_argument("--scenario", choices=("Offline", "SingleStream"), default="Offline")
+    parser.add_argument(
+        "--wait", action="store_true", help="wait for another run using --out to finish"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
     return parser
 
@@ -85,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         engine=args.engine,
         loadgen=args.loadgen_mode if args.loadgen else None,
         scenario=args.scenario,
+        wait=args.wait,
     )
     log.info("wrote %s/results.json, predictions.npy, top5.npy", out_dir)
     print(format_table(results))

@@ -44,6 +44,11 @@ class Backend(ABC):
         self.profile = get_profile(model)
         self.device = device
 
+    @property
+    def label_offset(self) -> int:
+        """label = argmax - label_offset: 1 for a 1001-class head with background, else 0."""
+        return self.profile.label_offset
+
     @abstractmethod
     def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
         """Return float32 logits ``(N, num_classes)`` for uint8 crops ``(N, 224, 224, 3)``."""
@@ -87,10 +92,13 @@ class TorchBackend(Backend):
         batch_size: int = 32,
         num_images: int | None = None,
         verify_images: np.ndarray | None = None,
+        label_offset: int | None = None,
     ):
         import torch
 
         super().__init__(model, device)
+        # From the checkpoint's own record (num_classes - 1000); the profile's as a default.
+        self._label_offset = self.profile.label_offset if label_offset is None else label_offset
         self._torch = torch
         self.torch_device = resolve_torch_device(device)
         self.weights_path = Path(weights_path) if weights_path is not None else None
@@ -155,6 +163,10 @@ class TorchBackend(Backend):
                 "bit for bit; evaluate with --device cpu"
             )
 
+    @property
+    def label_offset(self) -> int:
+        return self._label_offset
+
     def allocate_batch(self, batch_size: int) -> np.ndarray:
         if self.torch_device.type != "cuda":
             return super().allocate_batch(batch_size)
@@ -175,7 +187,7 @@ class TorchBackend(Backend):
             x = self.normalize(u8).permute(0, 3, 1, 2)
             out = self.prepared(x)
             result = out.float().cpu().numpy()
-        check_logits_shape(result, len(u8_nhwc), self.profile.num_classes, "the PyTorch model")
+        check_logits_shape(result, len(u8_nhwc), 1000 + self.label_offset, "the PyTorch model")
         return result
 
     def describe(self) -> dict:
@@ -208,12 +220,23 @@ class TFBackend(Backend):
 
         self.checkpoint_path = Path(checkpoint)
         self.runner = TFGraphRunner(self.checkpoint_path, model)
+        self._label_offset: int | None = None  # known once the graph has answered
+
+    @property
+    def label_offset(self) -> int:
+        """From the graph's logits width (1001 classes: 1, 1000 classes: 0)."""
+        if self._label_offset is None:
+            raise RuntimeError("the label offset is known after the first logits call")
+        return self._label_offset
 
     def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
         result = np.asarray(
             self.runner.logits(normalize(u8_nhwc, self.profile.name)), dtype=np.float32
         )
-        check_logits_shape(result, len(u8_nhwc), self.profile.num_classes, "the frozen graph")
+        if self._label_offset is None and result.ndim == 2 and result.shape[1] in (1000, 1001):
+            self._label_offset = result.shape[1] - 1000
+        expected = 1000 + (self._label_offset or 0)
+        check_logits_shape(result, len(u8_nhwc), expected, "the frozen graph")
         return result
 
     def close(self) -> None:
@@ -271,6 +294,20 @@ def torch_device_name(dev) -> str:
     return "cpu"
 
 
+def load_converted(model: str, weights: Path):
+    """The converted module and its record (read from the .pth itself), checked to be ``model``.
+
+    ``convert.api.load_checkpoint`` refuses a damaged file or an unknown key in one sentence,
+    so this happens before any evaluation work.
+    """
+    from convert.api import load_checkpoint
+
+    module, record = load_checkpoint(weights)
+    if record.get("model_name") != model:
+        raise UserError(f"{weights} holds a converted {record.get('model_name')}, not {model}")
+    return module, record
+
+
 def make_backend(
     model: str,
     backend: str = "torch",
@@ -296,9 +333,7 @@ def make_backend(
         if not weights.is_file():
             raise UserError(f"weights file not found: {weights}")
         dev = resolve_torch_device(device)  # before loading: fail fast on a missing GPU
-        from convert import load_model
-
-        module = load_model(model, weights)
+        module, record = load_converted(model, weights)
         return TorchBackend(
             module,
             model,
@@ -308,6 +343,7 @@ def make_backend(
             batch_size=batch_size,
             num_images=num_images,
             verify_images=verify_images,
+            label_offset=record["label_offset"],
         )
     if backend == "tf":
         if checkpoint is None:

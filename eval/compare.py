@@ -64,9 +64,15 @@ def load_predictions(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"predictions file not found: {path}")
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
+        predictions = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
         raise UserError(f"cannot read predictions from {path}: {err}") from None
+    if not isinstance(predictions, np.ndarray) or not np.issubdtype(predictions.dtype, np.integer):
+        kind = getattr(predictions, "dtype", type(predictions).__name__)
+        raise UserError(
+            f"{path} does not hold predicted labels: expected an integer array, found {kind}"
+        )
+    return predictions
 
 
 def load_file_names(source: str | os.PathLike, model: str | None = None) -> list[str]:

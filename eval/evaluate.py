@@ -2,11 +2,14 @@
 
 ``evaluate`` is the API the runner calls (it builds the backend from file paths and writes
 the results); ``run_evaluation`` is the loop itself over any ``Backend`` and any cache-like
-object (``.images``, ``.labels``, ``len()``), for callers that bring their own engine.
+object (``.read(start, stop, out=None)``, ``.labels``, ``len()``), for callers that bring
+their own engine.
 
-A reader thread copies the next batches out of the memory-mapped cache while the backend
-works on the current one, so disk reads overlap inference; ``images_per_second`` counts
-only the time spent inside ``Backend.logits``.
+Crops are only ever read through ``cache.read``, which checks each crop against the digest
+written when the cache was built: a damaged cache ends in one sentence, never in a number.
+A reader thread copies the next batches out of the cache while the backend works on the
+current one, so disk reads overlap inference; ``images_per_second`` counts only the time
+spent inside ``Backend.logits``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import hashlib
 import json
 import logging
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 from core.errors import UserError
-from core.files import atomic_path
+from core.files import atomic_path, exclusive_lock, remove_stale_temporaries
+from core.profiles import CROP_SIZE
 from eval.backends import Backend, make_backend
 from eval.metrics import TOP_K, AccuracyCounter, labels_from_classes, top_k_classes
 
@@ -58,10 +64,11 @@ class EvaluationOutcome:
 
 
 def _read_batches(
-    images: np.ndarray, count: int, batch_size: int, buffers: list[np.ndarray], first: int = 0
+    cache, count: int, batch_size: int, buffers: list[np.ndarray], first: int = 0
 ) -> Iterator[np.ndarray]:
-    """Yield consecutive uint8 batches of ``images[first:count]`` copied into ``buffers``.
+    """Yield consecutive uint8 batches of crops ``first:count``, read into ``buffers``.
 
+    ``cache.read`` copies (and digest-checks) straight into the buffer, e.g. pinned memory.
     A batch must be finished with before the next one is requested: the reader reuses a
     buffer once the two batches after it have been handed out.
     """
@@ -83,8 +90,7 @@ def _read_batches(
             for i, start in enumerate(range(first, count, batch_size)):
                 stop_at = min(start + batch_size, count)
                 buf = buffers[i % len(buffers)][: stop_at - start]
-                np.copyto(buf, images[start:stop_at])
-                if not put(buf):
+                if not put(cache.read(start, stop_at, out=buf)):
                     return
             put(done)
         except BaseException as err:  # surfaced in the consumer's thread
@@ -130,7 +136,6 @@ def run_evaluation(
     if limit is not None and limit > total:
         log.info("--limit %d is more than the %d cached images: evaluating all", limit, total)
     labels = np.asarray(cache.labels[:count], dtype=np.int64)
-    offset = backend.profile.label_offset
 
     top5 = np.empty((count, TOP_K), dtype=np.int64)
     counter = AccuracyCounter()
@@ -153,12 +158,12 @@ def run_evaluation(
     bar.update(first)
     with bar:
         start = first
-        for batch in _read_batches(cache.images, count, batch_size, buffers, first):
+        for batch in _read_batches(cache, count, batch_size, buffers, first):
             t0 = time.perf_counter()
             logits = backend.logits(batch)
             inference_seconds += time.perf_counter() - t0
             stop = start + len(batch)
-            best = labels_from_classes(top_k_classes(logits, TOP_K), offset)
+            best = labels_from_classes(top_k_classes(logits, TOP_K), backend.label_offset)
             top5[start:stop] = best
             counter.update(best, labels[start:stop])
             bar.update(len(batch))
@@ -238,12 +243,14 @@ def evaluate(
     engine: str = "auto",
     loadgen: str | None = None,
     scenario: str = "Offline",
+    wait: bool = False,
 ) -> dict:
     """Evaluate ``model`` over the preprocessed cache; return (and write) the results dict.
 
     ``backend="torch"`` needs ``weights`` (a converted .pth); ``backend="tf"`` needs
     ``checkpoint`` (the frozen graph). With ``out_dir``, writes results.json,
-    predictions.npy and top5.npy there atomically.
+    predictions.npy and top5.npy there atomically, holding the folder's lock (one writer
+    at a time; ``wait`` waits for another holder instead of refusing).
 
     ``engine`` (torch only): "eager", "fast" (frozen/compiled, checked against eager on the
     first cached crops) or "auto" (fast only when the run is long enough to pay for it).
@@ -253,7 +260,6 @@ def evaluate(
     result under ``results["loadgen"]``.
     """
     from core.profiles import get_profile
-    from eval.report import build_results, write_outputs
     from preprocess import load_cache
 
     get_profile(model)
@@ -261,45 +267,135 @@ def evaluate(
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if loadgen is not None and out_dir is None:
         raise UserError("a LoadGen run needs an output directory for its logs")
-    cache = load_cache(Path(cache_dir), model)
+    options = dict(
+        weights=weights,
+        backend=backend,
+        checkpoint=checkpoint,
+        batch_size=batch_size,
+        device=device,
+        limit=limit,
+        quiet=quiet,
+        engine=engine,
+        loadgen=loadgen,
+        scenario=scenario,
+    )
+    cache = load_cache(Path(cache_dir), model)  # cheap checks first: no folder for a typo
+    if out_dir is None:
+        return _evaluate_into(None, model, cache, cache_dir, **options)
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir)  # before the long work: a read-only --out is one sentence now
+    with exclusive_lock(out_dir, "output dir", wait=wait):
+        remove_stale_outputs(out_dir)
+        return _evaluate_into(out_dir, model, cache, cache_dir, **options)
+
+
+def _evaluate_into(out_dir: Path | None, model: str, cache, cache_dir, **options) -> dict:
+    """The evaluation itself; the caller holds ``out_dir``'s lock when there is one."""
+    from eval.report import build_results, write_outputs
+
+    limit, batch_size, quiet = options["limit"], options["batch_size"], options["quiet"]
     count = len(cache) if limit is None else min(limit, len(cache))
     with make_backend(
         model,
-        backend,
-        weights=weights,
-        checkpoint=checkpoint,
-        device=device,
-        engine=engine,
+        options["backend"],
+        weights=options["weights"],
+        checkpoint=options["checkpoint"],
+        device=options["device"],
+        engine=options["engine"],
         batch_size=batch_size,
         num_images=count,
-        verify_images=cache.images[: min(count, 8)],
+        verify_images=cache.read(0, min(count, 8)),
     ) as runner:
         journal = None
         if out_dir is not None:
-            journal = ResumeJournal(
-                Path(out_dir) / "resume.npz", _journal_key(runner, cache, count)
-            )
+            journal = ResumeJournal(out_dir / "resume.npz", _journal_key(runner, cache, count))
         outcome = run_evaluation(
             runner, cache, batch_size=batch_size, limit=limit, quiet=quiet, journal=journal
         )
         results = build_results(
             runner, outcome, cache=cache, cache_dir=cache_dir, batch_size=batch_size, limit=limit
         )
-        if loadgen is not None:
+        if options["loadgen"] is not None:
             results["loadgen"] = run_loadgen_pass(
                 runner,
                 cache,
                 outcome.counter.images,
-                Path(out_dir) / "loadgen",
-                mode=loadgen,
-                scenario=scenario,
+                out_dir / "loadgen",
+                mode=options["loadgen"],
+                scenario=options["scenario"],
                 batch_size=batch_size,
                 quiet=quiet,
             )
     if out_dir is not None:
-        write_outputs(Path(out_dir), results, outcome)
+        write_outputs(out_dir, results, outcome)
         journal.clear()
     return results
+
+
+def check_output_dir(out_dir: Path, option: str = "--out") -> None:
+    """UserError unless ``out_dir`` exists (or can be made) and a file can be written in it."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"cannot write to {out_dir} ({err.strerror or err}): choose a writable {option}"
+        ) from None
+
+
+def remove_stale_outputs(out_dir: Path) -> None:
+    """Delete the temporary files and LoadGen log folders a killed run left in ``out_dir``.
+
+    Call only while holding ``out_dir``'s lock: then no live run owns them.
+    """
+    for stale in out_dir.glob(".*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    if removed := remove_stale_temporaries(out_dir):
+        log.info("removed %d temporary file(s) a killed run left in %s", removed, out_dir)
+
+
+class CacheCrops:
+    """The first ``count`` crops of a cache as a read-only array-like for LoadGen.
+
+    Indexing (an int, a slice or an array of indices) reads through ``cache.read``, so every
+    crop LoadGen's queries see is checked against its build-time digest.
+    """
+
+    def __init__(self, cache, count: int):
+        self.cache, self.count = cache, count
+        self.shape = (count, CROP_SIZE, CROP_SIZE, 3)
+        self.dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.count)
+            if step == 1:
+                return self.cache.read(start, max(start, stop))
+            key = np.arange(start, stop, step)
+        indices = np.asarray(key, dtype=np.int64).reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.count):
+            raise IndexError(f"crop index out of range 0..{self.count - 1}")
+        out = np.empty((len(indices), *self.shape[1:]), dtype=np.uint8)
+        for first, last in _consecutive_runs(indices):
+            start = int(indices[first])
+            self.cache.read(start, start + last - first, out=out[first:last])
+        return out
+
+
+def _consecutive_runs(indices: np.ndarray) -> list[tuple[int, int]]:
+    """``[(first, last), ...]`` positions of runs where each index is the previous + 1."""
+    if not len(indices):
+        return []
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    edges = [0, *breaks.tolist(), len(indices)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 def run_loadgen_pass(
@@ -315,19 +411,18 @@ def run_loadgen_pass(
 ) -> dict:
     """Answer MLPerf LoadGen's queries over the first ``count`` cached images with ``backend``.
 
-    The SUT replies with the predicted label (argmax - the profile's offset), as MLPerf's
-    reference does; the accuracy log is then scored the way accuracy-imagenet.py scores it.
+    The SUT replies with the predicted label (argmax - the backend's label offset), as
+    MLPerf's reference does; the accuracy log is then scored the way accuracy-imagenet.py
+    scores it.
     """
     from eval.loadgen import run_loadgen
 
-    offset = backend.profile.label_offset
-
     def predict_labels(u8_batch: np.ndarray) -> np.ndarray:
         logits = backend.logits(u8_batch)
-        return labels_from_classes(top_k_classes(logits, 1), offset)[:, 0]
+        return labels_from_classes(top_k_classes(logits, 1), backend.label_offset)[:, 0]
 
     result = run_loadgen(
-        cache.images[:count],
+        CacheCrops(cache, count),
         np.asarray(cache.labels[:count], dtype=np.int64),
         predict_labels,
         out_dir,

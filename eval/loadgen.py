@@ -1,10 +1,11 @@
 """MLPerf LoadGen runs over the preprocessed uint8 cache.
 
 LoadGen (``mlperf_loadgen``) drives a system under test (SUT) through a query sample
-library (QSL). Here the QSL is the memory-mapped cache, so loading samples is a no-op, and
-the SUT answers every sample with its predicted ImageNet label as one little-endian float32,
-as MLPerf's reference does. Accuracy runs are then scored with ``eval.accuracy_imagenet``;
-performance runs are summarised from LoadGen's detail log.
+library (QSL). Here the QSL reads the samples LoadGen asks for out of the cache into memory
+(through the cache's digest-checked reader, once per load, as MLPerf's reference loads
+samples to RAM), and the SUT answers every sample with its predicted ImageNet label as one
+little-endian float32, as MLPerf's reference does. Accuracy runs are then scored with
+``eval.accuracy_imagenet``; performance runs are summarised from LoadGen's detail log.
 
 LoadGen writes its logs into a temporary folder beside ``out_dir``; they are moved into
 ``out_dir`` only after a successful run, with ``accuracy.txt`` and ``loadgen_result.json``
@@ -125,10 +126,29 @@ class _CacheSUT:
     def __init__(self, lg, images, predict_labels: PredictLabels, batch_size: int, bar: tqdm):
         self.lg = lg
         self.images = images
+        self.loaded: dict[int, np.ndarray] = {}  # sample index -> crop, filled by the QSL
         self.predict_labels = predict_labels
         self.batch_size = batch_size
         self.bar = bar
         self.error: BaseException | None = None
+
+    def load_samples(self, indices: Sequence[int]) -> None:
+        """QSL callback: read the samples LoadGen is about to query into memory."""
+        try:
+            wanted = np.fromiter(indices, dtype=np.int64, count=len(indices))
+            for index, crop in zip(wanted.tolist(), self.images[wanted], strict=True):
+                self.loaded[index] = crop
+        except BaseException as err:  # noqa: B036 - must never escape into LoadGen's C++ thread
+            self.error = self.error or err
+
+    def unload_samples(self, indices: Sequence[int]) -> None:
+        for index in indices:
+            self.loaded.pop(int(index), None)
+
+    def _gather(self, indices: np.ndarray) -> np.ndarray:
+        if all(int(i) in self.loaded for i in indices):
+            return np.stack([self.loaded[int(i)] for i in indices])
+        return np.ascontiguousarray(self.images[indices])
 
     def issue_queries(self, queries: Sequence) -> None:
         done = 0
@@ -148,7 +168,7 @@ class _CacheSUT:
 
     def _answer(self, queries: Sequence) -> None:
         indices = np.fromiter((q.index for q in queries), dtype=np.int64, count=len(queries))
-        batch = np.ascontiguousarray(self.images[indices])
+        batch = self._gather(indices)
         predicted = np.asarray(self.predict_labels(batch)).reshape(-1)
         if predicted.shape[0] != len(queries):
             raise ValueError(
@@ -381,9 +401,11 @@ def _run_test(
     """Construct the SUT and QSL, run the test, and always destroy both."""
     sut = lg.ConstructSUT(sut_impl.issue_queries, sut_impl.flush_queries)
     try:
-        # The cache is memory-mapped already: loading and unloading samples cost nothing.
         qsl = lg.ConstructQSL(
-            num_samples, performance_sample_count, lambda _indices: None, lambda _indices: None
+            num_samples,
+            performance_sample_count,
+            sut_impl.load_samples,
+            sut_impl.unload_samples,
         )
         try:
             # A path that does not exist: a stray audit.config in the working directory

@@ -68,7 +68,7 @@ def build_results(backend, outcome, *, cache, cache_dir, batch_size: int, limit)
         "correct_top1": counter.correct_top1,
         "correct_top5": counter.correct_top5,
         "reference_top1": profile.reference_top1,
-        "label_offset": profile.label_offset,
+        "label_offset": backend.label_offset,
         "images_per_second": round(outcome.images_per_second, 2),
         "inference_seconds": round(outcome.inference_seconds, 4),
         "wall_seconds": round(outcome.wall_seconds, 4),

@@ -12,7 +12,7 @@ NUM_CLASSES = 1001
 
 
 class FakeCache:
-    """What eval needs from ``preprocess.load_cache``: images, labels, files, len()."""
+    """What eval needs from ``preprocess.load_cache``: read(), labels, files, len()."""
 
     def __init__(self, n: int = 23, seed: int = 0, fingerprint: str = "f" * 64):
         rng = np.random.default_rng(seed)
@@ -25,6 +25,14 @@ class FakeCache:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Crops ``start:stop`` (copied into ``out`` when given), like the cache's reader."""
+        crops = self.images[start:stop]
+        if out is None:
+            return np.array(crops)
+        np.copyto(out, crops)
+        return out
 
 
 def toy_logits(u8_nhwc: np.ndarray, seed: int = 1) -> np.ndarray:

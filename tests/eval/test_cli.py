@@ -1,7 +1,7 @@
 """The evaluate() API and ``python -m eval`` over a real preprocessed cache.
 
-The converted model is a toy here (``convert.load_model`` is swapped for one returning
-``ToyNet``), so these tests cover the cache, CLI, errors and outputs on their own; the
+The converted model is a toy here (``convert.api.load_checkpoint`` is swapped for one
+returning ``ToyNet``), so these tests cover the cache, CLI, errors and outputs on their own; the
 real converter and TF reference are exercised in test_backends_agree.py.
 """
 
@@ -35,12 +35,13 @@ def resnet_cache(tmp_path_factory):
 
 @pytest.fixture
 def toy_convert(monkeypatch, tmp_path):
-    """A weights file plus a ``convert`` module whose load_model returns a ToyNet."""
+    """A weights file plus a ``convert.api`` whose load_checkpoint returns a ToyNet."""
     weights = tmp_path / "toy.pth"
     weights.write_bytes(b"toy weights")
-    fake = types.ModuleType("convert")
-    fake.load_model = lambda model, path: ToyNet(seed=3).eval()
-    monkeypatch.setitem(sys.modules, "convert", fake)
+    fake = types.ModuleType("convert.api")
+    record = {"model_name": "resnet50", "num_classes": 1001, "label_offset": 1}
+    fake.load_checkpoint = lambda path: (ToyNet(seed=3).eval(), dict(record))
+    monkeypatch.setitem(sys.modules, "convert.api", fake)
     return weights
 
 

@@ -80,3 +80,28 @@ def test_format_without_files_shows_labels():
     a, b = np.array([1, 2]), np.array([1, 3])
     text = format_comparison(compare_predictions(a, b), a, b)
     assert text.splitlines()[-1].split() == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.array(["cat", "dog", "emu"]), np.array([1.0, 2.5, 3.0]), np.array([True, False, True])],
+    ids=["strings", "floats", "booleans"],
+)
+def test_compare_refuses_non_integer_predictions_as_a_real_process(tmp_path, bad):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    np.save(tmp_path / "a.npy", np.array([1, 2, 3]))
+    np.save(tmp_path / "b.npy", bad)
+    done = subprocess.run(
+        [sys.executable, "-m", "eval", "compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    err = done.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "does not hold predicted labels: expected an integer array" in err

@@ -1,0 +1,178 @@
+"""Crops reach the backend only through the cache's checked reader; one run per --out folder.
+
+A cache whose reader reports damage ends the evaluation with that sentence and writes no
+results; an unwritable --out is refused before any work; a second ``python -m eval`` on the
+same --out exits naming the first (or waits with --wait).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import UserError
+from core.files import exclusive_lock
+from eval.evaluate import CacheCrops, check_output_dir, evaluate, run_evaluation
+from tests.eval.fakes import FakeCache, ToyBackend
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class DamagedCache(FakeCache):
+    """A cache whose reader finds crop ``bad`` changed since the build, as the real one says."""
+
+    def __init__(self, bad: int, **kwargs):
+        super().__init__(**kwargs)
+        self.bad = bad
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, start, stop, out=None):
+        self.reads.append((start, stop))
+        if start <= self.bad < stop:
+            raise UserError(f"crop {self.bad} of the cache differs from its build-time digest")
+        return super().read(start, stop, out)
+
+
+def test_evaluation_reads_every_crop_through_the_reader():
+    real = FakeCache(n=10)
+    reader_only = FakeCache(n=10)
+    reader_only.images = np.zeros_like(real.images)  # what a loop reading .images would see
+    reader_only.read = real.read  # the checked reader serves the real crops
+    outcome = run_evaluation(ToyBackend(), reader_only, batch_size=4, quiet=True)
+    expected = run_evaluation(ToyBackend(), real, batch_size=4, quiet=True)
+    np.testing.assert_array_equal(outcome.top5, expected.top5)
+
+
+def test_a_damaged_crop_ends_the_evaluation_with_the_readers_sentence():
+    cache = DamagedCache(bad=6, n=10)
+    with pytest.raises(UserError, match="crop 6 of the cache differs"):
+        run_evaluation(ToyBackend(), cache, batch_size=4, quiet=True)
+    assert (4, 8) in cache.reads
+
+
+def test_cache_crops_reads_index_arrays_as_runs_of_consecutive_crops():
+    cache = DamagedCache(bad=-1, n=12)
+    crops = CacheCrops(cache, count=10)
+    assert len(crops) == 10
+    indices = np.array([3, 4, 5, 9, 0, 1])
+    np.testing.assert_array_equal(crops[indices], cache.images[indices])
+    assert cache.reads == [(3, 6), (9, 10), (0, 2)]
+    np.testing.assert_array_equal(crops[2:5], cache.images[2:5])
+    np.testing.assert_array_equal(crops[7], cache.images[7])
+    with pytest.raises(IndexError):
+        crops[np.array([10])]  # beyond ``count``, though the cache holds it
+
+
+def test_loadgen_reads_crops_through_the_reader(tmp_path):
+    pytest.importorskip("mlperf_loadgen")
+    from eval.evaluate import run_loadgen_pass
+
+    cache = DamagedCache(bad=-1, n=9)
+    result = run_loadgen_pass(
+        ToyBackend(), cache, 9, tmp_path / "lg", mode="accuracy", scenario="Offline",
+        batch_size=4, quiet=True,
+    )  # fmt: skip
+    assert result["total"] == 9
+    read = sorted(i for start, stop in cache.reads for i in range(start, stop))
+    assert set(read) == set(range(9))
+
+    damaged = DamagedCache(bad=5, n=9)
+    with pytest.raises(UserError, match="crop 5 of the cache differs"):
+        run_loadgen_pass(
+            ToyBackend(), damaged, 9, tmp_path / "lg2", mode="accuracy", scenario="Offline",
+            batch_size=4, quiet=True,
+        )  # fmt: skip
+    assert not (tmp_path / "lg2" / "accuracy.txt").exists()
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    from preprocess import build_cache
+    from tests.fixtures.images import write_val_set
+
+    root = tmp_path_factory.mktemp("checked")
+    write_val_set(root / "data", 3, layout="val_map", seed=8)
+    build_cache("resnet50", root / "data", root / "cache", workers=1, quiet=True)
+    return root / "cache"
+
+
+def test_unwritable_out_is_refused_before_the_weights_are_even_opened(cache_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot write to .*a-file/out .*choose a writable --out"):
+        evaluate("resnet50", cache_dir, weights="no-such.pth", out_dir=blocker / "out")
+
+
+def test_read_only_out_folder_is_one_sentence(tmp_path):
+    import os
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        if os.access(out, os.W_OK):
+            pytest.skip("running with privileges that ignore folder permissions")
+        with pytest.raises(UserError, match="Permission denied.*choose a writable --out"):
+            check_output_dir(out)
+    finally:
+        out.chmod(0o755)
+
+
+def _eval_cli(cache_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
+    argv = ["--model", "resnet50", "--cache", str(cache_dir), "--weights", "no-such.pth"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "eval", *argv, "--out", str(out), "--quiet", *extra],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_second_run_on_the_same_out_exits_naming_the_holder_or_waits(cache_dir, tmp_path):
+    import os
+
+    out = tmp_path / "out"
+    with exclusive_lock(out, "output dir"):
+        refused = _eval_cli(cache_dir, out)
+        _, err = refused.communicate(timeout=120)
+        assert refused.returncode == 1
+        err = err.strip()
+        assert err.startswith("error: ") and "\n" not in err
+        assert f"output dir {out} is in use by process {os.getpid()}" in err
+        assert "--wait" in err
+
+        waiting = _eval_cli(cache_dir, out, "--wait")
+        time.sleep(3)
+        assert waiting.poll() is None  # blocked on the lock, not failed
+    # Lock released: the waiting run goes on (and stops at the missing weights).
+    _, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 1
+    assert "no-such.pth" in err and "in use" not in err
+
+
+def test_zeroed_cache_ends_python_m_eval_in_one_sentence_and_no_results(cache_dir, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "cache"
+    shutil.copytree(cache_dir, damaged)
+    images = np.load(damaged / "images.npy", mmap_mode="r+")
+    images[:] = 0  # what a zeroed images.npy looks like to every reader
+    images.flush()
+    del images
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "eval", "--model", "resnet50", "--cache", str(damaged),
+         "--weights", "no-such.pth", "--out", str(out), "--quiet"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    err = done.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert f"the cache at {damaged} is damaged: image 0" in err and "rerun preprocess" in err
+    assert not (out / "results.json").exists() and not (out / "predictions.npy").exists()
