@@ -4,8 +4,17 @@
 
 Stages: fetch → preprocess → convert (with verification against TensorFlow) → evaluate.
 Each stage records its inputs (pipeline.stages.StageStamp); a rerun skips stages whose
-inputs did not change and redoes only what changed. The preprocess stage resumes a killed
-build by itself. `make preprocess convert evaluate` calls this module with --stages.
+inputs did not change and redoes only what changed:
+
+- preprocess always runs: the cache re-stats the listing and re-crops only changed,
+  added or vanished files (nothing to do when none changed);
+- convert is keyed on the checkpoint's sha256 and the converter's source;
+- evaluate is keyed on the cache's content fingerprint and the weights' (or graph's)
+  sha256, plus the options that change the numbers.
+
+One run at a time per work dir: the whole run holds W/<model>/.lock; a second run exits
+with a sentence naming the holder, or waits with --wait. The preprocess stage resumes a
+killed build by itself. `make preprocess convert evaluate` calls this module with --stages.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError, configure_logging, run_cli
-from core.files import sha256_file, write_text_atomic
+from core.files import exclusive_lock, remove_stale_temporaries, sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 from pipeline.stages import StageStamp
 
@@ -53,6 +62,7 @@ class RunOptions:
     loadgen: bool = False
     loadgen_mode: str = "accuracy"
     scenario: str = "Offline"
+    wait: bool = False
 
 
 @dataclass
@@ -121,6 +131,8 @@ def stage_preprocess(opts: RunOptions, state: RunState) -> None:
         workers=opts.workers,
         skip_bad=opts.skip_bad,
         quiet=opts.quiet,
+        force=opts.force,
+        wait=opts.wait,
     )
     state.cache_fingerprint = summary.fingerprint
     state.ran["preprocess"] = "skipped (cache up to date)" if summary.already_complete else "ran"
@@ -135,7 +147,7 @@ def stage_convert(opts: RunOptions, state: RunState) -> None:
     # the conversion (the report names the images it was verified on).
     inputs = {
         "checkpoint_sha256": state.sha256(state.checkpoint),
-        "converter": _package_digest("convert"),
+        "converter": _package_digest("convert", "core"),
     }
     state.weights = weights
     if not opts.force and stamp.is_current(inputs, [weights, weights.with_suffix(".json")]):
@@ -187,6 +199,7 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
             limit=opts.limit,
             out_dir=out_dir,
             quiet=opts.quiet,
+            wait=opts.wait,
         )
         if backend == "torch":
             kwargs.update(weights=state.weights, engine=opts.engine)
@@ -208,15 +221,16 @@ STAGE_FUNCTIONS = {
 }
 
 
-def _package_digest(package: str) -> str:
-    """A digest of a package's source, so a change in the converter redoes conversion."""
+def _package_digest(*packages: str) -> str:
+    """A digest of packages' source, so a change in the converter redoes conversion."""
     import hashlib
 
-    root = Path(__file__).resolve().parent.parent / package
+    project = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
+    for package in packages:
+        for path in sorted((project / package).rglob("*.py")):
+            digest.update(path.relative_to(project).as_posix().encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -229,8 +243,18 @@ def run_pipeline(opts: RunOptions) -> RunState:
     Asking only for `evaluate` still resolves the checkpoint, cache and weights: their own
     stamps make that free when they are already up to date.
     """
+    from eval.evaluate import check_output_dir
+
     profile = get_profile(opts.model)
     state = RunState(profile=profile, model_dir=opts.work_dir / opts.model)
+    check_output_dir(state.model_dir, "--work-dir")  # one sentence before any work
+    with exclusive_lock(state.model_dir, "work dir", wait=opts.wait):
+        remove_stale_temporaries(state.model_dir)
+        _run_stages(opts, state)
+    return state
+
+
+def _run_stages(opts: RunOptions, state: RunState) -> None:
     last = max(STAGES.index(s) for s in opts.stages)
     for stage in STAGES[: last + 1]:
         if stage == "fetch" and last == STAGES.index("preprocess"):
@@ -241,7 +265,6 @@ def run_pipeline(opts: RunOptions) -> RunState:
         log.info("%s: %s in %.1f s", stage, state.ran.get(stage, "ran"), state.seconds[stage])
     if state.results:
         write_summary(opts, state)
-    return state
 
 
 def combined_results(opts: RunOptions, state: RunState) -> dict[str, Any]:
@@ -354,10 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=("auto", "eager", "fast"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--stages", type=_parse_stages, default=STAGES, help="comma-separated")
-    p.add_argument("--force", action="store_true", help="redo convert and evaluate")
+    p.add_argument("--force", action="store_true", help="redo every stage (re-crop included)")
     p.add_argument("--loadgen", action="store_true", help="run through MLPerf LoadGen")
     p.add_argument("--loadgen-mode", default="accuracy", choices=("accuracy", "performance"))
     p.add_argument("--scenario", default="Offline", choices=("Offline", "SingleStream"))
+    p.add_argument(
+        "--wait", action="store_true", help="wait for another run on this work dir to finish"
+    )
     p.add_argument("--quiet", action="store_true")
     return p
 
