@@ -176,3 +176,51 @@ def test_zeroed_cache_ends_python_m_eval_in_one_sentence_and_no_results(cache_di
     assert err.startswith("error: ") and "\n" not in err
     assert f"the cache at {damaged} is damaged: image 0" in err and "rerun preprocess" in err
     assert not (out / "results.json").exists() and not (out / "predictions.npy").exists()
+
+
+def test_converted_model_with_an_unknown_field_is_one_sentence_before_evaluating(
+    cache_dir, tmp_path
+):
+    import torch
+
+    from convert.api import FORMAT
+
+    weights = tmp_path / "edited.pth"
+    payload = {
+        "format": FORMAT, "model_name": "resnet50", "num_classes": 1001, "label_offset": 1,
+        "bn_epsilons": {}, "bn_encoding": {}, "source_file": "resnet50_v1.pb",
+        "source_sha256": "0" * 64, "state_dict": {}, "content_sha256": "0" * 64,
+        "bn_momentum": 0.1,  # a field no converter wrote
+    }  # fmt: skip
+    torch.save(payload, weights)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "eval", "--model", "resnet50", "--cache", str(cache_dir),
+         "--weights", str(weights), "--out", str(out), "--quiet"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    err = done.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "unknown field 'bn_momentum'" in err
+    assert not (out / "results.json").exists() and not (out / "resume.npz").exists()
+
+
+@pytest.mark.parametrize("width, offset", [(1001, 1), (1000, 0)])
+def test_tf_backend_takes_the_label_offset_from_the_graphs_logits_width(width, offset):
+    from eval.backends import TFBackend
+
+    class FakeRunner:
+        def logits(self, x):
+            return np.zeros((len(x), width), dtype=np.float32)
+
+    backend = TFBackend.__new__(TFBackend)  # the graph itself is replaced by FakeRunner
+    super(TFBackend, backend).__init__("resnet50", "cpu")
+    backend.runner, backend._label_offset = FakeRunner(), None
+    crops = np.zeros((2, 224, 224, 3), dtype=np.uint8)
+    assert backend.logits(crops).shape == (2, width)
+    assert backend.label_offset == offset
+
+    backend.runner.logits = lambda x: np.zeros((len(x), 2001 - width), dtype=np.float32)
+    with pytest.raises(UserError, match=r"logits of shape \(2, \d+\), expected \(2, " + str(width)):
+        backend.logits(crops)  # a width that changes between batches is refused
