@@ -206,32 +206,21 @@ def _checkpoint_payload(model, checkpoint, source_sha256, extracted) -> dict[str
     """The converted model file's contents: everything rebuilding needs, and nothing else."""
     built = build_model(model, **extracted.hyperparameters)
     epsilons = {name: float(m.eps) for name, m in built.named_modules() if _is_bn(m)}
-    num_classes = int(extracted.hyperparameters["num_classes"])
+    num_classes = int(extracted.num_classes)
     state_dict = {key: value.detach().cpu() for key, value in extracted.state_dict.items()}
     payload = {
         "format": FORMAT,
         "model_name": model,
         "num_classes": num_classes,
-        "label_offset": num_classes - 1000,
+        "label_offset": int(extracted.label_offset),
         "bn_epsilons": epsilons,
-        "bn_encoding": bn_encoding_summary(extracted),
+        "bn_encoding": dict(extracted.bn_encodings),
         "source_file": checkpoint.name,
         "source_sha256": source_sha256,
         "state_dict": state_dict,
     }
     payload["content_sha256"] = content_digest(payload)
     return payload
-
-
-def bn_encoding_summary(extracted: Any) -> dict[str, str]:
-    """Layer -> batch-norm encoding the walker found ("fused", "decomposed", ...).
-
-    When the walker reports only one summary for the whole graph it is kept under "*".
-    """
-    per_layer = getattr(extracted, "bn_encodings", None)
-    if isinstance(per_layer, dict) and per_layer:
-        return {str(layer): str(form) for layer, form in per_layer.items()}
-    return {"*": str(extracted.bn_form)}
 
 
 def _sidecar_summary(payload: dict[str, Any], extracted, verification) -> dict[str, Any]:
@@ -243,7 +232,9 @@ def _sidecar_summary(payload: dict[str, Any], extracted, verification) -> dict[s
         **record,
         "graph": {
             "data_format": extracted.data_format,
+            "input_layout": extracted.input_layout,
             "batch_norm": extracted.bn_form,
+            "batch_norm_layers": extracted.bn_encoding_counts,
             "input_tensor": extracted.input_tensor,
             "logits_tensor": extracted.logits_tensor,
         },
@@ -335,6 +326,7 @@ def _verify(
             images,
             source=source,
             quiet=quiet,
+            input_layout=extracted.input_layout,
         )
     if not quiet:
         print(result.table())
@@ -501,8 +493,9 @@ def _apply_epsilons(module: nn.Module, epsilons: dict[str, float], path: Path) -
             f"(first difference: {differ[0]!r})"
         )
     for name, eps in epsilons.items():
-        if not (math.isfinite(eps) and eps > 0):
-            raise UserError(f"{path} has batch-norm epsilon {eps!r} for {name}, not a float > 0")
+        # 0 is legitimate: a batch norm folded into its conv is an exact bias-only layer.
+        if not (math.isfinite(eps) and eps >= 0):
+            raise UserError(f"{path} has batch-norm epsilon {eps!r} for {name}, not a float >= 0")
         layers[name].eps = eps
 
 

@@ -70,7 +70,7 @@ def test_second_writer_fails_naming_the_holder_or_waits(mobilenet_v1_pb, tmp_pat
         assert not out.exists() and _temporaries(tmp_path) == []
 
         waiter = _convert(mobilenet_v1_pb, out, "--wait")
-        time.sleep(3)
+        time.sleep(1.5)
         assert waiter.poll() is None, waiter.communicate()  # blocked behind the holder
         assert not out.exists()
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import tests.conftest as session_fixtures
+from convert import convert_checkpoint
 from convert.graph import read_graph_def
 from convert.safety import ALLOWED_OPS, check_graph_ops
 from convert.tf_runner import TFGraphRunner, channels_last_rewrite
@@ -87,18 +88,26 @@ def test_unguarded_tensorflow_runs_the_side_effect(mobilenet_graph_def, tmp_path
     assert (tmp_path / "victim.txt").read_bytes() == b"written by a frozen graph\n"
 
 
-@pytest.mark.parametrize("verify", [True, False])
-def test_convert_cli_refuses_hostile_graph(mobilenet_graph_def, tmp_path, verify):
+def test_convert_cli_refuses_hostile_graph(mobilenet_graph_def, tmp_path):
     pb, victim = _hostile_pb(mobilenet_graph_def, tmp_path / "in")
     out = tmp_path / "out" / "model.pth"
     argv = ["convert", "--model", "mobilenet_v1", "--checkpoint", str(pb), "--out", str(out)]
-    result = _python_m(*argv, *([] if verify else ["--no-verify"]))
+    result = _python_m(*argv)
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"error: refusing to run graph {pb}: {REFUSAL}"
     assert "Traceback" not in result.stderr
     assert not victim.exists()
     assert sorted(p.name for p in out.parent.iterdir()) == [".model.pth.lock"]
+
+
+def test_conversion_without_verification_refuses_too(mobilenet_graph_def, tmp_path):
+    """Nothing would run the graph here, but the .pth must not exist to be run later."""
+    pb, victim = _hostile_pb(mobilenet_graph_def, tmp_path / "in")
+    out = tmp_path / "out" / "model.pth"
+    with pytest.raises(UserError, match=REFUSAL):
+        convert_checkpoint("mobilenet_v1", pb, out, verify=False, quiet=True)
+    assert not victim.exists() and not out.exists() and not out.with_suffix(".json").exists()
 
 
 def test_runner_refuses_hostile_graph_before_import(mobilenet_graph_def, tmp_path):
