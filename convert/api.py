@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import pickle
+import posixpath
 import re
 import tarfile
 import time
@@ -271,7 +272,7 @@ def _archive_member_bytes(data: bytes, path: Path, member: str | None) -> tuple[
                 if len(graphs) != 1:
                     raise UserError(f"{path} holds {len(graphs)} .pb files, expected one")
                 member = graphs[0]
-            info = find_archive_member(archive, os.path.normpath(member), path)
+            info = find_archive_member(archive, posixpath.normpath(member), path)
             return archive.extractfile(info).read(), info.name
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise UserError(
