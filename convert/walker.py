@@ -297,7 +297,8 @@ class Walker:
         classes = kernel.shape[1]
         self.set_num_classes(classes, kernel_name, kernel.shape)
         add = self.graph.next_op(node.name, ("BiasAdd", *ADD_OPS), "the classifier bias")
-        fmt = self.data_format if node.op == "Conv2D" else "NHWC"
+        # BiasAdd adds a [C] vector in either layout; Add broadcasts like any elementwise op.
+        fmt = self.data_format if node.op == "Conv2D" and add.op != "BiasAdd" else "NHWC"
         const = self.graph.constant_inputs(add)
         bias, bias_name = self.graph.input_value(add, const[0]) if len(const) == 1 else (None, "")
         vector = None if bias is None else per_channel(bias, classes, fmt)

@@ -1,0 +1,170 @@
+"""Every faithful TensorFlow encoding of the two networks converts and matches TensorFlow.
+
+The zoo (tests/fixtures/zoo_graphs.py) spells the same weights as fused, tf.nn and Keras-style
+unfused batch norm, x*scale+shift, optimize_for_inference's folded convs, NCHW (with and
+without a leading Transpose), explicit Pad + VALID, a pinned batch, 1000-class and dense
+heads. Each is converted by the walker and compared with TensorFlow layer by layer.
+
+Acceptance: identical top-1 and top-5 on every image; logits within REL_TOL of TF relative
+to the largest logit; and PyTorch's logits as close to a float64 evaluation of the converted
+weights as TF's own float32 logits are (so a wrong epsilon or a mis-assigned statistic, which
+moves the function itself, fails even when it hides under float32 noise).
+
+On these random-weight fixtures TF's float32 logits already lie 0.75e-5 (ResNet-50) to
+0.9e-5 (MobileNet-v1) of the largest logit away from the float64 result, and TF and PyTorch
+differ by 0.8e-5 to 1.4e-5 from each other: a 1e-5 bound between the two frameworks sits
+on float32 noise, so REL_TOL is 2e-5 and the float64 comparison carries the exactness claim.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from convert.graph import read_graph_def
+from convert.models import build_model
+from convert.tf_runner import TFGraphRunner
+from convert.verify import compare_layers, synthetic_images
+from convert.weights import extract_weights
+from tests.conftest import _materialize
+from tests.fixtures.zoo_graphs import MOBILENET_VARIANTS, RESNET_VARIANTS
+
+REL_TOL = 2e-5
+ABS_TOL = 5e-4  # |logit| < 20 here
+LAYER_TOL = 1e-4  # per-layer activations, relative to each layer's largest value
+IMAGES = 2
+
+# variant -> (BN encoding of every layer, data format, input layout, classes)
+EXPECTED = {
+    ("resnet50", "fused"): ("fused", "NHWC", "NHWC", 1001),
+    ("resnet50", "nn-batch-norm"): ("decomposed", "NHWC", "NHWC", 1001),
+    ("resnet50", "keras-unfused-nchw"): ("decomposed", "NCHW", "NHWC", 1001),
+    ("resnet50", "optimize-for-inference"): ("folded-into-conv", "NHWC", "NHWC", 1001),
+    ("resnet50", "nchw-fused"): ("fused", "NCHW", "NHWC", 1001),
+    ("resnet50", "nchw-input"): ("fused", "NCHW", "NCHW", 1000),
+    ("resnet50", "1000-classes"): ("fused", "NHWC", "NHWC", 1000),
+    ("resnet50", "batch1-scale-shift"): ("scale-shift", "NHWC", "NHWC", 1001),
+    ("mobilenet_v1", "fused"): ("fused", "NHWC", "NHWC", 1001),
+    ("mobilenet_v1", "nn-batch-norm"): ("decomposed", "NHWC", "NHWC", 1001),
+    ("mobilenet_v1", "keras-unfused-nchw"): ("decomposed", "NCHW", "NHWC", 1001),
+    ("mobilenet_v1", "optimize-for-inference"): ("folded-into-conv", "NHWC", "NHWC", 1001),
+    ("mobilenet_v1", "1000-classes-dense-pad"): ("fused", "NHWC", "NHWC", 1000),
+    ("mobilenet_v1", "batch1-scale-shift"): ("scale-shift", "NHWC", "NHWC", 1001),
+}
+CASES = [("resnet50", v) for v in RESNET_VARIANTS] + [
+    ("mobilenet_v1", v) for v in MOBILENET_VARIANTS
+]
+assert set(CASES) == set(EXPECTED)
+
+
+def _zoo_pb(request, tmp_path_factory, model: str, variant: str):
+    name = f"zoo-{model}-{variant}"
+    return _materialize(
+        request, tmp_path_factory, name, f"{name}.pb", "write_zoo_pb", model=model, variant=variant
+    )
+
+
+def _convert_and_compare(pb, model: str):
+    graph_def = read_graph_def(pb)
+    extracted = extract_weights(graph_def, model, source=pb.name)
+    torch_model = build_model(model, **extracted.hyperparameters)
+    torch_model.load_state_dict(extracted.state_dict, strict=True)
+    names, images = synthetic_images(model, count=IMAGES, seed=11)
+    with TFGraphRunner(
+        pb,
+        model,
+        graph_def=graph_def,
+        input_tensor=extracted.input_tensor,
+        logits_tensor=extracted.logits_tensor,
+    ) as runner:
+        result = compare_layers(
+            torch_model.eval(),
+            runner,
+            extracted.layer_tensors,
+            extracted.data_format,
+            names,
+            images,
+            tolerance=LAYER_TOL,
+            quiet=True,
+            input_layout=extracted.input_layout,
+        )
+        tf_batch = images.transpose(0, 3, 1, 2) if extracted.input_layout == "NCHW" else images
+        tf_logits = runner.logits(tf_batch)
+    return extracted, torch_model, result, (images, tf_logits)
+
+
+def _assert_as_exact_as_tensorflow(torch_model, images, tf_logits) -> None:
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        pt = torch_model(x).numpy()
+        exact = torch_model.double()(x.double()).numpy()
+    scale = np.abs(exact).max()
+    tf_error = np.abs(tf_logits - exact).max() / scale
+    pt_error = np.abs(pt - exact).max() / scale
+    assert np.abs(pt - tf_logits).max() / scale <= REL_TOL
+    assert pt_error <= 1.5 * tf_error + 1e-6, (pt_error, tf_error)
+
+
+@pytest.mark.parametrize(("model", "variant"), CASES, ids=[f"{m}-{v}" for m, v in CASES])
+def test_zoo_variant_converts_and_matches_tensorflow(request, tmp_path_factory, model, variant):
+    pb = _zoo_pb(request, tmp_path_factory, model, variant)
+    encoding, data_format, input_layout, classes = EXPECTED[(model, variant)]
+    extracted, torch_model, result, (images, tf_logits) = _convert_and_compare(pb, model)
+
+    assert extracted.bn_form == encoding
+    assert set(extracted.bn_encodings.values()) == {encoding}
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in torch_model.modules())
+    assert extracted.bn_encoding_counts == {encoding: n_bn}
+    assert (extracted.data_format, extracted.input_layout) == (data_format, input_layout)
+    assert extracted.num_classes == classes and extracted.label_offset == classes - 1000
+    assert extracted.ignored_tensors == []
+
+    assert result.passed, result.table()
+    assert result.logits_max_rel_diff <= REL_TOL
+    assert result.logits_max_abs_diff <= ABS_TOL
+    assert all(i.tf_top1 == i.torch_top1 and i.top5_agree for i in result.images)
+    rows = {r.layer: r for r in result.layers}
+    block = "layer2.1" if model == "resnet50" else "features.3"
+    assert rows[block].encoding == encoding  # the report names the encoding per layer
+    assert encoding in result.table()
+    _assert_as_exact_as_tensorflow(torch_model, images, tf_logits)
+
+
+def test_folded_batch_norm_is_an_exact_identity(request, tmp_path_factory):
+    """A folded layer's BatchNorm2d adds the conv bias and nothing else, bit for bit."""
+    pb = _zoo_pb(request, tmp_path_factory, "mobilenet_v1", "optimize-for-inference")
+    extracted = extract_weights(read_graph_def(pb), "mobilenet_v1")
+    model = build_model("mobilenet_v1", **extracted.hyperparameters)
+    model.load_state_dict(extracted.state_dict)
+    bn = model.eval().features[3].pointwise.bn
+    assert bn.eps == 0.0 and float(bn.running_var.min()) == float(bn.running_var.max()) == 1.0
+    x = torch.randn(2, bn.num_features, 5, 5) * 100
+    expected = x + bn.bias[None, :, None, None]
+    with torch.no_grad():
+        assert torch.equal(bn(x), expected)
+        # Folding the identity BN back into the conv leaves the conv's weights untouched.
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        conv = model.features[3].pointwise.conv
+        fused = fuse_conv_bn_eval(conv, bn)
+        assert torch.equal(fused.weight, conv.weight) and torch.equal(fused.bias, bn.bias)
+
+
+def test_decomposed_statistics_are_recovered(request, tmp_path_factory):
+    """Keras-style NCHW batch norm: gamma/beta/mean/variance/eps come back as stored."""
+    from tests.fixtures.mobilenet_graph import mobilenet_v1_weights
+
+    pb = _zoo_pb(request, tmp_path_factory, "mobilenet_v1", "keras-unfused-nchw")
+    extracted = extract_weights(read_graph_def(pb), "mobilenet_v1")
+    weights = mobilenet_v1_weights(0)
+    scope = "MobilenetV1/Conv2d_5_depthwise/BatchNorm"
+    for key, role in (
+        ("weight", "gamma"),
+        ("bias", "beta"),
+        ("running_mean", "moving_mean"),
+        ("running_var", "moving_variance"),
+    ):
+        got = extracted.state_dict[f"features.5.depthwise.bn.{key}"].numpy()
+        np.testing.assert_array_equal(got, weights[f"{scope}/{role}"])
+    assert extracted.hyperparameters["bn_eps"] == pytest.approx(1e-3, rel=1e-6)
