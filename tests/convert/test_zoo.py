@@ -27,6 +27,7 @@ from convert.models import build_model
 from convert.tf_runner import TFGraphRunner
 from convert.verify import compare_layers, synthetic_images
 from convert.weights import extract_weights
+from core.errors import UserError
 from tests.conftest import _materialize
 from tests.fixtures.zoo_graphs import MOBILENET_VARIANTS, RESNET_VARIANTS
 
@@ -168,3 +169,81 @@ def test_decomposed_statistics_are_recovered(request, tmp_path_factory):
         got = extracted.state_dict[f"features.5.depthwise.bn.{key}"].numpy()
         np.testing.assert_array_equal(got, weights[f"{scope}/{role}"])
     assert extracted.hyperparameters["bn_eps"] == pytest.approx(1e-3, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.fixture(scope="module")
+def mobilenet_fused_graph(request, tmp_path_factory):
+    return read_graph_def(_zoo_pb(request, tmp_path_factory, "mobilenet_v1", "fused"))
+
+
+def _edited(graph_def, edit):
+    import tensorflow as tf
+
+    copy = tf.compat.v1.GraphDef()
+    copy.CopyFrom(graph_def)
+    edit({n.name: n for n in copy.node}, copy)
+    return copy
+
+
+def _conv_and_bn(nodes, index: int):
+    convs = [n for n in nodes.values() if n.op == "DepthwiseConv2dNative"]
+    conv = convs[index]
+    bn = next(
+        n for n in nodes.values() if n.op.startswith("FusedBatchNorm") and n.input[0] == conv.name
+    )
+    relu = next(n for n in nodes.values() if n.op == "Relu6" and n.input[0] == bn.name)
+    return conv, bn, relu
+
+
+def test_missing_batch_norm_names_node_op_and_expectation(mobilenet_fused_graph):
+    def drop_bn(nodes, _graph):
+        conv, _, relu = _conv_and_bn(nodes, 2)
+        relu.input[0] = conv.name
+
+    with pytest.raises(UserError) as err:
+        extract_weights(_edited(mobilenet_fused_graph, drop_bn), "mobilenet_v1")
+    msg = str(err.value)
+    conv, _, relu = _conv_and_bn({n.name: n for n in mobilenet_fused_graph.node}, 2)
+    assert f"after conv {conv.name} expected a batch norm" in msg
+    assert f"{relu.name} (Relu6)" in msg and "\n" not in msg
+
+
+def test_scale_that_is_not_per_channel_is_refused(mobilenet_fused_graph):
+    """x * v with v varying along the width is no batch norm: the error says so."""
+    import tensorflow as tf
+
+    def width_scale(nodes, graph):
+        conv, bn, relu = _conv_and_bn(nodes, 0)
+        width = graph.node.add()
+        width.name, width.op = "width_scale", "Const"
+        width.attr["dtype"].type = tf.float32.as_datatype_enum
+        value = np.ones((1, 1, 112, 1), np.float32)
+        width.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+        mul = graph.node.add()
+        mul.name, mul.op = "width_mul", "Mul"
+        mul.input.extend([conv.name, "width_scale"])
+        mul.attr["T"].type = tf.float32.as_datatype_enum
+        bn.input[0] = mul.name
+
+    with pytest.raises(UserError) as err:
+        extract_weights(_edited(mobilenet_fused_graph, width_scale), "mobilenet_v1")
+    assert "width_mul (Mul)" in str(err.value) and "expected a batch norm" in str(err.value)
+
+
+def test_wrong_class_count_names_the_kernel(mobilenet_fused_graph):
+    import tensorflow as tf
+
+    def ten_classes(nodes, _graph):
+        head = next(
+            n for n in nodes.values() if n.op == "Conv2D" and nodes[n.input[0]].op == "AvgPool"
+        )
+        kernel = nodes[head.input[1]]
+        kernel.attr["value"].tensor.CopyFrom(
+            tf.make_tensor_proto(np.ones((1, 1, 1024, 10), np.float32))
+        )
+
+    with pytest.raises(UserError, match=r"has 10 classes .* 1001 \(with background\) or 1000"):
+        extract_weights(_edited(mobilenet_fused_graph, ten_classes), "mobilenet_v1")
