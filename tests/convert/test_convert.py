@@ -197,3 +197,49 @@ def test_verify_on_real_images_and_cache(mobilenet_v1_pb, tmp_path):
     )
     assert summary["verification"]["num_images"] == 2
     _assert_accepted(summary["verification"])
+
+
+@pytest.mark.parametrize(
+    ("variant", "encoding", "classes"),
+    [
+        ("optimize-for-inference", "folded-into-conv", 1001),
+        ("1000-classes-dense-pad", "fused", 1000),
+    ],
+)
+def test_other_encodings_round_trip_through_the_pth(
+    request, tmp_path_factory, tmp_path, variant, encoding, classes
+):
+    """Folded batch norms (epsilon 0) and a 1000-class head survive the file: the module
+    loaded back is the one verified against TensorFlow."""
+    from tests.conftest import _materialize
+
+    name = f"zoo-mobilenet_v1-{variant}"
+    pb = _materialize(
+        request,
+        tmp_path_factory,
+        name,
+        f"{name}.pb",
+        "write_zoo_pb",
+        model="mobilenet_v1",
+        variant=variant,
+    )
+    summary = convert_checkpoint("mobilenet_v1", pb, tmp_path / "m.pth", quiet=True)
+    _assert_accepted(summary["verification"])
+    module, record = load_checkpoint(tmp_path / "m.pth")
+    assert record["num_classes"] == classes and record["label_offset"] == classes - 1000
+    assert set(record["bn_encoding"].values()) == {encoding}
+    eps = [m.eps for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert eps == list(record["bn_epsilons"].values())
+    _, images = synthetic_images("mobilenet_v1", count=2, seed=5)
+    graph = summary["graph"]
+    with TFGraphRunner(
+        pb,
+        "mobilenet_v1",
+        input_tensor=graph["input_tensor"],
+        logits_tensor=graph["logits_tensor"],
+    ) as runner:
+        tf_logits = runner.logits(images)
+    with torch.no_grad():
+        pt_logits = module(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    assert pt_logits.shape == tf_logits.shape == (2, classes)
+    assert np.abs(pt_logits - tf_logits).max() <= ABS_LOGIT_TOL
