@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError, configure_logging, run_cli
-from core.files import exclusive_lock, remove_stale_temporaries, sha256_file, write_text_atomic
+from core.files import exclusive_lock, sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 from pipeline.stages import StageStamp
 
@@ -249,7 +249,9 @@ def run_pipeline(opts: RunOptions) -> RunState:
     state = RunState(profile=profile, model_dir=opts.work_dir / opts.model)
     check_output_dir(state.model_dir, "--work-dir")  # one sentence before any work
     with exclusive_lock(state.model_dir, "work dir", wait=opts.wait):
-        remove_stale_temporaries(state.model_dir)
+        # Only the summary's own leftovers: each stage cleans its outputs under its own lock.
+        for stale in state.model_dir.glob(".results.json.*.tmp"):
+            stale.unlink(missing_ok=True)
         _run_stages(opts, state)
     return state
 
