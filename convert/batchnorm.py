@@ -96,10 +96,10 @@ def _affine_step(graph: Graph, node, x: str, channels: int, fmt: str) -> _Step |
     if node.op in ("Sub", "RealDiv", "BiasAdd") and const_index != 1:
         return None  # c - x or c / x is not a per-channel affine map of x
     value, source = graph.input_value(node, const_index)
-    layout = graph.attr_str(node, "data_format", "NHWC") if node.op == "BiasAdd" else fmt
     if node.op == "BiasAdd" and value.ndim != 1:
         return None
-    vector = per_channel(value, channels, layout if node.op != "BiasAdd" else "NHWC")
+    # BiasAdd adds a [C] vector along the channel axis of either layout; Mul/Add broadcast.
+    vector = per_channel(value, channels, "NHWC" if node.op == "BiasAdd" else fmt)
     if vector is None:
         return None
     kind = {"Mul": "mul", "Sub": "sub", "RealDiv": "div"}.get(node.op, "add")
@@ -235,7 +235,7 @@ def _candidates(graph: Graph, tensor: str, channels: int, fmt: str, exclude=()):
     """(name, per-channel vector) and (name, scalar) leaves of a constant sub-graph."""
     vectors, scalars = [], []
     for leaf in graph.const_leaves(tensor):
-        if leaf in exclude or not graph._is_float_const(leaf):
+        if leaf in exclude or not graph.is_float_const(leaf):
             continue
         value = graph.value(leaf)
         if value.size == 1:

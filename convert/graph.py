@@ -323,7 +323,7 @@ class Graph:
 
     def source_of(self, name: str) -> str:
         """A readable name for a constant: its only floating-point Const, else the tensor."""
-        floats = [c for c in self.const_leaves(name) if self._is_float_const(c)]
+        floats = [c for c in self.const_leaves(name) if self.is_float_const(c)]
         return floats[0] if len(floats) == 1 else node_name(name)
 
     def input_value(self, node, index: int) -> tuple[np.ndarray, str]:
@@ -334,7 +334,7 @@ class Graph:
         value = self.value(inputs[index], wanted_by=node.name)
         return value, self.source_of(inputs[index])
 
-    def _is_float_const(self, name: str) -> bool:
+    def is_float_const(self, name: str) -> bool:
         node = self.nodes[name]
         return node.op == "Const" and _np_dtype(node.attr["dtype"].type).kind == "f"
 
@@ -342,7 +342,7 @@ class Graph:
         """Names of all floating-point, non-scalar Const nodes: the graph's weights."""
         names = []
         for n in self.graph_def.node:
-            if n.op == "Const" and self._is_float_const(n.name):
+            if n.op == "Const" and self.is_float_const(n.name):
                 if len(n.attr["value"].tensor.tensor_shape.dim) > 0:
                     names.append(n.name)
         return names
