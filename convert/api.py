@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import pickle
-import posixpath
 import re
-import tarfile
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +34,6 @@ from core.errors import UserError
 from core.files import (
     atomic_path,
     file_lock,
-    find_archive_member,
     sha256_file,
     write_text_atomic,
 )
@@ -63,7 +58,6 @@ RECORD_FIELDS: dict[str, type] = {
     "state_dict": dict,
     "content_sha256": str,
 }
-_ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 
 
 def sidecar_path(out: str | os.PathLike) -> Path:
@@ -148,12 +142,13 @@ def remove_stale_outputs(out: str | os.PathLike) -> int:
 
 
 def _convert_locked(model, checkpoint, out, *, report, verify, quiet, **verify_kw):
+    from .graph import read_frozen_graph
     from .safety import check_graph_ops
     from .weights import extract_weights
 
     started = time.perf_counter()
     profile = get_profile(model)
-    graph_def, source_sha256 = read_checkpoint(checkpoint, profile.archive_member)
+    graph_def, source_sha256 = read_frozen_graph(checkpoint, profile.archive_member)
     # Refuse a hostile graph at once, also when it will never be run here.
     outputs = _present(graph_def, [profile.logits_tensor, profile.probabilities_tensor])
     check_graph_ops(graph_def, outputs, str(checkpoint))
@@ -242,57 +237,6 @@ def _sidecar_summary(payload: dict[str, Any], extracted, verification) -> dict[s
         "verification": verification.summary() if verification else None,
         "ignored_tensors": extracted.ignored_tensors,
     }
-
-
-def read_checkpoint(path: Path, archive_member: str | None) -> tuple[Any, str]:
-    """Read a frozen graph (.pb, or a member of an MLPerf .tgz) and the sha256 of the file.
-
-    The file is read once: the digest describes exactly the bytes that were parsed.
-    """
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"cannot read checkpoint {path} ({err})") from None
-    digest = hashlib.sha256(data).hexdigest()
-    source = str(path)
-    if path.name.lower().endswith(_ARCHIVE_SUFFIXES) or data[:2] == b"\x1f\x8b":
-        data, member = _archive_member_bytes(data, path, archive_member)
-        source = f"{path}:{member}"
-    return _parse_graph_def(data, source), digest
-
-
-def _archive_member_bytes(data: bytes, path: Path, member: str | None) -> tuple[bytes, str]:
-    """The frozen-graph member of a tar archive held in memory (the fetcher's rule)."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-            if member is None:  # no MLPerf archive for this model: take its only .pb
-                graphs = [m.name for m in archive.getmembers() if m.name.endswith(".pb")]
-                if len(graphs) != 1:
-                    raise UserError(f"{path} holds {len(graphs)} .pb files, expected one")
-                member = graphs[0]
-            info = find_archive_member(archive, posixpath.normpath(member), path)
-            return archive.extractfile(info).read(), info.name
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        raise UserError(
-            f"{path} is not a readable tar archive ({err}); the download may be truncated"
-        ) from None
-
-
-def _parse_graph_def(data: bytes, source: str) -> Any:
-    from google.protobuf.message import DecodeError
-
-    from .graph import _quiet_tensorflow
-
-    graph_def = _quiet_tensorflow().compat.v1.GraphDef()
-    try:
-        graph_def.ParseFromString(data)
-    except (DecodeError, RuntimeWarning, ValueError) as err:
-        raise UserError(f"{source} is not a TensorFlow GraphDef or is truncated ({err})") from None
-    if not graph_def.node or not all(n.name and n.op for n in graph_def.node):
-        raise UserError(f"{source} is not a TensorFlow frozen graph (it holds no usable nodes)")
-    return graph_def
 
 
 def _verify(

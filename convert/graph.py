@@ -1,6 +1,6 @@
 """Read a frozen TF GraphDef and answer questions about it by following its edges.
 
-``read_graph_def`` opens a bare ``.pb`` or MLPerf's ``.tgz``. ``Graph`` indexes the nodes and
+``read_frozen_graph`` opens a bare ``.pb`` or MLPerf's ``.tgz``. ``Graph`` indexes the nodes and
 their consumers, reads attributes and folds constants: any node whose value does not depend
 on a placeholder (``Const`` and pure arithmetic or reshaping of constants) is evaluated once,
 in numpy, without running the graph, so walkers see values rather than spellings
@@ -11,6 +11,8 @@ load ``.pth`` files.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import posixpath
 import tarfile
@@ -22,13 +24,12 @@ from typing import Any
 import numpy as np
 
 from core.errors import UserError
-from core.files import find_archive_member
+from core.files import GZIP_MAGIC, find_archive_member, is_archive_name
 
 ADD_OPS = ("Add", "AddV2")
 PASS_THROUGH_OPS = ("Identity", "StopGradient", "Snapshot")
 # Ops that carry no value of their own: the walkers step over them on the data path.
 IGNORED_CONSUMERS = ("Shape",)
-_ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 
 
 def _quiet_tensorflow():
@@ -47,23 +48,42 @@ def tensor_name(name: str) -> str:
     return name if ":" in name else f"{name}:0"
 
 
-def _is_archive(path: Path) -> bool:
-    if path.name.lower().endswith(_ARCHIVE_SUFFIXES):
-        return True
-    with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"  # gzip magic: a .tgz under another name
+def read_frozen_graph(path: str | os.PathLike, archive_member: str | None = None):
+    """``(GraphDef, sha256 of the file)`` from a ``.pb`` or a member of a ``.tgz``.
 
-
-def _read_archive_member(path: Path, member: str | None) -> tuple[bytes, str]:
-    """Bytes of the frozen-graph member of a tar archive (the same rule as the fetcher)."""
+    The file is read once, so the digest describes exactly the bytes that were parsed.
+    Raises UserError (one sentence) for a missing, truncated or non-GraphDef file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
     try:
-        with tarfile.open(path, "r:*") as archive:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read checkpoint {path} ({err.strerror or err})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    source = str(path)
+    if is_archive_name(path.name) or data[:2] == GZIP_MAGIC:  # a .tgz under another name too
+        data, member = _archive_member_bytes(data, path, archive_member)
+        source = f"{path}:{member}"
+    return _parse_graph_def(data, source), digest
+
+
+def read_graph_def(path: str | os.PathLike, archive_member: str | None = None) -> Any:
+    """The ``GraphDef`` alone: see ``read_frozen_graph``."""
+    return read_frozen_graph(path, archive_member)[0]
+
+
+def _archive_member_bytes(data: bytes, path: Path, member: str | None) -> tuple[bytes, str]:
+    """The frozen-graph member of a tar archive held in memory (the fetcher's rule)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
             if member is None:  # no MLPerf archive for this model: take its only .pb
                 graphs = [m.name for m in archive.getmembers() if m.name.endswith(".pb")]
                 if len(graphs) != 1:
                     raise UserError(f"{path} holds {len(graphs)} .pb files, expected one")
-                member = posixpath.normpath(graphs[0])
-            info = find_archive_member(archive, member, path)
+                member = graphs[0]
+            info = find_archive_member(archive, posixpath.normpath(member), path)
             return archive.extractfile(info).read(), info.name
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise UserError(
@@ -71,24 +91,10 @@ def _read_archive_member(path: Path, member: str | None) -> tuple[bytes, str]:
         ) from None
 
 
-def read_graph_def(path: str | os.PathLike, archive_member: str | None = None) -> Any:
-    """Parse a frozen ``GraphDef`` from a ``.pb`` file or from a member of a ``.tgz``.
-
-    Raises UserError (one sentence) for a missing, truncated or non-GraphDef file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    source = str(path)
-    if _is_archive(path):
-        data, member = _read_archive_member(path, archive_member)
-        source = f"{path}:{member}"
-    else:
-        data = path.read_bytes()
-    tf = _quiet_tensorflow()
+def _parse_graph_def(data: bytes, source: str) -> Any:
     from google.protobuf.message import DecodeError
 
-    graph_def = tf.compat.v1.GraphDef()
+    graph_def = _quiet_tensorflow().compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(data)
     except (DecodeError, RuntimeWarning, ValueError) as err:

@@ -69,6 +69,15 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_archive_name(name: str | os.PathLike) -> bool:
+    """Whether a file name says tar archive (MLPerf ships MobileNet as a ``.tgz``)."""
+    return str(name).lower().endswith(ARCHIVE_SUFFIXES)
+
+
 def find_archive_member(tar: tarfile.TarFile, member: str, archive) -> tarfile.TarInfo:
     """The regular-file member named ``member`` (``./member`` too) of an open tar archive.
 
