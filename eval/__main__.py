@@ -2,12 +2,18 @@
 
     python -m eval --model M --cache CACHE (--weights W.pth | --backend tf --checkpoint PB)
                    [--batch-size B] [--device cpu|cuda] [--limit N] [--out DIR] [--wait]
-                   [--quiet]
+                   [--engine auto|eager|fast] [--precision fp32|tf32|bf16] [--quiet]
+    torchrun --nproc-per-node N -m eval ...   (one shard of the cache per process)
     python -m eval compare A.npy B.npy [--files CACHE_OR_NAMES] [--model M] [--strict]
 
 Evaluation writes DIR/results.json, DIR/predictions.npy and DIR/top5.npy (DIR defaults to
 results/<model>-<backend>) and prints a summary table. One run writes into DIR at a time: a
 second one exits with a sentence naming the first, or waits for it with --wait.
+
+Under torchrun (or ``python -m torch.distributed.run``) each process evaluates a contiguous
+shard (gloo on the CPU, NCCL on CUDA with one GPU per process: ``--device cuda`` becomes
+``cuda:LOCAL_RANK``); rank 0 gathers the predictions and alone writes DIR, with
+``"world_size": N`` in results.json. The predictions equal a one-process run's.
 """
 
 from __future__ import annotations
@@ -40,7 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--engine",
         default="auto",
-        help="torch execution: eager, fast (frozen/compiled) or auto (fast for long runs)",
+        help="torch execution: eager, fast (frozen/compiled) or auto (default: whichever "
+        "should finish first on this device for this many images; why goes to engine_notes)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "tf32", "bf16"),
+        help="fp32 (default, TF32 off: the figure comparable with MLPerf's); tf32 or bf16 on "
+        "CUDA only. A non-fp32 run records in results.json the share of its predictions equal "
+        "to an fp32 run of the same model, cache and weights found in a sibling folder of "
+        "--out (e.g. results/resnet50-torch beside results/resnet50-bf16)",
     )
     parser.add_argument(
         "--loadgen", action="store_true", help="also run MLPerf LoadGen (logs in OUT/loadgen)"
@@ -91,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         loadgen=args.loadgen_mode if args.loadgen else None,
         scenario=args.scenario,
         wait=args.wait,
+        precision=args.precision,
     )
+    if results is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     log.info("wrote %s/results.json, predictions.npy, top5.npy", out_dir)
     print(format_table(results))
     return 0

@@ -25,6 +25,7 @@ import numpy as np
 from core.errors import UserError
 from core.files import sha256_file
 from core.profiles import CROP_SIZE, VGG_MEANS_RGB, get_profile
+from eval.metrics import TOP_K, labels_from_classes, top_k_classes
 from preprocess.recipes import normalize
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,22 @@ class Backend(ABC):
     @abstractmethod
     def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
         """Return float32 logits ``(N, num_classes)`` for uint8 crops ``(N, 224, 224, 3)``."""
+
+    #: The evaluation loop hands ``collect`` this many pending batches at a time.
+    collect_every: int = 1
+
+    def submit(self, u8_nhwc: np.ndarray):
+        """Start one batch; ``collect`` turns the returned handles into top-5 labels.
+
+        The buffer may be refilled once this returns. The default is synchronous: the
+        handle already is the int64 ``(N, 5)`` labels (best first, ties to the lower class).
+        """
+        logits = self.logits(u8_nhwc)
+        return labels_from_classes(top_k_classes(logits, TOP_K), self.label_offset)
+
+    def collect(self, handles: list) -> list[np.ndarray]:
+        """The int64 top-5 labels of each submitted batch, in order."""
+        return list(handles)
 
     def allocate_batch(self, batch_size: int) -> np.ndarray:
         """A writable uint8 ``(batch_size, 224, 224, 3)`` buffer the reader fills.
@@ -93,6 +110,7 @@ class TorchBackend(Backend):
         num_images: int | None = None,
         verify_images: np.ndarray | None = None,
         label_offset: int | None = None,
+        precision: str = "fp32",
     ):
         import torch
 
@@ -114,9 +132,15 @@ class TorchBackend(Backend):
         self._f2 = torch.tensor(2.0, **as_f32)
         if self.torch_device.type != "cpu":
             self.check_normalization()
-        # prepare_engine turns TF32 off on CUDA and takes the module over (no second copy).
+        self.precision = precision
+        # prepare_engine sets TF32 per precision on CUDA and takes the module over.
         self.prepared = self._prepare(module, engine, batch_size, num_images, verify_images)
         self.engine = self.prepared.name
+        # On CUDA: a side stream copies the next batch in while the current one computes,
+        # and top-5 labels stay on the device until a group of batches is fetched at once.
+        on_cuda = self.torch_device.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(self.torch_device) if on_cuda else None
+        self.collect_every = 16 if on_cuda else 1
 
     def _prepare(self, module, engine, batch_size, num_images, verify_images):
         """Eager or fast (frozen/compiled) execution, checked against eager on real crops."""
@@ -136,8 +160,10 @@ class TorchBackend(Backend):
                 num_images=num_images,
                 verify_sample=sample,
                 copy_module=False,
+                model=self.profile.name,
+                precision=self.precision,
             )
-        except ValueError as err:  # an unknown engine name or a bad batch size
+        except ValueError as err:  # an unknown engine or precision, or a bad batch size
             raise UserError(str(err)) from None
 
     def normalize(self, u8_nhwc):
@@ -190,8 +216,45 @@ class TorchBackend(Backend):
         check_logits_shape(result, len(u8_nhwc), 1000 + self.label_offset, "the PyTorch model")
         return result
 
+    def submit(self, u8_nhwc: np.ndarray):
+        """Queue one batch; returns its top-5 labels as a device tensor (not yet fetched)."""
+        torch = self._torch
+        if not u8_nhwc.flags.writeable:  # a read-only memmap slice: torch wants writable
+            u8_nhwc = np.array(u8_nhwc)
+        with torch.inference_mode():
+            u8 = self._to_device(torch.from_numpy(u8_nhwc))
+            logits = self.prepared(self.normalize(u8).permute(0, 3, 1, 2))
+            check_logits_shape_tensor(logits, len(u8_nhwc), 1000 + self.label_offset)
+            # A stable descending sort ranks ties to the lower class, as top_k_classes does.
+            order = torch.sort(logits.float(), dim=1, descending=True, stable=True).indices
+            return order[:, :TOP_K] - self.label_offset
+
+    def _to_device(self, u8_host):
+        """Host batch -> device; on CUDA through the copy stream, returning once copied."""
+        if self._copy_stream is None:
+            return u8_host.to(self.torch_device)
+        torch = self._torch
+        with torch.cuda.stream(self._copy_stream):
+            u8 = u8_host.to(self.torch_device, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(self._copy_stream)
+        compute = torch.cuda.current_stream(self.torch_device)
+        compute.wait_event(copied)
+        u8.record_stream(compute)  # its memory is not reused before compute is done
+        copied.synchronize()  # the (pinned) host buffer may be refilled now
+        return u8
+
+    def collect(self, handles: list) -> list[np.ndarray]:
+        """One device-to-host transfer (one synchronisation) for a group of batches."""
+        if not handles:
+            return []
+        torch = self._torch
+        joined = torch.cat(handles).to(torch.int64).cpu().numpy()
+        return np.split(joined, np.cumsum([len(h) for h in handles])[:-1])
+
     def describe(self) -> dict:
         info = {
+            "precision": self.precision,
             "device_name": torch_device_name(self.torch_device),
             "setup_seconds": round(self.prepared.setup_seconds, 2),
             "engine_notes": list(self.prepared.notes),
@@ -262,6 +325,14 @@ def check_logits_shape(logits: np.ndarray, batch: int, num_classes: int, what: s
         )
 
 
+def check_logits_shape_tensor(logits, batch: int, num_classes: int) -> None:
+    if tuple(logits.shape) != (batch, num_classes):
+        raise UserError(
+            f"the PyTorch model returned logits of shape {tuple(logits.shape)}, "
+            f"expected ({batch}, {num_classes})"
+        )
+
+
 def resolve_torch_device(device: str):
     """Turn ``cpu`` / ``cuda`` / ``cuda:N`` into a torch.device, or explain why not."""
     import torch
@@ -319,11 +390,12 @@ def make_backend(
     batch_size: int = 32,
     num_images: int | None = None,
     verify_images: np.ndarray | None = None,
+    precision: str = "fp32",
 ) -> Backend:
     """Build a backend from file paths, with one-sentence errors for missing inputs.
 
-    ``engine``, ``batch_size``, ``num_images`` and ``verify_images`` (uint8 crops the fast
-    engine is checked on) only concern the torch backend.
+    ``engine``, ``batch_size``, ``num_images``, ``verify_images`` (uint8 crops the fast
+    engine is checked on) and ``precision`` only concern the torch backend.
     """
     get_profile(model)  # unknown model names fail before any file work
     if backend == "torch":
@@ -344,7 +416,10 @@ def make_backend(
             num_images=num_images,
             verify_images=verify_images,
             label_offset=record["label_offset"],
+            precision=precision,
         )
+    if precision != "fp32":
+        raise UserError(f"--precision {precision} is for the torch backend on CUDA; tf runs fp32")
     if backend == "tf":
         if checkpoint is None:
             raise UserError("the tf backend needs --checkpoint (the frozen graph .pb)")

@@ -28,21 +28,41 @@ A fast engine always runs at the batch size it was built for, on one staging ten
 smaller (last) batch is zero-padded and the result sliced, a larger one is split, so no
 call ever triggers a re-trace or a recompile.
 
-"auto" rule: the fast path pays off only when the images it saves time on outweigh its
-build cost. With ``num_images`` known, "auto" picks fast when
-``num_images >= AUTO_MIN_IMAGES`` (break-even from measured setup cost and speed-up, see the
-constant); unknown ``num_images`` (an open-ended run) counts as large.
+"auto" rule: pick what finishes first on the device at hand. On the CPU the fast path pays
+off when ``num_images >= AUTO_MIN_IMAGES`` (break-even from measured setup cost and
+speed-up, see the constant). On CUDA the estimate is ``build + n / fast_rate`` against
+``n / eager_rate`` from the rates measured on an H100 (``CUDA_RATES``); the build time is
+the one recorded by the last fast build of the same model, device and batch when
+inductor's on-disk cache holds it (a warm cache), else the measured cold build. Unknown
+``num_images`` (an open-ended run) counts as large. ``.notes`` say which rule decided.
+
+Warm-up: on CUDA, ``prepare_engine`` runs the full batch shape and the tail batch shape
+once inside setup (cuDNN autotunes each new shape; 9.4 s for the first 256-batch of
+ResNet-50 on an H100), so the run's images/s is steady state and ``setup_seconds`` says
+what the warm-up cost.
+
+Precision (``PRECISIONS``): "fp32" (default; TF32 off, the only one comparable with
+MLPerf's float32 figures), and on CUDA only "tf32" (TF32 tensor-core convolutions and
+matmuls) or "bf16" (autocast to bfloat16, logits returned as float32). Non-fp32 runs
+eager: the fast engines are verified to float32 noise, which these precisions are not.
+
+Memory format (``prefers_channels_last``), from measurement: NCHW for fp32 ResNet-50 on
+CUDA (3,393 vs 2,853 img/s channels-last on an H100), channels-last elsewhere (MobileNet
+fp32 on the H100 10,087 vs 9,736; every CPU candidate; tensor-core tf32/bf16).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import logging
 import os
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -56,6 +76,18 @@ ENGINE_CHOICES = ("auto", "eager", "fast")
 # 36-60 s on a cold cache, and saves about 5 ms per image on MobileNet (channels-last eager
 # 51 img/s vs 68) and 11 ms on ResNet-50 (12.3 vs 14.2): 26 s / 5 ms = ~5000 images.
 AUTO_MIN_IMAGES = 5000
+
+# CUDA rates for "auto" (img/s through ``python -m eval``, steady state) and the cold
+# fast-build seconds, measured on one H100 (fp32, TF32 off, batch 256): ResNet-50 eager
+# about 2,300 img/s, inductor 3,470 after a 36.9 s compile; MobileNet's eager run finished
+# 50,000 images in 25.4 s wall vs 47.8 s for fast (32.6 s compile). Other precisions and
+# cards reuse these: the point is the order of magnitude of the break-even.
+CUDA_RATES = {
+    "resnet50": {"eager": 2300.0, "fast": 3470.0, "build_seconds": 37.0},
+    "mobilenet_v1": {"eager": 5000.0, "fast": 6000.0, "build_seconds": 33.0},
+}
+PRECISIONS = ("fp32", "tf32", "bf16")
+BUILD_RECORD_FILE = "mlperf-port-fast-builds.json"
 
 # Exactness budget of a fast engine against the eager module (float32 noise is ~1e-6).
 VERIFY_ATOL = 1e-4
@@ -82,6 +114,7 @@ class PreparedEngine:
     # inference-mode tensor as a new input). Not re-entrant: one call at a time.
     staging: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"
 
     @property
     def is_fast(self) -> bool:
@@ -132,28 +165,151 @@ def configure_threads() -> int:
 
 def configure_cuda_exactness() -> None:
     """Keep CUDA float32 really float32: TF32 off (it drifts logits); cudnn autotune is fine."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    configure_cuda_precision("fp32")
+
+
+def check_precision(precision: str, device_type: str) -> None:
+    """ValueError (one sentence) for an unknown precision or a CUDA-only one elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}"
+        )
+    if precision != "fp32" and device_type != "cuda":
+        raise ValueError(
+            f"--precision {precision} runs on CUDA only; on the {device_type} use fp32"
+        )
+
+
+def configure_cuda_precision(precision: str) -> None:
+    """TF32 on only for "tf32"; cuDNN autotune on (warm-up happens in setup)."""
+    allow = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
     torch.backends.cudnn.benchmark = True
 
 
-def choose_engine(engine: str, num_images: int | None) -> str:
-    """Resolve ``engine`` to "eager", "fast" or "fast:<builder>" (see the module docstring).
+def prefers_channels_last(model: str | None, device_type: str, precision: str = "fp32") -> bool:
+    """The measured faster memory format (module docstring): NCHW only for fp32 ResNet-50
+    on CUDA."""
+    return not (device_type == "cuda" and precision == "fp32" and model == "resnet50")
 
-    "auto" becomes "fast" unless ``num_images`` is known and below ``AUTO_MIN_IMAGES``.
-    """
+
+def choose_engine(
+    engine: str,
+    num_images: int | None,
+    *,
+    device_type: str = "cpu",
+    model: str | None = None,
+    precision: str = "fp32",
+    batch_size: int | None = None,
+) -> str:
+    """Resolve ``engine`` to "eager", "fast" or "fast:<builder>" (see the module docstring)."""
+    return _resolve_engine(engine, num_images, device_type, model, precision, batch_size)[0]
+
+
+def _resolve_engine(
+    engine: str,
+    num_images: int | None,
+    device_type: str,
+    model: str | None,
+    precision: str,
+    batch_size: int | None,
+) -> tuple[str, str | None]:
+    """``(choice, why)``; ``why`` is None unless a rule (not the caller) decided."""
     if engine.startswith("fast:"):
         if engine.removeprefix("fast:") not in FAST_BUILDERS:
             known = ", ".join(f"fast:{name}" for name in FAST_BUILDERS)
             raise ValueError(f"unknown fast engine {engine!r}: expected one of {known}")
-        return engine
-    if engine not in ENGINE_CHOICES:
+    elif engine not in ENGINE_CHOICES:
         raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINE_CHOICES)}")
+    if precision != "fp32" and engine != "eager":
+        return "eager", f"precision {precision}: eager (fast engines are verified in fp32)"
     if engine != "auto":
-        return engine
-    if num_images is not None and num_images < AUTO_MIN_IMAGES:
-        return "eager"
-    return "fast"
+        return engine, None
+    size = "unknown" if num_images is None else str(num_images)
+    if device_type == "cuda" and model in CUDA_RATES:
+        return _auto_on_cuda(num_images, model, batch_size)
+    chosen = "eager" if num_images is not None and num_images < AUTO_MIN_IMAGES else "fast"
+    return chosen, f"auto: {size} images vs break-even {AUTO_MIN_IMAGES} -> {chosen}"
+
+
+def _auto_on_cuda(num_images: int | None, model: str, batch_size: int | None):
+    """Estimated finish time of eager and fast on CUDA; the earlier one wins."""
+    rates = CUDA_RATES[model]
+    recorded = recorded_build_seconds(model, "cuda", batch_size)
+    build = rates["build_seconds"] if recorded is None else recorded
+    source = "cold compile" if recorded is None else "recorded build, warm compile cache"
+    if num_images is None:
+        chosen = "fast" if rates["fast"] > rates["eager"] else "eager"
+        return chosen, f"auto on cuda: unknown image count -> {chosen}"
+    eager_s = num_images / rates["eager"]
+    fast_s = build + num_images / rates["fast"]
+    chosen = "fast" if fast_s < eager_s else "eager"
+    why = (
+        f"auto on cuda: {num_images} images, eager ~{eager_s:.1f} s vs fast ~{fast_s:.1f} s "
+        f"({build:.1f} s {source}) -> {chosen}"
+    )
+    return chosen, why
+
+
+def _build_record_path() -> Path | None:
+    """A small JSON beside inductor's on-disk compile cache (None if unavailable)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:
+        return None
+    return Path(cache_dir()) / BUILD_RECORD_FILE
+
+
+def _build_key(model: str | None, device_type: str, batch_size: int | None) -> str:
+    return f"{model}|{device_type}|{batch_size}|torch {torch.__version__}"
+
+
+def recorded_build_seconds(model: str | None, device_type: str, batch_size: int | None):
+    """Seconds of the last fast build of this model/device/batch, if the cache recorded one."""
+    path = _build_record_path()
+    if path is None or not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get(_build_key(model, device_type, batch_size))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def record_build_seconds(
+    model: str | None, device_type: str, batch_size: int, seconds: float
+) -> None:
+    """Remember a fast build's cost: the next "auto" then knows the cache is warm."""
+    path = _build_record_path()
+    if path is None or model is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        records = json.loads(path.read_text()) if path.is_file() else {}
+        records[_build_key(model, device_type, batch_size)] = round(seconds, 2)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def warmup_batch_sizes(num_images: int | None, batch_size: int) -> list[int]:
+    """The batch shapes a run will see: the full batch, and the tail when there is one."""
+    if num_images is not None and num_images < batch_size:
+        return [num_images] if num_images > 0 else []
+    sizes = [batch_size]
+    if num_images is not None and num_images % batch_size:
+        sizes.append(num_images % batch_size)
+    return sizes
+
+
+def warm_up(prepared: PreparedEngine, batch_sizes: list[int]) -> None:
+    """Run each batch shape once (cuDNN autotune, allocator, lazy init) and wait for it."""
+    example = _example_batch(max(batch_sizes, default=1), prepared.device, prepared.channels_last)
+    for rows in batch_sizes:
+        prepared(example[:rows])
+    if prepared.device.type == "cuda":
+        torch.cuda.synchronize(prepared.device)
 
 
 def _example_batch(batch_size: int, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -208,6 +364,16 @@ FAST_BUILDERS: dict[str, Callable[[nn.Module, torch.Tensor], Callable]] = {
 FAST_BUILDER_ORDER = ("inductor", "torchscript-freeze")
 
 
+def _autocast_bf16(module: nn.Module, device: torch.device) -> Callable:
+    """The module under bfloat16 autocast, its logits handed back as float32."""
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return module(images).float()
+
+    return forward
+
+
 def _eager_engine(
     module: nn.Module,
     device: torch.device,
@@ -215,15 +381,18 @@ def _eager_engine(
     channels_last: bool,
     setup_seconds: float,
     notes: list[str],
+    precision: str = "fp32",
 ) -> PreparedEngine:
+    forward = _autocast_bf16(module, device) if precision == "bf16" else module
     return PreparedEngine(
         name="eager",
         setup_seconds=setup_seconds,
         device=device,
         batch_size=batch_size,
         channels_last=channels_last,
-        forward=module,
+        forward=forward,
         notes=notes,
+        precision=precision,
     )
 
 
@@ -234,42 +403,72 @@ def prepare_engine(
     device: str | torch.device = "cpu",
     batch_size: int = 32,
     num_images: int | None = None,
-    channels_last: bool = True,
+    channels_last: bool | None = None,
     verify: bool = True,
     verify_sample: torch.Tensor | None = None,
     copy_module: bool = True,
+    model: str | None = None,
+    precision: str = "fp32",
+    warmup: bool | None = None,
 ) -> PreparedEngine:
     """Build the engine that runs ``module`` (by default a copy: the original is not modified).
 
     ``engine``: "eager", "fast" (always the default fast builder, unless it fails to build
     or to verify, then eager with the reason in ``.notes``), "fast:<builder>" for one of
-    ``FAST_BUILDERS``, or "auto" (fast when ``num_images`` is unknown or at least
-    ``AUTO_MIN_IMAGES``). Each fast candidate is checked against the eager
-    module on ``verify_sample`` (a real NCHW batch is best; default: up to 8 synthetic
-    images) unless ``verify=False``.
+    ``FAST_BUILDERS``, or "auto" (module docstring: by device, model and ``num_images``).
+    Each fast candidate is checked against the eager module on ``verify_sample`` (a real
+    NCHW batch is best; default: up to 8 synthetic images) unless ``verify=False``.
+    ``channels_last=None`` takes the measured format for ``model`` on ``device``;
+    ``warmup=None`` warms up (inside ``setup_seconds``) on CUDA only, where cuDNN autotunes.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     start = time.perf_counter()
     device = torch.device(device)
-    chosen = choose_engine(engine, num_images)
-    notes = [f"requested {engine!r}"]
-    if engine == "auto":
-        size = "unknown" if num_images is None else str(num_images)
-        notes.append(f"auto: {size} images vs break-even {AUTO_MIN_IMAGES} -> {chosen}")
+    check_precision(precision, device.type)
+    chosen, why = _resolve_engine(engine, num_images, device.type, model, precision, batch_size)
+    notes = [f"requested {engine!r}", *([why] if why else [])]
+    if channels_last is None:
+        channels_last = prefers_channels_last(model, device.type, precision)
+    notes.append(f"{precision}, {'channels-last' if channels_last else 'NCHW'}")
     if device.type == "cpu":
         notes.append(f"{configure_threads()} intra-op threads")
     elif device.type == "cuda":
-        configure_cuda_exactness()
+        configure_cuda_precision(precision)
 
     # The caller's module is left untouched unless it hands it over (copy_module=False).
     eager_module = (copy.deepcopy(module) if copy_module else module).eval().to(device)
     if channels_last:
         eager_module = eager_module.to(memory_format=torch.channels_last)
     if chosen == "eager":
-        elapsed = time.perf_counter() - start
-        return _eager_engine(eager_module, device, batch_size, channels_last, elapsed, notes)
+        prepared = _eager_engine(eager_module, device, batch_size, channels_last, 0.0, notes,
+                                 precision)  # fmt: skip
+    else:
+        prepared = _build_fast(eager_module, chosen, device, batch_size, channels_last, notes,
+                               verify, verify_sample)  # fmt: skip
+        if prepared.is_fast:
+            record_build_seconds(model, device.type, batch_size, time.perf_counter() - start)
+    if device.type == "cuda" if warmup is None else warmup:
+        shapes = warmup_batch_sizes(num_images, batch_size)
+        warm_start = time.perf_counter()
+        warm_up(prepared, shapes)
+        notes.append(f"warm-up of batch shapes {shapes}: {time.perf_counter() - warm_start:.2f} s")
+    prepared.setup_seconds = time.perf_counter() - start
+    log.info("engine %s ready in %.1f s", prepared.name, prepared.setup_seconds)
+    return prepared
 
+
+def _build_fast(
+    eager_module: nn.Module,
+    chosen: str,
+    device: torch.device,
+    batch_size: int,
+    channels_last: bool,
+    notes: list[str],
+    verify: bool,
+    verify_sample: torch.Tensor | None,
+) -> PreparedEngine:
+    """The first fast builder that builds and matches eager; else eager, with reasons."""
     builders = (chosen.removeprefix("fast:"),) if ":" in chosen else FAST_BUILDER_ORDER
     example = _example_batch(batch_size, device, channels_last)
     sample = example[: min(batch_size, 8)].clone() if verify_sample is None else verify_sample
@@ -296,15 +495,12 @@ def prepare_engine(
         if problem is None:
             if verify:
                 notes.append(f"{prepared.name} verified against eager on {len(sample)} images")
-            prepared.setup_seconds = time.perf_counter() - start
-            log.info("engine %s ready in %.1f s", prepared.name, prepared.setup_seconds)
             return prepared
         reason = f"fast:{builder_name} disagrees with eager ({problem})"
         log.warning(reason)
         notes.append(reason)
     notes.append("using eager")
-    elapsed = time.perf_counter() - start
-    return _eager_engine(eager_module, device, batch_size, channels_last, elapsed, notes)
+    return _eager_engine(eager_module, device, batch_size, channels_last, 0.0, notes)
 
 
 def compare_logits(

@@ -9,7 +9,12 @@ Crops are only ever read through ``cache.read``, which checks each crop against 
 written when the cache was built: a damaged cache ends in one sentence, never in a number.
 A reader thread copies the next batches out of the cache while the backend works on the
 current one, so disk reads overlap inference; ``images_per_second`` counts only the time
-spent inside ``Backend.logits``.
+spent inside the backend (``Backend.submit`` and ``Backend.collect``): steady state,
+since engines warm up while they are built and that cost is ``setup_seconds``. A backend
+may keep results on its device and fetch them once per ``collect_every`` batches.
+
+Under torchrun (``eval.distributed``) each rank evaluates its contiguous shard and rank 0
+gathers the top-5 labels and writes the one results.json.
 """
 
 from __future__ import annotations
@@ -157,20 +162,32 @@ def run_evaluation(
     )
     bar.update(first)
     with bar:
+        pending: list[tuple[int, int, object]] = []  # (start, stop, handle) not yet fetched
+
+        def fetch() -> None:
+            nonlocal inference_seconds
+            t0 = time.perf_counter()
+            fetched = backend.collect([handle for _, _, handle in pending])
+            inference_seconds += time.perf_counter() - t0
+            for (start, stop, _), best in zip(pending, fetched, strict=True):
+                top5[start:stop] = best
+                counter.update(best, labels[start:stop])
+            bar.update(pending[-1][1] - pending[0][0])
+            bar.set_postfix(top1=f"{counter.top1:.2f}%", refresh=False)
+            if journal is not None:
+                journal.maybe_save(top5, pending[-1][1])
+            pending.clear()
+
         start = first
         for batch in _read_batches(cache, count, batch_size, buffers, first):
             t0 = time.perf_counter()
-            logits = backend.logits(batch)
+            pending.append((start, start + len(batch), backend.submit(batch)))
             inference_seconds += time.perf_counter() - t0
-            stop = start + len(batch)
-            best = labels_from_classes(top_k_classes(logits, TOP_K), backend.label_offset)
-            top5[start:stop] = best
-            counter.update(best, labels[start:stop])
-            bar.update(len(batch))
-            bar.set_postfix(top1=f"{counter.top1:.2f}%", refresh=False)
-            start = stop
-            if journal is not None:
-                journal.maybe_save(top5, stop)
+            start += len(batch)
+            if len(pending) >= backend.collect_every:
+                fetch()
+        if pending:
+            fetch()
     return EvaluationOutcome(
         top5=top5,
         counter=counter,
@@ -224,6 +241,7 @@ def _journal_key(backend: Backend, cache, count: int) -> str:
         "source": {k: v for k, v in backend.describe().items() if k.endswith("sha256")},
         "cache": getattr(cache, "fingerprint", None),
         "count": count,
+        "precision": getattr(backend, "precision", "fp32"),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -244,7 +262,8 @@ def evaluate(
     loadgen: str | None = None,
     scenario: str = "Offline",
     wait: bool = False,
-) -> dict:
+    precision: str = "fp32",
+) -> dict | None:
     """Evaluate ``model`` over the preprocessed cache; return (and write) the results dict.
 
     ``backend="torch"`` needs ``weights`` (a converted .pth); ``backend="tf"`` needs
@@ -253,13 +272,21 @@ def evaluate(
     at a time; ``wait`` waits for another holder instead of refusing).
 
     ``engine`` (torch only): "eager", "fast" (frozen/compiled, checked against eager on the
-    first cached crops) or "auto" (fast only when the run is long enough to pay for it).
+    first cached crops) or "auto" (whichever should finish first on the device).
+    ``precision``: "fp32" (default), or "tf32"/"bf16" on CUDA; a non-fp32 run reports the
+    share of its predictions equal to an fp32 run of the same cache and weights found in a
+    sibling folder of ``out_dir`` (``find_fp32_reference``).
 
     ``loadgen="accuracy"|"performance"`` adds an MLPerf LoadGen run with the same backend
     (a second pass over the images; its logs go to ``out_dir/loadgen``) and records its
     result under ``results["loadgen"]``.
+
+    Under torchrun (WORLD_SIZE > 1) every rank evaluates its shard; rank 0 alone holds
+    ``out_dir``'s lock, writes the outputs and returns the results; other ranks return None.
+    A distributed run keeps no resume journal (each rank's share is the short part).
     """
     from core.profiles import get_profile
+    from eval import distributed
     from preprocess import load_cache
 
     get_profile(model)
@@ -267,34 +294,71 @@ def evaluate(
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if loadgen is not None and out_dir is None:
         raise UserError("a LoadGen run needs an output directory for its logs")
+    check_precision_option(precision, device)
+    ctx = distributed.init_from_environment(device)
+    if ctx.distributed and loadgen is not None:
+        raise UserError("a LoadGen run is one process: run it without torchrun")
     options = dict(
         weights=weights,
         backend=backend,
         checkpoint=checkpoint,
         batch_size=batch_size,
-        device=device,
+        device=distributed.device_for_rank(device, ctx),
         limit=limit,
-        quiet=quiet,
+        quiet=quiet or not ctx.is_main,
         engine=engine,
         loadgen=loadgen,
         scenario=scenario,
+        precision=precision,
+        ctx=ctx,
     )
-    cache = load_cache(Path(cache_dir), model)  # cheap checks first: no folder for a typo
-    if out_dir is None:
-        return _evaluate_into(None, model, cache, cache_dir, **options)
-    out_dir = Path(out_dir)
-    check_output_dir(out_dir)  # before the long work: a read-only --out is one sentence now
-    with exclusive_lock(out_dir, "output dir", wait=wait):
-        remove_stale_outputs(out_dir)
-        return _evaluate_into(out_dir, model, cache, cache_dir, **options)
+    try:
+        cache = load_cache(Path(cache_dir), model)  # cheap checks first: no folder for a typo
+        if out_dir is None or not ctx.is_main:
+            return _evaluate_into(None, model, cache, cache_dir, **options)
+        out_dir = Path(out_dir)
+        check_output_dir(out_dir)  # before the long work: a read-only --out is one sentence
+        with exclusive_lock(out_dir, "output dir", wait=wait):
+            remove_stale_outputs(out_dir)
+            return _evaluate_into(out_dir, model, cache, cache_dir, **options)
+    finally:
+        distributed.shutdown(ctx)
 
 
-def _evaluate_into(out_dir: Path | None, model: str, cache, cache_dir, **options) -> dict:
+def check_precision_option(precision: str, device: str) -> None:
+    """One sentence for an unknown precision or tf32/bf16 off CUDA, before any work."""
+    from eval.engines import check_precision
+
+    try:
+        check_precision(precision, "cuda" if str(device).startswith("cuda") else str(device))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+class CacheShard:
+    """Images ``start:stop`` of a cache, indexed from 0 (one rank's share)."""
+
+    def __init__(self, cache, start: int, stop: int):
+        self.cache, self.start, self.stop = cache, start, stop
+        self.labels = cache.labels[start:stop]
+        self.fingerprint = getattr(cache, "fingerprint", None)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        return self.cache.read(self.start + start, self.start + stop, out=out)
+
+
+def _evaluate_into(out_dir: Path | None, model: str, cache, cache_dir, **options) -> dict | None:
     """The evaluation itself; the caller holds ``out_dir``'s lock when there is one."""
+    from eval.distributed import shard_bounds
     from eval.report import build_results, write_outputs
 
     limit, batch_size, quiet = options["limit"], options["batch_size"], options["quiet"]
+    ctx = options["ctx"]
     count = len(cache) if limit is None else min(limit, len(cache))
+    first, last = shard_bounds(count, ctx.rank, ctx.world_size)
     with make_backend(
         model,
         options["backend"],
@@ -303,18 +367,26 @@ def _evaluate_into(out_dir: Path | None, model: str, cache, cache_dir, **options
         device=options["device"],
         engine=options["engine"],
         batch_size=batch_size,
-        num_images=count,
+        num_images=last - first,
         verify_images=cache.read(0, min(count, 8)),
+        precision=options["precision"],
     ) as runner:
         journal = None
-        if out_dir is not None:
+        if out_dir is not None and not ctx.distributed:
             journal = ResumeJournal(out_dir / "resume.npz", _journal_key(runner, cache, count))
-        outcome = run_evaluation(
-            runner, cache, batch_size=batch_size, limit=limit, quiet=quiet, journal=journal
-        )
+        if ctx.distributed:
+            outcome = _run_shard(runner, CacheShard(cache, first, last), batch_size, quiet)
+            outcome = _gather_outcome(outcome, cache, count, ctx)
+            if outcome is None:  # not rank 0: rank 0 reports
+                return None
+        else:
+            outcome = run_evaluation(
+                runner, cache, batch_size=batch_size, limit=limit, quiet=quiet, journal=journal
+            )
         results = build_results(
             runner, outcome, cache=cache, cache_dir=cache_dir, batch_size=batch_size, limit=limit
         )
+        results["world_size"] = ctx.world_size
         if options["loadgen"] is not None:
             results["loadgen"] = run_loadgen_pass(
                 runner,
@@ -327,9 +399,86 @@ def _evaluate_into(out_dir: Path | None, model: str, cache, cache_dir, **options
                 quiet=quiet,
             )
     if out_dir is not None:
+        if options["precision"] != "fp32":
+            results.update(fp32_agreement(out_dir, results, outcome.predictions))
         write_outputs(out_dir, results, outcome)
-        journal.clear()
+        (out_dir / "resume.npz").unlink(missing_ok=True)
     return results
+
+
+def _run_shard(backend: Backend, shard: CacheShard, batch_size: int, quiet: bool):
+    """One rank's share; an empty share (fewer images than ranks) yields an empty outcome."""
+    if len(shard) == 0:
+        return EvaluationOutcome(np.empty((0, TOP_K), np.int64), AccuracyCounter(), 0.0, 0.0)
+    return run_evaluation(backend, shard, batch_size=batch_size, quiet=quiet)
+
+
+def _gather_outcome(outcome: EvaluationOutcome, cache, count: int, ctx):
+    """Rank 0: every rank's top-5 in rank order, scored over all ``count`` images."""
+    from eval.distributed import gather_to_main, join_shards
+
+    mine = (outcome.top5, outcome.inference_seconds, outcome.wall_seconds)
+    gathered = gather_to_main(mine, ctx)
+    if gathered is None:
+        return None
+    top5 = join_shards([shard for shard, _, _ in gathered], count)
+    counter = AccuracyCounter()
+    counter.update(top5, np.asarray(cache.labels[:count], dtype=np.int64))
+    # The ranks run side by side: the slowest one is the run's time.
+    return EvaluationOutcome(
+        top5=top5,
+        counter=counter,
+        inference_seconds=max(seconds for _, seconds, _ in gathered),
+        wall_seconds=max(wall for _, _, wall in gathered),
+    )
+
+
+def find_fp32_reference(out_dir: Path, results: dict) -> Path | None:
+    """A sibling folder of ``out_dir`` holding an fp32 run that this run can be checked on.
+
+    It must have results.json and predictions.npy for the same model, cache fingerprint
+    and weights digest, precision fp32 (or unrecorded, as before precisions existed) and at
+    least as many images; the newest such folder wins.
+    """
+    candidates = []
+    for path in Path(out_dir).resolve().parent.glob("*/results.json"):
+        if path.parent == Path(out_dir).resolve():
+            continue
+        try:
+            other = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        same = all(
+            other.get(key) == results.get(key)
+            for key in ("model", "cache_fingerprint", "weights_sha256")
+        )
+        if (
+            same
+            and other.get("precision", "fp32") == "fp32"
+            and other.get("images", 0) >= results["images"]
+            and (path.parent / "predictions.npy").is_file()
+        ):
+            candidates.append((path.stat().st_mtime, path.parent))
+    return max(candidates)[1] if candidates else None
+
+
+def fp32_agreement(out_dir: Path, results: dict, predictions: np.ndarray) -> dict:
+    """``fp32_reference`` fields: where, its top-1, and the share of equal predictions."""
+    reference = find_fp32_reference(out_dir, results)
+    if reference is None:
+        log.info("no fp32 run of the same cache and weights beside %s to compare with", out_dir)
+        return {"fp32_reference": None}
+    theirs = np.load(reference / "predictions.npy")[: len(predictions)]
+    other = json.loads((reference / "results.json").read_text())
+    same = int((theirs == predictions).sum())
+    return {
+        "fp32_reference": {
+            "dir": str(reference),
+            "top1": other.get("top1") if other.get("images") == len(predictions) else None,
+            "equal_predictions": same,
+            "equal_share": round(same / len(predictions), 6) if len(predictions) else None,
+        }
+    }
 
 
 def check_output_dir(out_dir: Path, option: str = "--out") -> None:

@@ -1,0 +1,149 @@
+"""One evaluation spread over several processes started by PyTorch's own launcher.
+
+    torchrun --nproc-per-node N -m eval --model M --cache CACHE --weights W.pth ...
+    python -m torch.distributed.run --nproc-per-node N -m eval ...
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in each process;
+``init_from_environment`` joins that group (NCCL on CUDA, gloo on the CPU). Each rank
+evaluates one contiguous shard of the cache (``shard_bounds``: the first ``count % N``
+ranks take one image more; nothing is padded, so no image is counted twice or dropped,
+unlike ``DistributedSampler``, which repeats images to even the shards out). Rank 0 gathers
+every shard's top-5 labels in rank order, so its predictions are those of one process, and
+only rank 0 writes results; the other ranks write nothing.
+
+Without WORLD_SIZE (or with WORLD_SIZE=1) everything here is a no-op single process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Rank 0 may hold the others at a collective while it waits for the --out lock (--wait) or
+# reads a slow disk; a long timeout keeps such a run alive.
+_GROUP_TIMEOUT = datetime.timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in the group: rank ``rank`` of ``world_size``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # "gloo" or "nccl" when a group was joined
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE = DistContext()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"the environment variable {name}={value!r} is not a number") from None
+
+
+def device_for_rank(device: str, ctx: DistContext) -> str:
+    """``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun (one GPU per process)."""
+    if ctx.distributed and device == "cuda":
+        return f"cuda:{ctx.local_rank}"
+    return device
+
+
+def init_from_environment(device: str) -> DistContext:
+    """Join torchrun's process group when WORLD_SIZE > 1; else the single-process context."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    if world_size <= 1:
+        return SINGLE
+    import torch
+    import torch.distributed as dist
+
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_available():
+        raise UserError("this PyTorch was built without torch.distributed; run one process")
+    if not dist.is_initialized():
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend, timeout=_GROUP_TIMEOUT)
+    log.info("rank %d of %d joined the %s group", rank, world_size, backend)
+    return DistContext(rank, world_size, local_rank, backend)
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Leave the group (all ranks together), if one was joined."""
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[start, stop)`` of rank ``rank``'s contiguous shard of ``count`` images.
+
+    The first ``count % world_size`` ranks take one image more; shards never overlap and
+    together cover ``0..count`` exactly. A rank may get an empty shard (count < world_size).
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a group of {world_size}")
+    base, extra = divmod(count, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_from_main(value, ctx: DistContext):
+    """Rank 0's ``value`` on every rank (a picklable object)."""
+    if not ctx.distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_main(value, ctx: DistContext) -> list | None:
+    """Every rank's ``value`` (picklable) in rank order on rank 0; None on the others."""
+    if not ctx.distributed:
+        return [value]
+    import torch.distributed as dist
+
+    gathered = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
+def join_shards(shards: list[np.ndarray], count: int) -> np.ndarray:
+    """Concatenate per-rank top-5 arrays (rank order) and check they cover ``count`` rows."""
+    joined = np.concatenate(shards, axis=0)
+    if len(joined) != count:
+        raise RuntimeError(f"the ranks returned {len(joined)} predictions for {count} images")
+    return joined
