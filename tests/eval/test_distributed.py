@@ -1,0 +1,120 @@
+"""torchrun: shards cover the cache exactly; 2 real CPU ranks equal one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import eval as eval_stage
+from benchmarks.seeded_weights import save_converted, seeded_model
+from eval.distributed import DistContext, device_for_rank, join_shards, shard_bounds
+from eval.evaluate import CacheShard
+from preprocess import build_cache
+from tests.eval.fakes import FakeCache
+from tests.fixtures.images import write_val_set
+
+N_IMAGES = 7  # 2 ranks: shards of 4 and 3
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 10, 50_000, 50_001])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_shards_are_contiguous_and_cover_every_image_once(count, world):
+    bounds = [shard_bounds(count, rank, world) for rank in range(world)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == count
+    for (_, stop), (start, _) in zip(bounds, bounds[1:], strict=False):
+        assert stop == start  # no gap, no overlap
+    sizes = [stop - start for start, stop in bounds]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == count
+
+
+def test_shard_bounds_refuses_a_rank_outside_the_group():
+    with pytest.raises(ValueError, match="outside a group of 2"):
+        shard_bounds(10, 2, 2)
+
+
+def test_cache_shard_reads_its_own_images():
+    cache = FakeCache(n=9)
+    shard = CacheShard(cache, 4, 9)
+    assert len(shard) == 5
+    assert np.array_equal(shard.read(1, 3), cache.images[5:7])
+    assert np.array_equal(shard.labels, cache.labels[4:9])
+
+
+def test_join_shards_refuses_a_missing_image():
+    with pytest.raises(RuntimeError, match="returned 3 predictions for 4 images"):
+        join_shards([np.zeros((2, 5)), np.zeros((1, 5))], 4)
+
+
+def test_cuda_means_the_local_gpu_under_torchrun():
+    ctx = DistContext(rank=3, world_size=4, local_rank=1, backend="nccl")
+    assert device_for_rank("cuda", ctx) == "cuda:1"
+    assert device_for_rank("cuda:0", ctx) == "cuda:0"  # an explicit index is kept
+    assert device_for_rank("cuda", DistContext()) == "cuda"
+
+
+@pytest.fixture(scope="module")
+def mobilenet_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    write_val_set(root / "data", N_IMAGES, layout="val_map", seed=11)
+    build_cache("mobilenet_v1", root / "data", root / "cache", workers=1, quiet=True)
+    weights = save_converted(seeded_model("mobilenet_v1", seed=2), "mobilenet_v1", root / "w.pth")
+    return root, weights
+
+
+def run_module(args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_two_torchrun_ranks_equal_one_process(mobilenet_run):
+    root, weights = mobilenet_run
+    common = ["--model", "mobilenet_v1", "--cache", str(root / "cache"), "--weights",
+              str(weights), "--engine", "eager", "--batch-size", "2", "--quiet"]  # fmt: skip
+    single = eval_stage.evaluate(
+        "mobilenet_v1", root / "cache", weights=weights, engine="eager", batch_size=2,
+        out_dir=root / "single", quiet=True,
+    )  # fmt: skip
+    proc = run_module(
+        ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "eval", *common, "--out", str(root / "two")]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((root / "two" / "results.json").read_text())
+    assert results["world_size"] == 2 and single["world_size"] == 1
+    assert results["images"] == N_IMAGES == single["images"]
+    for name in ("predictions.npy", "top5.npy"):
+        assert np.array_equal(np.load(root / "two" / name), np.load(root / "single" / name))
+    assert results["correct_top1"] == single["correct_top1"]
+    assert results["correct_top5"] == single["correct_top5"]
+    # Rank 0 alone wrote: the outputs, its lock, and nothing else.
+    written = sorted(p.name for p in (root / "two").iterdir())
+    assert written == [".lock", "predictions.npy", "results.json", "top5.npy"]
+    assert proc.stdout.count("backend ") == 1  # one table, from rank 0
+
+
+def test_precision_other_than_fp32_is_refused_on_the_cpu(mobilenet_run, tmp_path):
+    root, weights = mobilenet_run
+    proc = run_module(
+        ["-m", "eval", "--model", "mobilenet_v1", "--cache", str(root / "cache"),
+         "--weights", str(weights), "--precision", "bf16", "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: --precision bf16 runs on CUDA only; on the cpu use fp32"
+    assert not (tmp_path / "o").exists()
+
+
+def test_results_record_the_precision(mobilenet_run):
+    root, weights = mobilenet_run
+    results = json.loads((root / "single" / "results.json").read_text())
+    assert results["precision"] == "fp32"
+    assert any("fp32, channels-last" in note for note in results["engine_notes"])
+    assert torch.get_num_threads() >= 1

@@ -1,0 +1,158 @@
+"""Device-independent logic of the GPU path, run on the CPU: precision, warm-up, "auto",
+memory format, top-5 on the device and the fp32 agreement of a non-fp32 run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from eval import engines
+from eval.backends import Backend, TorchBackend
+from eval.engines import (
+    check_precision,
+    choose_engine,
+    prefers_channels_last,
+    prepare_engine,
+    warmup_batch_sizes,
+)
+from eval.evaluate import find_fp32_reference, fp32_agreement, run_evaluation
+from tests.eval.fakes import FakeCache, ToyNet
+
+
+def test_tf32_and_bf16_are_cuda_only():
+    check_precision("fp32", "cpu")
+    check_precision("bf16", "cuda")
+    with pytest.raises(
+        ValueError, match="^--precision tf32 runs on CUDA only; on the cpu use fp32$"
+    ):
+        check_precision("tf32", "cpu")
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        check_precision("fp16", "cuda")
+
+
+def test_non_fp32_precision_runs_eager():
+    assert choose_engine("fast", 10**6, device_type="cuda", precision="bf16") == "eager"
+    assert choose_engine("auto", 10**6, device_type="cuda", precision="tf32") == "eager"
+
+
+def test_memory_format_follows_the_measurements():
+    assert not prefers_channels_last("resnet50", "cuda", "fp32")  # NCHW measured faster
+    assert prefers_channels_last("resnet50", "cuda", "bf16")
+    assert prefers_channels_last("mobilenet_v1", "cuda", "fp32")
+    assert prefers_channels_last("resnet50", "cpu", "fp32")
+
+
+def test_auto_on_cuda_weighs_build_time_against_images(monkeypatch):
+    monkeypatch.setattr(engines, "recorded_build_seconds", lambda *a: None)
+    # H100 rates: fast saves ~0.15 ms per ResNet-50 image, its 37 s cold build needs ~250k.
+    assert choose_engine("auto", 50_000, device_type="cuda", model="resnet50") == "eager"
+    assert choose_engine("auto", 500_000, device_type="cuda", model="resnet50") == "fast"
+    # A warm compile cache (a recorded 2 s build) moves the break-even down.
+    monkeypatch.setattr(engines, "recorded_build_seconds", lambda *a: 2.0)
+    assert choose_engine("auto", 50_000, device_type="cuda", model="resnet50") == "fast"
+    # The CPU rule is unchanged.
+    assert choose_engine("auto", 50_000, device_type="cpu", model="resnet50") == "fast"
+
+
+def test_build_seconds_are_recorded_beside_the_compile_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(engines, "_build_record_path", lambda: tmp_path / "builds.json")
+    assert engines.recorded_build_seconds("resnet50", "cuda", 256) is None
+    engines.record_build_seconds("resnet50", "cuda", 256, 12.345)
+    assert engines.recorded_build_seconds("resnet50", "cuda", 256) == 12.35
+    assert engines.recorded_build_seconds("resnet50", "cuda", 128) is None
+
+
+def test_warmup_shapes_are_the_full_batch_and_the_tail():
+    assert warmup_batch_sizes(50_000, 256) == [256, 80]
+    assert warmup_batch_sizes(512, 256) == [256]
+    assert warmup_batch_sizes(5, 32) == [5]
+    assert warmup_batch_sizes(None, 32) == [32]
+
+
+class SlowFirstShape(torch.nn.Module):
+    """Like cuDNN autotuning: the first call of each batch shape costs extra time."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = ToyNet(seed=1)
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        if x.shape[0] not in self.seen:
+            self.seen.append(x.shape[0])
+            time.sleep(0.2)
+        return self.net(x)
+
+
+def test_warm_up_happens_in_setup_and_steady_state_excludes_it():
+    module = SlowFirstShape()
+    backend = TorchBackend(module, "resnet50", engine="eager", batch_size=4, num_images=10)
+    assert backend.prepared.setup_seconds < 0.2  # no warm-up on the CPU by default
+    prepared = prepare_engine(
+        module, "eager", batch_size=4, num_images=10, warmup=True, copy_module=False
+    )
+    assert prepared.forward.seen == [4, 2]  # full batch and the 10 % 4 tail, during setup
+    assert prepared.setup_seconds >= 0.4
+    assert any(note.startswith("warm-up of batch shapes [4, 2]") for note in prepared.notes)
+    backend.prepared = prepared
+    outcome = run_evaluation(backend, FakeCache(n=10), batch_size=4, quiet=True)
+    assert outcome.inference_seconds < 0.2  # no first-shape cost left in the timed part
+
+
+class TiedLogits(torch.nn.Module):
+    """Every class ties except class 7: ranking must send ties to the lower class."""
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 1001)
+        out[:, 7] = 1.0
+        return out
+
+
+def test_device_top5_ranks_like_the_numpy_rule():
+    backend = TorchBackend(TiedLogits(), "resnet50", engine="eager", batch_size=3)
+    crops = FakeCache(n=3).read(0, 3)
+    on_device = backend.collect([backend.submit(crops)])[0]
+    by_numpy = Backend.submit(backend, crops)
+    assert np.array_equal(on_device, by_numpy)
+    assert on_device[0].tolist() == [6, -1, 0, 1, 2]  # class 7, then 0, 1, 2, 3 (offset 1)
+
+
+def test_grouped_collect_keeps_batch_order():
+    backend = TorchBackend(ToyNet(seed=4), "resnet50", engine="eager", batch_size=2)
+    cache = FakeCache(n=7)
+    backend.collect_every = 3
+    grouped = run_evaluation(backend, cache, batch_size=2, quiet=True)
+    backend.collect_every = 1
+    single = run_evaluation(backend, cache, batch_size=2, quiet=True)
+    assert np.array_equal(grouped.top5, single.top5)
+    assert grouped.counter == single.counter
+
+
+def write_run(folder, precision, predictions, **fields):
+    folder.mkdir(parents=True)
+    results = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w",
+               "images": len(predictions), "top1": 50.0, **fields}  # fmt: skip
+    if precision is not None:
+        results["precision"] = precision
+    (folder / "results.json").write_text(json.dumps(results))
+    np.save(folder / "predictions.npy", np.asarray(predictions, dtype=np.int64))
+    return results
+
+
+def test_a_bf16_run_finds_its_fp32_sibling_and_counts_equal_predictions(tmp_path):
+    write_run(tmp_path / "resnet50-torch", None, [1, 2, 3, 4])  # unrecorded means fp32
+    write_run(tmp_path / "other-weights", "fp32", [9, 9, 9, 9], weights_sha256="x")
+    write_run(tmp_path / "other-tf32", "tf32", [1, 2, 3, 4])
+    mine = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w", "images": 4}
+    out = tmp_path / "resnet50-bf16"
+    assert find_fp32_reference(out, mine) == (tmp_path / "resnet50-torch").resolve()
+    agreement = fp32_agreement(out, mine, np.array([1, 2, 0, 4]))["fp32_reference"]
+    assert agreement["equal_predictions"] == 3 and agreement["equal_share"] == 0.75
+    assert agreement["top1"] == 50.0
+    fewer = {**mine, "images": 5}  # a reference must cover every image of this run
+    assert find_fp32_reference(out, fewer) is None
+    assert fp32_agreement(out, fewer, np.zeros(5, np.int64)) == {"fp32_reference": None}
