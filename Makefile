@@ -16,7 +16,7 @@ RUN_FLAGS = --model $(MODEL) --work-dir $(WORK_DIR) --device $(DEVICE) --batch-s
 	$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	$(if $(LIMIT),--limit $(LIMIT))
 
-.PHONY: setup test lint format preprocess convert evaluate run accuracy-ci bench bench-preprocess clean
+.PHONY: setup test lint format preprocess convert evaluate run accuracy-ci bench bench-preprocess gpu-carry gpu-check clean
 
 setup:
 	python3 -m venv .venv
@@ -60,6 +60,15 @@ bench:
 
 bench-preprocess:
 	$(PYTHON) -m benchmarks.bench_preprocess --json $(WORK_DIR)/bench/preprocess.json
+
+# What the GPU check brings to a GPU machine without TensorFlow (git-ignored, <= 64 MiB),
+# and the check itself (OUT: where gpu_check.json goes).
+gpu-carry:
+	$(PYTHON) -m benchmarks.gpu_carry --dir gpu-carry
+
+OUT ?= $(WORK_DIR)/gpu-check-out
+gpu-check:
+	$(PYTHON) -m benchmarks.gpu_check --out $(OUT) --device $(DEVICE)
 
 clean:
 	rm -rf $(WORK_DIR) .pytest_cache

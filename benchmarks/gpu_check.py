@@ -1,146 +1,268 @@
-"""The prepared GPU check: CUDA evaluation of both converted models against the CPU result.
+"""The prepared GPU check: both models on CUDA against the CPU, speed of the whole CLI.
 
-    python -m benchmarks.gpu_check [--work-dir work/gpu-check] [--images 512] [--json PATH]
+    python -m benchmarks.gpu_check --out DIR [--device cuda] [--images 50000] [--subset 1024]
+                                   [--carry gpu-carry] [--work-dir /tmp/gpu-check]
 
-For each model it builds the fixture checkpoint (full size, MLPerf's node names, random
-weights) and a generated validation set, runs the pipeline on the CPU (the reference
-predictions), then evaluates the same converted weights on CUDA with TF32 off, eager and
-fast, and reports: agreement of predictions and top-5 with the CPU run, images/s on the
-GPU and on the CPU, and the card's name. Exit status 1 when any CUDA run disagrees with
-the CPU on any image. Meant for a machine with a GPU; on one without, it says so and exits.
+Needs torch, numpy and OpenCV only (no TensorFlow), and runs from the repository root:
+
+1. data: ``--unique`` generated JPEGs (tests/fixtures/images.py, OpenCV only), hard-linked
+   into a ``--images`` listing with val_map.txt;
+2. preprocess: ``python -m preprocess --workers W`` per model, timed;
+3. weights: MobileNet from ``--carry``/mobilenet_v1.pth (converted from the fixture graph
+   on a machine with TensorFlow by ``make gpu-carry``); ResNet-50 (too large to carry) is a
+   seeded model whose batch-norm statistics are measured on real cached crops, saved in
+   the converted-model format; without a carried file MobileNet is made the same way;
+4. agree: ``python -m eval`` on the CPU (eager) over the first ``--subset`` images, then
+   on ``--device`` with each of ``--engines`` (fp32, TF32 off): predictions and top-5 must
+   be identical;
+5. full: the whole ``python -m eval`` CLI over every image with its defaults, wall time,
+   setup_seconds, steady-state images/s, and agreement with the CPU on the subset;
+6. precision (CUDA only): tf32 and bf16 full runs, their top-1 and share of predictions
+   equal to the fp32 run;
+7. torchrun: ``python -m torch.distributed.run --nproc-per-node N -m eval`` on the subset,
+   predictions against the one-process run.
+
+Each step is added to DIR/gpu_check.json as soon as it ends (a timeout still returns what
+finished) and logged to DIR/gpu_check.log. Exit status 1 when any comparison disagrees or
+a step failed. ``--device cpu --images 256 --engines eager`` rehearses it anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import subprocess
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
-from core.errors import configure_logging
 from core.files import write_text_atomic
 
+log = logging.getLogger("gpu_check")
+
 ROOT = Path(__file__).resolve().parent.parent
-
 MODELS = ("resnet50", "mobilenet_v1")
-CUDA_ENGINES = ("eager", "fast")
+CALIBRATION_CROPS = 32
 
 
-def prepare_inputs(work_dir: Path, images: int) -> tuple[dict[str, Path], Path]:
-    from tests.fixtures.images import write_val_set
-    from tests.fixtures.tf_graphs import write_mobilenet_v1_tgz, write_resnet50_pb
+class Report:
+    """gpu_check.json, rewritten after every step."""
 
-    ckpt_dir = work_dir / "checkpoints"
-    checkpoints = {
-        "resnet50": ckpt_dir / "resnet50_v1.pb",
-        "mobilenet_v1": ckpt_dir / "mobilenet_v1_1.0_224.tgz",
-    }
-    if not checkpoints["resnet50"].exists():
-        write_resnet50_pb(checkpoints["resnet50"], seed=3)
-    if not checkpoints["mobilenet_v1"].exists():
-        write_mobilenet_v1_tgz(checkpoints["mobilenet_v1"], seed=3)
-    data_dir = work_dir / f"data-{images}"
-    if not (data_dir / "val_map.txt").exists():
-        write_val_set(data_dir, images, layout="val_map", seed=5)
-    return checkpoints, data_dir
+    def __init__(self, out_dir: Path, header: dict):
+        self.path = out_dir / "gpu_check.json"
+        self.data = {**header, "steps": {}, "failures": []}
+        self.save()
+
+    def record(self, step: str, value) -> None:
+        self.data["steps"][step] = value
+        self.save()
+
+    def fail(self, what: str) -> None:
+        log.error("FAILED: %s", what)
+        self.data["failures"].append(what)
+        self.save()
+
+    def save(self) -> None:
+        write_text_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
-def check_model(
-    model: str, checkpoint: Path, data_dir: Path, work_dir: Path, device: str
-) -> list[dict]:
-    from eval import evaluate
-    from pipeline.run import RunOptions, run_pipeline
-
-    state = run_pipeline(
-        RunOptions(
-            model=model,
-            work_dir=work_dir / "run",
-            checkpoint=str(checkpoint),
-            data_dir=data_dir,
-            engine="eager",
-            quiet=True,
-        )
+def run_timed(args: list[str], env: dict | None = None) -> tuple[float, str]:
+    """Run a command from the repository root; (wall seconds, stderr tail); raise on failure."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
     )
-    cpu_dir = state.model_dir / "eval-torch"
-    cpu = json.loads((cpu_dir / "results.json").read_text())
-    cpu_pred, cpu_top5 = np.load(cpu_dir / "predictions.npy"), np.load(cpu_dir / "top5.npy")
-    rows = [{"model": model, "device": "cpu", "engine": cpu["engine"], **_speed(cpu)}]
-    for engine in CUDA_ENGINES:
-        out_dir = work_dir / "cuda" / model / engine
-        res = evaluate(
-            model,
-            state.cache_dir,
-            weights=state.weights,
-            device=device,
-            engine=engine,
-            out_dir=out_dir,
-            quiet=True,
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(args[:6])} ... exited {proc.returncode}: {proc.stderr[-800:]}"
         )
-        pred, top5 = np.load(out_dir / "predictions.npy"), np.load(out_dir / "top5.npy")
-        rows.append(
-            {
-                "model": model,
-                "device": res.get("device_name", device),
-                "engine": res["engine"],
-                **_speed(res),
-                "top1_agree_with_cpu": int((pred == cpu_pred).sum()),
-                "top5_agree_with_cpu": int((top5 == cpu_top5).all(axis=1).sum()),
-                "images": int(len(pred)),
-            }
-        )
-    return rows
+    return wall, proc.stderr[-400:]
 
 
-def _speed(results: dict) -> dict:
+def make_data(work: Path, images: int, unique: int) -> dict:
+    """``unique`` generated JPEGs hard-linked into an ``images``-long val_map listing."""
+    from tests.fixtures.images import write_val_set
+
+    start = time.perf_counter()
+    source = work / "unique"
+    if not (source / "val_map.txt").exists():
+        write_val_set(source, unique, layout="val_map", seed=5)
+    entries = [line.split() for line in (source / "val_map.txt").read_text().splitlines()]
+    data = work / f"data-{images}"
+    data.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(images):
+        name, label = entries[i % len(entries)]
+        target = data / f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+        if not target.exists():
+            os.link(source / name, target)
+        lines.append(f"{target.name} {label}\n")
+    write_text_atomic(data / "val_map.txt", "".join(lines))
+    return {"data_dir": str(data), "images": images, "unique_jpegs": unique,
+            "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+
+
+def preprocess(model: str, data: Path, work: Path, workers: int) -> dict:
+    cache = work / f"cache-{model}"
+    wall, _ = run_timed(
+        [sys.executable, "-m", "preprocess", "--model", model, "--data-dir", str(data),
+         "--cache-dir", str(cache), "--workers", str(workers), "--quiet"]
+    )  # fmt: skip
+    return {"cache": str(cache), "workers": workers, "wall_seconds": round(wall, 2)}
+
+
+def make_weights(model: str, cache: Path, work: Path, carry: Path) -> dict:
+    """The carried .pth when there is one, else seeded weights calibrated on real crops."""
+    import torch
+
+    from benchmarks.seeded_weights import calibrate_batch_norm, save_converted, seeded_model
+    from convert.api import load_checkpoint
+    from preprocess import load_cache, normalize
+
+    carried = carry / f"{model}.pth"
+    if carried.is_file():
+        load_checkpoint(carried, expected_model=model)
+        return {"weights": str(carried), "source": "carried, converted from the fixture graph"}
+    crops = load_cache(cache, model).read(0, CALIBRATION_CROPS)
+    nchw = torch.from_numpy(normalize(crops, model)).permute(0, 3, 1, 2).contiguous()
+    module = calibrate_batch_norm(seeded_model(model, seed=3), nchw)
+    path = save_converted(module, model, work / "weights" / f"{model}.pth")
+    return {"weights": str(path), "source": f"seeded, batch norm measured on {len(nchw)} crops"}
+
+
+def eval_cli(model, cache, weights, out: Path, *extra: str, launcher=None) -> dict:
+    """``python -m eval`` (optionally under a launcher), timed; its results.json + wall."""
+    launch = launcher or []
+    wall, _ = run_timed(
+        [sys.executable, *launch, "-m", "eval", "--model", model, "--cache", str(cache),
+         "--weights", str(weights), "--out", str(out), "--quiet", *extra]
+    )  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    keep = ("engine", "engine_notes", "precision", "device_name", "images", "top1", "top5",
+            "setup_seconds", "images_per_second", "inference_seconds", "wall_seconds",
+            "batch_size", "world_size", "fp32_reference")  # fmt: skip
+    return {"cli_wall_seconds": round(wall, 2), **{k: results.get(k) for k in keep}}
+
+
+def agreement(out: Path, reference: Path, count: int) -> dict:
+    """Predictions and top-5 of ``out`` against ``reference`` over the first ``count``."""
+    ours, theirs = np.load(out / "top5.npy")[:count], np.load(reference / "top5.npy")[:count]
     return {
-        "images_per_second": results["images_per_second"],
-        "setup_seconds": results.get("setup_seconds"),
-        "top1": results["top1"],
+        "compared": int(len(theirs)),
+        "top1_equal": int((ours[:, 0] == theirs[:, 0]).sum()),
+        "top5_equal": int((ours == theirs).all(axis=1).sum()),
     }
+
+
+def check_agree(report: Report, name: str, agree: dict) -> None:
+    if agree["top1_equal"] != agree["compared"] or agree["top5_equal"] != agree["compared"]:
+        report.fail(f"{name}: {agree}")
+
+
+def check_model(report: Report, model: str, args, data: Path) -> None:
+    work, device, subset = args.work_dir, args.device, str(args.subset)
+    prep = preprocess(model, data, work, args.workers)
+    report.record(f"{model}.preprocess", prep)
+    cache = Path(prep["cache"])
+    weights = make_weights(model, cache, work, args.carry)
+    report.record(f"{model}.weights", weights)
+    w = weights["weights"]
+    runs = work / "runs" / model
+    cpu = runs / "cpu-eager"
+    report.record(f"{model}.cpu", eval_cli(model, cache, w, cpu, "--device", "cpu",
+                                           "--engine", "eager", "--limit", subset))  # fmt: skip
+    for engine in args.engines:
+        out = runs / f"{device.replace(':', '')}-{engine}"
+        res = eval_cli(model, cache, w, out, "--device", device, "--engine", engine,
+                       "--limit", subset)  # fmt: skip
+        res["agree_with_cpu"] = agreement(out, cpu, args.subset)
+        report.record(f"{model}.subset.{engine}", res)
+        check_agree(report, f"{model} {device} {engine} vs cpu", res["agree_with_cpu"])
+    full = runs / "full"
+    res = eval_cli(model, cache, w, full, "--device", device)
+    res["agree_with_cpu"] = agreement(full, cpu, args.subset)
+    report.record(f"{model}.full", res)
+    check_agree(report, f"{model} full run vs cpu", res["agree_with_cpu"])
+    if device.startswith("cuda"):
+        for precision in ("tf32", "bf16"):
+            out = runs / f"full-{precision}"  # a sibling of full/: the fp32 reference
+            report.record(f"{model}.full.{precision}",
+                          eval_cli(model, cache, w, out, "--device", device,
+                                   "--precision", precision))  # fmt: skip
+    out = runs / f"torchrun-{args.nproc}"
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                str(args.nproc)]  # fmt: skip
+    res = eval_cli(model, cache, w, out, "--device", device, "--engine", "eager",
+                   "--limit", subset, launcher=launcher)  # fmt: skip
+    res["agree_with_cpu"] = agreement(out, cpu, args.subset)
+    report.record(f"{model}.torchrun", res)
+    check_agree(report, f"{model} torchrun x{args.nproc} vs cpu", res["agree_with_cpu"])
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    info = {"torch": torch.__version__, "device": device, "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["card"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="gpu_check.json/.log go here")
+    parser.add_argument("--device", default="cuda", help="cuda (default); cpu rehearses")
+    parser.add_argument("--images", type=int, default=50_000)
+    parser.add_argument("--unique", type=int, default=256, help="distinct generated JPEGs")
+    parser.add_argument("--subset", type=int, default=1024, help="images compared with the CPU")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--engines", default="eager,fast", help="engines checked on --device")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--nproc", type=int, default=1, help="torchrun processes")
+    parser.add_argument("--carry", type=Path, default=ROOT / "gpu-carry")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/gpu-check"))
+    args = parser.parse_args(argv)
+    args.engines = [e for e in args.engines.split(",") if e]
+    args.models = [m for m in args.models.split(",") if m]
+    args.subset = min(args.subset, args.images)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "work" / "gpu-check")
-    parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument(
-        "--device", default="cuda", help="cuda (default); cpu only rehearses the script"
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.FileHandler(args.out / "gpu_check.log"), logging.StreamHandler()],
     )
-    args = parser.parse_args(argv)
-    configure_logging(quiet=True)
-
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"gpu_check: this PyTorch ({torch.__version__}) sees no CUDA GPU; nothing to do")
         return 0
     started = time.perf_counter()
-    checkpoints, data_dir = prepare_inputs(args.work_dir, args.images)
-    rows = []
-    for model in MODELS:
-        rows += check_model(model, checkpoints[model], data_dir, args.work_dir, args.device)
-
-    card = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
-    print(f"gpu_check on {card}, torch {torch.__version__}, TF32 off")
-    print(f"{'model':13s} {'device':28s} {'engine':24s} {'img/s':>8s} {'setup s':>8s} agree")
-    failed = False
-    for r in rows:
-        agree = "-"
-        if "top1_agree_with_cpu" in r:
-            agree = f"top-1 {r['top1_agree_with_cpu']}/{r['images']}, top-5 "
-            agree += f"{r['top5_agree_with_cpu']}/{r['images']}"
-            failed |= r["top1_agree_with_cpu"] != r["images"]
-        setup = "-" if r["setup_seconds"] is None else f"{r['setup_seconds']:.1f}"
-        print(
-            f"{r['model']:13s} {str(r['device'])[:28]:28s} {str(r['engine'])[:24]:24s} "
-            f"{r['images_per_second']:8.1f} {setup:>8s} {agree}"
-        )
-    print(f"gpu_check: {'FAILED' if failed else 'passed'} in {time.perf_counter() - started:.0f} s")
-    if args.json:
-        write_text_atomic(args.json, json.dumps(rows, indent=2) + "\n")
+    report = Report(args.out, {"environment": environment(args.device)})
+    data = make_data(args.work_dir, args.images, args.unique)
+    report.record("data", data)
+    for model in args.models:
+        try:
+            check_model(report, model, args, Path(data["data_dir"]))
+        except Exception as err:  # record and go on with the next model
+            log.error("%s", traceback.format_exc())
+            report.fail(f"{model}: {type(err).__name__}: {str(err)[-600:]}")
+    report.data["seconds"] = round(time.perf_counter() - started, 1)
+    report.save()
+    failed = bool(report.data["failures"])
+    print(f"gpu_check: {'FAILED' if failed else 'passed'} in {report.data['seconds']:.0f} s")
     return 1 if failed else 0
 
 

@@ -15,6 +15,16 @@ inputs did not change and redoes only what changed:
 One run at a time per work dir: the whole run holds W/<model>/.lock; a second run exits
 with a sentence naming the holder, or waits with --wait. The preprocess stage resumes a
 killed build by itself. `make preprocess convert evaluate` calls this module with --stages.
+
+Across several GPUs (or CPU machines), run the evaluate stage with PyTorch's launcher on
+what the earlier stages left in the work dir; each process takes one shard of the cache
+and rank 0 writes the one results.json (``"world_size": N``):
+
+    torchrun --nproc-per-node N -m eval --model M --cache W/M/cache --weights W/M/model.pth \
+        --device cuda --out W/M/eval-torch
+
+(this runner itself is one process: its fetch, preprocess and convert stages are not
+meant to run once per rank).
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ class RunOptions:
     device: str = "cpu"
     backend: str = "torch"
     engine: str = "auto"
+    precision: str = "fp32"
     batch_size: int = 32
     stages: tuple[str, ...] = STAGES
     force: bool = False
@@ -184,6 +195,7 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
             "limit": opts.limit,
             "device": device,
             "engine": opts.engine if backend == "torch" else None,
+            "precision": opts.precision if backend == "torch" else None,
             "loadgen": [opts.loadgen_mode, opts.scenario] if opts.loadgen else None,
         }
         stamp = StageStamp(state.model_dir / "stages", f"evaluate-{backend}")
@@ -202,7 +214,7 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
             wait=opts.wait,
         )
         if backend == "torch":
-            kwargs.update(weights=state.weights, engine=opts.engine)
+            kwargs.update(weights=state.weights, engine=opts.engine, precision=opts.precision)
         else:
             kwargs.update(checkpoint=state.checkpoint)
         if opts.loadgen:
@@ -377,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--backend", default="torch", choices=tuple(BACKENDS))
     p.add_argument("--engine", default="auto", choices=("auto", "eager", "fast"))
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "tf32", "bf16"),
+        help="torch evaluation precision; tf32/bf16 need --device cuda (fp32 is MLPerf's)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--stages", type=_parse_stages, default=STAGES, help="comma-separated")
     p.add_argument("--force", action="store_true", help="redo every stage (re-crop included)")
