@@ -18,7 +18,7 @@ Needs torch, numpy and OpenCV only (no TensorFlow), and runs from the repository
 5. full: the whole ``python -m eval`` CLI over every image with its defaults, wall time,
    setup_seconds, steady-state images/s, and agreement with the CPU on the subset;
 6. precision (CUDA only): tf32 and bf16 full runs, their top-1 and share of predictions
-   equal to the fp32 run;
+   equal to the fp32 run; and one fp32 full run with cuDNN autotuning forced on;
 7. torchrun: ``python -m torch.distributed.run --nproc-per-node N -m eval`` on the subset,
    predictions against the one-process run.
 
@@ -136,12 +136,12 @@ def make_weights(model: str, cache: Path, work: Path, carry: Path) -> dict:
     return {"weights": str(path), "source": f"seeded, batch norm measured on {len(nchw)} crops"}
 
 
-def eval_cli(model, cache, weights, out: Path, *extra: str, launcher=None) -> dict:
+def eval_cli(model, cache, weights, out: Path, *extra: str, launcher=None, env=None) -> dict:
     """``python -m eval`` (optionally under a launcher), timed; its results.json + wall."""
     launch = launcher or []
     wall, _ = run_timed(
         [sys.executable, *launch, "-m", "eval", "--model", model, "--cache", str(cache),
-         "--weights", str(weights), "--out", str(out), "--quiet", *extra]
+         "--weights", str(weights), "--out", str(out), "--quiet", *extra], env=env,
     )  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     keep = ("engine", "engine_notes", "precision", "device_name", "images", "top1", "top5",
@@ -195,6 +195,11 @@ def check_model(report: Report, model: str, args, data: Path) -> None:
             report.record(f"{model}.full.{precision}",
                           eval_cli(model, cache, w, out, "--device", device,
                                    "--precision", precision))  # fmt: skip
+    if device.startswith("cuda"):  # the cost and gain of cuDNN autotuning, measured
+        out = runs / "full-autotune"
+        report.record(f"{model}.full.autotune",
+                      eval_cli(model, cache, w, out, "--device", device,
+                               env={"MLPERF_PORT_CUDNN_AUTOTUNE": "1"}))  # fmt: skip
     out = runs / f"torchrun-{args.nproc}"
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                 str(args.nproc)]  # fmt: skip

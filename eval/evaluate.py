@@ -19,15 +19,15 @@ gathers the top-5 labels and writes the one results.json.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
-import queue
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +41,6 @@ from eval.backends import Backend, make_backend
 from eval.metrics import TOP_K, AccuracyCounter, labels_from_classes, top_k_classes
 
 log = logging.getLogger(__name__)
-
-# Buffers in flight between the reader thread and the loop: one being filled, one queued,
-# one in the backend's hands.
-_READ_BUFFERS = 3
 
 
 @dataclass
@@ -69,51 +65,36 @@ class EvaluationOutcome:
 
 
 def _read_batches(
-    cache, count: int, batch_size: int, buffers: list[np.ndarray], first: int = 0
+    cache, count: int, batch_size: int, buffers: list[np.ndarray], first: int = 0, readers: int = 1
 ) -> Iterator[np.ndarray]:
     """Yield consecutive uint8 batches of crops ``first:count``, read into ``buffers``.
 
-    ``cache.read`` copies (and digest-checks) straight into the buffer, e.g. pinned memory.
-    A batch must be finished with before the next one is requested: the reader reuses a
-    buffer once the two batches after it have been handed out.
+    ``cache.read`` copies (and digest-checks: sha256, which releases the GIL) straight into
+    the buffer, e.g. pinned memory, on ``readers`` threads; batch i always uses
+    ``buffers[i % len(buffers)]`` and at most ``len(buffers) - 1`` reads run ahead. A batch
+    must be finished with before the next one is requested: its buffer is refilled then.
     """
-    handoff: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    done = object()
+    starts = iter(enumerate(range(first, count, batch_size)))
+    ahead: collections.deque = collections.deque()
+    with ThreadPoolExecutor(readers, thread_name_prefix="eval-cache-reader") as pool:
 
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def reader() -> None:
-        try:
-            for i, start in enumerate(range(first, count, batch_size)):
-                stop_at = min(start + batch_size, count)
-                buf = buffers[i % len(buffers)][: stop_at - start]
-                if not put(cache.read(start, stop_at, out=buf)):
-                    return
-            put(done)
-        except BaseException as err:  # surfaced in the consumer's thread
-            put(err)
-
-    thread = threading.Thread(target=reader, name="eval-cache-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = handoff.get()
-            if item is done:
+        def launch() -> None:
+            for i, start in starts:
+                stop = min(start + batch_size, count)
+                buf = buffers[i % len(buffers)][: stop - start]
+                ahead.append(pool.submit(cache.read, start, stop, out=buf))
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+
+        for _ in range(len(buffers) - 1):
+            launch()
+        try:
+            while ahead:
+                batch = ahead.popleft().result()
+                yield batch
+                launch()  # into the buffer of the batch just finished with
+        finally:
+            for future in ahead:
+                future.cancel()
 
 
 def run_evaluation(
@@ -150,7 +131,8 @@ def run_evaluation(
         if first:
             counter.update(top5[:first], labels[:first])
             log.info("resuming %s: %d of %d images already evaluated", journal.path, first, count)
-    buffers = [backend.allocate_batch(min(batch_size, count)) for _ in range(_READ_BUFFERS)]
+    readers = max(1, backend.reader_threads)
+    buffers = [backend.allocate_batch(min(batch_size, count)) for _ in range(readers + 2)]
     inference_seconds = 0.0
     wall_start = time.perf_counter()
     bar = tqdm(
@@ -179,7 +161,7 @@ def run_evaluation(
             pending.clear()
 
         start = first
-        for batch in _read_batches(cache, count, batch_size, buffers, first):
+        for batch in _read_batches(cache, count, batch_size, buffers, first, readers):
             t0 = time.perf_counter()
             pending.append((start, start + len(batch), backend.submit(batch)))
             inference_seconds += time.perf_counter() - t0

@@ -156,3 +156,29 @@ def test_a_bf16_run_finds_its_fp32_sibling_and_counts_equal_predictions(tmp_path
     fewer = {**mine, "images": 5}  # a reference must cover every image of this run
     assert find_fp32_reference(out, fewer) is None
     assert fp32_agreement(out, fewer, np.zeros(5, np.int64)) == {"fp32_reference": None}
+
+
+def test_cudnn_autotune_only_for_runs_that_repay_it(monkeypatch):
+    monkeypatch.delenv("MLPERF_PORT_CUDNN_AUTOTUNE", raising=False)
+    assert engines.cudnn_autotune(50_000)[0] is False
+    assert engines.cudnn_autotune(engines.CUDNN_AUTOTUNE_MIN_IMAGES)[0] is True
+    assert engines.cudnn_autotune(None)[0] is True
+    monkeypatch.setenv("MLPERF_PORT_CUDNN_AUTOTUNE", "1")
+    assert engines.cudnn_autotune(10) == (True, "cuDNN autotune on (environment)")
+
+
+def test_nchw_engine_gets_nchw_input_from_the_nhwc_cache():
+    net = ToyNet(seed=2)
+    prepared = prepare_engine(net, "eager", channels_last=False, copy_module=False)
+    nhwc_view = torch.rand(2, 224, 224, 3).permute(0, 3, 1, 2)  # how the cache arrives
+    prepared(nhwc_view)
+    assert net.last_input.is_contiguous()  # NCHW as chosen, not the cache's layout
+
+
+def test_several_reader_threads_keep_the_order():
+    backend = TorchBackend(ToyNet(seed=4), "resnet50", engine="eager", batch_size=2)
+    cache = FakeCache(n=11)
+    one = run_evaluation(backend, cache, batch_size=2, quiet=True)
+    backend.reader_threads = 4
+    four = run_evaluation(backend, cache, batch_size=2, quiet=True)
+    assert np.array_equal(one.top5, four.top5) and one.counter == four.counter
