@@ -13,13 +13,14 @@ Needs torch, numpy and OpenCV only (no TensorFlow), and runs from the repository
    seeded model whose batch-norm statistics are measured on real cached crops, saved in
    the converted-model format; without a carried file MobileNet is made the same way;
 4. agree: ``python -m eval`` on the CPU (eager) over the first ``--subset`` images, then
-   on ``--device`` with each of ``--engines`` (fp32, TF32 off): predictions and top-5 must
-   be identical;
+   on ``--device`` eager (fp32, TF32 off): predictions and top-5 must be identical;
 5. full: the whole ``python -m eval`` CLI over every image with its defaults, wall time,
    setup_seconds, steady-state images/s, and agreement with the CPU on the subset;
-6. precision (CUDA only): tf32 and bf16 full runs, their top-1 and share of predictions
+   steps 2-5 run for both models before the rest, so a short run answers the main question;
+6. the other ``--engines`` (default: fast) on the subset, against the CPU;
+7. precision (CUDA only): tf32 and bf16 full runs, their top-1 and share of predictions
    equal to the fp32 run; and one fp32 full run with cuDNN autotuning forced on;
-7. torchrun: ``python -m torch.distributed.run --nproc-per-node N -m eval`` on the subset,
+8. torchrun: ``python -m torch.distributed.run --nproc-per-node N -m eval`` on the subset,
    predictions against the one-process run.
 
 Each step is added to DIR/gpu_check.json as soon as it ends (a timeout still returns what
@@ -165,49 +166,72 @@ def check_agree(report: Report, name: str, agree: dict) -> None:
         report.fail(f"{name}: {agree}")
 
 
-def check_model(report: Report, model: str, args, data: Path) -> None:
-    work, device, subset = args.work_dir, args.device, str(args.subset)
-    prep = preprocess(model, data, work, args.workers)
+def prepare_model(report: Report, model: str, args, data: Path) -> dict:
+    """Cache, weights and the CPU reference over the subset: what every check compares with."""
+    prep = preprocess(model, data, args.work_dir, args.workers)
     report.record(f"{model}.preprocess", prep)
     cache = Path(prep["cache"])
-    weights = make_weights(model, cache, work, args.carry)
+    weights = make_weights(model, cache, args.work_dir, args.carry)
     report.record(f"{model}.weights", weights)
-    w = weights["weights"]
-    runs = work / "runs" / model
-    cpu = runs / "cpu-eager"
-    report.record(f"{model}.cpu", eval_cli(model, cache, w, cpu, "--device", "cpu",
-                                           "--engine", "eager", "--limit", subset))  # fmt: skip
-    for engine in args.engines:
-        out = runs / f"{device.replace(':', '')}-{engine}"
-        res = eval_cli(model, cache, w, out, "--device", device, "--engine", engine,
-                       "--limit", subset)  # fmt: skip
-        res["agree_with_cpu"] = agreement(out, cpu, args.subset)
-        report.record(f"{model}.subset.{engine}", res)
-        check_agree(report, f"{model} {device} {engine} vs cpu", res["agree_with_cpu"])
-    full = runs / "full"
-    res = eval_cli(model, cache, w, full, "--device", device)
-    res["agree_with_cpu"] = agreement(full, cpu, args.subset)
-    report.record(f"{model}.full", res)
-    check_agree(report, f"{model} full run vs cpu", res["agree_with_cpu"])
-    if device.startswith("cuda"):
-        for precision in ("tf32", "bf16"):
-            out = runs / f"full-{precision}"  # a sibling of full/: the fp32 reference
-            report.record(f"{model}.full.{precision}",
-                          eval_cli(model, cache, w, out, "--device", device,
-                                   "--precision", precision))  # fmt: skip
-    if device.startswith("cuda"):  # the cost and gain of cuDNN autotuning, measured
-        out = runs / "full-autotune"
-        report.record(f"{model}.full.autotune",
-                      eval_cli(model, cache, w, out, "--device", device,
-                               env={"MLPERF_PORT_CUDNN_AUTOTUNE": "1"}))  # fmt: skip
-    out = runs / f"torchrun-{args.nproc}"
+    runs = args.work_dir / "runs" / model
+    ctx = {"model": model, "cache": cache, "weights": weights["weights"], "runs": runs}
+    report.record(f"{model}.cpu", run_and_compare(ctx, "cpu-eager", args, None,
+                                                  "--device", "cpu", "--engine", "eager",
+                                                  "--limit", str(args.subset)))  # fmt: skip
+    return ctx
+
+
+def run_and_compare(ctx: dict, name: str, args, report: Report | None, *extra, **kw) -> dict:
+    """One ``python -m eval`` run into runs/NAME, compared with the CPU run when asked."""
+    out = ctx["runs"] / name
+    res = eval_cli(ctx["model"], ctx["cache"], ctx["weights"], out, *extra, **kw)
+    if report is not None:
+        res["agree_with_cpu"] = agreement(out, ctx["runs"] / "cpu-eager", args.subset)
+        check_agree(report, f"{ctx['model']} {name} vs cpu", res["agree_with_cpu"])
+    return res
+
+
+def main_checks(report: Report, ctx: dict, args) -> None:
+    """CUDA eager on the subset, then the whole CLI with its defaults over every image."""
+    model, device, subset = ctx["model"], args.device, str(args.subset)
+    report.record(f"{model}.subset.eager", run_and_compare(
+        ctx, "subset-eager", args, report, "--device", device, "--engine", "eager",
+        "--limit", subset))  # fmt: skip
+    report.record(f"{model}.full", run_and_compare(ctx, "full", args, report, "--device", device))
+
+
+def extra_checks(report: Report, ctx: dict, args) -> None:
+    """Precisions, torchrun, the fast engines and cuDNN autotuning (the longer runs last)."""
+    model, device, subset = ctx["model"], args.device, str(args.subset)
+    on_cuda = device.startswith("cuda")
+    for precision in ("tf32", "bf16") if on_cuda else ():
+        # full-<precision> is a sibling of full/: eval finds its fp32 reference there.
+        report.record(f"{model}.full.{precision}", run_and_compare(
+            ctx, f"full-{precision}", args, None, "--device", device,
+            "--precision", precision))  # fmt: skip
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                 str(args.nproc)]  # fmt: skip
-    res = eval_cli(model, cache, w, out, "--device", device, "--engine", "eager",
-                   "--limit", subset, launcher=launcher)  # fmt: skip
-    res["agree_with_cpu"] = agreement(out, cpu, args.subset)
-    report.record(f"{model}.torchrun", res)
-    check_agree(report, f"{model} torchrun x{args.nproc} vs cpu", res["agree_with_cpu"])
+    report.record(f"{model}.torchrun", run_and_compare(
+        ctx, f"torchrun-{args.nproc}", args, report, "--device", device, "--engine", "eager",
+        "--limit", subset, launcher=launcher))  # fmt: skip
+    for engine in [e for e in args.engines if e != "eager"]:
+        report.record(f"{model}.subset.{engine}", run_and_compare(
+            ctx, f"subset-{engine}", args, report, "--device", device, "--engine", engine,
+            "--limit", subset))  # fmt: skip
+    if on_cuda:  # the cost and gain of cuDNN autotuning, measured
+        report.record(f"{model}.full.autotune", run_and_compare(
+            ctx, "full-autotune", args, report, "--device", device,
+            env={"MLPERF_PORT_CUDNN_AUTOTUNE": "1"}))  # fmt: skip
+
+
+def each_model(report: Report, models: list, step) -> None:
+    """``step(model)`` for every model; a failure is recorded and the others go on."""
+    for model in models:
+        try:
+            step(model)
+        except Exception as err:
+            log.error("%s", traceback.format_exc())
+            report.fail(f"{model}: {type(err).__name__}: {str(err)[-600:]}")
 
 
 def environment(device: str) -> dict:
@@ -258,12 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(args.out, {"environment": environment(args.device)})
     data = make_data(args.work_dir, args.images, args.unique)
     report.record("data", data)
-    for model in args.models:
-        try:
-            check_model(report, model, args, Path(data["data_dir"]))
-        except Exception as err:  # record and go on with the next model
-            log.error("%s", traceback.format_exc())
-            report.fail(f"{model}: {type(err).__name__}: {str(err)[-600:]}")
+    # Both models' essentials first, so a short time on the GPU still answers the main
+    # question; then the extra measurements.
+    ready: dict[str, dict] = {}
+
+    def essentials(model: str) -> None:
+        ready[model] = prepare_model(report, model, args, Path(data["data_dir"]))
+        main_checks(report, ready[model], args)
+
+    each_model(report, args.models, essentials)
+    each_model(report, list(ready), lambda model: extra_checks(report, ready[model], args))
     report.data["seconds"] = round(time.perf_counter() - started, 1)
     report.save()
     failed = bool(report.data["failures"])
