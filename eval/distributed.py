@@ -83,9 +83,16 @@ def init_from_environment(device: str) -> DistContext:
     if not dist.is_available():
         raise UserError("this PyTorch was built without torch.distributed; run one process")
     if not dist.is_initialized():
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, timeout=_GROUP_TIMEOUT)
+        try:
+            if backend == "nccl":
+                torch.cuda.set_device(local_rank)
+            dist.init_process_group(backend, timeout=_GROUP_TIMEOUT)
+        except (RuntimeError, ValueError) as err:  # no MASTER_ADDR, no GPU LOCAL_RANK, ...
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise UserError(
+                f"WORLD_SIZE={world_size} but this process cannot join a {backend} group "
+                f"({first}); start it with torchrun --nproc-per-node N -m eval ..."
+            ) from None
     log.info("rank %d of %d joined the %s group", rank, world_size, backend)
     return DistContext(rank, world_size, local_rank, backend)
 

@@ -118,3 +118,17 @@ def test_results_record_the_precision(mobilenet_run):
     assert results["precision"] == "fp32"
     assert any("fp32, channels-last" in note for note in results["engine_notes"])
     assert torch.get_num_threads() >= 1
+
+
+def test_world_size_without_torchrun_is_one_sentence(mobilenet_run, tmp_path):
+    root, weights = mobilenet_run
+    proc = run_module(
+        ["-m", "eval", "--model", "mobilenet_v1", "--cache", str(root / "cache"),
+         "--weights", str(weights), "--out", str(tmp_path / "o")],
+        {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    err = proc.stderr.strip()
+    assert err.startswith("error: WORLD_SIZE=2 but this process cannot join a gloo group")
+    assert err.endswith("start it with torchrun --nproc-per-node N -m eval ...")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
