@@ -20,7 +20,6 @@ import numpy as np
 
 from preprocess.cache import crop_digest
 from preprocess.recipes import crop_bgr_image, decode
-from preprocess.recipes import unreadable_reason as unreadable_reason  # re-exported
 
 TASKS_PER_WORKER = 2  # in flight at once, so no thread waits for its next range
 

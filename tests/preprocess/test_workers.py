@@ -9,7 +9,8 @@ import threading
 import cv2
 import pytest
 
-from preprocess.workers import run_ranges, unreadable_reason
+from preprocess.recipes import unreadable_reason
+from preprocess.workers import run_ranges
 from tests.preprocess.conftest import REPO_ROOT
 
 
