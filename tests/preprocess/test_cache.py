@@ -71,6 +71,7 @@ def test_cache_plus_normalize_equals_mlperf(val_set, tmp_path, model):
 def test_rerun_on_complete_cache_does_no_work(val_set, tmp_path):
     root, _ = val_set
     first = build_cache("resnet50", root, tmp_path / "c", workers=2, quiet=True)
+
     def stamps_of(folder):  # the lock file records each run's holder: not cache content
         return {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != ".lock"}
 
