@@ -31,7 +31,8 @@ from core.profiles import MODEL_NAMES, get_profile
 log = logging.getLogger("bench_inference")
 
 # "fast" is the project's default fast path; "fast:<builder>" names one explicitly.
-ENGINES = ("eager", "fast", "fast:torchscript-freeze", "fast:inductor", "tf", "onnx")
+ENGINES = ("eager", "fast", "fast:torchscript-freeze", "fast:inductor",
+           "fast:torchscript-onednn", "tf", "onnx")  # fmt: skip
 DEFAULT_ENGINES = ("eager", "fast", "tf", "onnx")
 DEFAULT_BATCHES = (1, 32)
 FIXTURE_WRITERS = {"resnet50": "write_resnet50_pb", "mobilenet_v1": "write_mobilenet_v1_pb"}

@@ -379,9 +379,32 @@ def build_inductor(
     return compiled
 
 
+def build_torchscript_onednn(
+    module: nn.Module, example: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``build_torchscript_freeze`` with TorchScript's oneDNN Graph fuser (LLGA) on.
+
+    The fuser hands whole conv + batch norm + ReLU6 chains (depthwise ones included) to
+    oneDNN, as TensorFlow's oneDNN path does. The switch is process-wide, so it is on only
+    while this engine runs.
+    """
+
+    def with_fusion(run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        before = torch.jit.onednn_fusion_enabled()
+        torch.jit.enable_onednn_fusion(True)
+        try:
+            return run()
+        finally:
+            torch.jit.enable_onednn_fusion(before)
+
+    frozen = with_fusion(lambda: build_torchscript_freeze(module, example))
+    return lambda images: with_fusion(lambda: frozen(images))
+
+
 FAST_BUILDERS: dict[str, Callable[[nn.Module, torch.Tensor], Callable]] = {
     "torchscript-freeze": build_torchscript_freeze,
     "inductor": build_inductor,
+    "torchscript-onednn": build_torchscript_onednn,
 }
 # "fast" tries these in order: the first that builds and matches eager runs.
 FAST_BUILDER_ORDER = ("inductor", "torchscript-freeze")

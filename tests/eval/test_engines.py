@@ -58,6 +58,7 @@ SLOW = pytest.mark.skipif(
 FAST_CASES = [
     ("mobilenet_v1", "fast"),
     ("resnet50", "fast:torchscript-freeze"),
+    ("mobilenet_v1", "fast:torchscript-onednn"),
     pytest.param(("resnet50", "fast"), marks=SLOW),
     pytest.param(("mobilenet_v1", "fast:torchscript-freeze"), marks=SLOW),
 ]
