@@ -410,6 +410,62 @@ FAST_BUILDERS: dict[str, Callable[[nn.Module, torch.Tensor], Callable]] = {
 FAST_BUILDER_ORDER = ("inductor", "torchscript-freeze")
 
 
+def fold_symmetric_padding(module: nn.Module, example: torch.Tensor) -> int:
+    """Move each zero TF-SAME pad that is symmetric at this input size into its conv.
+
+    The converted models pad explicitly before every convolution (TF puts an odd pad
+    element after the data, which ``Conv2d(padding=)`` cannot express); where the split is
+    even (every stride-1 3x3 conv) the explicit pad is one extra copy of the activations
+    per layer. Folding it into ``conv.padding`` computes the same sums and lets the conv
+    kernels read the unpadded tensor. Only for a fixed input size (the fast engines'):
+    returns how many pads were folded. ``module`` is changed in place.
+    """
+    from convert.models.padding import TFSamePad2d
+
+    sizes: dict[nn.Module, tuple[int, int]] = {}
+
+    def record_size(layer: nn.Module, args: tuple) -> None:  # None: the input is unchanged
+        sizes.setdefault(layer, tuple(args[0].shape[-2:]))
+
+    hooks = [
+        layer.register_forward_pre_hook(record_size)
+        for layer in module.modules()
+        if isinstance(layer, TFSamePad2d)
+    ]
+    try:
+        with torch.inference_mode():
+            module(example[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    folded = 0
+    for parent in module.modules():
+        if isinstance(parent, nn.Sequential):
+            folded += _fold_in_sequence(parent, sizes)
+    return folded
+
+
+def _fold_in_sequence(parent: nn.Sequential, sizes: dict) -> int:
+    from convert.models.padding import tf_same_pads
+
+    folded = 0
+    names = list(parent._modules)
+    for name, next_name in zip(names, names[1:], strict=False):
+        pad, conv = parent._modules[name], parent._modules[next_name]
+        if pad not in sizes or pad.value != 0.0 or not isinstance(conv, nn.Conv2d):
+            continue
+        if conv.padding != (0, 0) or conv.kernel_size != (pad.kernel_size,) * 2:
+            continue
+        height, width = sizes[pad]
+        top, bottom = tf_same_pads(height, pad.kernel_size, pad.stride)
+        left, right = tf_same_pads(width, pad.kernel_size, pad.stride)
+        if top == bottom and left == right and conv.stride == (pad.stride,) * 2:
+            conv.padding = (top, left)
+            parent._modules[name] = nn.Identity()
+            folded += 1
+    return folded
+
+
 def _autocast_bf16(module: nn.Module, device: torch.device) -> Callable:
     """The module under bfloat16 autocast, its logits handed back as float32."""
 
@@ -520,9 +576,14 @@ def _build_fast(
     builders = (chosen.removeprefix("fast:"),) if ":" in chosen else FAST_BUILDER_ORDER
     example = _example_batch(batch_size, device, channels_last)
     sample = example[: min(batch_size, 8)].clone() if verify_sample is None else verify_sample
+    # The fast engines run a copy with symmetric pads folded into the convs; eager (the
+    # reference they are verified against) stays the converted module as it is.
+    fast_module = copy.deepcopy(eager_module)
+    if folded := fold_symmetric_padding(fast_module, example):
+        notes.append(f"{folded} symmetric TF-SAME pads folded into their convolutions")
     for builder_name in builders:
         try:
-            forward = FAST_BUILDERS[builder_name](eager_module, example)
+            forward = FAST_BUILDERS[builder_name](fast_module, example)
         except Exception as err:  # any build failure (tracing, compiler missing, ...)
             first_line = (str(err).strip().splitlines() or [""])[0][:300]
             reason = f"fast:{builder_name} failed to build ({type(err).__name__}: {first_line})"

@@ -182,3 +182,22 @@ def test_several_reader_threads_keep_the_order():
     backend.reader_threads = 4
     four = run_evaluation(backend, cache, batch_size=2, quiet=True)
     assert np.array_equal(one.top5, four.top5) and one.counter == four.counter
+
+
+def test_folding_symmetric_pads_keeps_the_logits():
+    import copy
+
+    from convert import build_model
+    from convert.models.padding import TFSamePad2d
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v1").eval()
+    folded = copy.deepcopy(model)
+    x = torch.randn(2, 3, 224, 224)
+    # 27 pads: the stem's and the 13 depthwise 3x3 ones, 13 pointwise 1x1 no-ops. The 5
+    # stride-2 ones stay (TF pads 0 before and 1 after there, which conv padding cannot do).
+    assert engines.fold_symmetric_padding(folded, x) == 27 - 5
+    left = [m for m in folded.modules() if isinstance(m, TFSamePad2d)]
+    assert len(left) == 5 and all(m.stride == 2 for m in left)
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), model(x), atol=1e-5, rtol=0)
