@@ -150,8 +150,6 @@ def stage_preprocess(opts: RunOptions, state: RunState) -> None:
 
 
 def stage_convert(opts: RunOptions, state: RunState) -> None:
-    from convert import convert_checkpoint
-
     weights = state.model_dir / "model.pth"
     stamp = StageStamp(state.model_dir / "stages", "convert")
     # The weights depend only on the checkpoint and the converter: new data does not redo
@@ -164,6 +162,8 @@ def stage_convert(opts: RunOptions, state: RunState) -> None:
     if not opts.force and stamp.is_current(inputs, [weights, weights.with_suffix(".json")]):
         state.ran["convert"] = "skipped (checkpoint unchanged)"
         return
+    from convert import convert_checkpoint  # imports torch: only when converting
+
     stamp.clear()
     convert_checkpoint(
         opts.model,
