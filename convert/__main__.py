@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from core.errors import configure_logging, run_cli
+from core.errors import configure_logging, positive_int, renamed_options, run_cli
 from core.profiles import MODEL_NAMES
 
 log = logging.getLogger("convert")
@@ -28,13 +28,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--verify-images", metavar="DIR", help="verify on these image files")
-    source.add_argument("--verify-cache", metavar="CACHE", help="verify on a preprocess cache")
+    source.add_argument("--cache-dir", metavar="CACHE", help="verify on a preprocess cache")
     parser.add_argument(
         "--verify-limit",
-        type=int,
+        type=positive_int,
         default=32,
         metavar="N",
-        help="verify on at most N images from --verify-images/--verify-cache (default 32)",
+        help="verify on at most N images from --verify-images/--cache-dir (default 32)",
     )
     parser.add_argument("--report", metavar="REPORT.json", help="write the full report here")
     parser.add_argument("--no-verify", action="store_true", help="skip the TF comparison")
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="if another conversion is writing the same --out, wait for it instead of failing",
     )
-    return parser.parse_args(argv)
+    return parser.parse_args(renamed_options(argv, {"--verify-cache": "--cache-dir"}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         args.checkpoint,
         args.out,
         verify_images=args.verify_images,
-        verify_cache=args.verify_cache,
+        verify_cache=args.cache_dir,
         report=args.report,
         verify=not args.no_verify,
         quiet=args.quiet,

@@ -5,6 +5,7 @@ A leaf: imports nothing of the project.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -26,6 +27,32 @@ def configure_logging(quiet: bool = False) -> None:
         level=logging.WARNING if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --batch-size, --limit, --workers: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def renamed_options(argv: list[str] | None, renamed: dict[str, str]) -> list[str]:
+    """``argv`` with old option spellings replaced by their new names (``--old=x`` too).
+
+    Old spellings keep working for scripts written against an earlier release, without
+    showing in ``--help``; each use logs a warning naming the new spelling.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):
+        name, sep, value = arg.partition("=")
+        if name in renamed:
+            logging.getLogger("cli").warning("%s is now %s", name, renamed[name])
+            argv[i] = renamed[name] + sep + value
+    return argv
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Evaluation stage: batched inference over the preprocessed cache, top-1/top-5, results.
 
-``python -m eval --model M --cache DIR --weights W.pth`` (or ``--backend tf --checkpoint
+``python -m eval --model M --cache-dir DIR --weights W.pth`` (or ``--backend tf --checkpoint
 PB``) evaluates; ``python -m eval compare A.npy B.npy`` compares two predictions files.
 Python API: ``eval.evaluate(...) -> dict`` and ``eval.compare.compare_predictions(a, b)``.
 """

@@ -1,6 +1,6 @@
 """``python -m eval``: evaluate a model over a preprocessed cache, or compare predictions.
 
-    python -m eval --model M --cache CACHE (--weights W.pth | --backend tf --checkpoint PB)
+    python -m eval --model M --cache-dir CACHE (--weights W.pth | --backend tf --checkpoint PB)
                    [--batch-size B] [--device cpu|cuda] [--limit N] [--out DIR] [--wait]
                    [--engine auto|eager|fast] [--precision fp32|tf32|bf16] [--quiet]
     torchrun --nproc-per-node N -m eval ...   (one shard of the cache per process)
@@ -22,13 +22,14 @@ import argparse
 import logging
 import sys
 
-from core.errors import UserError, configure_logging, run_cli
+from core.errors import UserError, configure_logging, positive_int, renamed_options, run_cli
 from core.profiles import MODEL_NAMES
+from eval.options import BACKENDS, add_evaluation_options, default_batch_size
 
 log = logging.getLogger("eval")
 
-# Default batch sizes: 32 measured best on the CPU; a GPU needs large batches to be busy.
-CPU_BATCH, CUDA_BATCH = 32, 256
+# Old spellings, still accepted (hidden from --help) so earlier scripts keep working.
+RENAMED_OPTIONS = {"--cache": "--cache-dir"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,49 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
         "preprocessed cache. 'python -m eval compare -h' compares two predictions files.",
     )
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
-    parser.add_argument("--cache", required=True, help="preprocessed cache directory")
-    parser.add_argument("--backend", choices=("torch", "tf"), default="torch")
+    parser.add_argument("--cache-dir", required=True, help="preprocessed cache directory")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--weights", help="converted PyTorch weights (.pth), torch backend")
     parser.add_argument("--checkpoint", help="the original frozen graph (.pb), tf backend")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        help=f"images per batch (default: {CPU_BATCH} on the CPU, {CUDA_BATCH} on CUDA)",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N cached images")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     parser.add_argument("--out", help="output directory (default: results/<model>-<backend>)")
-    parser.add_argument(
-        "--engine",
-        default="auto",
-        help="torch execution: eager, fast (frozen/compiled) or auto (default: whichever "
-        "should finish first on this device for this many images; why goes to engine_notes)",
-    )
-    parser.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "tf32", "bf16"),
-        help="fp32 (default, TF32 off: the figure comparable with MLPerf's); tf32 or bf16 on "
-        "CUDA only. A non-fp32 run records in results.json the share of its predictions equal "
-        "to an fp32 run of the same model, cache and weights found in a sibling folder of "
-        "--out (e.g. results/resnet50-torch beside results/resnet50-bf16)",
-    )
-    parser.add_argument(
-        "--loadgen", action="store_true", help="also run MLPerf LoadGen (logs in OUT/loadgen)"
-    )
-    parser.add_argument("--loadgen-mode", choices=("accuracy", "performance"), default="accuracy")
-    parser.add_argument("--scenario", choices=("Offline", "SingleStream"), default="Offline")
+    add_evaluation_options(parser)
     parser.add_argument(
         "--wait", action="store_true", help="wait for another run using --out to finish"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
     return parser
-
-
-def default_batch_size(args: argparse.Namespace) -> int:
-    if args.batch_size is not None:
-        return args.batch_size
-    return CUDA_BATCH if args.device.startswith("cuda") else CPU_BATCH
 
 
 def check_backend_inputs(args: argparse.Namespace) -> None:
@@ -97,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         from eval.compare import main as compare_main
 
         return compare_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(renamed_options(argv, RENAMED_OPTIONS))
     configure_logging(args.quiet)
     check_backend_inputs(args)
 
@@ -107,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or f"results/{args.model}-{args.backend}"
     results = evaluate(
         args.model,
-        args.cache,
+        args.cache_dir,
         weights=args.weights,
         backend=args.backend,
         checkpoint=args.checkpoint,
-        batch_size=default_batch_size(args),
+        batch_size=default_batch_size(args.batch_size, args.device),
         device=args.device,
         limit=args.limit,
         out_dir=out_dir,

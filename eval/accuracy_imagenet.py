@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import UserError, configure_logging, run_cli
+from core.errors import UserError, configure_logging, renamed_options, run_cli
 
 log = logging.getLogger(__name__)
 
@@ -139,16 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mlperf-accuracy-file", required=True, type=Path)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--val-map", type=Path, help="MLPerf val_map.txt (labels by line)")
-    source.add_argument("--cache", type=Path, help="preprocessed cache folder (its labels.npy)")
+    source.add_argument("--cache-dir", type=Path, help="preprocessed cache (its labels.npy)")
     parser.add_argument("--dtype", choices=sorted(RESPONSE_DTYPES), default="float32")
     parser.add_argument("--quiet", action="store_true", help="only print the result line")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(renamed_options(argv, {"--cache": "--cache-dir"}))
     configure_logging(args.quiet)
-    labels = labels_from_val_map(args.val_map) if args.val_map else labels_from_cache(args.cache)
+    if args.val_map:
+        labels = labels_from_val_map(args.val_map)
+    else:
+        labels = labels_from_cache(args.cache_dir)
     score = score_accuracy_log(args.mlperf_accuracy_file, labels, args.dtype)
     if score.total < len(labels):
         log.info("the log covers %d of %d labelled images", score.total, len(labels))

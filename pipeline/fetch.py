@@ -38,7 +38,7 @@ from urllib.request import Request, url2pathname, urlopen
 
 from tqdm import tqdm
 
-from core.errors import UserError, configure_logging, run_cli
+from core.errors import UserError, configure_logging, renamed_options, run_cli
 from core.files import atomic_path, find_archive_member, sha256_file
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 
@@ -516,14 +516,14 @@ def main(argv: list[str] | None = None) -> int:
         description="Fetch MLPerf's frozen graph for a model and print its path.",
     )
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
-    parser.add_argument("--dest", required=True, help="folder to keep the checkpoint in")
+    parser.add_argument("--out", required=True, help="folder to keep the checkpoint in")
     parser.add_argument("--url", help="http(s)://, file:// URL or local path (default: MLPerf's)")
     parser.add_argument("--sha256", help="expected sha256 of the file the URL names")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(renamed_options(argv, {"--dest": "--out"}))
     configure_logging(args.quiet)
     path = fetch_checkpoint(
-        args.model, args.dest, url=args.url, sha256=args.sha256, quiet=args.quiet
+        args.model, args.out, url=args.url, sha256=args.sha256, quiet=args.quiet
     )
     print(path)
     return 0

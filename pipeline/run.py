@@ -38,9 +38,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from core.errors import UserError, configure_logging, run_cli
+from core.errors import UserError, configure_logging, positive_int, run_cli
 from core.files import exclusive_lock, sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
+from eval.options import add_evaluation_options, default_batch_size
 from pipeline.stages import StageStamp
 
 log = logging.getLogger("pipeline.run")
@@ -383,24 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="ImageNet val (default: built-in sample)")
     p.add_argument("--val-map", type=Path, help="val_map.txt outside the data dir")
     p.add_argument("--work-dir", type=Path, default=Path("work"))
-    p.add_argument("--limit", type=int, help="use only the first N images of the listing")
-    p.add_argument("--workers", type=int, help="preprocessing processes (default: all cores)")
-    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS))
-    p.add_argument("--engine", default="auto", choices=("auto", "eager", "fast"))
+    p.add_argument("--limit", type=positive_int, help="use only the first N images of the listing")
     p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "tf32", "bf16"),
-        help="torch evaluation precision; tf32/bf16 need --device cuda (fp32 is MLPerf's)",
+        "--workers", type=positive_int, help="preprocessing threads (default: all cores)"
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
+    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS))
+    add_evaluation_options(p)
     p.add_argument("--stages", type=_parse_stages, default=STAGES, help="comma-separated")
     p.add_argument("--force", action="store_true", help="redo every stage (re-crop included)")
-    p.add_argument("--loadgen", action="store_true", help="run through MLPerf LoadGen")
-    p.add_argument("--loadgen-mode", default="accuracy", choices=("accuracy", "performance"))
-    p.add_argument("--scenario", default="Offline", choices=("Offline", "SingleStream"))
     p.add_argument(
         "--wait", action="store_true", help="wait for another run on this work dir to finish"
     )
@@ -411,10 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
-    if args.limit is not None and args.limit <= 0:
-        raise UserError("--limit must be a positive number of images")
-    if args.batch_size <= 0:
-        raise UserError("--batch-size must be positive")
+    args.batch_size = default_batch_size(args.batch_size, args.device)
     # Every RunOptions field has a command-line option of the same name.
     opts = RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)})
     try:

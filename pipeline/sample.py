@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import UserError, configure_logging, run_cli
+from core.errors import UserError, configure_logging, renamed_options, run_cli
 from core.files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -247,12 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--regenerate", action="store_true", help="rebuild the files from scikit-image"
     )
-    parser.add_argument("--dest", type=Path, help="where to rebuild (default: the sample folder)")
+    parser.add_argument("--out", type=Path, help="where to rebuild (default: the sample folder)")
     parser.add_argument("--quiet", action="store_true", help="warnings only")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(renamed_options(argv, {"--dest": "--out"}))
     configure_logging(args.quiet)
     if args.regenerate:
-        for path in regenerate(args.dest):
+        for path in regenerate(args.out):
             logger.info("wrote %s", path)
         return 0
     print(SAMPLE_DESCRIPTION)

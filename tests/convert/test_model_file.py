@@ -133,7 +133,7 @@ def test_unknown_key_is_refused_by_load_and_by_eval(converted, tiny_cache, tmp_p
         "eval",
         "--model",
         "mobilenet_v1",
-        "--cache",
+        "--cache-dir",
         str(tiny_cache),
         "--weights",
         str(edited),

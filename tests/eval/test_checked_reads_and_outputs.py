@@ -124,7 +124,7 @@ def test_read_only_out_folder_is_one_sentence(tmp_path):
 
 
 def _eval_cli(cache_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
-    argv = ["--model", "resnet50", "--cache", str(cache_dir), "--weights", "no-such.pth"]
+    argv = ["--model", "resnet50", "--cache-dir", str(cache_dir), "--weights", "no-such.pth"]
     return subprocess.Popen(
         [sys.executable, "-m", "eval", *argv, "--out", str(out), "--quiet", *extra],
         cwd=REPO_ROOT,
@@ -167,7 +167,7 @@ def test_zeroed_cache_ends_python_m_eval_in_one_sentence_and_no_results(cache_di
     del images
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "eval", "--model", "resnet50", "--cache", str(damaged),
+        [sys.executable, "-m", "eval", "--model", "resnet50", "--cache-dir", str(damaged),
          "--weights", "no-such.pth", "--out", str(out), "--quiet"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -195,7 +195,7 @@ def test_converted_model_with_an_unknown_field_is_one_sentence_before_evaluating
     torch.save(payload, weights)
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "eval", "--model", "resnet50", "--cache", str(cache_dir),
+        [sys.executable, "-m", "eval", "--model", "resnet50", "--cache-dir", str(cache_dir),
          "--weights", str(weights), "--out", str(out), "--quiet"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -84,7 +84,7 @@ def test_batch_size_and_limit_through_the_api(resnet_cache, toy_convert):
 
 def test_cli_prints_the_table_and_writes_outputs(resnet_cache, toy_convert, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["--model", "resnet50", "--cache", str(resnet_cache), "--weights", str(toy_convert)]
+    argv = ["--model", "resnet50", "--cache-dir", str(resnet_cache), "--weights", str(toy_convert)]
     assert (
         run_cli(main, [*argv, "--batch-size", "7", "--limit", "5", "--out", str(out), "--quiet"])
         == 0
@@ -106,7 +106,7 @@ def test_cli_prints_the_table_and_writes_outputs(resnet_cache, toy_convert, tmp_
     ],
 )
 def test_cli_errors_for_model_inputs(resnet_cache, capsys, extra, message):
-    argv = ["--model", "resnet50", "--cache", str(resnet_cache), *extra, "--quiet"]
+    argv = ["--model", "resnet50", "--cache-dir", str(resnet_cache), *extra, "--quiet"]
     assert run_cli(main, argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
@@ -116,16 +116,17 @@ def test_cli_errors_for_the_cache(resnet_cache, toy_convert, tmp_path, capsys, m
     monkeypatch.chdir(tmp_path)  # where the default --out (results/...) would appear
     weights = ["--weights", str(toy_convert), "--quiet"]
     missing = tmp_path / "no_cache"
-    assert run_cli(main, ["--model", "resnet50", "--cache", str(missing), *weights]) == 1
+    assert run_cli(main, ["--model", "resnet50", "--cache-dir", str(missing), *weights]) == 1
     assert capsys.readouterr().err.startswith(f"error: no preprocessed cache at {missing}")
-    assert run_cli(main, ["--model", "mobilenet_v1", "--cache", str(resnet_cache), *weights]) == 1
+    argv = ["--model", "mobilenet_v1", "--cache-dir", str(resnet_cache), *weights]
+    assert run_cli(main, argv) == 1
     assert "was built for resnet50, not mobilenet_v1" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
 
 
 def test_cli_cuda_without_gpu(resnet_cache, toy_convert, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    argv = ["--model", "resnet50", "--cache", str(resnet_cache), "--weights", str(toy_convert)]
+    argv = ["--model", "resnet50", "--cache-dir", str(resnet_cache), "--weights", str(toy_convert)]
     assert run_cli(main, [*argv, "--device", "cuda", "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --device cuda was requested but this PyTorch")
@@ -134,7 +135,7 @@ def test_cli_cuda_without_gpu(resnet_cache, toy_convert, monkeypatch, capsys):
 
 def test_python_dash_m_eval_reports_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "eval", "--model", "resnet50", "--cache", str(tmp_path / "x"),
+        [sys.executable, "-m", "eval", "--model", "resnet50", "--cache-dir", str(tmp_path / "x"),
          "--weights", str(tmp_path / "w.pth"), "--quiet"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

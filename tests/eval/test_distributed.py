@@ -77,7 +77,7 @@ def run_module(args: list[str], env_extra: dict | None = None) -> subprocess.Com
 
 def test_two_torchrun_ranks_equal_one_process(mobilenet_run):
     root, weights = mobilenet_run
-    common = ["--model", "mobilenet_v1", "--cache", str(root / "cache"), "--weights",
+    common = ["--model", "mobilenet_v1", "--cache-dir", str(root / "cache"), "--weights",
               str(weights), "--engine", "eager", "--batch-size", "2", "--quiet"]  # fmt: skip
     single = eval_stage.evaluate(
         "mobilenet_v1", root / "cache", weights=weights, engine="eager", batch_size=2,
@@ -104,7 +104,7 @@ def test_two_torchrun_ranks_equal_one_process(mobilenet_run):
 def test_precision_other_than_fp32_is_refused_on_the_cpu(mobilenet_run, tmp_path):
     root, weights = mobilenet_run
     proc = run_module(
-        ["-m", "eval", "--model", "mobilenet_v1", "--cache", str(root / "cache"),
+        ["-m", "eval", "--model", "mobilenet_v1", "--cache-dir", str(root / "cache"),
          "--weights", str(weights), "--precision", "bf16", "--out", str(tmp_path / "o")]
     )  # fmt: skip
     assert proc.returncode == 1
@@ -123,7 +123,7 @@ def test_results_record_the_precision(mobilenet_run):
 def test_world_size_without_torchrun_is_one_sentence(mobilenet_run, tmp_path):
     root, weights = mobilenet_run
     proc = run_module(
-        ["-m", "eval", "--model", "mobilenet_v1", "--cache", str(root / "cache"),
+        ["-m", "eval", "--model", "mobilenet_v1", "--cache-dir", str(root / "cache"),
          "--weights", str(weights), "--out", str(tmp_path / "o")],
         {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""},
     )  # fmt: skip

@@ -123,7 +123,7 @@ def test_standalone_scoring_counts_first_answer_per_sample(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     np.save(cache / "labels.npy", labels)
-    for source in (["--val-map", str(val_map)], ["--cache", str(cache)]):
+    for source in (["--val-map", str(val_map)], ["--cache-dir", str(cache)]):
         out = subprocess.run(
             [sys.executable, "-m", "eval.accuracy_imagenet", "--quiet",
              "--mlperf-accuracy-file", str(log_path), *source],

@@ -338,7 +338,7 @@ def test_file_url_and_local_pb(tmp_path):
 def test_cli_prints_path_and_reports_errors(tmp_path, capsys):
     local_pb = tmp_path / "g.pb"
     local_pb.write_bytes(b"graph")
-    argv = ["--model", "resnet50", "--dest", str(tmp_path / "d"), "--url", str(local_pb)]
+    argv = ["--model", "resnet50", "--out", str(tmp_path / "d"), "--url", str(local_pb)]
     assert run_cli(main, argv + ["--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(local_pb)
 

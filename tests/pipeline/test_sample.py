@@ -79,7 +79,7 @@ def test_description_is_honest_about_what_the_sample_is():
 
 def test_regeneration_reproduces_the_committed_files(tmp_path):
     pytest.importorskip("skimage")
-    assert run_cli(main, ["--regenerate", "--dest", str(tmp_path), "--quiet"]) == 0
+    assert run_cli(main, ["--regenerate", "--out", str(tmp_path), "--quiet"]) == 0
     same_opencv = _manifest()["opencv"] == cv2.__version__
     for image in SAMPLE_IMAGES:
         committed = (sample_dir() / image.file).read_bytes()

@@ -1,0 +1,67 @@
+"""One spelling per option across the CLIs; old spellings still work, hidden from --help."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.errors import positive_int, renamed_options
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_renamed_options_rewrites_old_spellings_only():
+    argv = ["--cache", "a", "--cache-dir=b", "--cache=c", "--cachex", "d"]
+    assert renamed_options(argv, {"--cache": "--cache-dir"}) == [
+        "--cache-dir",
+        "a",
+        "--cache-dir=b",
+        "--cache-dir=c",
+        "--cachex",
+        "d",
+    ]
+
+
+@pytest.mark.parametrize("text, value", [("1", 1), ("256", 256)])
+def test_positive_int_accepts_counts(text, value):
+    assert positive_int(text) == value
+
+
+@pytest.mark.parametrize(
+    "text, message", [("0", "at least 1"), ("-3", "at least 1"), ("x", "whole")]
+)
+def test_positive_int_refuses_what_is_not_a_count(text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        positive_int(text)
+
+
+@pytest.mark.parametrize(
+    "module, old, new",
+    [
+        ("eval", "--cache", "--cache-dir"),
+        ("convert", "--verify-cache", "--cache-dir"),
+        ("pipeline.fetch", "--dest", "--out"),
+    ],
+)
+def test_help_shows_the_new_spelling_only(module, old, new):
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert new in out.stdout
+    assert f"{old} " not in out.stdout and f"{old}\n" not in out.stdout
+
+
+def test_old_spelling_still_reaches_the_same_option(tmp_path):
+    missing = tmp_path / "no-cache"
+    argv = ["--model", "resnet50", "--cache", str(missing), "--weights", "w.pth"]
+    out = subprocess.run(
+        [sys.executable, "-m", "eval", *argv], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 1
+    assert "--cache is now --cache-dir" in out.stderr
+    assert f"error: no preprocessed cache at {missing}" in out.stderr
