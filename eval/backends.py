@@ -403,12 +403,9 @@ def make_backend(
     engine is checked on) and ``precision`` only concern the torch backend.
     """
     get_profile(model)  # unknown model names fail before any file work
+    check_model_inputs(backend, weights, checkpoint, precision)
     if backend == "torch":
-        if weights is None:
-            raise UserError("the torch backend needs --weights (a converted .pth file)")
         weights = Path(weights)
-        if not weights.is_file():
-            raise UserError(f"weights file not found: {weights}")
         dev = resolve_torch_device(device)  # before loading: fail fast on a missing GPU
         module, record = load_converted(model, weights)
         return TorchBackend(
@@ -423,13 +420,22 @@ def make_backend(
             label_offset=record["label_offset"],
             precision=precision,
         )
+    return TFBackend(Path(checkpoint), model, device)
+
+
+def check_model_inputs(backend: str, weights, checkpoint, precision: str = "fp32") -> None:
+    """The model file the backend needs exists: checked before any output folder is made."""
+    if backend == "torch":
+        if weights is None:
+            raise UserError("the torch backend needs --weights (a converted .pth file)")
+        if not Path(weights).is_file():
+            raise UserError(f"weights file not found: {weights}")
+        return
+    if backend != "tf":
+        raise UserError(f"unknown backend {backend!r}: expected one of {', '.join(BACKEND_NAMES)}")
     if precision != "fp32":
         raise UserError(f"--precision {precision} is for the torch backend on CUDA; tf runs fp32")
-    if backend == "tf":
-        if checkpoint is None:
-            raise UserError("the tf backend needs --checkpoint (the frozen graph .pb)")
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise UserError(f"checkpoint file not found: {checkpoint}")
-        return TFBackend(checkpoint, model, device)
-    raise UserError(f"unknown backend {backend!r}: expected one of {', '.join(BACKEND_NAMES)}")
+    if checkpoint is None:
+        raise UserError("the tf backend needs --checkpoint (the frozen graph .pb)")
+    if not Path(checkpoint).is_file():
+        raise UserError(f"checkpoint file not found: {checkpoint}")

@@ -269,6 +269,7 @@ def evaluate(
     """
     from core.profiles import get_profile
     from eval import distributed
+    from eval.backends import check_model_inputs
     from preprocess import load_cache
 
     get_profile(model)
@@ -295,7 +296,9 @@ def evaluate(
         ctx=ctx,
     )
     try:
-        cache = load_cache(Path(cache_dir), model)  # cheap checks first: no folder for a typo
+        # Cheap checks first: a typo in a path leaves no output folder behind.
+        cache = load_cache(Path(cache_dir), model)
+        check_model_inputs(backend, weights, checkpoint, precision)
         if out_dir is None or not ctx.is_main:
             return _evaluate_into(None, model, cache, cache_dir, **options)
         out_dir = Path(out_dir)

@@ -105,11 +105,13 @@ def test_cli_prints_the_table_and_writes_outputs(resnet_cache, toy_convert, tmp_
         (["--backend", "tf", "--checkpoint", "nope.pb"], "error: checkpoint file not found"),
     ],
 )
-def test_cli_errors_for_model_inputs(resnet_cache, capsys, extra, message):
+def test_cli_errors_for_model_inputs(resnet_cache, capsys, extra, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default --out (results/...) would appear
     argv = ["--model", "resnet50", "--cache-dir", str(resnet_cache), *extra, "--quiet"]
     assert run_cli(main, argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "results").exists()
 
 
 def test_cli_errors_for_the_cache(resnet_cache, toy_convert, tmp_path, capsys, monkeypatch):
