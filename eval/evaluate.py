@@ -269,7 +269,7 @@ def evaluate(
     """
     from core.profiles import get_profile
     from eval import distributed
-    from eval.backends import check_model_inputs
+    from eval.backends import check_model_inputs, resolve_torch_device
     from preprocess import load_cache
 
     get_profile(model)
@@ -299,6 +299,8 @@ def evaluate(
         # Cheap checks first: a typo in a path leaves no output folder behind.
         cache = load_cache(Path(cache_dir), model)
         check_model_inputs(backend, weights, checkpoint, precision)
+        if backend == "torch":
+            resolve_torch_device(options["device"])  # a missing GPU, before any output
         if out_dir is None or not ctx.is_main:
             return _evaluate_into(None, model, cache, cache_dir, **options)
         out_dir = Path(out_dir)

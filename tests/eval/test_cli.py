@@ -126,13 +126,15 @@ def test_cli_errors_for_the_cache(resnet_cache, toy_convert, tmp_path, capsys, m
     assert not (tmp_path / "results").exists()
 
 
-def test_cli_cuda_without_gpu(resnet_cache, toy_convert, monkeypatch, capsys):
+def test_cli_cuda_without_gpu(resnet_cache, toy_convert, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)  # where the default --out (results/...) would appear
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     argv = ["--model", "resnet50", "--cache-dir", str(resnet_cache), "--weights", str(toy_convert)]
     assert run_cli(main, [*argv, "--device", "cuda", "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --device cuda was requested but this PyTorch")
     assert err.endswith("sees no CUDA GPU; use --device cpu")
+    assert not (tmp_path / "results").exists()
 
 
 def test_python_dash_m_eval_reports_one_line(tmp_path):
