@@ -306,11 +306,10 @@ def combined_results(opts: RunOptions, state: RunState) -> dict[str, Any]:
 
 
 def _prediction_agreement(state: RunState) -> float:
-    import numpy as np
+    from eval.compare import compare_predictions, load_predictions
 
-    a = np.load(state.model_dir / "eval-torch" / "predictions.npy")
-    b = np.load(state.model_dir / "eval-tf" / "predictions.npy")
-    return float((a == b).mean() * 100.0) if len(a) else 100.0
+    torch_run, tf_run = (load_predictions(state.model_dir / f"eval-{b}") for b in ("torch", "tf"))
+    return compare_predictions(torch_run, tf_run)["percent"]
 
 
 def write_summary(opts: RunOptions, state: RunState) -> None:
