@@ -5,21 +5,33 @@ callable ``NCHW float32 -> logits [N, classes]`` that records which engine reall
 (``.name``), what it cost to build (``.setup_seconds``) and why (``.notes``).
 
 The fast path stays float32 and exact to float32 noise. Candidates, tried in order
-(``FAST_BUILDER_ORDER``; the first that builds and matches eager runs):
+(``FAST_BUILDER_ORDER`` on the CPU, ``CUDA_FAST_BUILDER_ORDER`` on CUDA; the first that
+builds and matches eager runs):
 
-- "inductor": ``torch.compile`` with inductor freezing (weights become constants, conv +
-  batch norm folded, oneDNN convolutions with fused ReLU/ReLU6, generated C++ for the
-  rest). Fastest measured on this project's 2-core AVX2 CPU at batch 32
+- "torchscript-onednn" (first on the CPU): the frozen TorchScript graph run by the oneDNN
+  Graph fuser, which hands whole conv + ReLU6 chains to oneDNN as TensorFlow does. On a
+  2-core AMD EPYC with AVX-512 (Zen 4) at batch 32, measured beside another job (so
+  only the ratios within one run count), it was never slower than inductor: MobileNet
+  52.6 vs 50.9 img/s and 42.0 vs 35.5; ResNet-50 11.5 vs 11.4 and 21.2 vs 11.8; and it
+  builds in ~7-12 s. TensorFlow was still faster there (MobileNet 64.8, ResNet-50 12.1
+  and 24.5 in those runs). CPU-only.
+- "inductor" (first on CUDA): ``torch.compile`` with inductor freezing (weights become
+  constants, conv + batch norm folded, oneDNN convolutions with fused ReLU/ReLU6,
+  generated C++ for the rest). Fastest measured on an earlier 2-core AVX2 CPU at batch 32
   (benchmarks/bench_inference.py): MobileNet 1.5x and ResNet-50 1.3x TensorFlow, 1.3x and
   1.15x channels-last eager. Needs a C++ compiler; builds in ~15-60 s (the low end when
   inductor's on-disk cache is warm).
 - "torchscript-freeze": ``torch.jit.trace`` + ``torch.jit.freeze`` (also folds conv+BN);
   builds in ~10 s, slower than inductor but faster than eager.
 
+Every fast engine runs a copy of the model with the symmetric TF-SAME pads folded into
+the convolutions (``fold_symmetric_padding``): +10 % for inductor on MobileNet.
 Measured and dropped: ``torch.jit.optimize_for_inference`` (MKLDNN layouts: ResNet-50
-8 img/s vs 12.7 for inductor), inductor max-autotune and C++ wrapper (no gain at batch 32),
-NCHW-contiguous layouts (channels-last was faster for every candidate).
-Models run channels-last (an NHWC cache viewed as NCHW is already in that layout). Every
+8 img/s vs 12.7 for inductor; MobileNet on the AVX-512 EPYC half the oneDNN fuser's
+speed), inductor max-autotune and C++ wrapper (no gain at batch 32), NCHW-contiguous
+layouts on the CPU (channels-last was faster for every candidate).
+Models run channels-last on the CPU (an NHWC cache viewed as NCHW is already in that
+layout; on CUDA see ``prefers_channels_last``). Every
 fast engine is checked against the eager module on a sample batch; a build failure or a
 disagreement moves on to the next candidate, and finally to eager, with the reasons in
 ``.notes``.
@@ -407,7 +419,9 @@ FAST_BUILDERS: dict[str, Callable[[nn.Module, torch.Tensor], Callable]] = {
     "torchscript-onednn": build_torchscript_onednn,
 }
 # "fast" tries these in order: the first that builds and matches eager runs.
-FAST_BUILDER_ORDER = ("inductor", "torchscript-freeze")
+FAST_BUILDER_ORDER = ("torchscript-onednn", "inductor", "torchscript-freeze")
+# The oneDNN Graph fuser is CPU-only: on CUDA, inductor (Triton kernels) leads.
+CUDA_FAST_BUILDER_ORDER = ("inductor", "torchscript-freeze")
 
 
 def fold_symmetric_padding(module: nn.Module, example: torch.Tensor) -> int:
@@ -573,7 +587,8 @@ def _build_fast(
     verify_sample: torch.Tensor | None,
 ) -> PreparedEngine:
     """The first fast builder that builds and matches eager; else eager, with reasons."""
-    builders = (chosen.removeprefix("fast:"),) if ":" in chosen else FAST_BUILDER_ORDER
+    default_order = CUDA_FAST_BUILDER_ORDER if device.type == "cuda" else FAST_BUILDER_ORDER
+    builders = (chosen.removeprefix("fast:"),) if ":" in chosen else default_order
     example = _example_batch(batch_size, device, channels_last)
     sample = example[: min(batch_size, 8)].clone() if verify_sample is None else verify_sample
     # The fast engines run a copy with symmetric pads folded into the convs; eager (the
