@@ -98,14 +98,23 @@ def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("checked")
     write_val_set(root / "data", 3, layout="val_map", seed=8)
     build_cache("resnet50", root / "data", root / "cache", workers=1, quiet=True)
+    # A weights file that exists but is never a model: runs that must stop before loading
+    # weights would fail on it if they reached that step.
+    (root / "not-a-model.pth").write_bytes(b"not a model")
     return root / "cache"
+
+
+def _weights_never_loaded(cache_dir: Path) -> str:
+    return str(cache_dir.parent / "not-a-model.pth")
 
 
 def test_unwritable_out_is_refused_before_the_weights_are_even_opened(cache_dir, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(UserError, match=r"cannot write to .*a-file/out .*choose a writable --out"):
-        evaluate("resnet50", cache_dir, weights="no-such.pth", out_dir=blocker / "out")
+        evaluate(
+            "resnet50", cache_dir, weights=_weights_never_loaded(cache_dir), out_dir=blocker / "out"
+        )
 
 
 def test_read_only_out_folder_is_one_sentence(tmp_path):
@@ -124,7 +133,8 @@ def test_read_only_out_folder_is_one_sentence(tmp_path):
 
 
 def _eval_cli(cache_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
-    argv = ["--model", "resnet50", "--cache-dir", str(cache_dir), "--weights", "no-such.pth"]
+    weights = _weights_never_loaded(cache_dir)
+    argv = ["--model", "resnet50", "--cache-dir", str(cache_dir), "--weights", weights]
     return subprocess.Popen(
         [sys.executable, "-m", "eval", *argv, "--out", str(out), "--quiet", *extra],
         cwd=REPO_ROOT,
@@ -150,10 +160,10 @@ def test_second_run_on_the_same_out_exits_naming_the_holder_or_waits(cache_dir, 
         waiting = _eval_cli(cache_dir, out, "--wait")
         time.sleep(3)
         assert waiting.poll() is None  # blocked on the lock, not failed
-    # Lock released: the waiting run goes on (and stops at the missing weights).
+    # Lock released: the waiting run goes on (and stops at the weights, not a model).
     _, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 1
-    assert "no-such.pth" in err and "in use" not in err
+    assert "not-a-model.pth" in err and "in use" not in err
 
 
 def test_zeroed_cache_ends_python_m_eval_in_one_sentence_and_no_results(cache_dir, tmp_path):
@@ -168,7 +178,7 @@ def test_zeroed_cache_ends_python_m_eval_in_one_sentence_and_no_results(cache_di
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "eval", "--model", "resnet50", "--cache-dir", str(damaged),
-         "--weights", "no-such.pth", "--out", str(out), "--quiet"],
+         "--weights", _weights_never_loaded(cache_dir), "--out", str(out), "--quiet"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1 and done.stdout == ""
