@@ -111,29 +111,14 @@ def run_evaluation(
     With a ``journal``, finished images are saved every few seconds and a run killed
     part-way continues from the last save instead of starting over.
     """
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be at least 1, got {limit}")
-    total = len(cache)
-    if total == 0:
-        raise UserError("the cache holds no images")
-    count = total if limit is None else min(limit, total)
-    if limit is not None and limit > total:
-        log.info("--limit %d is more than the %d cached images: evaluating all", limit, total)
+    count = _images_to_evaluate(cache, batch_size, limit)
     labels = np.asarray(cache.labels[:count], dtype=np.int64)
 
     top5 = np.empty((count, TOP_K), dtype=np.int64)
     counter = AccuracyCounter()
-    first = 0
-    if journal is not None:
-        first = journal.restore(top5, count)
-        if first:
-            counter.update(top5[:first], labels[:first])
-            log.info("resuming %s: %d of %d images already evaluated", journal.path, first, count)
+    first = _restore_from_journal(journal, top5, labels, counter, count)
     readers = max(1, backend.reader_threads)
     buffers = [backend.allocate_batch(min(batch_size, count)) for _ in range(readers + 2)]
-    inference_seconds = 0.0
     wall_start = time.perf_counter()
     bar = tqdm(
         total=count,
@@ -144,39 +129,93 @@ def run_evaluation(
     )
     bar.update(first)
     with bar:
-        pending: list[tuple[int, int, object]] = []  # (start, stop, handle) not yet fetched
-
-        def fetch() -> None:
-            nonlocal inference_seconds
-            t0 = time.perf_counter()
-            fetched = backend.collect([handle for _, _, handle in pending])
-            inference_seconds += time.perf_counter() - t0
-            for (start, stop, _), best in zip(pending, fetched, strict=True):
-                top5[start:stop] = best
-                counter.update(best, labels[start:stop])
-            bar.update(pending[-1][1] - pending[0][0])
-            bar.set_postfix(top1=f"{counter.top1:.2f}%", refresh=False)
-            if journal is not None:
-                journal.maybe_save(top5, pending[-1][1])
-            pending.clear()
-
+        loop = _InferenceLoop(backend, top5, labels, counter, bar, journal)
         start = first
         for batch in _read_batches(cache, count, batch_size, buffers, first, readers):
-            t0 = time.perf_counter()
-            pending.append((start, start + len(batch), backend.submit(batch)))
-            inference_seconds += time.perf_counter() - t0
+            loop.submit(start, batch)
             start += len(batch)
-            if len(pending) >= backend.collect_every:
-                fetch()
-        if pending:
-            fetch()
+        loop.fetch()
     return EvaluationOutcome(
         top5=top5,
         counter=counter,
-        inference_seconds=inference_seconds,
+        inference_seconds=loop.inference_seconds,
         wall_seconds=time.perf_counter() - wall_start,
         resumed_from=first,
     )
+
+
+def _images_to_evaluate(cache, batch_size: int, limit: int | None) -> int:
+    """Check the options against the cache; return how many images to evaluate."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    total = len(cache)
+    if total == 0:
+        raise UserError("the cache holds no images")
+    count = total if limit is None else min(limit, total)
+    if limit is not None and limit > total:
+        log.info("--limit %d is more than the %d cached images: evaluating all", limit, total)
+    return count
+
+
+def _restore_from_journal(
+    journal: ResumeJournal | None,
+    top5: np.ndarray,
+    labels: np.ndarray,
+    counter: AccuracyCounter,
+    count: int,
+) -> int:
+    """Fill top5 and counter from the journal's last save; return the first image to run."""
+    if journal is None:
+        return 0
+    first = journal.restore(top5, count)
+    if first:
+        counter.update(top5[:first], labels[:first])
+        log.info("resuming %s: %d of %d images already evaluated", journal.path, first, count)
+    return first
+
+
+class _InferenceLoop:
+    """Submits batches to the backend and fetches their top-5 every ``collect_every`` batches.
+
+    ``inference_seconds`` adds up only the time spent in ``Backend.submit`` and
+    ``Backend.collect``, never the cache reads.
+    """
+
+    def __init__(self, backend: Backend, top5, labels, counter, bar: tqdm, journal) -> None:
+        self.backend = backend
+        self.top5 = top5
+        self.labels = labels
+        self.counter = counter
+        self.bar = bar
+        self.journal = journal
+        self.pending: list[tuple[int, int, object]] = []  # (start, stop, handle) not yet fetched
+        self.inference_seconds = 0.0
+
+    def submit(self, start: int, batch: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        self.pending.append((start, start + len(batch), self.backend.submit(batch)))
+        self.inference_seconds += time.perf_counter() - t0
+        if len(self.pending) >= self.backend.collect_every:
+            self.fetch()
+
+    def fetch(self) -> None:
+        """Collect every pending batch, score it, and save the journal if it is due."""
+        if not self.pending:
+            return
+        pending = self.pending
+        t0 = time.perf_counter()
+        fetched = self.backend.collect([handle for _, _, handle in pending])
+        self.inference_seconds += time.perf_counter() - t0
+        for (start, stop, _), best in zip(pending, fetched, strict=True):
+            self.top5[start:stop] = best
+            self.counter.update(best, self.labels[start:stop])
+        self.bar.update(pending[-1][1] - pending[0][0])
+        self.bar.set_postfix(top1=f"{self.counter.top1:.2f}%", refresh=False)
+        if self.journal is not None:
+            self.journal.maybe_save(self.top5, pending[-1][1])
+        pending.clear()
 
 
 class ResumeJournal:

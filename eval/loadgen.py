@@ -314,6 +314,41 @@ def run_loadgen(
     runs without ``target_qps``, predict_labels is timed on one batch to size the query.
     Errors raised by predict_labels are re-raised here after LoadGen has shut down.
     """
+    num_samples = _check_run_arguments(images, labels, mode, scenario, batch_size)
+    lg = _import_loadgen()
+
+    out_dir = Path(out_dir)
+    _forget_previous_result(out_dir)
+    performance_sample_count = _clamp_performance_sample_count(
+        performance_sample_count, num_samples
+    )
+    if mode == "performance" and scenario == "Offline" and target_qps is None:
+        target_qps = estimate_samples_per_second(images, predict_labels, batch_size)
+        log.info("Offline target set to the measured %.1f samples/s", target_qps)
+    settings = _test_settings(lg, mode, scenario, min_duration_s, min_query_count, target_qps)
+
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        log_settings = _log_settings(lg, tmp_dir)
+        bar = _progress_bar(num_samples, mode, scenario, quiet)
+        sut_impl = _CacheSUT(lg, images, predict_labels, batch_size, bar)
+        with bar:
+            _run_test(lg, sut_impl, num_samples, performance_sample_count, settings, log_settings)
+        if sut_impl.error is not None:
+            raise sut_impl.error
+
+        result = _summarise_run(tmp_dir, out_dir, labels, mode, scenario, num_samples)
+        # Plain writes suffice: tmp_dir itself is the staging area, published only when whole.
+        (tmp_dir / RESULT_JSON).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        _publish(tmp_dir, out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    log.info("%s", result.summary_line())
+    return result
+
+
+def _check_run_arguments(images, labels, mode: str, scenario: str, batch_size: int) -> int:
+    """Reject bad options and mismatched inputs in one sentence; return the sample count."""
     if mode not in MODES:
         raise UserError(f"unknown LoadGen mode {mode!r}: choose one of {', '.join(MODES)}")
     if scenario not in SCENARIOS:
@@ -327,72 +362,81 @@ def run_loadgen(
         raise UserError("there are no images to run LoadGen on")
     if len(labels) != num_samples:
         raise UserError(f"{num_samples} images but {len(labels)} labels: they must match")
-    lg = _import_loadgen()
+    return num_samples
 
-    out_dir = Path(out_dir)
+
+def _forget_previous_result(out_dir: Path) -> None:
+    """Create out_dir's parent and remove the marker files of any earlier run."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for name in MARKER_FILES:  # a failed run must not leave an older result looking current
         (out_dir / name).unlink(missing_ok=True)
 
-    if performance_sample_count is None:
-        performance_sample_count = min(num_samples, DEFAULT_PERFORMANCE_SAMPLE_COUNT)
-    performance_sample_count = max(1, min(performance_sample_count, num_samples))
-    if mode == "performance" and scenario == "Offline" and target_qps is None:
-        target_qps = estimate_samples_per_second(images, predict_labels, batch_size)
-        log.info("Offline target set to the measured %.1f samples/s", target_qps)
-    settings = _test_settings(lg, mode, scenario, min_duration_s, min_query_count, target_qps)
 
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        log_settings = lg.LogSettings()
-        log_settings.log_output.outdir = str(tmp_dir)
-        log_settings.log_output.copy_summary_to_stdout = False
-        log_settings.enable_trace = False
-        bar = tqdm(
-            total=num_samples if mode == "accuracy" else None,
-            desc=f"loadgen {scenario} {mode}",
-            unit="img",
-            disable=quiet,
-        )
-        sut_impl = _CacheSUT(lg, images, predict_labels, batch_size, bar)
-        with bar:
-            _run_test(lg, sut_impl, num_samples, performance_sample_count, settings, log_settings)
-        if sut_impl.error is not None:
-            raise sut_impl.error
+def _clamp_performance_sample_count(requested: int | None, num_samples: int) -> int:
+    """Default to min(N, 1024) samples held in memory; always between 1 and N."""
+    if requested is None:
+        requested = min(num_samples, DEFAULT_PERFORMANCE_SAMPLE_COUNT)
+    return max(1, min(requested, num_samples))
 
-        detail, loadgen_errors = _parse_detail_log(tmp_dir / DETAIL_LOG)
-        result = LoadgenResult(
-            mode=mode,
-            scenario=scenario,
-            out_dir=out_dir,
-            num_samples=num_samples,
-            loadgen_errors=loadgen_errors,
-        )
-        for message in loadgen_errors:
-            log.warning("LoadGen reported an error: %s", message)
-        if mode == "accuracy":
-            score = score_accuracy_log(tmp_dir / ACCURACY_LOG, np.asarray(labels))
-            if score.total != num_samples:
-                raise UserError(
-                    f"LoadGen answered {score.total} of {num_samples} samples in accuracy mode"
-                )
-            result.accuracy_line = score.line()
-            result.top1, result.good, result.total = score.top1, score.good, score.total
-            (tmp_dir / ACCURACY_TXT).write_text(score.line() + "\n")
-        else:
-            for key, value in _performance_fields(detail, scenario).items():
-                setattr(result, key, value)
-            if not result.valid:
-                log.warning(
-                    "LoadGen called this run INVALID: %s", "; ".join(result.invalid_reasons)
-                )
-        # Plain writes suffice: tmp_dir itself is the staging area, published only when whole.
-        (tmp_dir / RESULT_JSON).write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        _publish(tmp_dir, out_dir)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    log.info("%s", result.summary_line())
+
+def _log_settings(lg, tmp_dir: Path):
+    """LoadGen log settings that write into tmp_dir, quietly and without a trace."""
+    log_settings = lg.LogSettings()
+    log_settings.log_output.outdir = str(tmp_dir)
+    log_settings.log_output.copy_summary_to_stdout = False
+    log_settings.enable_trace = False
+    return log_settings
+
+
+def _progress_bar(num_samples: int, mode: str, scenario: str, quiet: bool) -> tqdm:
+    """A bar counting answered samples; its total is known only in accuracy mode."""
+    return tqdm(
+        total=num_samples if mode == "accuracy" else None,
+        desc=f"loadgen {scenario} {mode}",
+        unit="img",
+        disable=quiet,
+    )
+
+
+def _summarise_run(
+    tmp_dir: Path, out_dir: Path, labels, mode: str, scenario: str, num_samples: int
+) -> LoadgenResult:
+    """Build the result from LoadGen's logs in tmp_dir; accuracy mode also writes accuracy.txt."""
+    detail, loadgen_errors = _parse_detail_log(tmp_dir / DETAIL_LOG)
+    result = LoadgenResult(
+        mode=mode,
+        scenario=scenario,
+        out_dir=out_dir,
+        num_samples=num_samples,
+        loadgen_errors=loadgen_errors,
+    )
+    for message in loadgen_errors:
+        log.warning("LoadGen reported an error: %s", message)
+    if mode == "accuracy":
+        _add_accuracy(result, tmp_dir, labels)
+    else:
+        _add_performance(result, detail, scenario)
     return result
+
+
+def _add_accuracy(result: LoadgenResult, tmp_dir: Path, labels) -> None:
+    """Score the accuracy log against labels; every sample must have been answered."""
+    score = score_accuracy_log(tmp_dir / ACCURACY_LOG, np.asarray(labels))
+    if score.total != result.num_samples:
+        raise UserError(
+            f"LoadGen answered {score.total} of {result.num_samples} samples in accuracy mode"
+        )
+    result.accuracy_line = score.line()
+    result.top1, result.good, result.total = score.top1, score.good, score.total
+    (tmp_dir / ACCURACY_TXT).write_text(score.line() + "\n")
+
+
+def _add_performance(result: LoadgenResult, detail: dict[str, Any], scenario: str) -> None:
+    """Copy throughput, latencies and validity from the detail log; warn when INVALID."""
+    for key, value in _performance_fields(detail, scenario).items():
+        setattr(result, key, value)
+    if not result.valid:
+        log.warning("LoadGen called this run INVALID: %s", "; ".join(result.invalid_reasons))
 
 
 def _run_test(
