@@ -227,6 +227,141 @@ class _Recorder:
             handle.remove()
 
 
+@dataclass
+class _LayerStats:
+    """Running per-layer maxima over all batches, plus the logits kept for per-image checks."""
+
+    max_abs: dict[str, float]
+    max_ref: dict[str, float]
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    mismatched: set[str] = field(default_factory=set)
+    tf_logits: list[np.ndarray] = field(default_factory=list)
+    pt_logits: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, layer_tensors: list[LayerTensor]) -> _LayerStats:
+        return cls(
+            max_abs={lt.layer: 0.0 for lt in layer_tensors},
+            max_ref={lt.layer: 0.0 for lt in layer_tensors},
+        )
+
+    def add(self, lt: LayerTensor, pt: np.ndarray, ref: np.ndarray, batch_len: int) -> None:
+        """Fold one batch of one layer in; a size mismatch marks the layer and skips it."""
+        self.shapes[lt.layer] = list(pt.shape[1:])
+        if ref.size != pt.size:
+            self.mismatched.add(lt.layer)
+            return
+        diff = np.abs(pt.reshape(batch_len, -1) - ref.reshape(batch_len, -1))
+        self.max_abs[lt.layer] = max(self.max_abs[lt.layer], float(diff.max()))
+        self.max_ref[lt.layer] = max(self.max_ref[lt.layer], float(np.abs(ref).max()))
+        if not lt.module:  # the model's own output: the logits
+            self.tf_logits.append(ref.reshape(batch_len, -1))
+            self.pt_logits.append(pt.reshape(batch_len, -1))
+
+
+def _compare_batch(
+    model: nn.Module,
+    runner: Any,
+    recorder: _Recorder,
+    layer_tensors: list[LayerTensor],
+    batch: np.ndarray,
+    data_format: str,
+    input_layout: str,
+    stats: _LayerStats,
+) -> None:
+    """Run one NHWC batch through TF and PyTorch and fold every layer's difference in."""
+    tf_batch = batch.transpose(0, 3, 1, 2) if input_layout == "NCHW" else batch
+    tf_values = runner.run(tf_batch, [lt.tf_tensor for lt in layer_tensors])
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+        logits = model(x)
+    for lt, tf_value in zip(layer_tensors, tf_values, strict=True):
+        pt = (logits if not lt.module else recorder.outputs[lt.module]).numpy()
+        ref = _to_nchw(np.asarray(tf_value, dtype=np.float32), data_format)
+        stats.add(lt, pt, ref, len(batch))
+
+
+def _collect_stats(
+    model: nn.Module,
+    runner: Any,
+    layer_tensors: list[LayerTensor],
+    images: np.ndarray,
+    data_format: str,
+    input_layout: str,
+    batch_size: int,
+    quiet: bool,
+) -> _LayerStats:
+    """Compare every listed layer over all images, batch by batch, with a progress bar."""
+    model.eval()
+    recorder = _Recorder(model, [lt.module for lt in layer_tensors if lt.module])
+    stats = _LayerStats.empty(layer_tensors)
+    bar = tqdm(total=len(images), unit="img", desc="verify", disable=quiet, leave=False)
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            _compare_batch(
+                model, runner, recorder, layer_tensors, batch, data_format, input_layout, stats
+            )
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        recorder.remove()
+    return stats
+
+
+def _layer_rows(
+    layer_tensors: list[LayerTensor], stats: _LayerStats, tolerance: float
+) -> list[LayerDiff]:
+    """One row per layer: its worst difference relative to the layer's TF magnitude."""
+    rows = []
+    for lt in layer_tensors:
+        max_abs = stats.max_abs[lt.layer]
+        rel = max_abs / max(stats.max_ref[lt.layer], np.finfo(np.float32).tiny)
+        ok = lt.layer not in stats.mismatched and rel <= tolerance
+        shape = stats.shapes.get(lt.layer, [])
+        rows.append(LayerDiff(lt.layer, lt.tf_tensor, shape, max_abs, rel, ok, lt.encoding))
+    return rows
+
+
+def _image_agreements(
+    names: list[str], tf_logits: np.ndarray, pt_logits: np.ndarray, tolerance: float
+) -> list[ImageAgreement]:
+    """Per-image top-1/top-5 agreement; near-ties within the tolerance count as agreeing."""
+    image_rows = []
+    for name, tf_row, pt_row in zip(names, tf_logits, pt_logits, strict=True):
+        tie = tolerance * float(np.abs(tf_row).max())
+        image_rows.append(
+            ImageAgreement(
+                image=name,
+                tf_top1=int(np.argmax(tf_row)),
+                torch_top1=int(np.argmax(pt_row)),
+                top1_agree=topk_agree(tf_row, pt_row, 1, tie),
+                top5_agree=topk_agree(tf_row, pt_row, 5, tie),
+                max_abs_logit_diff=float(np.abs(tf_row - pt_row).max()),
+            )
+        )
+    return image_rows
+
+
+def _logit_failures(
+    logits_row: LayerDiff, image_rows: list[ImageAgreement], tolerance: float
+) -> list[str]:
+    """The reasons the logits fail: too far apart, or top-1/top-5 differing on some image."""
+    failures = []
+    if not logits_row.passed:
+        failures.append(
+            f"logits differ by {logits_row.max_rel_diff:.3g} relative to their magnitude "
+            f"(tolerance {tolerance:g})"
+        )
+    bad_top1 = [i.image for i in image_rows if not i.top1_agree]
+    bad_top5 = [i.image for i in image_rows if not i.top5_agree]
+    if bad_top1:
+        failures.append(f"top-1 differs on {len(bad_top1)} images (first {bad_top1[0]})")
+    if bad_top5:
+        failures.append(f"top-5 differs on {len(bad_top5)} images (first {bad_top5[0]})")
+    return failures
+
+
 def compare_layers(
     model: nn.Module,
     runner: Any,
@@ -246,82 +381,19 @@ def compare_layers(
     ``input_layout`` is the layout the graph's input placeholder takes ("NCHW" for graphs
     exported channels-first without a leading Transpose).
     """
-    model.eval()
-    watched = [lt.module for lt in layer_tensors if lt.module]
-    recorder = _Recorder(model, watched)
-    max_abs = {lt.layer: 0.0 for lt in layer_tensors}
-    max_ref = {lt.layer: 0.0 for lt in layer_tensors}
-    shapes: dict[str, list[int]] = {}
-    mismatched: set[str] = set()
-    tf_logits_all, pt_logits_all = [], []
-    bar = tqdm(total=len(images), unit="img", desc="verify", disable=quiet, leave=False)
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            tf_batch = batch.transpose(0, 3, 1, 2) if input_layout == "NCHW" else batch
-            tf_values = runner.run(tf_batch, [lt.tf_tensor for lt in layer_tensors])
-            with torch.no_grad():
-                x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
-                logits = model(x)
-            for lt, tf_value in zip(layer_tensors, tf_values, strict=True):
-                pt = (logits if not lt.module else recorder.outputs[lt.module]).numpy()
-                ref = _to_nchw(np.asarray(tf_value, dtype=np.float32), data_format)
-                shapes[lt.layer] = list(pt.shape[1:])
-                if ref.size != pt.size:
-                    mismatched.add(lt.layer)
-                    continue
-                diff = np.abs(pt.reshape(len(batch), -1) - ref.reshape(len(batch), -1))
-                max_abs[lt.layer] = max(max_abs[lt.layer], float(diff.max()))
-                max_ref[lt.layer] = max(max_ref[lt.layer], float(np.abs(ref).max()))
-                if not lt.module:
-                    tf_logits_all.append(ref.reshape(len(batch), -1))
-                    pt_logits_all.append(pt.reshape(len(batch), -1))
-            bar.update(len(batch))
-    finally:
-        bar.close()
-        recorder.remove()
-
-    rows = []
-    for lt in layer_tensors:
-        rel = max_abs[lt.layer] / max(max_ref[lt.layer], np.finfo(np.float32).tiny)
-        ok = lt.layer not in mismatched and rel <= tolerance
-        shape = shapes.get(lt.layer, [])
-        rows.append(
-            LayerDiff(lt.layer, lt.tf_tensor, shape, max_abs[lt.layer], rel, ok, lt.encoding)
-        )
-    first_failing = next((r.layer for r in rows if not r.passed), None)
-
-    failures = []
-    image_rows = []
+    stats = _collect_stats(
+        model, runner, layer_tensors, images, data_format, input_layout, batch_size, quiet
+    )
+    rows = _layer_rows(layer_tensors, stats, tolerance)
     logits_row = rows[-1]
-    if logits_row.layer in mismatched:
-        failures.append(f"the logits have shape {logits_row.shape} in PyTorch but not in TF")
+    image_rows: list[ImageAgreement] = []
+    if logits_row.layer in stats.mismatched:
+        failures = [f"the logits have shape {logits_row.shape} in PyTorch but not in TF"]
     else:
-        tf_logits = np.concatenate(tf_logits_all)
-        pt_logits = np.concatenate(pt_logits_all)
-        for name, tf_row, pt_row in zip(names, tf_logits, pt_logits, strict=True):
-            tie = tolerance * float(np.abs(tf_row).max())
-            image_rows.append(
-                ImageAgreement(
-                    image=name,
-                    tf_top1=int(np.argmax(tf_row)),
-                    torch_top1=int(np.argmax(pt_row)),
-                    top1_agree=topk_agree(tf_row, pt_row, 1, tie),
-                    top5_agree=topk_agree(tf_row, pt_row, 5, tie),
-                    max_abs_logit_diff=float(np.abs(tf_row - pt_row).max()),
-                )
-            )
-        if not logits_row.passed:
-            failures.append(
-                f"logits differ by {logits_row.max_rel_diff:.3g} relative to their magnitude "
-                f"(tolerance {tolerance:g})"
-            )
-        bad_top1 = [i.image for i in image_rows if not i.top1_agree]
-        bad_top5 = [i.image for i in image_rows if not i.top5_agree]
-        if bad_top1:
-            failures.append(f"top-1 differs on {len(bad_top1)} images (first {bad_top1[0]})")
-        if bad_top5:
-            failures.append(f"top-5 differs on {len(bad_top5)} images (first {bad_top5[0]})")
+        tf_logits = np.concatenate(stats.tf_logits)
+        pt_logits = np.concatenate(stats.pt_logits)
+        image_rows = _image_agreements(names, tf_logits, pt_logits, tolerance)
+        failures = _logit_failures(logits_row, image_rows, tolerance)
     return VerificationResult(
         source=source,
         tolerance=tolerance,
@@ -329,7 +401,7 @@ def compare_layers(
         images=image_rows,
         logits_max_abs_diff=logits_row.max_abs_diff,
         logits_max_rel_diff=logits_row.max_rel_diff,
-        first_failing_layer=first_failing,
+        first_failing_layer=next((r.layer for r in rows if not r.passed), None),
         passed=not failures,
         failures=failures,
     )
