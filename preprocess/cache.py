@@ -169,10 +169,11 @@ class PreprocessedCache:
             out = np.empty(shape, dtype=np.uint8)
         elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous uint8 array of shape {shape}")
-        for k in range(stop - start):
-            out[k] = self.images[start + k]
-            if crop_digest(out[k]) != self.digests[start + k].tobytes():
-                self._damaged(start + k)
+        out[...] = self.images[start:stop]  # one bulk copy from the memmap
+        got = np.frombuffer(b"".join(map(crop_digest, out)), dtype=np.uint8)
+        bad = (got.reshape(-1, DIGEST_SIZE) != self.digests[start:stop]).any(axis=1)
+        if bad.any():
+            self._damaged(start + int(bad.argmax()))
         return out
 
     def _damaged(self, index: int):
