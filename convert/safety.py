@@ -16,6 +16,8 @@ from typing import Any
 
 from core.errors import UserError
 
+from .graph import node_name
+
 # Every op here computes its outputs from its inputs and attributes alone: no state, no
 # files, no randomness, no function calls. Keep it that way when adding an op.
 ALLOWED_OPS = frozenset(
@@ -97,7 +99,7 @@ def check_graph_ops(
     """
     nodes = {node.name: node for node in graph_def.node}
     library_functions = {f.signature.name for f in graph_def.library.function}
-    pending = [_node_name(name) for name in output_node_names]
+    pending = [node_name(name) for name in output_node_names]
     for name in pending:
         if name not in nodes:
             raise UserError(f"{source} has no node {name!r} to run")
@@ -111,7 +113,7 @@ def check_graph_ops(
         _check_node(node, library_functions, source)
         # Data inputs and "^name" control inputs alike. An input the graph lacks runs
         # nothing (TensorFlow cannot import such a graph); explaining it is the reader's job.
-        pending.extend(p for p in map(_node_name, node.input) if p in nodes)
+        pending.extend(p for p in map(node_name, node.input) if p in nodes)
     return len(seen)
 
 
@@ -126,8 +128,3 @@ def _check_node(node: Any, library_functions: set[str], source: str) -> None:
             f"refusing to run graph {source}: node {node.name!r} is a {node.op} op, "
             "which is not a pure tensor op this converter allows"
         )
-
-
-def _node_name(tensor_or_node: str) -> str:
-    """``"^a/b"``, ``"a/b:1"`` and ``"a/b"`` all name node ``a/b``."""
-    return tensor_or_node.lstrip("^").split(":")[0]
