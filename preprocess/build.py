@@ -451,11 +451,7 @@ class _Build:
             "removed": plan.removed,
             "damaged": plan.damaged,
         }
-        kept = np.ones(len(self.listing), dtype=bool)
-        kept[list(plan.kept_bad)] = False
-        if not plan.to_crop.any() and np.array_equal(
-            plan.sources[kept], np.arange(len(previous.files))
-        ):
+        if plan.same_rows(previous):
             return self._same_crops(manifest, previous, plan)
         return self._rebuild_from(previous, plan, changes)
 
@@ -483,8 +479,7 @@ class _Build:
     def _same_crops(self, manifest: dict, previous: PreviousCache, plan: Plan):
         """No crop to redo: rewrite only what changed around them (labels, the list of
         files left out, images.npy's recorded stat after a move); often nothing at all."""
-        kept = np.ones(len(self.listing), dtype=bool)
-        kept[list(plan.kept_bad)] = False
+        kept = plan.kept
         labels = np.asarray(self.listing.labels, dtype=np.int64)[kept]
         skipped = self._skipped_entries(sorted(plan.kept_bad.items()))
         fingerprint = content_fingerprint(self.config, previous.digests, labels, previous.files)

@@ -160,14 +160,19 @@ class Plan:
     damaged: int
 
     @property
-    def to_crop(self) -> np.ndarray:
-        mask = self.sources < 0
+    def kept(self) -> np.ndarray:
+        """bool (M,): listed files that get a row in the new cache (all but ``kept_bad``)."""
+        mask = np.ones(len(self.sources), dtype=bool)
         mask[list(self.kept_bad)] = False
         return mask
 
+    @property
+    def to_crop(self) -> np.ndarray:
+        return (self.sources < 0) & self.kept
+
     def same_rows(self, previous: PreviousCache) -> bool:
         """True when the new cache's rows are the old ones, in the same order."""
-        return not self.kept_bad and np.array_equal(self.sources, np.arange(len(previous.files)))
+        return np.array_equal(self.sources[self.kept], np.arange(len(previous.files)))
 
 
 def make_plan(
