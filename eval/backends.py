@@ -26,11 +26,10 @@ from core.errors import UserError
 from core.files import sha256_file
 from core.profiles import CROP_SIZE, VGG_MEANS_RGB, get_profile
 from eval.metrics import TOP_K, labels_from_classes, top_k_classes
+from eval.options import BACKENDS
 from preprocess.recipes import normalize
 
 log = logging.getLogger(__name__)
-
-BACKEND_NAMES = ("torch", "tf")
 
 
 class Backend(ABC):
@@ -432,7 +431,7 @@ def check_model_inputs(backend: str, weights, checkpoint, precision: str = "fp32
             raise UserError(f"weights file not found: {weights}")
         return
     if backend != "tf":
-        raise UserError(f"unknown backend {backend!r}: expected one of {', '.join(BACKEND_NAMES)}")
+        raise UserError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if precision != "fp32":
         raise UserError(f"--precision {precision} is for the torch backend on CUDA; tf runs fp32")
     if checkpoint is None:

@@ -80,9 +80,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
+from core.files import write_text_atomic
+from eval.options import ENGINES, PRECISIONS
 
-ENGINE_CHOICES = ("auto", "eager", "fast")
+log = logging.getLogger(__name__)
 
 # Break-even for "auto". Measured here (2 shared cores, fp32, batch 32, warm inductor disk
 # cache): the inductor build costs about 15 s (MobileNet) and 26 s (ResNet-50), up to
@@ -99,7 +100,6 @@ CUDA_RATES = {
     "resnet50": {"eager": 2300.0, "fast": 3470.0, "build_seconds": 37.0},
     "mobilenet_v1": {"eager": 5000.0, "fast": 6000.0, "build_seconds": 33.0},
 }
-PRECISIONS = ("fp32", "tf32", "bf16")
 CUDNN_AUTOTUNE_MIN_IMAGES = 200_000
 BUILD_RECORD_FILE = "mlperf-port-fast-builds.json"
 
@@ -179,11 +179,6 @@ def configure_threads() -> int:
     return cores
 
 
-def configure_cuda_exactness() -> None:
-    """Keep CUDA float32 really float32: TF32 off (it drifts logits); cudnn autotune is fine."""
-    configure_cuda_precision("fp32")
-
-
 def check_precision(precision: str, device_type: str) -> None:
     """ValueError (one sentence) for an unknown precision or a CUDA-only one elsewhere."""
     if precision not in PRECISIONS:
@@ -255,8 +250,8 @@ def _resolve_engine(
         if engine.removeprefix("fast:") not in FAST_BUILDERS:
             known = ", ".join(f"fast:{name}" for name in FAST_BUILDERS)
             raise ValueError(f"unknown fast engine {engine!r}: expected one of {known}")
-    elif engine not in ENGINE_CHOICES:
-        raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINE_CHOICES)}")
+    elif engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if precision != "fp32" and engine != "eager":
         return "eager", f"precision {precision}: eager (fast engines are verified in fp32)"
     if engine != "auto":
@@ -323,9 +318,7 @@ def record_build_seconds(
         path.parent.mkdir(parents=True, exist_ok=True)
         records = json.loads(path.read_text()) if path.is_file() else {}
         records[_build_key(model, device_type, batch_size)] = round(seconds, 2)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(records, indent=1, sort_keys=True))
 
 
 def warmup_batch_sizes(num_images: int | None, batch_size: int) -> list[int]:

@@ -32,11 +32,10 @@ from tqdm import tqdm
 
 from core.errors import UserError
 from eval.accuracy_imagenet import score_accuracy_log
+from eval.options import LOADGEN_MODES, SCENARIOS
 
 log = logging.getLogger(__name__)
 
-MODES = ("accuracy", "performance")
-SCENARIOS = ("Offline", "SingleStream")
 ACCURACY_LOG = "mlperf_log_accuracy.json"
 SUMMARY_LOG = "mlperf_log_summary.txt"
 DETAIL_LOG = "mlperf_log_detail.txt"
@@ -349,8 +348,8 @@ def run_loadgen(
 
 def _check_run_arguments(images, labels, mode: str, scenario: str, batch_size: int) -> int:
     """Reject bad options and mismatched inputs in one sentence; return the sample count."""
-    if mode not in MODES:
-        raise UserError(f"unknown LoadGen mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode not in LOADGEN_MODES:
+        raise UserError(f"unknown LoadGen mode {mode!r}: choose one of {', '.join(LOADGEN_MODES)}")
     if scenario not in SCENARIOS:
         raise UserError(
             f"unknown LoadGen scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}"
