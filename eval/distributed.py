@@ -126,17 +126,6 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def broadcast_from_main(value, ctx: DistContext):
-    """Rank 0's ``value`` on every rank (a picklable object)."""
-    if not ctx.distributed:
-        return value
-    import torch.distributed as dist
-
-    box = [value if ctx.is_main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather_to_main(value, ctx: DistContext) -> list | None:
     """Every rank's ``value`` (picklable) in rank order on rank 0; None on the others."""
     if not ctx.distributed:
