@@ -210,11 +210,17 @@ def _check_against_record(path: Path, record: dict, digest: str) -> None:
         )
 
 
-def _reject(path: Path, digest: str, pin: str) -> UserError:
-    """Move a file whose digest is not the pinned one aside, so nothing later trusts it."""
+def _move_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<file>.rejected`` and drop its record, so nothing later trusts it."""
     rejected = path.with_name(path.name + REJECTED_SUFFIX)
     os.replace(path, rejected)
     _sidecar(path).unlink(missing_ok=True)
+    return rejected
+
+
+def _reject(path: Path, digest: str, pin: str) -> UserError:
+    """Move a file whose digest is not the pinned one aside."""
+    rejected = _move_aside(path)
     return UserError(
         f"{path} has sha256 {digest} but --sha256 expects {pin}; moved it to {rejected}: "
         "check the URL and the pinned digest, then rerun"
@@ -296,9 +302,7 @@ def _looks_like(path: Path) -> str | None:
 
 def _set_aside(path: Path, err: UserError) -> UserError:
     """Move a file that is not the model to ``<file>.rejected``; its record goes too."""
-    rejected = path.with_name(path.name + REJECTED_SUFFIX)
-    os.replace(path, rejected)
-    _sidecar(path).unlink(missing_ok=True)
+    rejected = _move_aside(path)
     return NotTheModelError(
         f"{err}; moved it to {rejected}: check the URL (or save the real file there) and rerun"
     )
