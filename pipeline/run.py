@@ -41,13 +41,14 @@ from typing import Any
 from core.errors import UserError, configure_logging, positive_int, run_cli
 from core.files import exclusive_lock, sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
-from eval.options import add_evaluation_options, default_batch_size
+from eval.options import BACKENDS, add_evaluation_options, default_batch_size
 from pipeline.stages import StageStamp
 
 log = logging.getLogger("pipeline.run")
 
 STAGES = ("fetch", "preprocess", "convert", "evaluate")
-BACKENDS = {"torch": ("torch",), "tf": ("tf",), "both": ("torch", "tf")}
+# --backend: one of the evaluation backends, or "both" for all of them.
+BACKEND_RUNS = {**{name: (name,) for name in BACKENDS}, "both": BACKENDS}
 # How many cached images the convert stage verifies layer by layer against TensorFlow.
 VERIFY_IMAGES = 8
 
@@ -183,7 +184,7 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
     from eval import evaluate
 
     did_work = False
-    for backend in BACKENDS[opts.backend]:
+    for backend in BACKEND_RUNS[opts.backend]:
         out_dir = state.model_dir / f"eval-{backend}"
         # The TF reference runs the original graph on the CPU (tensorflow-cpu) even when
         # PyTorch runs on a GPU: its answers are the ones to compare against.
@@ -388,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=positive_int, help="preprocessing threads (default: all cores)"
     )
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
-    p.add_argument("--backend", default="torch", choices=tuple(BACKENDS))
+    p.add_argument("--backend", default="torch", choices=tuple(BACKEND_RUNS))
     add_evaluation_options(p)
     p.add_argument("--stages", type=_parse_stages, default=STAGES, help="comma-separated")
     p.add_argument("--force", action="store_true", help="redo every stage (re-crop included)")
