@@ -1,0 +1,48 @@
+"""One way for every result type to become JSON.
+
+Stages return dataclasses (a conversion, an evaluation, a LoadGen run, a verification);
+each inherits ``Record`` so ``to_json()`` means the same everywhere: a dict of plain JSON
+values, with paths as strings and numpy scalars and arrays as Python numbers and lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+
+def json_value(value: Any) -> Any:
+    """``value`` as something ``json.dumps`` accepts, recursing into containers."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(key): json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(item) for item in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class Record:
+    """Mixin for result dataclasses: ``to_json()`` gives every field as plain JSON values.
+
+    A subclass leaves out fields that are not results (a model, raw arrays) by naming them
+    in ``_not_json``.
+    """
+
+    _not_json: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            f.name: json_value(getattr(self, f.name))
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if f.name not in self._not_json
+        }
