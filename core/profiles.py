@@ -79,3 +79,8 @@ def get_profile(name: str) -> ModelProfile:
     except KeyError:
         known = ", ".join(MODEL_NAMES)
         raise UserError(f"unknown model {name!r}: expected one of {known}") from None
+
+
+def as_profile(model: ModelProfile | str) -> ModelProfile:
+    """``model`` if it is a profile, else the profile it names (for APIs taking either)."""
+    return model if isinstance(model, ModelProfile) else get_profile(model)

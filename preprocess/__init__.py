@@ -2,10 +2,12 @@
 
 Public API::
 
-    mlperf_preprocess(path, model) -> float32 (224, 224, 3)   # MLPerf's array for one file
-    normalize(u8_batch, model) -> float32, same shape          # uint8 crops -> MLPerf floats
-    build_cache(model, data_dir, cache_dir, ...) -> BuildSummary
-    load_cache(cache_dir, model) -> PreprocessedCache          # .read(a, b) .labels .files ...
+    mlperf_preprocess(path, profile) -> float32 (224, 224, 3)  # MLPerf's array for one file
+    normalize(u8_batch, profile) -> float32, same shape         # uint8 crops -> MLPerf floats
+    build_cache(model_name, data_dir, cache_dir, ...) -> BuildSummary
+    load_cache(cache_dir, model_name) -> PreprocessedCache     # .read(a, b) .labels .files ...
+
+``profile`` is a ``core.profiles.ModelProfile`` or a model name.
 """
 
 from preprocess.build import BuildSummary, build_cache

@@ -40,7 +40,8 @@ from core.files import (
     save_npy_atomic,
     write_text_atomic,
 )
-from core.profiles import get_profile
+from core.profiles import ModelProfile, get_profile
+from core.records import Record
 from preprocess.cache import (
     CROP_SHAPE,
     DAMAGED_NAME,
@@ -85,8 +86,8 @@ PER_IMAGE_BYTES = CROP_BYTES + DIGEST_SIZE + 8 * SIGNATURE_WIDTH
 
 
 @dataclass(frozen=True)
-class BuildSummary:
-    model: str
+class BuildSummary(Record):
+    model_name: str
     cache_dir: Path
     images: int  # images in the finished cache
     processed: int  # images decoded by this run (0 when the cache was already up to date)
@@ -103,12 +104,12 @@ class BuildSummary:
     def line(self) -> str:
         if self.already_complete:
             return (
-                f"preprocess {self.model}: {self.images} images already cached in "
+                f"preprocess {self.model_name}: {self.images} images already cached in "
                 f"{self.cache_dir}, nothing to do"
             )
         skipped = f", skipped {len(self.skipped)} unreadable" if self.skipped else ""
         return (
-            f"preprocess {self.model}: {self.images} images cached in {self.cache_dir} "
+            f"preprocess {self.model_name}: {self.images} images cached in {self.cache_dir} "
             f"({self._what_changed()}{self.processed} processed in {self.seconds:.1f} s, "
             f"{self.images_per_second:.1f} img/s{skipped})"
         )
@@ -256,11 +257,11 @@ def _good_ranges(start: int, stop: int, bad: list[tuple[int, str]]) -> list[tupl
 # ---------------------------------------------------------------- checks before any work
 
 
-def build_config(model: str, listing: Listing) -> dict:
+def build_config(profile: ModelProfile, listing: Listing) -> dict:
     """What determines each crop besides its file; a change means no old crop is reusable."""
     return {
         "format_version": FORMAT_VERSION,
-        "recipe": recipe_parameters(model),
+        "recipe": recipe_parameters(profile),
         "opencv_version": cv2.__version__,
         "data_dir": str(listing.root.resolve()),
     }
@@ -342,7 +343,7 @@ def _prepare_cache_dir(cache_dir: Path) -> None:
 
 
 def build_cache(
-    model: str,
+    model_name: str,
     data_dir: str | os.PathLike,
     cache_dir: str | os.PathLike,
     *,
@@ -354,7 +355,7 @@ def build_cache(
     force: bool = False,
     wait: bool = False,
 ) -> BuildSummary:
-    """Make ``cache_dir`` hold ``model``'s uint8 crops of the listing, doing only missing work.
+    """Make ``cache_dir`` hold ``model_name``'s uint8 crops of the listing, doing only missing work.
 
     Unreadable files end the build with a UserError (exit code 2) naming the first and the
     count, unless ``skip_bad``, which leaves them out and records them in the manifest.
@@ -362,7 +363,7 @@ def build_cache(
     end instead of refusing to start.
     """
     started = time.perf_counter()
-    get_profile(model)
+    profile = get_profile(model_name)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
@@ -370,7 +371,7 @@ def build_cache(
     cache_dir = Path(cache_dir)
     _check_cache_dir(cache_dir, listing.root)
     _prepare_cache_dir(cache_dir)
-    build = _Build(model, listing, cache_dir, workers, skip_bad, quiet, started)
+    build = _Build(profile, listing, cache_dir, workers, skip_bad, quiet, started)
     try:
         with exclusive_lock(cache_dir, "cache dir", wait=wait):
             return build.run(force)
@@ -383,10 +384,10 @@ def build_cache(
 class _Build:
     """One run of build_cache, under the cache dir's lock."""
 
-    def __init__(self, model, listing, cache_dir, workers, skip_bad, quiet, started):
-        self.model, self.listing, self.cache_dir = model, listing, cache_dir
+    def __init__(self, profile, listing, cache_dir, workers, skip_bad, quiet, started):
+        self.profile, self.listing, self.cache_dir = profile, listing, cache_dir
         self.workers, self.skip_bad, self.quiet, self.started = workers, skip_bad, quiet, started
-        self.config = build_config(model, listing)
+        self.config = build_config(profile, listing)
         self.key = _journal_key(self.config, listing)
         self.signatures = np.zeros((0, SIGNATURE_WIDTH), dtype=np.int64)
 
@@ -445,12 +446,7 @@ class _Build:
                 raise _bad_images_error(self.listing, still_bad, from_manifest=True)
             log.info("files left out by --skip-bad are readable now: adding them to the cache")
             plan.added += len(plan.recheck)
-        changes = {
-            "changed": plan.changed,
-            "added": plan.added,
-            "removed": plan.removed,
-            "damaged": plan.damaged,
-        }
+        changes = {key: getattr(plan, key) for key in ("changed", "added", "removed", "damaged")}
         if plan.same_rows(previous):
             return self._same_crops(manifest, previous, plan)
         return self._rebuild_from(previous, plan, changes)
@@ -552,7 +548,7 @@ class _Build:
 
     def _summary(self, count, processed, skipped, fingerprint, *, already_complete, changes):
         return BuildSummary(
-            model=self.model,
+            model_name=self.profile.name,
             cache_dir=self.cache_dir,
             images=count,
             processed=processed,
@@ -595,7 +591,7 @@ class _Build:
         log.info(
             "preprocessing %d images for %s into %s with %d thread(s)",
             todo,
-            self.model,
+            self.profile.name,
             self.cache_dir,
             workers,
         )
@@ -604,13 +600,13 @@ class _Build:
             digests=str(self.cache_dir / PARTIAL_DIGESTS_NAME),
             root=str(self.listing.root),
             files=self.listing.files,
-            model=self.model,
+            profile=self.profile,
         )
         bar = tqdm(
             total=len(self.listing),
             initial=initial,
             unit="img",
-            desc=f"preprocess {self.model}",
+            desc=f"preprocess {self.profile.name}",
             disable=self.quiet,
             dynamic_ncols=True,
         )

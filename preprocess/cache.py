@@ -28,7 +28,7 @@ import numpy as np
 
 from core.errors import UserError
 from core.files import LOCK_NAME, write_text_atomic
-from core.profiles import CROP_SIZE, get_profile
+from core.profiles import CROP_SIZE, ModelProfile, get_profile
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class PreprocessedCache:
     against the digest written when it was made. ``images`` is the raw memmap (unchecked)."""
 
     cache_dir: Path
-    model: str
+    profile: ModelProfile
     images: np.ndarray  # uint8 (N, 224, 224, 3), read-only memmap
     labels: np.ndarray  # int64 (N,)
     files: list[str]
@@ -192,22 +192,22 @@ class PreprocessedCache:
         """MLPerf's float32 inputs for images ``start:stop`` (NHWC), read through ``read``."""
         from preprocess.recipes import normalize  # keeps cv2 out of load-only imports
 
-        return normalize(self.read(start, stop), self.model)
+        return normalize(self.read(start, stop), self.profile)
 
 
-def load_cache(cache_dir: str | os.PathLike, model: str) -> PreprocessedCache:
-    """Open a finished cache for ``model``; UserError if it is missing, incomplete or foreign."""
+def load_cache(cache_dir: str | os.PathLike, model_name: str) -> PreprocessedCache:
+    """Open a finished cache for ``model_name``; UserError if missing, incomplete or foreign."""
     cache_dir = Path(cache_dir)
-    get_profile(model)  # UserError for an unknown model name
-    rerun = f"run `python -m preprocess --model {model} --cache-dir {cache_dir} ...` first"
+    profile = get_profile(model_name)
+    rerun = f"run `python -m preprocess --model {model_name} --cache-dir {cache_dir} ...` first"
     if not cache_dir.is_dir():
         raise UserError(f"no preprocessed cache at {cache_dir}: {rerun}")
     manifest = read_manifest(cache_dir)
     if manifest is None:
         raise UserError(f"{cache_dir} holds no readable {MANIFEST_NAME}: {rerun}")
     built_for = manifest["config"]["recipe"].get("model")
-    if built_for != model:
-        raise UserError(f"the cache at {cache_dir} was built for {built_for}, not {model}")
+    if built_for != model_name:
+        raise UserError(f"the cache at {cache_dir} was built for {built_for}, not {model_name}")
     count = manifest.get("count")
     if not manifest.get("complete"):
         done = manifest.get("done", 0)
@@ -227,7 +227,7 @@ def load_cache(cache_dir: str | os.PathLike, model: str) -> PreprocessedCache:
     _warn_if_opencv_changed(manifest)
     return PreprocessedCache(
         cache_dir=cache_dir,
-        model=model,
+        profile=profile,
         images=images,
         labels=labels,
         files=files,

@@ -166,10 +166,6 @@ class Plan:
         mask[list(self.kept_bad)] = False
         return mask
 
-    @property
-    def to_crop(self) -> np.ndarray:
-        return (self.sources < 0) & self.kept
-
     def same_rows(self, previous: PreviousCache) -> bool:
         """True when the new cache's rows are the old ones, in the same order."""
         return np.array_equal(self.sources[self.kept], np.arange(len(previous.files)))

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from core.errors import UserError
-from core.profiles import CROP_SIZE, SHORT_SIDE, VGG_MEANS_RGB, get_profile
+from core.profiles import CROP_SIZE, SHORT_SIDE, VGG_MEANS_RGB, ModelProfile, as_profile
 
 INTERPOLATION_FLAGS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
@@ -42,9 +42,8 @@ def center_crop(img: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     return img[top:bottom, left:right]
 
 
-def crop_bgr_image(bgr: np.ndarray, model: str) -> np.ndarray:
+def crop_bgr_image(bgr: np.ndarray, profile: ModelProfile) -> np.ndarray:
     """Steps 2-3 on an image as ``cv2.imread`` returns it: uint8 RGB (224, 224, 3)."""
-    profile = get_profile(model)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     width, height = resized_size(rgb.shape[0], rgb.shape[1])
     resized = cv2.resize(
@@ -80,22 +79,23 @@ def decode(path: str) -> tuple[np.ndarray | None, str | None]:
     return (bgr, None) if bgr is not None else (None, "OpenCV cannot decode it")
 
 
-def crop_uint8(path: str | os.PathLike, model: str) -> np.ndarray:
+def crop_uint8(path: str | os.PathLike, profile: ModelProfile | str) -> np.ndarray:
     """Steps 1-3 for one file: the uint8 RGB crop the cache stores."""
     bgr, reason = decode(os.fspath(path))
     if bgr is None:
         raise UserError(f"cannot read image {os.fspath(path)}: {reason}")
-    return crop_bgr_image(bgr, model)
+    return crop_bgr_image(bgr, as_profile(profile))
 
 
-def normalize(u8_batch: np.ndarray, model: str) -> np.ndarray:
+def normalize(u8_batch: np.ndarray, profile: ModelProfile | str) -> np.ndarray:
     """Step 4 on uint8 crops of any leading shape (usually (N, 224, 224, 3)): float32 out.
 
     The operations mirror the reference in-place float32 code: ``img -= means`` with a
     float32 means array (vgg); ``img /= 255.0; img -= 0.5; img *= 2`` (mobilenet), where the
     Python scalars act as float32 operands. A float64 means list would round differently.
     """
-    recipe = get_profile(model).recipe
+    profile = as_profile(profile)
+    recipe = profile.recipe
     out = np.array(u8_batch, dtype=np.float32)  # always a fresh, writable array
     if recipe == "vgg":
         out -= _VGG_MEANS_F32
@@ -104,18 +104,18 @@ def normalize(u8_batch: np.ndarray, model: str) -> np.ndarray:
         out -= np.float32(0.5)
         out *= np.float32(2)
     else:
-        raise ValueError(f"unknown preprocessing recipe {recipe!r} for model {model!r}")
+        raise ValueError(f"unknown preprocessing recipe {recipe!r} for model {profile.name!r}")
     return out
 
 
-def mlperf_preprocess(path: str | os.PathLike, model: str) -> np.ndarray:
+def mlperf_preprocess(path: str | os.PathLike, profile: ModelProfile | str) -> np.ndarray:
     """MLPerf's float32 (224, 224, 3) RGB input for one image file, bit for bit."""
-    return normalize(crop_uint8(path, model), model)
+    profile = as_profile(profile)
+    return normalize(crop_uint8(path, profile), profile)
 
 
-def recipe_parameters(model: str) -> dict:
+def recipe_parameters(profile: ModelProfile) -> dict:
     """Everything that determines a model's crops and floats, for manifests and fingerprints."""
-    profile = get_profile(model)
     params = {
         "model": profile.name,
         "recipe": profile.recipe,

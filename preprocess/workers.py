@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import cv2
 import numpy as np
 
+from core.profiles import ModelProfile
 from preprocess.cache import crop_digest
 from preprocess.recipes import crop_bgr_image, decode
 
@@ -29,10 +30,12 @@ class RangeProcessor:
     writes each crop's digest beside it (hashlib releases the GIL, so this runs in parallel
     too, on bytes still in the CPU cache)."""
 
-    def __init__(self, partial: str, digests: str, root: str, files: list[str], model: str):
+    def __init__(
+        self, partial: str, digests: str, root: str, files: list[str], profile: ModelProfile
+    ):
         self.images = np.load(partial, mmap_mode="r+")
         self.digests = np.load(digests, mmap_mode="r+")
-        self.root, self.files, self.model = root, files, model
+        self.root, self.files, self.profile = root, files, profile
 
     def __call__(self, start: int, stop: int) -> list[tuple[int, str]]:
         """Process one range; return (index, reason) for the files that cannot be read."""
@@ -42,7 +45,7 @@ class RangeProcessor:
             if bgr is None:
                 bad.append((i, reason))
             else:
-                self.images[i] = crop_bgr_image(bgr, self.model)
+                self.images[i] = crop_bgr_image(bgr, self.profile)
                 self.digests[i] = np.frombuffer(crop_digest(self.images[i]), dtype=np.uint8)
         return bad
 
