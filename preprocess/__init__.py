@@ -5,7 +5,7 @@ Public API::
     mlperf_preprocess(path, profile) -> float32 (224, 224, 3)  # MLPerf's array for one file
     normalize(u8_batch, profile) -> float32, same shape         # uint8 crops -> MLPerf floats
     build_cache(model_name, data_dir, cache_dir, ...) -> BuildSummary
-    load_cache(cache_dir, model_name) -> PreprocessedCache     # .read(a, b) .labels .files ...
+    load_cache(cache_dir, profile) -> PreprocessedCache        # .read(a, b) .labels .files ...
 
 ``profile`` is a ``core.profiles.ModelProfile`` or a model name.
 """

@@ -28,7 +28,7 @@ import numpy as np
 
 from core.errors import UserError
 from core.files import LOCK_NAME, write_text_atomic
-from core.profiles import CROP_SIZE, ModelProfile, get_profile
+from core.profiles import CROP_SIZE, ModelProfile, as_profile
 
 log = logging.getLogger(__name__)
 
@@ -195,19 +195,18 @@ class PreprocessedCache:
         return normalize(self.read(start, stop), self.profile)
 
 
-def load_cache(cache_dir: str | os.PathLike, model_name: str) -> PreprocessedCache:
-    """Open a finished cache for ``model_name``; UserError if missing, incomplete or foreign."""
-    cache_dir = Path(cache_dir)
-    profile = get_profile(model_name)
-    rerun = f"run `python -m preprocess --model {model_name} --cache-dir {cache_dir} ...` first"
+def load_cache(cache_dir: str | os.PathLike, profile: ModelProfile | str) -> PreprocessedCache:
+    """Open a finished cache for a model; UserError if missing, incomplete or foreign."""
+    cache_dir, profile = Path(cache_dir), as_profile(profile)
+    rerun = f"run `python -m preprocess --model {profile.name} --cache-dir {cache_dir} ...` first"
     if not cache_dir.is_dir():
         raise UserError(f"no preprocessed cache at {cache_dir}: {rerun}")
     manifest = read_manifest(cache_dir)
     if manifest is None:
         raise UserError(f"{cache_dir} holds no readable {MANIFEST_NAME}: {rerun}")
     built_for = manifest["config"]["recipe"].get("model")
-    if built_for != model_name:
-        raise UserError(f"the cache at {cache_dir} was built for {built_for}, not {model_name}")
+    if built_for != profile.name:
+        raise UserError(f"the cache at {cache_dir} was built for {built_for}, not {profile.name}")
     count = manifest.get("count")
     if not manifest.get("complete"):
         done = manifest.get("done", 0)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from core.errors import UserError
+from core.profiles import PROFILES
 from preprocess import build_cache, load_cache, mlperf_preprocess, normalize
 from tests.fixtures.images import (
     textured_image,
@@ -66,6 +67,11 @@ def test_cache_plus_normalize_equals_mlperf(val_set, tmp_path, model):
         assert np.array_equal(floats, reference_preprocess(root / name, model)), name
         assert np.array_equal(floats, mlperf_preprocess(root / name, model)), name
     assert np.array_equal(cache.normalized(3, 7), normalize(cache.images[3:7], model))
+    assert cache.profile is PROFILES[model]
+    assert len(load_cache(tmp_path / "cache", cache.profile)) == 19  # a profile or its name
+    record = summary.to_json()
+    assert (record["model_name"], record["cache_dir"]) == (model, str(tmp_path / "cache"))
+    assert json.loads(json.dumps(record)) == record
 
 
 def test_rerun_on_complete_cache_does_no_work(val_set, tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from core.errors import UserError
+from core.profiles import PROFILES
 from preprocess import crop_uint8, mlperf_preprocess, normalize
 from preprocess.recipes import center_crop, resized_size
 from tests.preprocess.conftest import MODELS
@@ -48,6 +49,15 @@ def test_normalize_covers_every_uint8_value_exactly():
     assert vgg[0, 0].tolist() == pytest.approx([-123.68, -116.78, -103.94], abs=1e-4)
     mobile = normalize(every_value, "mobilenet_v1")[0]
     assert mobile.min() == -1.0 and mobile.max() == 1.0
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_profile_and_its_name_give_the_same_arrays(image_files, model):
+    profile = PROFILES[model]
+    crop = crop_uint8(image_files[0], profile)
+    assert np.array_equal(crop, crop_uint8(image_files[0], model))
+    assert np.array_equal(normalize(crop, profile), normalize(crop, model))
+    assert np.array_equal(mlperf_preprocess(image_files[0], profile), normalize(crop, model))
 
 
 def test_normalize_does_not_modify_its_input():
