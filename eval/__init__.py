@@ -2,9 +2,11 @@
 
 ``python -m eval --model M --cache-dir DIR --weights W.pth`` (or ``--backend tf --checkpoint
 PB``) evaluates; ``python -m eval compare A.npy B.npy`` compares two predictions files.
-Python API: ``eval.evaluate(...) -> dict`` and ``eval.compare.compare_predictions(a, b)``.
+Python API: ``eval.evaluate(model_name, cache_dir, EvalSettings(...), out_dir=...)``, which
+returns an ``EvalResult``, and ``eval.compare.compare_predictions(a, b)``.
 """
 
 from eval.evaluate import evaluate
+from eval.options import EvalSettings
 
-__all__ = ["evaluate"]
+__all__ = ["EvalSettings", "evaluate"]

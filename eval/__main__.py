@@ -24,7 +24,7 @@ import sys
 
 from core.errors import UserError, configure_logging, positive_int, renamed_options, run_cli
 from core.profiles import MODEL_NAMES
-from eval.options import BACKENDS, add_evaluation_options, default_batch_size
+from eval.options import BACKENDS, EvalSettings, add_evaluation_options
 
 log = logging.getLogger("eval")
 
@@ -72,30 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     check_backend_inputs(args)
 
     from eval.evaluate import evaluate
-    from eval.report import format_table
 
     out_dir = args.out or f"results/{args.model}-{args.backend}"
-    results = evaluate(
-        args.model,
-        args.cache_dir,
-        weights=args.weights,
-        backend=args.backend,
-        checkpoint=args.checkpoint,
-        batch_size=default_batch_size(args.batch_size, args.device),
-        device=args.device,
-        limit=args.limit,
-        out_dir=out_dir,
-        quiet=args.quiet,
-        engine=args.engine,
-        loadgen=args.loadgen_mode if args.loadgen else None,
-        scenario=args.scenario,
-        wait=args.wait,
-        precision=args.precision,
-    )
-    if results is None:  # a torchrun rank other than 0: rank 0 reports
+    result = evaluate(args.model, args.cache_dir, EvalSettings.from_options(args), out_dir=out_dir)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     log.info("wrote %s/results.json, predictions.npy, top5.npy", out_dir)
-    print(format_table(results))
+    print(result.table())
     return 0
 
 

@@ -24,9 +24,9 @@ import numpy as np
 
 from core.errors import UserError
 from core.files import sha256_file
-from core.profiles import CROP_SIZE, VGG_MEANS_RGB, get_profile
+from core.profiles import CROP_SIZE, VGG_MEANS_RGB, ModelProfile
 from eval.metrics import TOP_K, labels_from_classes, top_k_classes
-from eval.options import BACKENDS
+from eval.options import BACKENDS, EvalSettings
 from preprocess.recipes import normalize
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ class Backend(ABC):
     #: How the model is executed within the backend (e.g. "eager"); None when not applicable.
     engine: str | None = None
 
-    def __init__(self, model: str, device: str):
-        self.profile = get_profile(model)
+    def __init__(self, profile: ModelProfile, device: str):
+        self.profile = profile
         self.device = device
 
     @property
@@ -102,7 +102,7 @@ class TorchBackend(Backend):
     def __init__(
         self,
         module,
-        model: str,
+        profile: ModelProfile,
         device: str = "cpu",
         weights_path=None,
         *,
@@ -115,7 +115,7 @@ class TorchBackend(Backend):
     ):
         import torch
 
-        super().__init__(model, device)
+        super().__init__(profile, device)
         # From the checkpoint's own record (num_classes - 1000); the profile's as a default.
         self._label_offset = self.profile.label_offset if label_offset is None else label_offset
         self._torch = torch
@@ -228,7 +228,7 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             u8 = self._to_device(torch.from_numpy(u8_nhwc))
             logits = self.prepared(self.normalize(u8).permute(0, 3, 1, 2))
-            check_logits_shape_tensor(logits, len(u8_nhwc), 1000 + self.label_offset)
+            check_logits_shape(logits, len(u8_nhwc), 1000 + self.label_offset, "the PyTorch model")
             # A stable descending sort ranks ties to the lower class, as top_k_classes does.
             order = torch.sort(logits.float(), dim=1, descending=True, stable=True).indices
             return order[:, :TOP_K] - self.label_offset
@@ -279,14 +279,14 @@ class TFBackend(Backend):
 
     name = "tf"
 
-    def __init__(self, checkpoint, model: str, device: str = "cpu"):
+    def __init__(self, checkpoint, profile: ModelProfile, device: str = "cpu"):
         if device != "cpu":
             raise UserError(f"the tf reference backend runs on the CPU only, not {device!r}")
-        super().__init__(model, device)
+        super().__init__(profile, device)
         from convert.tf_runner import TFGraphRunner
 
         self.checkpoint_path = Path(checkpoint)
-        self.runner = TFGraphRunner(self.checkpoint_path, model)
+        self.runner = TFGraphRunner(self.checkpoint_path, profile.name)
         self._label_offset: int | None = None  # known once the graph has answered
 
     @property
@@ -321,18 +321,11 @@ class TFBackend(Backend):
         return sha256_file(self.checkpoint_path)
 
 
-def check_logits_shape(logits: np.ndarray, batch: int, num_classes: int, what: str) -> None:
-    if logits.shape != (batch, num_classes):
-        raise UserError(
-            f"{what} returned logits of shape {tuple(logits.shape)}, "
-            f"expected ({batch}, {num_classes})"
-        )
-
-
-def check_logits_shape_tensor(logits, batch: int, num_classes: int) -> None:
+def check_logits_shape(logits, batch: int, num_classes: int, what: str) -> None:
+    """UserError unless the logits (a numpy array or a torch tensor) are (batch, classes)."""
     if tuple(logits.shape) != (batch, num_classes):
         raise UserError(
-            f"the PyTorch model returned logits of shape {tuple(logits.shape)}, "
+            f"{what} returned logits of shape {tuple(logits.shape)}, "
             f"expected ({batch}, {num_classes})"
         )
 
@@ -369,8 +362,8 @@ def torch_device_name(dev) -> str:
     return "cpu"
 
 
-def load_converted(model: str, weights: Path):
-    """The converted module and its record (read from the .pth itself), checked to be ``model``.
+def load_converted(model_name: str, weights: Path):
+    """The converted module and its record (read from the .pth itself), for ``model_name``.
 
     ``convert.api.load_checkpoint`` refuses a damaged file or an unknown key in one sentence,
     so this happens before any evaluation work.
@@ -378,52 +371,46 @@ def load_converted(model: str, weights: Path):
     from convert.api import load_checkpoint
 
     module, record = load_checkpoint(weights)
-    if record.get("model_name") != model:
-        raise UserError(f"{weights} holds a converted {record.get('model_name')}, not {model}")
+    if record.get("model_name") != model_name:
+        raise UserError(f"{weights} holds a converted {record.get('model_name')}, not {model_name}")
     return module, record
 
 
 def make_backend(
-    model: str,
-    backend: str = "torch",
+    profile: ModelProfile,
+    settings: EvalSettings,
     *,
-    weights=None,
-    checkpoint=None,
-    device: str = "cpu",
-    engine: str = "eager",
-    batch_size: int = 32,
     num_images: int | None = None,
     verify_images: np.ndarray | None = None,
-    precision: str = "fp32",
 ) -> Backend:
-    """Build a backend from file paths, with one-sentence errors for missing inputs.
+    """Build the backend ``settings`` name, with one-sentence errors for missing inputs.
 
-    ``engine``, ``batch_size``, ``num_images``, ``verify_images`` (uint8 crops the fast
-    engine is checked on) and ``precision`` only concern the torch backend.
+    ``settings``' engine, batch size and precision, ``num_images`` and ``verify_images``
+    (uint8 crops the fast engine is checked on) only concern the torch backend.
     """
-    get_profile(model)  # unknown model names fail before any file work
-    check_model_inputs(backend, weights, checkpoint, precision)
-    if backend == "torch":
-        weights = Path(weights)
-        dev = resolve_torch_device(device)  # before loading: fail fast on a missing GPU
-        module, record = load_converted(model, weights)
-        return TorchBackend(
-            module,
-            model,
-            str(dev),
-            weights_path=weights,
-            engine=engine,
-            batch_size=batch_size,
-            num_images=num_images,
-            verify_images=verify_images,
-            label_offset=record["label_offset"],
-            precision=precision,
-        )
-    return TFBackend(Path(checkpoint), model, device)
+    check_model_inputs(settings)
+    if settings.backend == "tf":
+        return TFBackend(Path(settings.checkpoint), profile, settings.device)
+    weights = Path(settings.weights)
+    dev = resolve_torch_device(settings.device)  # before loading: fail fast on a missing GPU
+    module, record = load_converted(profile.name, weights)
+    return TorchBackend(
+        module,
+        profile,
+        str(dev),
+        weights_path=weights,
+        engine=settings.engine,
+        batch_size=settings.batch_size,
+        num_images=num_images,
+        verify_images=verify_images,
+        label_offset=record["label_offset"],
+        precision=settings.precision,
+    )
 
 
-def check_model_inputs(backend: str, weights, checkpoint, precision: str = "fp32") -> None:
+def check_model_inputs(settings: EvalSettings) -> None:
     """The model file the backend needs exists: checked before any output folder is made."""
+    backend, weights, checkpoint = settings.backend, settings.weights, settings.checkpoint
     if backend == "torch":
         if weights is None:
             raise UserError("the torch backend needs --weights (a converted .pth file)")
@@ -432,8 +419,10 @@ def check_model_inputs(backend: str, weights, checkpoint, precision: str = "fp32
         return
     if backend != "tf":
         raise UserError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    if precision != "fp32":
-        raise UserError(f"--precision {precision} is for the torch backend on CUDA; tf runs fp32")
+    if settings.precision != "fp32":
+        raise UserError(
+            f"--precision {settings.precision} is for the torch backend on CUDA; tf runs fp32"
+        )
     if checkpoint is None:
         raise UserError("the tf backend needs --checkpoint (the frozen graph .pb)")
     if not Path(checkpoint).is_file():

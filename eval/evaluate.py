@@ -20,9 +20,11 @@ gathers the top-5 labels and writes the one results.json.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -30,15 +32,22 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from core.errors import UserError
 from core.files import atomic_path, exclusive_lock, remove_stale_temporaries
-from core.profiles import CROP_SIZE
-from eval.backends import Backend, make_backend
+from core.profiles import CROP_SIZE, ModelProfile, get_profile
+from eval import distributed
+from eval.backends import Backend, check_model_inputs, make_backend, resolve_torch_device
 from eval.metrics import TOP_K, AccuracyCounter, labels_from_classes, top_k_classes
+from eval.options import EvalSettings
+from eval.report import EvalResult, Fp32Agreement, build_result, write_outputs
+
+if TYPE_CHECKING:
+    from eval.loadgen import LoadgenResult
 
 log = logging.getLogger(__name__)
 
@@ -267,96 +276,85 @@ def _journal_key(backend: Backend, cache, count: int) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One evaluation's checked inputs; ``settings`` already hold this rank's device."""
+
+    profile: ModelProfile
+    cache: Any
+    cache_dir: str | os.PathLike
+    settings: EvalSettings
+    ctx: distributed.DistContext
+
+    @property
+    def count(self) -> int:
+        """Images to evaluate, over all ranks: the cache's, or the first ``limit``."""
+        limit = self.settings.limit
+        return len(self.cache) if limit is None else min(limit, len(self.cache))
+
+
 def evaluate(
-    model: str,
-    cache_dir,
+    model_name: str,
+    cache_dir: str | os.PathLike,
+    settings: EvalSettings | None = None,
     *,
-    weights=None,
-    backend: str = "torch",
-    checkpoint=None,
-    batch_size: int = 32,
-    device: str = "cpu",
-    limit: int | None = None,
-    out_dir=None,
-    quiet: bool = False,
-    engine: str = "auto",
-    loadgen: str | None = None,
-    scenario: str = "Offline",
-    wait: bool = False,
-    precision: str = "fp32",
-) -> dict | None:
-    """Evaluate ``model`` over the preprocessed cache; return (and write) the results dict.
+    out_dir: str | os.PathLike | None = None,
+    **changes: Any,
+) -> EvalResult | None:
+    """Evaluate ``model_name`` over the preprocessed cache; return (and write) the result.
 
-    ``backend="torch"`` needs ``weights`` (a converted .pth); ``backend="tf"`` needs
-    ``checkpoint`` (the frozen graph). With ``out_dir``, writes results.json,
-    predictions.npy and top5.npy there atomically, holding the folder's lock (one writer
-    at a time; ``wait`` waits for another holder instead of refusing).
+    ``settings`` say how (``EvalSettings``: backend and model file, device, engine,
+    precision, batch size, limit, LoadGen); keyword arguments change single settings, e.g.
+    ``evaluate("resnet50", "cache", weights="model.pth", batch_size=64)``. With ``out_dir``,
+    writes results.json (``result.to_json()``), predictions.npy and top5.npy there
+    atomically, holding the folder's lock (``wait`` waits for another holder).
 
-    ``engine`` (torch only): "eager", "fast" (frozen/compiled, checked against eager on the
-    first cached crops) or "auto" (whichever should finish first on the device).
-    ``precision``: "fp32" (default), or "tf32"/"bf16" on CUDA; a non-fp32 run reports the
-    share of its predictions equal to an fp32 run of the same cache and weights found in a
-    sibling folder of ``out_dir`` (``find_fp32_reference``).
-
-    ``loadgen="accuracy"|"performance"`` adds an MLPerf LoadGen run with the same backend
-    (a second pass over the images; its logs go to ``out_dir/loadgen``) and records its
-    result under ``results["loadgen"]``.
+    A non-fp32 run reports the share of its predictions equal to an fp32 run of the same
+    cache and weights in a sibling folder of ``out_dir`` (``find_fp32_reference``). A LoadGen
+    run is a second pass with the same backend; its logs go to ``out_dir/loadgen``.
 
     Under torchrun (WORLD_SIZE > 1) every rank evaluates its shard; rank 0 alone holds
-    ``out_dir``'s lock, writes the outputs and returns the results; other ranks return None.
+    ``out_dir``'s lock, writes the outputs and returns the result; other ranks return None.
     A distributed run keeps no resume journal (each rank's share is the short part).
     """
-    from core.profiles import get_profile
-    from eval import distributed
-    from eval.backends import check_model_inputs, resolve_torch_device
     from preprocess import load_cache
 
-    get_profile(model)
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    if loadgen is not None and out_dir is None:
-        raise UserError("a LoadGen run needs an output directory for its logs")
-    check_precision_option(precision, device)
-    ctx = distributed.init_from_environment(device)
-    if ctx.distributed and loadgen is not None:
-        raise UserError("a LoadGen run is one process: run it without torchrun")
-    options = dict(
-        weights=weights,
-        backend=backend,
-        checkpoint=checkpoint,
-        batch_size=batch_size,
-        device=distributed.device_for_rank(device, ctx),
-        limit=limit,
-        quiet=quiet or not ctx.is_main,
-        engine=engine,
-        loadgen=loadgen,
-        scenario=scenario,
-        precision=precision,
-        ctx=ctx,
-    )
+    settings = dataclasses.replace(settings or EvalSettings(), **changes)
+    profile = get_profile(model_name)
+    _check_settings(settings, out_dir)
+    ctx = distributed.init_from_environment(settings.device)
     try:
+        if ctx.distributed and settings.loadgen is not None:
+            raise UserError("a LoadGen run is one process: run it without torchrun")
+        device, quiet = distributed.device_for_rank(settings.device, ctx), not ctx.is_main
+        settings = dataclasses.replace(settings, device=device, quiet=settings.quiet or quiet)
         # Cheap checks first: a typo in a path leaves no output folder behind.
-        cache = load_cache(Path(cache_dir), model)
-        check_model_inputs(backend, weights, checkpoint, precision)
-        if backend == "torch":
-            resolve_torch_device(options["device"])  # a missing GPU, before any output
+        job = _Job(profile, load_cache(Path(cache_dir), profile.name), cache_dir, settings, ctx)
+        check_model_inputs(settings)
+        if settings.backend == "torch":
+            resolve_torch_device(settings.device)  # a missing GPU, before any output
         if out_dir is None or not ctx.is_main:
-            return _evaluate_into(None, model, cache, cache_dir, **options)
+            return _evaluate_into(None, job)
         out_dir = Path(out_dir)
         check_output_dir(out_dir)  # before the long work: a read-only --out is one sentence
-        with exclusive_lock(out_dir, "output dir", wait=wait):
+        with exclusive_lock(out_dir, "output dir", wait=settings.wait):
             remove_stale_outputs(out_dir)
-            return _evaluate_into(out_dir, model, cache, cache_dir, **options)
+            return _evaluate_into(out_dir, job)
     finally:
         distributed.shutdown(ctx)
 
 
-def check_precision_option(precision: str, device: str) -> None:
-    """One sentence for an unknown precision or tf32/bf16 off CUDA, before any work."""
-    from eval.engines import check_precision
+def _check_settings(settings: EvalSettings, out_dir) -> None:
+    """One sentence for settings that cannot work, before any work."""
+    from eval.engines import check_precision  # imports torch: not at module level
 
-    try:
-        check_precision(precision, "cuda" if str(device).startswith("cuda") else str(device))
+    if settings.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.loadgen is not None and out_dir is None:
+        raise UserError("a LoadGen run needs an output directory for its logs")
+    device = settings.device
+    try:  # an unknown precision, or tf32/bf16 off CUDA
+        check_precision(settings.precision, "cuda" if device.startswith("cuda") else device)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -376,78 +374,64 @@ class CacheShard:
         return self.cache.read(self.start + start, self.start + stop, out=out)
 
 
-def _evaluate_into(out_dir: Path | None, model: str, cache, cache_dir, **options) -> dict | None:
+def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
     """The evaluation itself; the caller holds ``out_dir``'s lock when there is one."""
-    from eval.distributed import shard_bounds
-    from eval.report import build_results, write_outputs
-
-    limit, batch_size, quiet = options["limit"], options["batch_size"], options["quiet"]
-    ctx = options["ctx"]
-    count = len(cache) if limit is None else min(limit, len(cache))
-    first, last = shard_bounds(count, ctx.rank, ctx.world_size)
+    settings, cache = job.settings, job.cache
+    first, last = distributed.shard_bounds(job.count, job.ctx.rank, job.ctx.world_size)
+    verify_images = cache.read(0, min(job.count, 8))
     with make_backend(
-        model,
-        options["backend"],
-        weights=options["weights"],
-        checkpoint=options["checkpoint"],
-        device=options["device"],
-        engine=options["engine"],
-        batch_size=batch_size,
-        num_images=last - first,
-        verify_images=cache.read(0, min(count, 8)),
-        precision=options["precision"],
-    ) as runner:
-        journal = None
-        if out_dir is not None and not ctx.distributed:
-            journal = ResumeJournal(out_dir / "resume.npz", _journal_key(runner, cache, count))
-        if ctx.distributed:
-            outcome = _run_shard(runner, CacheShard(cache, first, last), batch_size, quiet)
-            outcome = _gather_outcome(outcome, cache, count, ctx)
-            if outcome is None:  # not rank 0: rank 0 reports
-                return None
-        else:
-            outcome = run_evaluation(
-                runner, cache, batch_size=batch_size, limit=limit, quiet=quiet, journal=journal
-            )
-        results = build_results(
-            runner, outcome, cache=cache, cache_dir=cache_dir, batch_size=batch_size, limit=limit
-        )
-        results["world_size"] = ctx.world_size
-        if options["loadgen"] is not None:
-            results["loadgen"] = run_loadgen_pass(
-                runner,
-                cache,
-                outcome.counter.images,
-                out_dir / "loadgen",
-                mode=options["loadgen"],
-                scenario=options["scenario"],
-                batch_size=batch_size,
-                quiet=quiet,
-            )
+        job.profile, settings, num_images=last - first, verify_images=verify_images
+    ) as backend:
+        outcome = _predict(backend, job, out_dir, CacheShard(cache, first, last))
+        if outcome is None:  # not rank 0: rank 0 reports
+            return None
+        result = build_result(backend, outcome, cache, job.cache_dir, settings, job.ctx.world_size)
+        if settings.loadgen is not None:
+            loadgen_dir = out_dir / "loadgen"
+            result.loadgen = run_loadgen_pass(backend, cache, result.images, loadgen_dir, settings)
     if out_dir is not None:
-        if options["precision"] != "fp32":
-            results.update(fp32_agreement(out_dir, results, outcome.predictions))
-        write_outputs(out_dir, results, outcome)
+        if settings.precision != "fp32":
+            result.fp32_reference = fp32_agreement(out_dir, result.to_json(), result.predictions)
+        write_outputs(out_dir, result)
         (out_dir / "resume.npz").unlink(missing_ok=True)
-    return results
+    return result
 
 
-def _run_shard(backend: Backend, shard: CacheShard, batch_size: int, quiet: bool):
-    """One rank's share; an empty share (fewer images than ranks) yields an empty outcome."""
-    if len(shard) == 0:
-        return EvaluationOutcome(np.empty((0, TOP_K), np.int64), AccuracyCounter(), 0.0, 0.0)
-    return run_evaluation(backend, shard, batch_size=batch_size, quiet=quiet)
+def _predict(
+    backend: Backend, job: _Job, out_dir: Path | None, shard: CacheShard
+) -> EvaluationOutcome | None:
+    """Every image's top-5: from this process alone, or gathered from every rank on rank 0.
+
+    None on the other ranks. One process keeps a resume journal in ``out_dir``.
+    """
+    settings = job.settings
+    if job.ctx.distributed:  # an empty shard (fewer images than ranks) has an empty outcome
+        outcome = EvaluationOutcome(np.empty((0, TOP_K), np.int64), AccuracyCounter(), 0.0, 0.0)
+        if len(shard):
+            outcome = run_evaluation(
+                backend, shard, batch_size=settings.batch_size, quiet=settings.quiet
+            )
+        return _gather_outcome(outcome, job.cache, job.count, job.ctx)
+    journal = None
+    if out_dir is not None:
+        journal = ResumeJournal(out_dir / "resume.npz", _journal_key(backend, job.cache, job.count))
+    return run_evaluation(
+        backend,
+        job.cache,
+        batch_size=settings.batch_size,
+        limit=settings.limit,
+        quiet=settings.quiet,
+        journal=journal,
+    )
 
 
 def _gather_outcome(outcome: EvaluationOutcome, cache, count: int, ctx):
     """Rank 0: every rank's top-5 in rank order, scored over all ``count`` images."""
-    from eval.distributed import gather_to_main, join_shards
-
     mine = (outcome.top5, outcome.inference_seconds, outcome.wall_seconds)
-    gathered = gather_to_main(mine, ctx)
+    gathered = distributed.gather_to_main(mine, ctx)
     if gathered is None:
         return None
-    top5 = join_shards([shard for shard, _, _ in gathered], count)
+    top5 = distributed.join_shards([shard for shard, _, _ in gathered], count)
     counter = AccuracyCounter()
     counter.update(top5, np.asarray(cache.labels[:count], dtype=np.int64))
     # The ranks run side by side: the slowest one is the run's time.
@@ -488,23 +472,21 @@ def find_fp32_reference(out_dir: Path, results: dict) -> Path | None:
     return max(candidates)[1] if candidates else None
 
 
-def fp32_agreement(out_dir: Path, results: dict, predictions: np.ndarray) -> dict:
-    """``fp32_reference`` fields: where, its top-1, and the share of equal predictions."""
+def fp32_agreement(out_dir: Path, results: dict, predictions: np.ndarray) -> Fp32Agreement | None:
+    """Where the fp32 reference run is, its top-1, and the share of equal predictions."""
     reference = find_fp32_reference(out_dir, results)
     if reference is None:
         log.info("no fp32 run of the same cache and weights beside %s to compare with", out_dir)
-        return {"fp32_reference": None}
+        return None
     theirs = np.load(reference / "predictions.npy")[: len(predictions)]
     other = json.loads((reference / "results.json").read_text())
     same = int((theirs == predictions).sum())
-    return {
-        "fp32_reference": {
-            "dir": str(reference),
-            "top1": other.get("top1") if other.get("images") == len(predictions) else None,
-            "equal_predictions": same,
-            "equal_share": round(same / len(predictions), 6) if len(predictions) else None,
-        }
-    }
+    return Fp32Agreement(
+        dir=reference,
+        top1=other.get("top1") if other.get("images") == len(predictions) else None,
+        equal_predictions=same,
+        equal_share=round(same / len(predictions), 6) if len(predictions) else None,
+    )
 
 
 def check_output_dir(out_dir: Path, option: str = "--out") -> None:
@@ -574,21 +556,13 @@ def _consecutive_runs(indices: np.ndarray) -> list[tuple[int, int]]:
 
 
 def run_loadgen_pass(
-    backend: Backend,
-    cache,
-    count: int,
-    out_dir: Path,
-    *,
-    mode: str,
-    scenario: str,
-    batch_size: int,
-    quiet: bool,
-) -> dict:
+    backend: Backend, cache, count: int, out_dir: Path, settings: EvalSettings
+) -> LoadgenResult:
     """Answer MLPerf LoadGen's queries over the first ``count`` cached images with ``backend``.
 
-    The SUT replies with the predicted label (argmax - the backend's label offset), as
-    MLPerf's reference does; the accuracy log is then scored the way accuracy-imagenet.py
-    scores it.
+    ``settings.loadgen`` is the mode. The SUT replies with the predicted label (argmax - the
+    backend's label offset), as MLPerf's reference does; the accuracy log is then scored the
+    way accuracy-imagenet.py scores it.
     """
     from eval.loadgen import run_loadgen
 
@@ -596,16 +570,13 @@ def run_loadgen_pass(
         logits = backend.logits(u8_batch)
         return labels_from_classes(top_k_classes(logits, 1), backend.label_offset)[:, 0]
 
-    result = run_loadgen(
+    return run_loadgen(
         CacheCrops(cache, count),
         np.asarray(cache.labels[:count], dtype=np.int64),
         predict_labels,
         out_dir,
-        mode=mode,
-        scenario=scenario,
-        batch_size=batch_size,
-        quiet=quiet,
+        mode=settings.loadgen,
+        scenario=settings.scenario,
+        batch_size=settings.batch_size,
+        quiet=settings.quiet,
     )
-    if result.accuracy_line:
-        log.info("LoadGen %s", result.accuracy_line)
-    return result.to_json()

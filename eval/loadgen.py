@@ -15,7 +15,6 @@ last, so those two never describe a run that failed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,13 @@ import numpy as np
 from tqdm import tqdm
 
 from core.errors import UserError
+from core.records import Record
 from eval.accuracy_imagenet import score_accuracy_log
 from eval.options import LOADGEN_MODES, SCENARIOS
 
 log = logging.getLogger(__name__)
 
 ACCURACY_LOG = "mlperf_log_accuracy.json"
-SUMMARY_LOG = "mlperf_log_summary.txt"
 DETAIL_LOG = "mlperf_log_detail.txt"
 TRACE_LOG = "mlperf_log_trace.json"
 ACCURACY_TXT = "accuracy.txt"
@@ -62,7 +61,7 @@ PredictLabels = Callable[[np.ndarray], Any]
 
 
 @dataclass
-class LoadgenResult:
+class LoadgenResult(Record):
     """What one LoadGen run measured; accuracy fields in accuracy mode, the rest otherwise."""
 
     mode: str
@@ -82,8 +81,16 @@ class LoadgenResult:
     valid: bool | None = None  # LoadGen's own VALID/INVALID verdict
     invalid_reasons: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoadgenResult:
+        """The result again from its ``to_json()`` form, e.g. as read from results.json."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        return cls(**{**values, "out_dir": Path(data["out_dir"])})
+
     def summary_line(self) -> str:
-        head = f"LoadGen {self.scenario} {self.mode}"
+        """One line for logs and summary tables, e.g. "Offline accuracy: accuracy=...%"."""
+        head = f"{self.scenario} {self.mode}"
         if self.mode == "accuracy":
             return f"{head}: {self.accuracy_line}"
         latencies = ", ".join(
@@ -95,11 +102,6 @@ class LoadgenResult:
         if not self.valid and self.invalid_reasons:
             verdict += f" ({'; '.join(self.invalid_reasons)})"
         return f"{head}: {self.samples_per_second:.1f} samples/s, {latencies}; result {verdict}"
-
-    def to_json(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["out_dir"] = str(self.out_dir)
-        return data
 
 
 def _import_loadgen():
@@ -342,7 +344,7 @@ def run_loadgen(
         _publish(tmp_dir, out_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    log.info("%s", result.summary_line())
+    log.info("LoadGen %s", result.summary_line())
     return result
 
 

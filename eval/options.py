@@ -1,12 +1,15 @@
 """The evaluation options, defined once for ``python -m eval`` and ``python -m pipeline.run``.
 
 Light on purpose (no torch import), so ``--help`` stays instant; the modules that act on
-these values (engines, loadgen, backends) import the same constants.
+these values (engines, loadgen, backends) import the same constants. ``EvalSettings`` holds
+one run's values; both entry points build it with ``EvalSettings.from_options``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from dataclasses import dataclass, fields
 
 from core.errors import positive_int
 
@@ -50,7 +53,29 @@ def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", choices=SCENARIOS, default="Offline")
 
 
-def default_batch_size(batch_size: int | None, device: str) -> int:
-    if batch_size is not None:
-        return batch_size
-    return CUDA_BATCH if device.startswith("cuda") else CPU_BATCH
+@dataclass(frozen=True)
+class EvalSettings:
+    """How one evaluation runs: the backend and its model file, device, batches, LoadGen."""
+
+    backend: str = "torch"
+    weights: str | os.PathLike | None = None  # converted .pth, for the torch backend
+    checkpoint: str | os.PathLike | None = None  # frozen graph .pb, for the tf backend
+    batch_size: int = CPU_BATCH
+    device: str = "cpu"
+    engine: str = "auto"
+    precision: str = "fp32"
+    limit: int | None = None  # evaluate only the first N cached images
+    loadgen: str | None = None  # a LoadGen mode, or None for no LoadGen run
+    scenario: str = "Offline"
+    quiet: bool = False
+    wait: bool = False  # wait for another run's lock on the output folder instead of refusing
+
+    @classmethod
+    def from_options(cls, options) -> EvalSettings:
+        """From parsed command-line options: each field from the option of the same name
+        (its default where there is none), ``loadgen`` from --loadgen and --loadgen-mode."""
+        values = {f.name: getattr(options, f.name, f.default) for f in fields(cls)}
+        values["loadgen"] = options.loadgen_mode if options.loadgen else None
+        if not options.batch_size:
+            values["batch_size"] = CUDA_BATCH if options.device.startswith("cuda") else CPU_BATCH
+        return cls(**values)

@@ -1,4 +1,5 @@
-"""The evaluation's outputs: results.json, predictions.npy, top5.npy and the final table.
+"""The evaluation's result (``EvalResult``) and its outputs: results.json, predictions.npy,
+top5.npy and the final table.
 
 Every file is written through ``atomic_path``, and results.json last, so a results.json
 on disk always sits beside complete prediction files from the same run.
@@ -11,20 +12,31 @@ import json
 import os
 import platform
 import sys
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.files import save_npy_atomic, write_text_atomic
+from core.records import Record
+
+if TYPE_CHECKING:
+    from eval.loadgen import LoadgenResult
+    from eval.options import EvalSettings
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.npy"
 TOP5_FILE = "top5.npy"
 
 
-def _distribution_version(*names: str) -> str | None:
-    for name in names:
+def _version(module: str, *distributions: str) -> str | None:
+    """A loaded module's own version, else its installed distribution's (without importing)."""
+    loaded = sys.modules.get(module)
+    if loaded is not None and hasattr(loaded, "__version__"):
+        return loaded.__version__
+    for name in distributions:
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -34,95 +46,144 @@ def _distribution_version(*names: str) -> str | None:
 
 def library_versions() -> dict:
     """Versions of the libraries that shape the numbers, without importing TensorFlow."""
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    torch = sys.modules.get("torch")
-    versions["torch"] = torch.__version__ if torch is not None else _distribution_version("torch")
-    tf = sys.modules.get("tensorflow")
-    versions["tensorflow"] = (
-        tf.__version__
-        if tf is not None and hasattr(tf, "__version__")
-        else _distribution_version("tensorflow", "tensorflow-cpu")
-    )
-    cv2 = sys.modules.get("cv2")
-    versions["opencv"] = (
-        cv2.__version__
-        if cv2 is not None and hasattr(cv2, "__version__")
-        else _distribution_version("opencv-python-headless", "opencv-python")
-    )
-    return versions
-
-
-def build_results(backend, outcome, *, cache, cache_dir, batch_size: int, limit) -> dict:
-    """The results.json dict for one evaluation run."""
-    profile = backend.profile
-    counter = outcome.counter
-    results = {
-        "model": profile.name,
-        "backend": backend.name,
-        "engine": getattr(backend, "engine", None),
-        "images": counter.images,
-        "cache_images": len(cache),
-        "limit": limit,
-        "top1": round(counter.top1, 4),
-        "top5": round(counter.top5, 4),
-        "correct_top1": counter.correct_top1,
-        "correct_top5": counter.correct_top5,
-        "reference_top1": profile.reference_top1,
-        "label_offset": backend.label_offset,
-        "images_per_second": round(outcome.images_per_second, 2),
-        "inference_seconds": round(outcome.inference_seconds, 4),
-        "wall_seconds": round(outcome.wall_seconds, 4),
-        "batch_size": batch_size,
-        "device": backend.device,
-        "cache": os.fspath(cache_dir),
-        "cache_fingerprint": getattr(cache, "fingerprint", None),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": library_versions(),
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": _version("torch", "torch"),
+        "tensorflow": _version("tensorflow", "tensorflow", "tensorflow-cpu"),
+        "opencv": _version("cv2", "opencv-python-headless", "opencv-python"),
     }
-    results.update(backend.describe())
-    return results
 
 
-def write_outputs(out_dir: Path, results: dict, outcome) -> dict[str, Path]:
+@dataclass
+class Fp32Agreement(Record):
+    """A non-fp32 run next to an fp32 run of the same model, cache and weights."""
+
+    dir: Path  # the fp32 run's folder
+    top1: float | None  # its top-1, when it covered exactly this run's images
+    equal_predictions: int
+    equal_share: float | None
+
+
+@dataclass
+class EvalResult(Record):
+    """One evaluation: the fields of results.json, and the top-5 labels behind them.
+
+    ``backend_info`` (``Backend.describe()``: precision, device name, weights digest, ...) is
+    written at the top level of results.json; ``loadgen`` only after a LoadGen run, and
+    ``fp32_reference`` only for a precision other than fp32.
+    """
+
+    model: str
+    backend: str
+    engine: str | None
+    images: int
+    cache_images: int
+    limit: int | None
+    top1: float
+    top5: float
+    correct_top1: int
+    correct_top5: int
+    reference_top1: float
+    label_offset: int
+    images_per_second: float
+    inference_seconds: float
+    wall_seconds: float
+    batch_size: int
+    device: str
+    cache: str
+    cache_fingerprint: str | None
+    timestamp: str
+    versions: dict[str, str | None]
+    backend_info: dict[str, Any]
+    top5_labels: np.ndarray = field(repr=False)  # int64 (N, 5), best first; not in JSON
+    world_size: int = 1
+    loadgen: LoadgenResult | None = None
+    fp32_reference: Fp32Agreement | None = None
+
+    _not_json = ("top5_labels",)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """int64 (N,): the predicted label of each image (the top-5's first)."""
+        return self.top5_labels[:, 0]
+
+    @property
+    def precision(self) -> str:
+        return self.backend_info.get("precision", "fp32")
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for key, value in super().to_json().items():
+            if key == "backend_info":
+                data.update(value)  # at the top level, in field order
+            else:
+                data[key] = value
+        if self.loadgen is None:
+            del data["loadgen"]
+        if self.precision == "fp32":
+            del data["fp32_reference"]
+        return data
+
+    def table(self) -> str:
+        """A small two-column table a person reads at a glance."""
+        images = f"{self.images:,}"
+        if self.cache_images and self.cache_images != self.images:
+            images += f" of {self.cache_images:,}"
+        device = self.backend_info.get("device_name") or self.device
+        rows = [
+            ("model", self.model),
+            ("backend", f"{self.backend} on {device}"),
+            ("images", images),
+            ("top-1", f"{self.top1:.3f} %  ({self.correct_top1:,} correct)"),
+            ("top-5", f"{self.top5:.3f} %  ({self.correct_top5:,} correct)"),
+            ("MLPerf top-1", f"{self.reference_top1:.3f} %  (50,000 images)"),
+            ("throughput", f"{self.images_per_second:,.1f} img/s  (inference only)"),
+        ]
+        if self.loadgen is not None:
+            rows.append(("LoadGen", self.loadgen.summary_line()))
+        width = max(len(name) for name, _ in rows)
+        rule = "-" * (width + 2 + max(len(value) for _, value in rows))
+        return "\n".join([rule, *(f"{name:<{width}}  {value}" for name, value in rows), rule])
+
+
+def build_result(
+    backend, outcome, cache, cache_dir, settings: EvalSettings, world_size: int = 1
+) -> EvalResult:
+    """The result of one evaluation run (``outcome``) of ``backend`` over ``cache``."""
+    counter = outcome.counter
+    return EvalResult(
+        model=backend.profile.name,
+        backend=backend.name,
+        engine=getattr(backend, "engine", None),
+        images=counter.images,
+        cache_images=len(cache),
+        limit=settings.limit,
+        top1=round(counter.top1, 4),
+        top5=round(counter.top5, 4),
+        correct_top1=counter.correct_top1,
+        correct_top5=counter.correct_top5,
+        reference_top1=backend.profile.reference_top1,
+        label_offset=backend.label_offset,
+        images_per_second=round(outcome.images_per_second, 2),
+        inference_seconds=round(outcome.inference_seconds, 4),
+        wall_seconds=round(outcome.wall_seconds, 4),
+        batch_size=settings.batch_size,
+        device=backend.device,
+        cache=os.fspath(cache_dir),
+        cache_fingerprint=getattr(cache, "fingerprint", None),
+        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        versions=library_versions(),
+        backend_info=backend.describe(),
+        top5_labels=outcome.top5,
+        world_size=world_size,
+    )
+
+
+def write_outputs(out_dir: Path, result: EvalResult) -> None:
     """Write predictions.npy, top5.npy, then results.json into ``out_dir``."""
     out_dir = Path(out_dir)
-    paths = {
-        "predictions": out_dir / PREDICTIONS_FILE,
-        "top5": out_dir / TOP5_FILE,
-        "results": out_dir / RESULTS_FILE,
-    }
-    save_npy_atomic(paths["predictions"], np.asarray(outcome.predictions, dtype=np.int64))
-    save_npy_atomic(paths["top5"], np.asarray(outcome.top5, dtype=np.int64))
-    write_text_atomic(paths["results"], json.dumps(results, indent=2, sort_keys=False) + "\n")
-    return paths
-
-
-def format_table(results: dict) -> str:
-    """A small two-column table a person reads at a glance."""
-    images = f"{results['images']:,}"
-    if results.get("cache_images") and results["cache_images"] != results["images"]:
-        images += f" of {results['cache_images']:,}"
-    rows = [
-        ("model", results["model"]),
-        ("backend", f"{results['backend']} on {results.get('device_name') or results['device']}"),
-        ("images", images),
-        ("top-1", f"{results['top1']:.3f} %  ({results['correct_top1']:,} correct)"),
-        ("top-5", f"{results['top5']:.3f} %  ({results['correct_top5']:,} correct)"),
-        ("MLPerf top-1", f"{results['reference_top1']:.3f} %  (50,000 images)"),
-        ("throughput", f"{results['images_per_second']:,.1f} img/s  (inference only)"),
-    ]
-    loadgen = results.get("loadgen")
-    if loadgen and loadgen.get("accuracy_line"):
-        rows.append(("LoadGen", loadgen["accuracy_line"]))
-    elif loadgen and loadgen.get("samples_per_second") is not None:
-        verdict = "VALID" if loadgen.get("valid") else "INVALID"
-        rows.append(
-            (
-                "LoadGen",
-                f"{loadgen['scenario']} {loadgen['samples_per_second']:,.1f} samples/s ({verdict})",
-            )
-        )
-    width = max(len(name) for name, _ in rows)
-    rule = "-" * (width + 2 + max(len(value) for _, value in rows))
-    lines = [rule] + [f"{name:<{width}}  {value}" for name, value in rows] + [rule]
-    return "\n".join(lines)
+    save_npy_atomic(out_dir / PREDICTIONS_FILE, np.asarray(result.predictions, dtype=np.int64))
+    save_npy_atomic(out_dir / TOP5_FILE, np.asarray(result.top5_labels, dtype=np.int64))
+    text = json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n"
+    write_text_atomic(out_dir / RESULTS_FILE, text)

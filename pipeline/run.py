@@ -34,14 +34,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError, configure_logging, positive_int, run_cli
 from core.files import exclusive_lock, sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
-from eval.options import BACKENDS, add_evaluation_options, default_batch_size
+from eval.options import BACKENDS, EvalSettings, add_evaluation_options
 from pipeline.stages import StageStamp
 
 log = logging.getLogger("pipeline.run")
@@ -68,7 +68,7 @@ class RunOptions:
     backend: str = "torch"
     engine: str = "auto"
     precision: str = "fp32"
-    batch_size: int = 32
+    batch_size: int | None = 32  # None: by device, as EvalSettings.from_options picks
     stages: tuple[str, ...] = STAGES
     force: bool = False
     quiet: bool = False
@@ -183,48 +183,49 @@ def stage_convert(opts: RunOptions, state: RunState) -> None:
 def stage_evaluate(opts: RunOptions, state: RunState) -> None:
     from eval import evaluate
 
+    settings = EvalSettings.from_options(opts)
     did_work = False
     for backend in BACKEND_RUNS[opts.backend]:
+        backend_settings = _backend_settings(settings, backend, state)
         out_dir = state.model_dir / f"eval-{backend}"
-        # The TF reference runs the original graph on the CPU (tensorflow-cpu) even when
-        # PyTorch runs on a GPU: its answers are the ones to compare against.
-        device = opts.device if backend == "torch" else "cpu"
-        source = state.weights if backend == "torch" else state.checkpoint
-        inputs = {
-            "backend": backend,
-            "source_sha256": state.sha256(source),
-            "cache": state.cache_fingerprint,
-            "limit": opts.limit,
-            "device": device,
-            "engine": opts.engine if backend == "torch" else None,
-            "precision": opts.precision if backend == "torch" else None,
-            "loadgen": [opts.loadgen_mode, opts.scenario] if opts.loadgen else None,
-        }
+        inputs = _evaluate_inputs(backend_settings, state)
         stamp = StageStamp(state.model_dir / "stages", f"evaluate-{backend}")
         results_path = out_dir / "results.json"
         if not opts.force and stamp.is_current(inputs, [results_path]):
             state.results[backend] = json.loads(results_path.read_text())
             continue
         stamp.clear()
-        kwargs: dict[str, Any] = dict(
-            backend=backend,
-            batch_size=opts.batch_size,
-            device=device,
-            limit=opts.limit,
-            out_dir=out_dir,
-            quiet=opts.quiet,
-            wait=opts.wait,
-        )
-        if backend == "torch":
-            kwargs.update(weights=state.weights, engine=opts.engine, precision=opts.precision)
-        else:
-            kwargs.update(checkpoint=state.checkpoint)
-        if opts.loadgen:
-            kwargs.update(loadgen=opts.loadgen_mode, scenario=opts.scenario)
-        state.results[backend] = evaluate(opts.model, state.cache_dir, **kwargs)
+        result = evaluate(opts.model, state.cache_dir, backend_settings, out_dir=out_dir)
+        state.results[backend] = result.to_json()
         stamp.record(inputs, [results_path])
         did_work = True
     state.ran["evaluate"] = "ran" if did_work else "skipped (results up to date)"
+
+
+def _backend_settings(settings: EvalSettings, backend: str, state: RunState) -> EvalSettings:
+    """The run's settings for one backend, with the model file the earlier stages left."""
+    if backend == "torch":
+        return replace(settings, backend=backend, weights=state.weights, checkpoint=None)
+    # The TF reference runs the original graph in fp32 on the CPU (tensorflow-cpu) even when
+    # PyTorch runs on a GPU: its answers are the ones to compare against.
+    return replace(
+        settings, backend="tf", checkpoint=state.checkpoint, device="cpu", precision="fp32"
+    )
+
+
+def _evaluate_inputs(settings: EvalSettings, state: RunState) -> dict[str, Any]:
+    """What one backend's evaluation depends on: its stamp records these."""
+    torch = settings.backend == "torch"
+    return {
+        "backend": settings.backend,
+        "source_sha256": state.sha256(settings.weights if torch else settings.checkpoint),
+        "cache": state.cache_fingerprint,
+        "limit": settings.limit,
+        "device": settings.device,
+        "engine": settings.engine if torch else None,
+        "precision": settings.precision if torch else None,
+        "loadgen": [settings.loadgen, settings.scenario] if settings.loadgen else None,
+    }
 
 
 STAGE_FUNCTIONS = {
@@ -333,19 +334,10 @@ def format_summary(combined: dict[str, Any], state: RunState) -> str:
         ("MLPerf reference", _pct(state.profile.reference_top1)),
         ("difference", f"{main_top1 - state.profile.reference_top1:+.3f} points"),
     ]
-    loadgen = combined.get("loadgen") or {}
-    if "loadgen_accuracy_line" in combined:
-        rows.append(("MLPerf LoadGen", combined["loadgen_accuracy_line"]))
-    elif loadgen.get("samples_per_second") is not None:
-        p90_ms = (loadgen.get("latency_ns") or {}).get("p90", 0) / 1e6
-        verdict = "VALID" if loadgen.get("valid") else "INVALID"
-        rows.append(
-            (
-                "MLPerf LoadGen",
-                f"{loadgen['scenario']} {loadgen['samples_per_second']:.1f} samples/s, "
-                f"p90 {p90_ms:.1f} ms ({verdict})",
-            )
-        )
+    if combined.get("loadgen"):
+        from eval.loadgen import LoadgenResult
+
+        rows.append(("MLPerf LoadGen", LoadgenResult.from_json(combined["loadgen"]).summary_line()))
     if "prediction_agreement" in combined:
         rows.append(("PyTorch = TF", f"{combined['prediction_agreement']:.3f} % of images"))
     width = max(len(k) for k, _ in rows)
@@ -403,7 +395,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
-    args.batch_size = default_batch_size(args.batch_size, args.device)
     # Every RunOptions field has a command-line option of the same name.
     opts = RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)})
     try:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.profiles import get_profile
 from eval.backends import Backend
 
 NUM_CLASSES = 1001
@@ -47,8 +48,8 @@ class ToyBackend(Backend):
 
     name = "toy"
 
-    def __init__(self, model: str = "resnet50"):
-        super().__init__(model, "cpu")
+    def __init__(self, model_name: str = "resnet50"):
+        super().__init__(get_profile(model_name), "cpu")
         self.batch_sizes: list[int] = []
 
     def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:

@@ -1,11 +1,17 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from core.errors import UserError
+from core.profiles import get_profile
 from eval.backends import TorchBackend, make_backend, resolve_torch_device
+from eval.options import EvalSettings
 from preprocess.recipes import normalize
 from tests.eval.fakes import ToyNet
+
+RESNET = get_profile("resnet50")
 
 
 def every_uint8_value() -> np.ndarray:
@@ -16,7 +22,7 @@ def every_uint8_value() -> np.ndarray:
 
 @pytest.mark.parametrize("model", ["resnet50", "mobilenet_v1"])
 def test_torch_normalisation_equals_cpu_recipe_bit_for_bit(model):
-    backend = TorchBackend(ToyNet(), model)
+    backend = TorchBackend(ToyNet(), get_profile(model))
     batch = every_uint8_value()
     got = backend.normalize(torch.from_numpy(batch)).numpy()
     want = normalize(batch, model)
@@ -28,7 +34,7 @@ def test_torch_normalisation_equals_cpu_recipe_bit_for_bit(model):
 @pytest.mark.parametrize("model", ["resnet50", "mobilenet_v1"])
 def test_module_gets_normalised_nchw_and_logits_come_back(model):
     net = ToyNet()
-    backend = TorchBackend(net, model)
+    backend = TorchBackend(net, get_profile(model))
     rng = np.random.default_rng(3)
     batch = rng.integers(0, 256, size=(4, 224, 224, 3), dtype=np.uint8)
     batch.flags.writeable = False  # a memmap slice is read-only
@@ -43,7 +49,7 @@ def test_module_gets_normalised_nchw_and_logits_come_back(model):
 
 
 def test_wrong_logits_shape_is_one_sentence():
-    backend = TorchBackend(torch.nn.Flatten(), "resnet50")
+    backend = TorchBackend(torch.nn.Flatten(), RESNET)
     with pytest.raises(UserError, match=r"logits of shape \(2, 150528\), expected \(2, 1001\)"):
         backend.logits(np.zeros((2, 224, 224, 3), dtype=np.uint8))
 
@@ -60,22 +66,25 @@ def test_cuda_without_gpu_is_one_clear_sentence(monkeypatch):
 
 
 def test_make_backend_reports_missing_inputs(tmp_path):
-    with pytest.raises(UserError, match="needs --weights"):
-        make_backend("resnet50", "torch")
-    with pytest.raises(UserError, match="weights file not found"):
-        make_backend("resnet50", "torch", weights=tmp_path / "missing.pth")
-    with pytest.raises(UserError, match="needs --checkpoint"):
-        make_backend("resnet50", "tf")
-    with pytest.raises(UserError, match="checkpoint file not found"):
-        make_backend("resnet50", "tf", checkpoint=tmp_path / "missing.pb")
-    with pytest.raises(UserError, match="unknown backend"):
-        make_backend("resnet50", "onnx")
+    cases = [
+        ("needs --weights", EvalSettings(backend="torch")),
+        ("weights file not found", EvalSettings(weights=tmp_path / "missing.pth")),
+        ("needs --checkpoint", EvalSettings(backend="tf")),
+        (
+            "checkpoint file not found",
+            EvalSettings(backend="tf", checkpoint=tmp_path / "missing.pb"),
+        ),
+        ("unknown backend", EvalSettings(backend="onnx")),
+    ]
+    for message, settings in cases:
+        with pytest.raises(UserError, match=message):
+            make_backend(RESNET, settings)
 
 
 def test_describe_hashes_the_weights(tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"abc")
-    info = TorchBackend(ToyNet(), "resnet50", weights_path=weights).describe()
+    info = TorchBackend(ToyNet(), RESNET, weights_path=weights).describe()
     assert info["weights_sha256"] == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
@@ -103,7 +112,8 @@ def test_tf_backend_feeds_the_cpu_recipe_to_the_graph(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "convert.tf_runner", fake)
     checkpoint = tmp_path / "graph.pb"
     checkpoint.write_bytes(b"graph")
-    backend = make_backend("mobilenet_v1", "tf", checkpoint=checkpoint)
+    settings = EvalSettings(backend="tf", checkpoint=checkpoint)
+    backend = make_backend(get_profile("mobilenet_v1"), settings)
     batch = np.random.default_rng(0).integers(0, 256, size=(3, 224, 224, 3), dtype=np.uint8)
     logits = backend.logits(batch)
     assert logits.dtype == np.float32 and logits.shape == (3, 1001)
@@ -113,4 +123,4 @@ def test_tf_backend_feeds_the_cpu_recipe_to_the_graph(tmp_path, monkeypatch):
     info = backend.describe()
     assert info["checkpoint_sha256"] == __import__("hashlib").sha256(b"graph").hexdigest()
     with pytest.raises(UserError, match="runs on the CPU only"):
-        make_backend("mobilenet_v1", "tf", checkpoint=checkpoint, device="cuda")
+        make_backend(get_profile("mobilenet_v1"), replace(settings, device="cuda"))

@@ -11,6 +11,7 @@ import pytest
 
 import eval as eval_stage
 from convert import convert_checkpoint
+from core.profiles import get_profile
 from eval.backends import make_backend
 from eval.compare import main as compare_main
 from preprocess import build_cache, load_cache
@@ -35,9 +36,11 @@ def converted(request, tmp_path_factory):
 def test_torch_and_tf_backends_agree(converted):
     model, cache_dir, pb, weights = converted
     images = load_cache(cache_dir, model).images
-    with make_backend(model, "torch", weights=weights) as torch_backend:
+    profile = get_profile(model)
+    torch_settings = eval_stage.EvalSettings(weights=weights, engine="eager")
+    with make_backend(profile, torch_settings) as torch_backend:
         torch_logits = torch_backend.logits(images)
-    with make_backend(model, "tf", checkpoint=pb) as tf_backend:
+    with make_backend(profile, eval_stage.EvalSettings(backend="tf", checkpoint=pb)) as tf_backend:
         tf_logits = tf_backend.logits(images)
     assert torch_logits.shape == tf_logits.shape == (N_IMAGES, 1001)
     scale = float(np.abs(tf_logits).max())
@@ -64,10 +67,10 @@ def test_predictions_agree_across_backends_and_batch_sizes(converted, tmp_path, 
     np.testing.assert_array_equal(
         np.load(tmp_path / "torch_b1" / "top5.npy"), np.load(tmp_path / "torch_b7" / "top5.npy")
     )
-    assert {r["correct_top1"] for r in results.values()} == {results["tf_b3"]["correct_top1"]}
+    assert {r.correct_top1 for r in results.values()} == {results["tf_b3"].correct_top1}
     tf_results = json.loads((tmp_path / "tf_b3" / "results.json").read_text())
     assert tf_results["backend"] == "tf" and "checkpoint_sha256" in tf_results
-    assert "weights_sha256" in results["torch_b7"]
+    assert "weights_sha256" in results["torch_b7"].to_json()
 
     code = compare_main(
         [str(tmp_path / "torch_b7"), str(tmp_path / "tf_b3"), "--files", str(cache_dir)]

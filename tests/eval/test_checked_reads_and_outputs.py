@@ -18,6 +18,7 @@ import pytest
 from core.errors import UserError
 from core.files import exclusive_lock
 from eval.evaluate import CacheCrops, check_output_dir, evaluate, run_evaluation
+from eval.options import EvalSettings
 from tests.eval.fakes import FakeCache, ToyBackend
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,20 +74,15 @@ def test_loadgen_reads_crops_through_the_reader(tmp_path):
     from eval.evaluate import run_loadgen_pass
 
     cache = DamagedCache(bad=-1, n=9)
-    result = run_loadgen_pass(
-        ToyBackend(), cache, 9, tmp_path / "lg", mode="accuracy", scenario="Offline",
-        batch_size=4, quiet=True,
-    )  # fmt: skip
-    assert result["total"] == 9
+    settings = EvalSettings(loadgen="accuracy", batch_size=4, quiet=True)
+    result = run_loadgen_pass(ToyBackend(), cache, 9, tmp_path / "lg", settings)
+    assert result.total == 9
     read = sorted(i for start, stop in cache.reads for i in range(start, stop))
     assert set(read) == set(range(9))
 
     damaged = DamagedCache(bad=5, n=9)
     with pytest.raises(UserError, match="crop 5 of the cache differs"):
-        run_loadgen_pass(
-            ToyBackend(), damaged, 9, tmp_path / "lg2", mode="accuracy", scenario="Offline",
-            batch_size=4, quiet=True,
-        )  # fmt: skip
+        run_loadgen_pass(ToyBackend(), damaged, 9, tmp_path / "lg2", settings)
     assert not (tmp_path / "lg2" / "accuracy.txt").exists()
 
 
@@ -218,6 +214,7 @@ def test_converted_model_with_an_unknown_field_is_one_sentence_before_evaluating
 
 @pytest.mark.parametrize("width, offset", [(1001, 1), (1000, 0)])
 def test_tf_backend_takes_the_label_offset_from_the_graphs_logits_width(width, offset):
+    from core.profiles import get_profile
     from eval.backends import TFBackend
 
     class FakeRunner:
@@ -225,7 +222,7 @@ def test_tf_backend_takes_the_label_offset_from_the_graphs_logits_width(width, o
             return np.zeros((len(x), width), dtype=np.float32)
 
     backend = TFBackend.__new__(TFBackend)  # the graph itself is replaced by FakeRunner
-    super(TFBackend, backend).__init__("resnet50", "cpu")
+    super(TFBackend, backend).__init__(get_profile("resnet50"), "cpu")
     backend.runner, backend._label_offset = FakeRunner(), None
     crops = np.zeros((2, 224, 224, 3), dtype=np.uint8)
     assert backend.logits(crops).shape == (2, width)

@@ -51,12 +51,13 @@ def test_evaluate_writes_results_for_the_cache(resnet_cache, toy_convert, tmp_pa
         "resnet50", resnet_cache, weights=toy_convert, batch_size=4, out_dir=out, quiet=True
     )
     cache = load_cache(resnet_cache, "resnet50")
-    assert results["images"] == N_IMAGES
-    assert results["cache_fingerprint"] == cache.fingerprint
-    assert results["backend"] == "torch" and results["device"] == "cpu"
-    assert results["weights_sha256"] == (__import__("hashlib").sha256(b"toy weights").hexdigest())
-    assert results["images_per_second"] > 0
-    assert json.loads((out / "results.json").read_text()) == results
+    assert results.images == N_IMAGES
+    assert results.cache_fingerprint == cache.fingerprint
+    assert results.backend == "torch" and results.device == "cpu"
+    written = json.loads((out / "results.json").read_text())
+    assert written["weights_sha256"] == (__import__("hashlib").sha256(b"toy weights").hexdigest())
+    assert results.images_per_second > 0
+    assert written == results.to_json()
     predictions = np.load(out / "predictions.npy")
     assert predictions.shape == (N_IMAGES,) and predictions.dtype == np.int64
     # The predictions are the toy model's argmax - 1 on MLPerf's floats for each image.
@@ -67,19 +68,16 @@ def test_evaluate_writes_results_for_the_cache(resnet_cache, toy_convert, tmp_pa
         expected = ToyNet(seed=3)(x).argmax(dim=1).numpy() - 1
     np.testing.assert_array_equal(predictions, expected)
     correct = int((predictions == cache.labels).sum())
-    assert results["correct_top1"] == correct
+    assert results.correct_top1 == correct
 
 
 def test_batch_size_and_limit_through_the_api(resnet_cache, toy_convert):
     common = {"weights": toy_convert, "quiet": True}
     one = eval_stage.evaluate("resnet50", resnet_cache, batch_size=1, out_dir=None, **common)
     seven = eval_stage.evaluate("resnet50", resnet_cache, batch_size=7, **common)
-    assert (one["correct_top1"], one["correct_top5"]) == (
-        seven["correct_top1"],
-        seven["correct_top5"],
-    )
+    assert (one.correct_top1, one.correct_top5) == (seven.correct_top1, seven.correct_top5)
     limited = eval_stage.evaluate("resnet50", resnet_cache, batch_size=2, limit=3, **common)
-    assert limited["images"] == 3 and limited["limit"] == 3
+    assert limited.images == 3 and limited.limit == 3
 
 
 def test_cli_prints_the_table_and_writes_outputs(resnet_cache, toy_convert, tmp_path, capsys):

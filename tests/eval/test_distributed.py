@@ -89,12 +89,12 @@ def test_two_torchrun_ranks_equal_one_process(mobilenet_run):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((root / "two" / "results.json").read_text())
-    assert results["world_size"] == 2 and single["world_size"] == 1
-    assert results["images"] == N_IMAGES == single["images"]
+    assert results["world_size"] == 2 and single.world_size == 1
+    assert results["images"] == N_IMAGES == single.images
     for name in ("predictions.npy", "top5.npy"):
         assert np.array_equal(np.load(root / "two" / name), np.load(root / "single" / name))
-    assert results["correct_top1"] == single["correct_top1"]
-    assert results["correct_top5"] == single["correct_top5"]
+    assert results["correct_top1"] == single.correct_top1
+    assert results["correct_top5"] == single.correct_top5
     # Rank 0 alone wrote: the outputs, its lock, and nothing else.
     written = sorted(p.name for p in (root / "two").iterdir())
     assert written == [".lock", "predictions.npy", "results.json", "top5.npy"]

@@ -1,5 +1,6 @@
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import pytest
 from core.errors import UserError
 from eval.evaluate import run_evaluation
 from eval.metrics import accuracy, labels_from_classes, top_k_classes
-from eval.report import RESULTS_FILE, build_results, format_table, write_outputs
+from eval.options import EvalSettings
+from eval.report import RESULTS_FILE, build_result, write_outputs
 from tests.eval.fakes import FakeCache, ToyBackend, toy_logits
 
 REQUIRED_KEYS = {
@@ -109,15 +111,16 @@ def make_results(n=11):
     cache = FakeCache(n=n)
     backend = ToyBackend()
     outcome = run_evaluation(backend, cache, batch_size=4, quiet=True)
-    results = build_results(
-        backend, outcome, cache=cache, cache_dir="/tmp/cache", batch_size=4, limit=None
-    )
-    return cache, outcome, results
+    result = build_result(backend, outcome, cache, "/tmp/cache", EvalSettings(batch_size=4))
+    return cache, outcome, result
 
 
 def test_results_hold_every_key_and_files_are_written(tmp_path):
-    cache, outcome, results = make_results()
+    cache, outcome, result = make_results()
+    results = result.to_json()
     assert REQUIRED_KEYS <= set(results)
+    assert "top5_labels" not in results and "backend_info" not in results
+    assert "loadgen" not in results and "fp32_reference" not in results
     assert results["model"] == "resnet50"
     assert results["backend"] == "toy"
     assert results["images"] == 11
@@ -127,7 +130,7 @@ def test_results_hold_every_key_and_files_are_written(tmp_path):
     assert results["top1"] == pytest.approx(100 * results["correct_top1"] / 11, abs=1e-4)
 
     out = tmp_path / "out"
-    write_outputs(out, results, outcome)
+    write_outputs(out, result)
     assert sorted(p.name for p in out.iterdir()) == [
         "predictions.npy",
         "results.json",
@@ -141,8 +144,8 @@ def test_results_hold_every_key_and_files_are_written(tmp_path):
 
 
 def test_a_failed_write_leaves_the_previous_results_untouched(tmp_path, monkeypatch):
-    _, outcome, results = make_results()
-    write_outputs(tmp_path, results, outcome)
+    _, _, result = make_results()
+    write_outputs(tmp_path, result)
     before = (tmp_path / RESULTS_FILE).read_text()
 
     def fail(*args, **kwargs):
@@ -150,18 +153,18 @@ def test_a_failed_write_leaves_the_previous_results_untouched(tmp_path, monkeypa
 
     monkeypatch.setattr("eval.report.json.dumps", fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        write_outputs(tmp_path, dict(results, top1=0.0), outcome)
+        write_outputs(tmp_path, replace(result, top1=0.0))
     assert (tmp_path / RESULTS_FILE).read_text() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_final_table_reads_at_a_glance():
-    _, _, results = make_results()
-    results["images_per_second"] = 1234.5
-    table = format_table(results)
+    _, _, result = make_results()
+    result.images_per_second = 1234.5
+    table = result.table()
     for text in ("resnet50", "toy on cpu", "11", "top-1", "top-5", "76.456 %", "1,234.5 img/s"):
         assert text in table
-    assert f"{results['top1']:.3f} %" in table
+    assert f"{result.top1:.3f} %" in table
 
 
 def test_killed_evaluation_resumes_from_its_journal(tmp_path):

@@ -83,7 +83,7 @@ def test_accuracy_run_scores_like_mlperf(dataset, tmp_path, scenario):
     assert (result.good, result.total) == (NUM_RIGHT, NUM_IMAGES)
     assert result.top1 == pytest.approx(direct_top1)
     assert result.samples_per_second is None
-    assert result.summary_line() == f"LoadGen {scenario} accuracy: {result.accuracy_line}"
+    assert result.summary_line() == f"{scenario} accuracy: {result.accuracy_line}"
     assert (out_dir / "accuracy.txt").read_text() == result.accuracy_line + "\n"
     for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "loadgen_result.json"):
         assert (out_dir / name).is_file()

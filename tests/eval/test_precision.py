@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.profiles import get_profile
 from eval import engines
 from eval.backends import Backend, TorchBackend
 from eval.engines import (
@@ -21,6 +22,8 @@ from eval.engines import (
 )
 from eval.evaluate import find_fp32_reference, fp32_agreement, run_evaluation
 from tests.eval.fakes import FakeCache, ToyNet
+
+RESNET = get_profile("resnet50")
 
 
 def test_tf32_and_bf16_are_cuda_only():
@@ -90,7 +93,7 @@ class SlowFirstShape(torch.nn.Module):
 
 def test_warm_up_happens_in_setup_and_steady_state_excludes_it():
     module = SlowFirstShape()
-    backend = TorchBackend(module, "resnet50", engine="eager", batch_size=4, num_images=10)
+    backend = TorchBackend(module, RESNET, engine="eager", batch_size=4, num_images=10)
     assert backend.prepared.setup_seconds < 0.2  # no warm-up on the CPU by default
     prepared = prepare_engine(
         module, "eager", batch_size=4, num_images=10, warmup=True, copy_module=False
@@ -113,7 +116,7 @@ class TiedLogits(torch.nn.Module):
 
 
 def test_device_top5_ranks_like_the_numpy_rule():
-    backend = TorchBackend(TiedLogits(), "resnet50", engine="eager", batch_size=3)
+    backend = TorchBackend(TiedLogits(), RESNET, engine="eager", batch_size=3)
     crops = FakeCache(n=3).read(0, 3)
     on_device = backend.collect([backend.submit(crops)])[0]
     by_numpy = Backend.submit(backend, crops)
@@ -122,7 +125,7 @@ def test_device_top5_ranks_like_the_numpy_rule():
 
 
 def test_grouped_collect_keeps_batch_order():
-    backend = TorchBackend(ToyNet(seed=4), "resnet50", engine="eager", batch_size=2)
+    backend = TorchBackend(ToyNet(seed=4), RESNET, engine="eager", batch_size=2)
     cache = FakeCache(n=7)
     backend.collect_every = 3
     grouped = run_evaluation(backend, cache, batch_size=2, quiet=True)
@@ -150,12 +153,12 @@ def test_a_bf16_run_finds_its_fp32_sibling_and_counts_equal_predictions(tmp_path
     mine = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w", "images": 4}
     out = tmp_path / "resnet50-bf16"
     assert find_fp32_reference(out, mine) == (tmp_path / "resnet50-torch").resolve()
-    agreement = fp32_agreement(out, mine, np.array([1, 2, 0, 4]))["fp32_reference"]
-    assert agreement["equal_predictions"] == 3 and agreement["equal_share"] == 0.75
-    assert agreement["top1"] == 50.0
+    agreement = fp32_agreement(out, mine, np.array([1, 2, 0, 4]))
+    assert agreement.equal_predictions == 3 and agreement.equal_share == 0.75
+    assert agreement.top1 == 50.0 and agreement.dir == (tmp_path / "resnet50-torch").resolve()
     fewer = {**mine, "images": 5}  # a reference must cover every image of this run
     assert find_fp32_reference(out, fewer) is None
-    assert fp32_agreement(out, fewer, np.zeros(5, np.int64)) == {"fp32_reference": None}
+    assert fp32_agreement(out, fewer, np.zeros(5, np.int64)) is None
 
 
 def test_cudnn_autotune_only_for_runs_that_repay_it(monkeypatch):
@@ -176,7 +179,7 @@ def test_nchw_engine_gets_nchw_input_from_the_nhwc_cache():
 
 
 def test_several_reader_threads_keep_the_order():
-    backend = TorchBackend(ToyNet(seed=4), "resnet50", engine="eager", batch_size=2)
+    backend = TorchBackend(ToyNet(seed=4), RESNET, engine="eager", batch_size=2)
     cache = FakeCache(n=11)
     one = run_evaluation(backend, cache, batch_size=2, quiet=True)
     backend.reader_threads = 4
