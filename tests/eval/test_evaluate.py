@@ -1,6 +1,7 @@
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +190,22 @@ def test_killed_evaluation_resumes_from_its_journal(tmp_path):
     fresh = ToyBackend("resnet50")
     run_evaluation(fresh, cache, batch_size=3, quiet=True, journal=other)
     assert sum(fresh.batch_sizes) == 10
+
+
+def test_result_json_holds_the_optional_parts_only_when_they_apply():
+    from eval.loadgen import LoadgenResult
+    from eval.report import Fp32Agreement
+
+    _, _, result = make_results()
+    bf16 = replace(result, backend_info={"precision": "bf16", "device_name": "gpu"})
+    data = bf16.to_json()
+    assert data["precision"] == "bf16" and data["fp32_reference"] is None
+    assert list(data)[-3:] == ["device_name", "world_size", "fp32_reference"]
+    bf16.fp32_reference = Fp32Agreement(Path("/runs/fp32"), 50.0, 10, 0.9)
+    bf16.loadgen = LoadgenResult("accuracy", "Offline", Path("/runs/lg"), 11, accuracy_line="a")
+    data = json.loads(json.dumps(bf16.to_json()))
+    assert data["fp32_reference"] == {
+        "dir": "/runs/fp32", "top1": 50.0, "equal_predictions": 10, "equal_share": 0.9
+    }  # fmt: skip
+    assert data["loadgen"]["out_dir"] == "/runs/lg" and data["loadgen"]["accuracy_line"] == "a"
+    assert "LoadGen" in bf16.table() and "Offline accuracy: a" in bf16.table()

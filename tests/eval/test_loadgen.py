@@ -180,6 +180,9 @@ def test_performance_run_reports_throughput_and_latency(dataset, tmp_path, scena
     assert result.valid or result.invalid_reasons  # an INVALID verdict says why
     assert ("VALID" if result.valid else "INVALID") in result.summary_line()
     assert "samples/s" in result.summary_line()
+    # The summary tables read the result back from results.json: the same line.
+    stored = json.loads(json.dumps(result.to_json()))
+    assert LoadgenResult.from_json(stored).summary_line() == result.summary_line()
     assert result.accuracy_line is None and result.top1 is None
     assert not (out_dir / "accuracy.txt").exists()
     summary = (out_dir / "mlperf_log_summary.txt").read_text()

@@ -108,3 +108,31 @@ def test_stage_list_is_validated(capsys):
     with pytest.raises(SystemExit):
         main(["--model", "resnet50", "--stages", "preprocess,bake"])
     assert "bake" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--device", "cuda:1", "--engine", "fast", "--precision", "bf16", "--limit", "5"],
+        ["--batch-size", "7", "--loadgen", "--loadgen-mode", "performance", "--wait"],
+        ["--scenario", "SingleStream", "--loadgen", "--quiet"],
+    ],
+)
+def test_both_entry_points_build_the_same_evaluation_settings(options):
+    from dataclasses import replace
+
+    from eval.__main__ import build_parser as eval_parser
+    from eval.options import EvalSettings
+    from pipeline.run import build_parser as pipeline_parser
+
+    model = ["--model", "resnet50"]
+    eval_args = eval_parser().parse_args([*model, "--cache-dir", "c", *options])
+    pipeline_args = pipeline_parser().parse_args([*model, *options])
+    from_eval = EvalSettings.from_options(eval_args)
+    from_pipeline = replace(EvalSettings.from_options(pipeline_args), checkpoint=None)
+    assert from_eval == from_pipeline
+    batch = 7 if "--batch-size" in options else 256 if "--device" in options else 32
+    assert from_eval.batch_size == batch
+    assert from_eval.loadgen == ("performance" if "performance" in options else
+                                 "accuracy" if "--loadgen" in options else None)  # fmt: skip
