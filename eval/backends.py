@@ -185,7 +185,7 @@ class TorchBackend(Backend):
         """Fail unless the device normalisation equals the CPU recipe for all 256 values."""
         values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3))
         values = np.ascontiguousarray(values)
-        expected = normalize(values, self.profile.name)
+        expected = normalize(values, self.profile)
         got = self.normalize(self._torch.from_numpy(values).to(self.torch_device)).cpu().numpy()
         if not np.array_equal(got.view(np.uint32), expected.view(np.uint32)):
             raise UserError(
@@ -297,9 +297,7 @@ class TFBackend(Backend):
         return self._label_offset
 
     def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
-        result = np.asarray(
-            self.runner.logits(normalize(u8_nhwc, self.profile.name)), dtype=np.float32
-        )
+        result = np.asarray(self.runner.logits(normalize(u8_nhwc, self.profile)), dtype=np.float32)
         if self._label_offset is None and result.ndim == 2 and result.shape[1] in (1000, 1001):
             self._label_offset = result.shape[1] - 1000
         expected = 1000 + (self._label_offset or 0)

@@ -329,7 +329,7 @@ def evaluate(
         device, quiet = distributed.device_for_rank(settings.device, ctx), not ctx.is_main
         settings = dataclasses.replace(settings, device=device, quiet=settings.quiet or quiet)
         # Cheap checks first: a typo in a path leaves no output folder behind.
-        job = _Job(profile, load_cache(Path(cache_dir), profile.name), cache_dir, settings, ctx)
+        job = _Job(profile, load_cache(Path(cache_dir), profile), cache_dir, settings, ctx)
         check_model_inputs(settings)
         if settings.backend == "torch":
             resolve_torch_device(settings.device)  # a missing GPU, before any output
