@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from convert.api import FORMAT, content_digest, load_checkpoint
-from convert.models import build_model
+from convert.registry import build_model
 from core.files import atomic_path
 
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.quiet)
     from convert.api import convert_checkpoint
 
-    summary = convert_checkpoint(
+    record = convert_checkpoint(
         args.model,
         args.checkpoint,
         args.out,
@@ -65,16 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         wait=args.wait,
     )
     if not args.quiet:
-        verification = summary["verification"]
-        result = {
-            "out": summary["out"],
-            "sidecar": summary["sidecar"],
-            "seconds": summary["seconds"],
-        }
-        if verification:
+        result = {"out": str(record.out), "sidecar": str(record.sidecar), "seconds": record.seconds}
+        if verification := record.verification:
             result.update(
-                logits_max_abs_diff=verification["logits_max_abs_diff"],
-                logits_max_rel_diff=verification["logits_max_rel_diff"],
+                logits_max_abs_diff=verification.logits_max_abs_diff,
+                logits_max_rel_diff=verification.logits_max_rel_diff,
             )
         print(json.dumps(result))
     return 0

@@ -23,6 +23,7 @@ import pickle
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,10 @@ from core.files import (
     write_text_atomic,
 )
 from core.profiles import MODEL_NAMES, get_profile
+from core.records import Record
 
-from .models import build_model
+from .registry import build_model, extract_weights
+from .verify import VerificationResult
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +68,45 @@ def sidecar_path(out: str | os.PathLike) -> Path:
     return Path(out).with_suffix(".json")
 
 
-def convert_command(path: str | os.PathLike, model: str = "MODEL") -> str:
-    return f"python -m convert --model {model} --checkpoint GRAPH --out {path}"
+def convert_command(path: str | os.PathLike, model_name: str = "MODEL") -> str:
+    return f"python -m convert --model {model_name} --checkpoint GRAPH --out {path}"
+
+
+@dataclass(kw_only=True)
+class ConversionRecord(Record):
+    """What ``convert_checkpoint`` wrote and found. ``to_json()`` is the sidecar beside the
+    .pth, with the verification summary; the paths written are left out of it."""
+
+    _not_json = ("out", "sidecar")
+    format: str = SIDECAR_FORMAT
+    note: str = "a record for people: loading rebuilds the model from the .pth alone"
+    model_name: str
+    num_classes: int
+    label_offset: int
+    bn_epsilons: dict[str, float]
+    bn_encoding: dict[str, str]
+    source_file: str
+    source_sha256: str
+    content_sha256: str
+    graph: dict[str, Any]  # data format, input layout, batch-norm form, tensor names
+    verification: VerificationResult | None
+    ignored_tensors: list[str]
+    file_sha256: str = ""  # of the .pth, set once it is written
+    seconds: float = 0.0
+    out: Path
+    sidecar: Path
+
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        data["verification"] = self.verification.summary() if self.verification else None
+        return data
 
 
 # ============================================================================ conversion
 
 
 def convert_checkpoint(
-    model: str,
+    model_name: str,
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
     *,
@@ -84,15 +117,15 @@ def convert_checkpoint(
     quiet: bool = False,
     verify_limit: int | None = 32,
     wait: bool = False,
-) -> dict[str, Any]:
+) -> ConversionRecord:
     """Convert an MLPerf frozen graph to the self-describing ``out`` (.pth) plus its sidecar.
 
     One process writes ``out`` at a time: a second one fails naming the first, or waits
     with ``wait=True``. A graph holding anything but pure tensor ops is refused before any
     work. Verification against TF runs by default; when it fails, UserError is raised and
-    nothing is written. Returns the summary that the sidecar records.
+    nothing is written. Returns the record whose ``to_json()`` the sidecar holds.
     """
-    profile = get_profile(model)
+    profile = get_profile(model_name)
     checkpoint, out = Path(checkpoint), Path(out)
     if out.suffix != ".pth":
         raise UserError(f"output {out} must end in .pth (its sidecar goes to the .json beside it)")
@@ -101,7 +134,7 @@ def convert_checkpoint(
         if removed:
             log.info("removed %d temporary file(s) a killed run left beside %s", removed, out)
         return _convert_locked(
-            profile.name,
+            profile,
             checkpoint,
             out,
             verify_images=verify_images,
@@ -141,21 +174,19 @@ def remove_stale_outputs(out: str | os.PathLike) -> int:
     return removed
 
 
-def _convert_locked(model, checkpoint, out, *, report, verify, quiet, **verify_kw):
+def _convert_locked(profile, checkpoint, out, *, report, verify, quiet, **verify_kw):
     from .graph import read_frozen_graph
     from .safety import check_graph_ops
-    from .weights import extract_weights
 
     started = time.perf_counter()
-    profile = get_profile(model)
     graph_def, source_sha256 = read_frozen_graph(checkpoint, profile.archive_member)
     # Refuse a hostile graph at once, also when it will never be run here.
     outputs = _present(graph_def, [profile.logits_tensor, profile.probabilities_tensor])
     check_graph_ops(graph_def, outputs, str(checkpoint))
-    extracted = extract_weights(graph_def, model, source=checkpoint.name)
+    extracted = extract_weights(graph_def, profile, source=checkpoint.name)
     layer_tensors = [layer.tf_tensor for layer in extracted.layer_tensors]
     check_graph_ops(graph_def, [extracted.logits_tensor, *layer_tensors], str(checkpoint))
-    payload = _checkpoint_payload(model, checkpoint, source_sha256, extracted)
+    payload = _checkpoint_payload(profile, checkpoint, source_sha256, extracted)
     torch_model, _ = module_from_payload(payload, out)  # exactly what loading will build
     log.info(
         "read %d tensors from %s (%s, batch norm %s)",
@@ -167,29 +198,23 @@ def _convert_locked(model, checkpoint, out, *, report, verify, quiet, **verify_k
     verification = None
     if verify:
         verification = _verify(
-            torch_model, checkpoint, graph_def, extracted, model, quiet=quiet, **verify_kw
+            torch_model, checkpoint, graph_def, extracted, profile, quiet=quiet, **verify_kw
         )
-    summary = _sidecar_summary(payload, extracted, verification)
-    sidecar = sidecar_path(out)
-    with atomic_path(out) as tmp_pth, atomic_path(sidecar) as tmp_json:
+    record = _conversion_record(payload, extracted, verification, out)
+    with atomic_path(out) as tmp_pth, atomic_path(record.sidecar) as tmp_json:
         torch.save(payload, tmp_pth)
-        summary["file_sha256"] = sha256_file(tmp_pth)
-        summary["seconds"] = round(time.perf_counter() - started, 2)
-        tmp_json.write_text(json.dumps(summary, indent=2) + "\n")
+        record.file_sha256 = sha256_file(tmp_pth)
+        record.seconds = round(time.perf_counter() - started, 2)
+        tmp_json.write_text(json.dumps(record.to_json(), indent=2) + "\n")
     if report is not None:
         full = {
-            **summary,
-            "verification": verification.to_dict() if verification else None,
+            **record.to_json(),
+            "verification": verification.to_json() if verification else None,
             "tensors": extracted.source_names,
         }
         write_text_atomic(report, json.dumps(full, indent=2) + "\n")
-    log.info("wrote %s and %s in %.1f s", out, sidecar, summary["seconds"])
-    return {
-        **summary,
-        "out": str(out),
-        "sidecar": str(sidecar),
-        "report": str(report) if report else None,
-    }
+    log.info("wrote %s and %s in %.1f s", out, record.sidecar, record.seconds)
+    return record
 
 
 def _present(graph_def: Any, tensor_names: list[str]) -> list[str]:
@@ -198,15 +223,15 @@ def _present(graph_def: Any, tensor_names: list[str]) -> list[str]:
     return [name for name in tensor_names if name.split(":")[0] in defined]
 
 
-def _checkpoint_payload(model, checkpoint, source_sha256, extracted) -> dict[str, Any]:
+def _checkpoint_payload(profile, checkpoint, source_sha256, extracted) -> dict[str, Any]:
     """The converted model file's contents: everything rebuilding needs, and nothing else."""
-    built = build_model(model, **extracted.hyperparameters)
+    built = build_model(profile.name, **extracted.hyperparameters)
     epsilons = {name: float(m.eps) for name, m in built.named_modules() if _is_bn(m)}
     num_classes = int(extracted.num_classes)
     state_dict = {key: value.detach().cpu() for key, value in extracted.state_dict.items()}
     payload = {
         "format": FORMAT,
-        "model_name": model,
+        "model_name": profile.name,
         "num_classes": num_classes,
         "label_offset": int(extracted.label_offset),
         "bn_epsilons": epsilons,
@@ -219,14 +244,12 @@ def _checkpoint_payload(model, checkpoint, source_sha256, extracted) -> dict[str
     return payload
 
 
-def _sidecar_summary(payload: dict[str, Any], extracted, verification) -> dict[str, Any]:
-    """The human-readable record: the file's fields, plus what the conversion found."""
-    record = {key: value for key, value in payload.items() if key not in ("format", "state_dict")}
-    return {
-        "format": SIDECAR_FORMAT,
-        "note": "a record for people: loading rebuilds the model from the .pth alone",
-        **record,
-        "graph": {
+def _conversion_record(payload: dict[str, Any], extracted, verification, out: Path):
+    """The file's fields, what the conversion found in the graph, and where it writes."""
+    fields = {key: value for key, value in payload.items() if key not in ("format", "state_dict")}
+    return ConversionRecord(
+        **fields,
+        graph={
             "data_format": extracted.data_format,
             "input_layout": extracted.input_layout,
             "batch_norm": extracted.bn_form,
@@ -234,30 +257,21 @@ def _sidecar_summary(payload: dict[str, Any], extracted, verification) -> dict[s
             "input_tensor": extracted.input_tensor,
             "logits_tensor": extracted.logits_tensor,
         },
-        "verification": verification.summary() if verification else None,
-        "ignored_tensors": extracted.ignored_tensors,
-    }
+        verification=verification,
+        ignored_tensors=extracted.ignored_tensors,
+        out=out,
+        sidecar=sidecar_path(out),
+    )
 
 
-def _verify(
-    torch_model,
-    checkpoint,
-    graph_def,
-    extracted,
-    model,
-    *,
-    quiet,
-    verify_images,
-    verify_cache,
-    verify_limit,
-):
+def _verify(torch_model, checkpoint, graph_def, extracted, profile, *, quiet, **image_sources):
     from .tf_runner import TFGraphRunner
     from .verify import compare_layers, verification_images
 
-    source, names, images = verification_images(model, verify_images, verify_cache, verify_limit)
+    source, names, images = verification_images(profile, **image_sources)
     with TFGraphRunner(
         checkpoint,
-        model,
+        profile,
         graph_def=graph_def,
         input_tensor=extracted.input_tensor,
         logits_tensor=extracted.logits_tensor,
@@ -281,9 +295,8 @@ def _verify(
             if result.first_failing_layer
             else ""
         )
-        raise UserError(
-            f"the converted {model} does not match TensorFlow: {'; '.join(result.failures)}{where}"
-        )
+        why = "; ".join(result.failures)
+        raise UserError(f"the converted {profile.name} does not match TensorFlow: {why}{where}")
     return result
 
 

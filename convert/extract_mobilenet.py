@@ -7,7 +7,7 @@ norm -> ReLU6 -> 1x1 conv -> batch norm -> ReLU6), a global average pool and a c
 
 from __future__ import annotations
 
-from .graph import Graph, tensor_name
+from .graph import tensor_name
 from .models import mobilenet_v1 as mobilenet_arch
 from .walker import ExtractedWeights, Walker
 
@@ -25,8 +25,7 @@ def _conv_bn_relu6(
     return w.graph.next_op(bn.output, ("Relu6",), f"the ReLU6 of {prefix}").name
 
 
-def extract_mobilenet_v1(graph: Graph) -> ExtractedWeights:
-    w = Walker(graph, "mobilenet_v1")
+def extract_mobilenet_v1(w: Walker) -> ExtractedWeights:
     input_name = w.input_node()
     x = w.skip_layout_transpose(input_name)
     size = INPUT_SIZE

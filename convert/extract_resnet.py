@@ -14,7 +14,7 @@ from typing import Any
 from core.errors import UserError
 
 from .batchnorm import BatchNormParams
-from .graph import ADD_OPS, Graph, tensor_name
+from .graph import ADD_OPS, tensor_name
 from .models import resnet as resnet_arch
 from .walker import ConvOp, ExtractedWeights, Walker
 
@@ -124,8 +124,7 @@ def _store_stages(w: Walker, stages: list) -> None:
             w.add_layer(prefix, prefix, relu.name)
 
 
-def extract_resnet50(graph: Graph) -> ExtractedWeights:
-    w = Walker(graph, "resnet50")
+def extract_resnet50(w: Walker) -> ExtractedWeights:
     input_name = w.input_node()
     x = _stem(w, w.skip_layout_transpose(input_name))
     stages, x = _read_stages(w, x)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import UserError
-from core.profiles import get_profile
+from core.profiles import ModelProfile, as_profile
 
 from .graph import _quiet_tensorflow, node_name, read_graph_def, tensor_name
 from .safety import check_graph_ops
@@ -91,20 +91,21 @@ def channels_last_rewrite(graph_def: Any) -> Any:
 class TFGraphRunner:
     """The original frozen graph in one TF session; feeds NHWC float32 batches of any size.
 
-    ``checkpoint_path`` is a ``.pb`` or MLPerf ``.tgz``; pass ``graph_def`` to reuse one
-    already read. Call ``close()`` (or use ``with``) to free the session early.
+    ``checkpoint_path`` is a ``.pb`` or MLPerf ``.tgz``; ``profile`` a ModelProfile or a
+    model name; pass ``graph_def`` to reuse one already read. Call ``close()`` (or use
+    ``with``) to free the session early.
     """
 
     def __init__(
         self,
         checkpoint_path: str | os.PathLike,
-        model: str,
+        profile: ModelProfile | str,
         *,
         graph_def: Any = None,
         input_tensor: str | None = None,
         logits_tensor: str | None = None,
     ):
-        self.profile = get_profile(model)
+        self.profile = as_profile(profile)
         if graph_def is None:
             graph_def = read_graph_def(checkpoint_path, self.profile.archive_member)
         self.source = str(checkpoint_path)

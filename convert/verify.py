@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from core.errors import UserError
-from core.profiles import CROP_SIZE
+from core.profiles import CROP_SIZE, ModelProfile
+from core.records import Record
 
 from .walker import LayerTensor
 
@@ -31,7 +32,7 @@ DEFAULT_TOLERANCE = 1e-4
 
 
 @dataclass
-class LayerDiff:
+class LayerDiff(Record):
     layer: str
     tf_tensor: str
     shape: list[int]
@@ -42,7 +43,7 @@ class LayerDiff:
 
 
 @dataclass
-class ImageAgreement:
+class ImageAgreement(Record):
     image: str
     tf_top1: int
     torch_top1: int
@@ -52,37 +53,24 @@ class ImageAgreement:
 
 
 @dataclass
-class VerificationResult:
+class VerificationResult(Record):
+    """``to_json()``: the full report; ``summary()``: without the per-layer and per-image rows."""
+
+    passed: bool
     source: str
+    num_images: int
     tolerance: float
-    layers: list[LayerDiff]
-    images: list[ImageAgreement]
     logits_max_abs_diff: float
     logits_max_rel_diff: float
+    top1_agreement: float  # fraction of the images
+    top5_agreement: float
     first_failing_layer: str | None
-    passed: bool
-    failures: list[str] = field(default_factory=list)
+    failures: list[str]
+    layers: list[LayerDiff]
+    images: list[ImageAgreement]
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "source": self.source,
-            "num_images": len(self.images),
-            "tolerance": self.tolerance,
-            "logits_max_abs_diff": self.logits_max_abs_diff,
-            "logits_max_rel_diff": self.logits_max_rel_diff,
-            "top1_agreement": sum(i.top1_agree for i in self.images) / max(len(self.images), 1),
-            "top5_agreement": sum(i.top5_agree for i in self.images) / max(len(self.images), 1),
-            "first_failing_layer": self.first_failing_layer,
-            "failures": self.failures,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.summary(),
-            "layers": [asdict(row) for row in self.layers],
-            "images": [asdict(row) for row in self.images],
-        }
+        return {k: v for k, v in self.to_json().items() if k not in ("layers", "images")}
 
     def table(self) -> str:
         """The per-layer comparison as an aligned text table."""
@@ -107,7 +95,7 @@ class VerificationResult:
         lines.insert(1, "  ".join("-" * w for w in widths))
         top1 = sum(i.top1_agree for i in self.images)
         top5 = sum(i.top5_agree for i in self.images)
-        n = len(self.images)
+        n = self.num_images
         lines.append(
             f"logits: max |diff| {self.logits_max_abs_diff:.3g}, max rel "
             f"{self.logits_max_rel_diff:.3g} (tolerance {self.tolerance:g}); top-1 agree "
@@ -121,7 +109,9 @@ class VerificationResult:
 # ---------------------------------------------------------------------------- images
 
 
-def synthetic_images(model: str, count: int = 4, seed: int = 0) -> tuple[list[str], np.ndarray]:
+def synthetic_images(
+    profile: ModelProfile, count: int = 4, seed: int = 0
+) -> tuple[list[str], np.ndarray]:
     """Deterministic smooth random crops, normalised with the model's MLPerf recipe."""
     import cv2
 
@@ -135,10 +125,10 @@ def synthetic_images(model: str, count: int = 4, seed: int = 0) -> tuple[list[st
         noise = rng.integers(-8, 9, size=smooth.shape)
         crops.append(np.clip(smooth.astype(np.int16) + noise, 0, 255).astype(np.uint8))
     names = [f"synthetic_{i}" for i in range(count)]
-    return names, normalize(np.stack(crops), model)
+    return names, normalize(np.stack(crops), profile)
 
 
-def images_from_dir(model: str, folder: str | os.PathLike, limit: int | None):
+def images_from_dir(profile: ModelProfile, folder: str | os.PathLike, limit: int | None):
     from preprocess import mlperf_preprocess
     from preprocess.dataset import IMAGE_EXTENSIONS
 
@@ -151,14 +141,14 @@ def images_from_dir(model: str, folder: str | os.PathLike, limit: int | None):
     if limit is not None and len(files) > limit:
         log.info("verifying on the first %d of %d images in %s", limit, len(files), folder)
         files = files[:limit]
-    batch = np.stack([mlperf_preprocess(p, model) for p in files])
+    batch = np.stack([mlperf_preprocess(p, profile) for p in files])
     return [str(p.relative_to(folder)) for p in files], batch
 
 
-def images_from_cache(model: str, cache_dir: str | os.PathLike, limit: int | None):
+def images_from_cache(profile: ModelProfile, cache_dir: str | os.PathLike, limit: int | None):
     from preprocess import load_cache
 
-    cache = load_cache(cache_dir, model)
+    cache = load_cache(cache_dir, profile)
     count = len(cache) if limit is None else min(limit, len(cache))
     if count == 0:
         raise UserError(f"the cache at {cache_dir} holds no images to verify with")
@@ -166,21 +156,21 @@ def images_from_cache(model: str, cache_dir: str | os.PathLike, limit: int | Non
 
 
 def verification_images(
-    model: str,
+    profile: ModelProfile,
     verify_images: str | os.PathLike | None = None,
     verify_cache: str | os.PathLike | None = None,
-    limit: int | None = 32,
+    verify_limit: int | None = 32,
 ) -> tuple[str, list[str], np.ndarray]:
-    """(description, image names, NHWC float32 batch) to verify ``model`` with."""
+    """(description, image names, NHWC float32 batch) to verify ``profile``'s model with."""
     if verify_images is not None and verify_cache is not None:
         raise UserError("give either verification images or a verification cache, not both")
     if verify_images is not None:
-        names, batch = images_from_dir(model, verify_images, limit)
+        names, batch = images_from_dir(profile, verify_images, verify_limit)
         return f"{len(names)} images from {verify_images}", names, batch
     if verify_cache is not None:
-        names, batch = images_from_cache(model, verify_cache, limit)
+        names, batch = images_from_cache(profile, verify_cache, verify_limit)
         return f"{len(names)} images from cache {verify_cache}", names, batch
-    names, batch = synthetic_images(model)
+    names, batch = synthetic_images(profile)
     return f"{len(names)} synthetic images", names, batch
 
 
@@ -394,14 +384,18 @@ def compare_layers(
         pt_logits = np.concatenate(stats.pt_logits)
         image_rows = _image_agreements(names, tf_logits, pt_logits, tolerance)
         failures = _logit_failures(logits_row, image_rows, tolerance)
+    count = max(len(image_rows), 1)
     return VerificationResult(
+        passed=not failures,
         source=source,
+        num_images=len(image_rows),
         tolerance=tolerance,
-        layers=rows,
-        images=image_rows,
         logits_max_abs_diff=logits_row.max_abs_diff,
         logits_max_rel_diff=logits_row.max_rel_diff,
+        top1_agreement=sum(i.top1_agree for i in image_rows) / count,
+        top5_agreement=sum(i.top5_agree for i in image_rows) / count,
         first_failing_layer=next((r.layer for r in rows if not r.passed), None),
-        passed=not failures,
         failures=failures,
+        layers=rows,
+        images=image_rows,
     )

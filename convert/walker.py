@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from core.errors import UserError
-from core.profiles import get_profile
+from core.profiles import ModelProfile
 
 from .batchnorm import BatchNormParams, batch_norm_after, per_channel
 from .graph import ADD_OPS, Graph, node_name
-from .models import build_model
 from .models.padding import tf_same_pads
 
 log = logging.getLogger(__name__)
@@ -83,9 +82,8 @@ class ExtractedWeights:
     classifier (1001 with a background class, or 1000); ``label_offset`` follows from it.
     """
 
-    model_name: str
     state_dict: dict[str, torch.Tensor]
-    hyperparameters: dict[str, Any]  # build_model kwargs
+    hyperparameters: dict[str, Any]  # registry.build_model kwargs
     data_format: str
     bn_form: str
     layer_tensors: list[LayerTensor]
@@ -112,12 +110,10 @@ def spatial_axes(data_format: str) -> tuple[int, int]:
 class Walker:
     """Shared bookkeeping: state_dict entries with shape checks, BN encodings, data format."""
 
-    def __init__(self, graph: Graph, model_name: str):
-        self.graph = graph
-        self.model_name = model_name
-        self.profile = get_profile(model_name)
-        self.num_classes = self.profile.num_classes
-        self.expected = build_model(model_name).state_dict()
+    def __init__(self, graph: Graph, profile: ModelProfile, module_class: type[torch.nn.Module]):
+        self.graph, self.profile, self.module_class = graph, profile, module_class
+        self.num_classes = profile.num_classes
+        self.expected = module_class(num_classes=self.num_classes).state_dict()
         self.state: dict[str, torch.Tensor] = {}
         self.sources: dict[str, str] = {}
         self.eps: dict[str, float] = {}
@@ -140,7 +136,7 @@ class Walker:
             found = ", ".join(placeholders) or "none"
             raise UserError(
                 f"{self.source} has no input tensor {self.profile.input_tensor}, so it is "
-                f"not a {self.model_name} graph (its placeholders: {found})"
+                f"not a {self.profile.name} graph (its placeholders: {found})"
             )
         node = self.graph.nodes[name]
         if node.op != "Placeholder":
@@ -344,11 +340,11 @@ class Walker:
         if classes not in ACCEPTED_CLASS_COUNTS:
             raise UserError(
                 f"{self.source}: classifier {kernel_name} has {classes} classes (shape "
-                f"{tuple(shape)}), but {self.model_name} has 1001 (with background) or 1000"
+                f"{tuple(shape)}), but {self.profile.name} has 1001 (with background) or 1000"
             )
         if classes != self.num_classes:
             self.num_classes = classes
-            self.expected = build_model(self.model_name, num_classes=classes).state_dict()
+            self.expected = self.module_class(num_classes=classes).state_dict()
 
     # ---------------------------------------------------------------- state_dict
 
@@ -367,7 +363,7 @@ class Walker:
         if tuple(tensor.shape) != want:
             raise UserError(
                 f"{self.source}: tensor {tf_name} has shape {tuple(value.shape)}, "
-                f"which does not fit {key} of {self.model_name} (needs {want} in PyTorch layout)"
+                f"which does not fit {key} of {self.profile.name} (needs {want} in PyTorch layout)"
             )
         self.state[key] = tensor.contiguous()
         self.sources[key] = tf_name
@@ -428,7 +424,6 @@ class Walker:
         self._warn_ignored()
         counts = Counter(self.encodings.values())
         return ExtractedWeights(
-            model_name=self.model_name,
             state_dict=self.state,
             hyperparameters=hyper,
             data_format=self.data_format or "NHWC",
@@ -454,6 +449,6 @@ class Walker:
             log.warning(
                 "%d weight tensors in the graph are not part of %s and were ignored: %s",
                 len(ignored),
-                self.model_name,
+                self.profile.name,
                 ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""),
             )

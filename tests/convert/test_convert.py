@@ -21,6 +21,7 @@ from convert.graph import read_graph_def
 from convert.tf_runner import TFGraphRunner
 from convert.verify import synthetic_images
 from core.errors import run_cli
+from core.profiles import MOBILENET_V1, RESNET50
 
 ABS_LOGIT_TOL = 1e-3
 REL_LOGIT_TOL = 1e-4
@@ -92,7 +93,7 @@ def test_load_model_round_trip_matches_tf(resnet_cli, resnet50_pb):
     out, _ = resnet_cli
     model = load_model(out)
     assert not model.training
-    _, images = synthetic_images("resnet50", count=2, seed=7)
+    _, images = synthetic_images(RESNET50, count=2, seed=7)
     with TFGraphRunner(resnet50_pb, "resnet50") as runner:
         tf_logits = runner.logits(images)
     with torch.no_grad():
@@ -128,20 +129,20 @@ def test_every_fixture_converts_within_tolerance(
     request, fixture, model, bn_form, data_format, tmp_path
 ):
     checkpoint = request.getfixturevalue(fixture)
-    summary = convert_checkpoint(model, checkpoint, tmp_path / "m.pth", quiet=True)
-    assert summary["graph"]["batch_norm"] == bn_form
-    assert summary["graph"]["data_format"] == data_format
-    _assert_accepted(summary["verification"])
+    converted = convert_checkpoint(model, checkpoint, tmp_path / "m.pth", quiet=True)
+    assert converted.graph["batch_norm"] == bn_form
+    assert converted.graph["data_format"] == data_format
+    _assert_accepted(converted.verification.summary())
     expected_eps = 1e-3 if model == "mobilenet_v1" else 1.001e-5
-    assert list(summary["bn_epsilons"].values()) == pytest.approx(
-        [expected_eps] * len(summary["bn_epsilons"])
+    assert list(converted.bn_epsilons.values()) == pytest.approx(
+        [expected_eps] * len(converted.bn_epsilons)
     )
     if model == "mobilenet_v1":
-        assert summary["graph"]["logits_tensor"] == "MobilenetV1/Predictions/Reshape:0"
+        assert converted.graph["logits_tensor"] == "MobilenetV1/Predictions/Reshape:0"
     loaded, record = load_checkpoint(tmp_path / "m.pth")
-    assert record["bn_epsilons"] == summary["bn_epsilons"]
+    assert record["bn_epsilons"] == converted.bn_epsilons
     loaded_eps = [m.eps for m in loaded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert loaded_eps == list(summary["bn_epsilons"].values())
+    assert loaded_eps == list(converted.bn_epsilons.values())
     assert (
         loaded.state_dict().keys()
         == torch.load(tmp_path / "m.pth", weights_only=True)["state_dict"].keys()
@@ -151,7 +152,7 @@ def test_every_fixture_converts_within_tolerance(
 def test_runner_takes_any_batch_on_pinned_graph(mobilenet_v1_batch1_pb):
     from tests.fixtures.tf_graphs import run_graph
 
-    _, images = synthetic_images("mobilenet_v1", count=3, seed=3)
+    _, images = synthetic_images(MOBILENET_V1, count=3, seed=3)
     with TFGraphRunner(mobilenet_v1_batch1_pb, "mobilenet_v1") as runner:
         assert runner.pinned_batch == 1
         logits = runner.logits(images)
@@ -179,15 +180,21 @@ def test_verify_on_real_images_and_cache(mobilenet_v1_pb, tmp_path):
 
     data = tmp_path / "val"
     write_val_set(data, 3, layout="val_map", seed=5)
-    summary = convert_checkpoint(
+    converted = convert_checkpoint(
         "mobilenet_v1", mobilenet_v1_pb, tmp_path / "a.pth", verify_images=data, quiet=True
     )
-    assert summary["verification"]["num_images"] == 3
-    assert "images from" in summary["verification"]["source"]
-    _assert_accepted(summary["verification"])
+    assert converted.verification.num_images == 3
+    assert "images from" in converted.verification.source
+    _assert_accepted(converted.verification.summary())
+    # The sidecar is the record's JSON: the verification summary, none of the paths.
+    sidecar = json.loads(converted.sidecar.read_text())
+    assert sidecar == converted.to_json()
+    assert sidecar["verification"] == converted.verification.summary()
+    assert "layers" not in sidecar["verification"] and "out" not in sidecar
+    assert converted.out == tmp_path / "a.pth"
 
     build_cache("mobilenet_v1", data, tmp_path / "cache", workers=1, quiet=True)
-    summary = convert_checkpoint(
+    converted = convert_checkpoint(
         "mobilenet_v1",
         mobilenet_v1_pb,
         tmp_path / "b.pth",
@@ -195,8 +202,8 @@ def test_verify_on_real_images_and_cache(mobilenet_v1_pb, tmp_path):
         verify_limit=2,
         quiet=True,
     )
-    assert summary["verification"]["num_images"] == 2
-    _assert_accepted(summary["verification"])
+    assert converted.verification.num_images == 2
+    _assert_accepted(converted.verification.summary())
 
 
 @pytest.mark.parametrize(
@@ -223,15 +230,15 @@ def test_other_encodings_round_trip_through_the_pth(
         model="mobilenet_v1",
         variant=variant,
     )
-    summary = convert_checkpoint("mobilenet_v1", pb, tmp_path / "m.pth", quiet=True)
-    _assert_accepted(summary["verification"])
+    converted = convert_checkpoint("mobilenet_v1", pb, tmp_path / "m.pth", quiet=True)
+    _assert_accepted(converted.verification.summary())
     module, record = load_checkpoint(tmp_path / "m.pth")
     assert record["num_classes"] == classes and record["label_offset"] == classes - 1000
     assert set(record["bn_encoding"].values()) == {encoding}
     eps = [m.eps for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert eps == list(record["bn_epsilons"].values())
-    _, images = synthetic_images("mobilenet_v1", count=2, seed=5)
-    graph = summary["graph"]
+    _, images = synthetic_images(MOBILENET_V1, count=2, seed=5)
+    graph = converted.graph
     with TFGraphRunner(
         pb,
         "mobilenet_v1",

@@ -9,10 +9,11 @@ import torch
 from convert.__main__ import main
 from convert.graph import read_graph_def
 from convert.models import MobileNetV1
+from convert.registry import extract_weights
 from convert.tf_runner import TFGraphRunner
 from convert.verify import compare_layers, synthetic_images
-from convert.weights import extract_weights
 from core.errors import run_cli
+from core.profiles import MOBILENET_V1, RESNET50
 
 tf = pytest.importorskip("tensorflow")
 
@@ -109,19 +110,19 @@ def test_unused_weights_are_reported(resnet_graph_def):
     extra.name, extra.op = "resnet_model/dense_1/kernel", "Const"
     extra.attr["dtype"].type = tf.float32.as_datatype_enum
     extra.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.zeros((4, 4), np.float32)))
-    extracted = extract_weights(edited, "resnet50")
+    extracted = extract_weights(edited, RESNET50)
     assert extracted.ignored_tensors == ["resnet_model/dense_1/kernel"]
 
 
 def test_verification_names_first_bad_layer(mobilenet_v1_pb):
     graph_def = read_graph_def(mobilenet_v1_pb)
-    extracted = extract_weights(graph_def, "mobilenet_v1")
+    extracted = extract_weights(graph_def, MOBILENET_V1)
     model = MobileNetV1()
     model.load_state_dict(extracted.state_dict)
     with torch.no_grad():
         model.features[5].pointwise.bn.bias += 0.5
-    names, images = synthetic_images("mobilenet_v1", count=2)
-    with TFGraphRunner(mobilenet_v1_pb, "mobilenet_v1", graph_def=graph_def) as runner:
+    names, images = synthetic_images(MOBILENET_V1, count=2)
+    with TFGraphRunner(mobilenet_v1_pb, MOBILENET_V1, graph_def=graph_def) as runner:
         result = compare_layers(
             model, runner, extracted.layer_tensors, "NHWC", names, images, quiet=True
         )

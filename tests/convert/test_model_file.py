@@ -16,6 +16,7 @@ from convert import load_checkpoint, load_model
 from convert.api import FORMAT, content_digest
 from convert.verify import synthetic_images
 from core.errors import UserError
+from core.profiles import MOBILENET_V1
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +49,7 @@ def converted(mobilenet_v1_pb, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    _, nhwc = synthetic_images("mobilenet_v1", count=2, seed=4)
+    _, nhwc = synthetic_images(MOBILENET_V1, count=2, seed=4)
     return torch.from_numpy(nhwc.transpose(0, 3, 1, 2).copy())
 
 

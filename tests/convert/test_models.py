@@ -8,6 +8,8 @@ from torch import nn
 
 from convert import MobileNetV1, ResNet50, build_model
 from convert.models import Bottleneck
+from convert.registry import MODELS
+from core.profiles import PROFILES
 
 
 def test_resnet50_names_and_shapes():
@@ -51,6 +53,11 @@ def test_build_model_applies_hyperparameters():
         build_model("vgg16")
     with pytest.raises(ValueError, match="not a batch-norm"):
         build_model("resnet50", bn_eps_per_layer={"layer1.0.conv1": 1e-3})
+
+
+def test_every_profile_has_one_convert_entry():
+    assert set(MODELS) == set(PROFILES)
+    assert isinstance(build_model("resnet50"), MODELS["resnet50"].module_class)
 
 
 def test_import_convert_does_not_import_tensorflow():

@@ -21,7 +21,7 @@ from convert.safety import ALLOWED_OPS, check_graph_ops
 from convert.tf_runner import TFGraphRunner, channels_last_rewrite
 from convert.verify import synthetic_images
 from core.errors import UserError
-from core.profiles import get_profile
+from core.profiles import MOBILENET_V1, get_profile
 
 tf = pytest.importorskip("tensorflow")
 from tests.fixtures.hostile_graphs import WRITE_NODE, run_unguarded, with_side_effect  # noqa: E402
@@ -82,7 +82,7 @@ def test_fixture_list_covers_both_models():
 def test_unguarded_tensorflow_runs_the_side_effect(mobilenet_graph_def, tmp_path):
     """The fixture is really hostile: plain TF writes the file while computing logits."""
     hostile = with_side_effect(mobilenet_graph_def, LOGITS, tmp_path / "victim.txt")
-    _, images = synthetic_images("mobilenet_v1", count=1)
+    _, images = synthetic_images(MOBILENET_V1, count=1)
     logits = run_unguarded(hostile, "input:0", f"{LOGITS}:0", images)
     assert logits.shape == (1, 1001)
     assert (tmp_path / "victim.txt").read_bytes() == b"written by a frozen graph\n"
@@ -123,7 +123,7 @@ def test_runner_refuses_hostile_graph_before_import(mobilenet_graph_def, tmp_pat
 def test_runner_checks_every_later_fetch(mobilenet_graph_def, tmp_path):
     """Clean logits, hostile probabilities: the logits run, the probabilities never do."""
     pb, victim = _hostile_pb(mobilenet_graph_def, tmp_path, target=PROBABILITIES)
-    _, images = synthetic_images("mobilenet_v1", count=1)
+    _, images = synthetic_images(MOBILENET_V1, count=1)
     with TFGraphRunner(pb, "mobilenet_v1") as runner:
         assert runner.logits(images).shape == (1, 1001)
         with pytest.raises(UserError, match="WriteFile"):

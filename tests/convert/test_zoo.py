@@ -23,11 +23,11 @@ import pytest
 import torch
 
 from convert.graph import read_graph_def
-from convert.models import build_model
+from convert.registry import build_model, extract_weights
 from convert.tf_runner import TFGraphRunner
 from convert.verify import compare_layers, synthetic_images
-from convert.weights import extract_weights
 from core.errors import UserError
+from core.profiles import MOBILENET_V1, PROFILES
 from tests.conftest import _materialize
 from tests.fixtures.zoo_graphs import MOBILENET_VARIANTS, RESNET_VARIANTS
 
@@ -68,10 +68,10 @@ def _zoo_pb(request, tmp_path_factory, model: str, variant: str):
 
 def _convert_and_compare(pb, model: str):
     graph_def = read_graph_def(pb)
-    extracted = extract_weights(graph_def, model, source=pb.name)
+    extracted = extract_weights(graph_def, PROFILES[model], source=pb.name)
     torch_model = build_model(model, **extracted.hyperparameters)
     torch_model.load_state_dict(extracted.state_dict, strict=True)
-    names, images = synthetic_images(model, count=IMAGES, seed=11)
+    names, images = synthetic_images(PROFILES[model], count=IMAGES, seed=11)
     with TFGraphRunner(
         pb,
         model,
@@ -135,7 +135,7 @@ def test_zoo_variant_converts_and_matches_tensorflow(request, tmp_path_factory, 
 def test_folded_batch_norm_is_an_exact_identity(request, tmp_path_factory):
     """A folded layer's BatchNorm2d adds the conv bias and nothing else, bit for bit."""
     pb = _zoo_pb(request, tmp_path_factory, "mobilenet_v1", "optimize-for-inference")
-    extracted = extract_weights(read_graph_def(pb), "mobilenet_v1")
+    extracted = extract_weights(read_graph_def(pb), MOBILENET_V1)
     model = build_model("mobilenet_v1", **extracted.hyperparameters)
     model.load_state_dict(extracted.state_dict)
     bn = model.eval().features[3].pointwise.bn
@@ -157,7 +157,7 @@ def test_decomposed_statistics_are_recovered(request, tmp_path_factory):
     from tests.fixtures.mobilenet_graph import mobilenet_v1_weights
 
     pb = _zoo_pb(request, tmp_path_factory, "mobilenet_v1", "keras-unfused-nchw")
-    extracted = extract_weights(read_graph_def(pb), "mobilenet_v1")
+    extracted = extract_weights(read_graph_def(pb), MOBILENET_V1)
     weights = mobilenet_v1_weights(0)
     scope = "MobilenetV1/Conv2d_5_depthwise/BatchNorm"
     for key, role in (
@@ -204,7 +204,7 @@ def test_missing_batch_norm_names_node_op_and_expectation(mobilenet_fused_graph)
         relu.input[0] = conv.name
 
     with pytest.raises(UserError) as err:
-        extract_weights(_edited(mobilenet_fused_graph, drop_bn), "mobilenet_v1")
+        extract_weights(_edited(mobilenet_fused_graph, drop_bn), MOBILENET_V1)
     msg = str(err.value)
     conv, _, relu = _conv_and_bn({n.name: n for n in mobilenet_fused_graph.node}, 2)
     assert f"after conv {conv.name} expected a batch norm" in msg
@@ -229,7 +229,7 @@ def test_scale_that_is_not_per_channel_is_refused(mobilenet_fused_graph):
         bn.input[0] = mul.name
 
     with pytest.raises(UserError) as err:
-        extract_weights(_edited(mobilenet_fused_graph, width_scale), "mobilenet_v1")
+        extract_weights(_edited(mobilenet_fused_graph, width_scale), MOBILENET_V1)
     assert "width_mul (Mul)" in str(err.value) and "expected a batch norm" in str(err.value)
 
 
@@ -246,4 +246,4 @@ def test_wrong_class_count_names_the_kernel(mobilenet_fused_graph):
         )
 
     with pytest.raises(UserError, match=r"has 10 classes .* 1001 \(with background\) or 1000"):
-        extract_weights(_edited(mobilenet_fused_graph, ten_classes), "mobilenet_v1")
+        extract_weights(_edited(mobilenet_fused_graph, ten_classes), MOBILENET_V1)
