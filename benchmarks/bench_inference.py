@@ -21,18 +21,24 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
 from core.errors import UserError, configure_logging, run_cli
 from core.files import write_text_atomic
 from core.profiles import MODEL_NAMES, get_profile
+from eval.cpu_workers import WORKERS_ENV, available_cores
 
 log = logging.getLogger("bench_inference")
 
-# "fast" is the project's default fast path; "fast:<builder>" names one explicitly.
+# "fast" is the project's default fast path; "fast:<builder>" names one explicitly. A
+# "@intra-op" suffix runs it the old way, every call on all cores' intra-op threads, instead
+# of one single-threaded worker per core (eval/cpu_workers.py): the baseline for that change.
+INTRA_OP = "@intra-op"
 ENGINES = ("eager", "fast", "fast:torchscript-freeze", "fast:inductor",
-           "fast:torchscript-onednn", "tf", "onnx")  # fmt: skip
+           "fast:torchscript-onednn", "tf", "onnx", f"eager{INTRA_OP}", f"fast{INTRA_OP}",
+           f"fast:torchscript-onednn{INTRA_OP}")  # fmt: skip
 DEFAULT_ENGINES = ("eager", "fast", "tf", "onnx")
 DEFAULT_BATCHES = (1, 32)
 FIXTURE_WRITERS = {"resnet50": "write_resnet50_pb", "mobilenet_v1": "write_mobilenet_v1_pb"}
@@ -48,11 +54,7 @@ def cpu_description() -> dict:
                 break
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return {"cpu": model, "cores": cores}
+    return {"cpu": model, "cores": available_cores()}
 
 
 def load_average() -> list[float] | None:
@@ -123,11 +125,20 @@ def onnx_session(model: str, graph: Path, cores: int):
         return f"n/a: {type(err).__name__}: {first[:200]}"
 
 
+def prepare_torch_engine(module, engine: str, batch: int):
+    """``prepare_engine`` for a bench engine name (``INTRA_OP`` forces one worker)."""
+    from eval.engines import prepare_engine
+
+    name, intra_op, _ = engine.partition(INTRA_OP)
+    forced = {WORKERS_ENV: "1"} if intra_op else {}
+    with mock.patch.dict(os.environ, forced):
+        return prepare_engine(module, name, batch_size=batch)
+
+
 def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> list[dict]:
     import torch
 
     from convert.tf_runner import TFGraphRunner
-    from eval.engines import prepare_engine
     from preprocess import normalize
 
     graph = fixture_graph(model, args.cache_dir)
@@ -144,10 +155,11 @@ def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> l
         for engine in args.engines:
             row = {"model": model, "batch": batch, "engine": engine}
             progress.set_description(f"{model} b{batch} {engine}")
-            if engine == "eager" or engine.startswith("fast"):
-                prepared = prepare_engine(module, engine, batch_size=batch)
-                row["name"] = f"torch {prepared.name}"
-                if engine != "eager" and not prepared.is_fast:
+            if engine.startswith(("eager", "fast")):
+                prepared = prepare_torch_engine(module, engine, batch)
+                threading = "workers" if prepared.workers else "intra-op"
+                row["name"] = f"torch {prepared.name} ({threading})"
+                if engine.startswith("fast") and not prepared.is_fast:
                     row["name"] += " (fast fell back)"
                 row["setup_seconds"] = round(prepared.setup_seconds, 2)
                 row["notes"] = prepared.notes
@@ -193,14 +205,14 @@ def add_ratios(rows: list[dict]) -> None:
 
 def format_table(rows: list[dict]) -> str:
     header = (
-        f"{'model':<13} {'batch':>5}  {'engine':<32} {'img/s':>8}  {'vs TF':>6}  {'setup s':>7}"
+        f"{'model':<13} {'batch':>5}  {'engine':<42} {'img/s':>8}  {'vs TF':>6}  {'setup s':>7}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         speed = f"{r['img_per_s']:8.1f}" if r.get("img_per_s") else f"{'n/a':>8}"
         ratio = f"{r['ratio_to_tf']:6.2f}" if r.get("ratio_to_tf") else f"{'':>6}"
         setup = f"{r['setup_seconds']:7.1f}" if "setup_seconds" in r else f"{'':>7}"
-        lines.append(f"{r['model']:<13} {r['batch']:>5}  {r['name']:<32} {speed}  {ratio}  {setup}")
+        lines.append(f"{r['model']:<13} {r['batch']:>5}  {r['name']:<42} {speed}  {ratio}  {setup}")
         if r.get("error"):
             lines.append(f"{'':<21}{r['error']}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ builds and matches eager runs):
   builds in ~10 s, slower than inductor but faster than eager.
 
 Every fast engine runs a copy of the model with the symmetric TF-SAME pads folded into
-the convolutions (``fold_symmetric_padding``): +10 % for inductor on MobileNet.
+the convolutions (``fold_same_padding``): +10 % for inductor on MobileNet.
 Measured and dropped: ``torch.jit.optimize_for_inference`` (MKLDNN layouts: ResNet-50
 8 img/s vs 12.7 for inductor; MobileNet on the AVX-512 EPYC half the oneDNN fuser's
 speed), inductor max-autotune and C++ wrapper (no gain at batch 32), NCHW-contiguous
@@ -71,6 +71,7 @@ import copy
 import json
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -81,6 +82,13 @@ import torch
 from torch import nn
 
 from core.files import write_text_atomic
+from eval.cpu_workers import (
+    CoreWorkers,
+    available_cores,
+    chunk_images,
+    single_threaded,
+    worker_count,
+)
 from eval.options import ENGINES, PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -129,6 +137,9 @@ class PreparedEngine:
     staging: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
     precision: str = "fp32"
+    # CPU: single-threaded workers, one per core, each running its own chunks of the batch
+    # (eval/cpu_workers.py); None runs every call on this thread with intra-op threads.
+    workers: CoreWorkers | None = None
 
     @property
     def is_fast(self) -> bool:
@@ -137,38 +148,40 @@ class PreparedEngine:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {tuple(images.shape)}")
+        if self.staging is not None and images.shape[1:] != self.staging.shape[1:]:
+            raise ValueError(
+                f"this engine was built for images of shape {tuple(self.staging.shape[1:])},"
+                f" got {tuple(images.shape[1:])}"
+            )
         images = images.to(self.device, torch.float32, non_blocking=True)
         # One layout for every call (an NHWC cache arrives as a channels-last view): a
         # layout change would be a new cuDNN shape to tune, and NCHW was chosen on purpose.
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        images = images.contiguous(memory_format=layout)
-        with torch.inference_mode():
-            if self.staging is None:
-                return self.forward(images)
-            if images.shape[1:] != self.staging.shape[1:]:
-                raise ValueError(
-                    f"this engine was built for images of shape {tuple(self.staging.shape[1:])},"
-                    f" got {tuple(images.shape[1:])}"
-                )
-            return torch.cat(
-                [self._run_staged(chunk) for chunk in images.split(self.batch_size)], dim=0
-            )
+        chunks = images.contiguous(memory_format=layout).split(self.batch_size)
+        if self.workers is not None:  # even one chunk: compiled code expects one thread
+            return torch.cat(self.workers.map(self._run_chunk, chunks), dim=0)
+        return torch.cat([self._run_chunk(chunk) for chunk in chunks], dim=0)
 
-    def _run_staged(self, chunk: torch.Tensor) -> torch.Tensor:
-        """Run at most ``batch_size`` rows through the staging buffer (zero-padded)."""
-        rows = chunk.shape[0]
-        self.staging[:rows].copy_(chunk)
-        if rows < self.batch_size:
-            self.staging[rows:].zero_()
-        return self.forward(self.staging)[:rows].clone()
+    def _run_chunk(self, chunk: torch.Tensor) -> torch.Tensor:
+        """At most ``batch_size`` rows; a fast engine sees them in its staging buffer."""
+        staging = self.staging
+        if staging is not None and self.workers is not None:
+            # Each thread fills its own buffer (calls on the workers run concurrently), made
+            # outside inference mode like the original: compile guards tell the kinds apart.
+            staging = self.workers.per_thread(self.staging.clone)
+        with torch.inference_mode():
+            if staging is None:
+                return self.forward(chunk)
+            rows = chunk.shape[0]
+            staging[:rows].copy_(chunk)
+            if rows < self.batch_size:
+                staging[rows:].zero_()
+            return self.forward(staging)[:rows].clone()
 
 
 def configure_threads() -> int:
     """Use every core this process may run on for intra-op work; return that count."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = available_cores()
     torch.set_num_threads(cores)
     try:
         # Inter-op threads only matter for forked graphs; one is enough and it can only be
@@ -394,16 +407,37 @@ def build_torchscript_onednn(
     while this engine runs.
     """
 
-    def with_fusion(run: Callable[[], torch.Tensor]) -> torch.Tensor:
-        before = torch.jit.onednn_fusion_enabled()
-        torch.jit.enable_onednn_fusion(True)
-        try:
-            return run()
-        finally:
-            torch.jit.enable_onednn_fusion(before)
+    frozen = _ONEDNN_FUSION.run(lambda: build_torchscript_freeze(module, example))
+    return lambda images: _ONEDNN_FUSION.run(lambda: frozen(images))
 
-    frozen = with_fusion(lambda: build_torchscript_freeze(module, example))
-    return lambda images: with_fusion(lambda: frozen(images))
+
+class _ProcessSwitch:
+    """TorchScript's process-wide oneDNN fusion flag, on while any call needs it.
+
+    Worker threads run calls concurrently: the flag is restored only when the last ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._before = False
+
+    def run(self, call: Callable[[], torch.Tensor]) -> torch.Tensor:
+        with self._lock:
+            if self._users == 0:
+                self._before = torch.jit.onednn_fusion_enabled()
+                torch.jit.enable_onednn_fusion(True)
+            self._users += 1
+        try:
+            return call()
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    torch.jit.enable_onednn_fusion(self._before)
+
+
+_ONEDNN_FUSION = _ProcessSwitch()
 
 
 FAST_BUILDERS: dict[str, Callable[[nn.Module, torch.Tensor], Callable]] = {
@@ -417,15 +451,16 @@ FAST_BUILDER_ORDER = ("torchscript-onednn", "inductor", "torchscript-freeze")
 CUDA_FAST_BUILDER_ORDER = ("inductor", "torchscript-freeze")
 
 
-def fold_symmetric_padding(module: nn.Module, example: torch.Tensor) -> int:
-    """Move each zero TF-SAME pad that is symmetric at this input size into its conv.
+def fold_same_padding(module: nn.Module, example: torch.Tensor) -> int:
+    """Move each zero TF-SAME pad into its conv where ``Conv2d(padding=)`` can express it.
 
     The converted models pad explicitly before every convolution (TF puts an odd pad
-    element after the data, which ``Conv2d(padding=)`` cannot express); where the split is
-    even (every stride-1 3x3 conv) the explicit pad is one extra copy of the activations
-    per layer. Folding it into ``conv.padding`` computes the same sums and lets the conv
-    kernels read the unpadded tensor. Only for a fixed input size (the fast engines'):
-    returns how many pads were folded. ``module`` is changed in place.
+    element after the data); each explicit pad is one extra copy of the activations. Where
+    the split is even (every stride-1 3x3 conv) it becomes ``conv.padding``; where it is
+    odd on a depthwise conv (stride 2), the kernel also grows by zero taps in front
+    (``_prepend_zero_taps``). Both compute the same sums from the unpadded tensor. Only for
+    a fixed input size (the fast engines'): returns how many pads were folded. ``module``
+    is changed in place.
     """
     from convert.models.padding import TFSamePad2d
 
@@ -463,14 +498,34 @@ def _fold_in_sequence(parent: nn.Sequential, sizes: dict) -> int:
             continue
         if conv.padding != (0, 0) or conv.kernel_size != (pad.kernel_size,) * 2:
             continue
+        if conv.stride != (pad.stride,) * 2 or conv.dilation != (1, 1):
+            continue
         height, width = sizes[pad]
-        top, bottom = tf_same_pads(height, pad.kernel_size, pad.stride)
-        left, right = tf_same_pads(width, pad.kernel_size, pad.stride)
-        if top == bottom and left == right and conv.stride == (pad.stride,) * 2:
-            conv.padding = (top, left)
-            parent._modules[name] = nn.Identity()
-            folded += 1
+        pads = tf_same_pads(height, pad.kernel_size, pad.stride)
+        pads += tf_same_pads(width, pad.kernel_size, pad.stride)
+        if pads[0] != pads[1] or pads[2] != pads[3]:
+            if conv.groups != conv.in_channels or pads[1] - pads[0] != pads[3] - pads[2]:
+                continue
+            _prepend_zero_taps(conv, pads[1] - pads[0])
+        conv.padding = (pads[1], pads[3])
+        parent._modules[name] = nn.Identity()
+        folded += 1
     return folded
+
+
+def _prepend_zero_taps(conv: nn.Conv2d, taps: int) -> None:
+    """Grow ``conv``'s kernel by ``taps`` zero rows and columns at the top and left.
+
+    TF pads ``b`` before and ``b + taps`` after; a conv padded ``b + taps`` on both sides
+    whose kernel starts with ``taps`` zero taps reads the same inputs with the same weights
+    (the extra products are exact zeros). Only for depthwise convs, where the larger
+    kernel costs little and the explicit pad copied the whole activation.
+    """
+    weight = conv.weight.detach()
+    grown = weight.new_zeros(*weight.shape[:2], *(size + taps for size in weight.shape[2:]))
+    grown[:, :, taps:, taps:] = weight
+    conv.weight = nn.Parameter(grown, requires_grad=False)
+    conv.kernel_size = tuple(grown.shape[2:])
 
 
 def _autocast_bf16(module: nn.Module, device: torch.device) -> Callable:
@@ -540,8 +595,15 @@ def prepare_engine(
     if channels_last is None:
         channels_last = prefers_channels_last(model, device.type, precision)
     notes.append(f"{precision}, {'channels-last' if channels_last else 'NCHW'}")
+    workers, chunk = None, batch_size  # chunk: the rows one engine call runs
     if device.type == "cpu":
-        notes.append(f"{configure_threads()} intra-op threads")
+        count = worker_count(batch_size)
+        threads = configure_threads()
+        if count > 1:
+            workers, chunk = CoreWorkers(count), chunk_images(batch_size, count)
+            notes.append(f"{count} single-threaded workers, {chunk}-image chunks")
+        else:
+            notes.append(f"{threads} intra-op threads")
     elif device.type == "cuda":
         autotune, why_tune = cudnn_autotune(num_images)
         configure_cuda_precision(precision, autotune)
@@ -552,13 +614,15 @@ def prepare_engine(
     if channels_last:
         eager_module = eager_module.to(memory_format=torch.channels_last)
     if chosen == "eager":
-        prepared = _eager_engine(eager_module, device, batch_size, channels_last, 0.0, notes,
+        prepared = _eager_engine(eager_module, device, chunk, channels_last, 0.0, notes,
                                  precision)  # fmt: skip
     else:
-        prepared = _build_fast(eager_module, chosen, device, batch_size, channels_last, notes,
-                               verify, verify_sample)  # fmt: skip
+        with single_threaded() if workers else contextlib.nullcontext():
+            prepared = _build_fast(eager_module, chosen, device, chunk, channels_last,
+                                   notes, verify, verify_sample, workers)  # fmt: skip
         if prepared.is_fast:
             record_build_seconds(model, device.type, batch_size, time.perf_counter() - start)
+    prepared.workers = workers
     if device.type == "cuda" if warmup is None else warmup:
         shapes = warmup_batch_sizes(num_images, batch_size)
         warm_start = time.perf_counter()
@@ -578,17 +642,21 @@ def _build_fast(
     notes: list[str],
     verify: bool,
     verify_sample: torch.Tensor | None,
+    workers: CoreWorkers | None,
 ) -> PreparedEngine:
-    """The first fast builder that builds and matches eager; else eager, with reasons."""
+    """The first fast builder that builds and matches eager; else eager, with reasons.
+
+    With CPU ``workers`` the candidates are verified through them, as they will run.
+    """
     default_order = CUDA_FAST_BUILDER_ORDER if device.type == "cuda" else FAST_BUILDER_ORDER
     builders = (chosen.removeprefix("fast:"),) if ":" in chosen else default_order
     example = _example_batch(batch_size, device, channels_last)
-    sample = example[: min(batch_size, 8)].clone() if verify_sample is None else verify_sample
+    sample = _example_batch(8, device, channels_last) if verify_sample is None else verify_sample
     # The fast engines run a copy with symmetric pads folded into the convs; eager (the
     # reference they are verified against) stays the converted module as it is.
     fast_module = copy.deepcopy(eager_module)
-    if folded := fold_symmetric_padding(fast_module, example):
-        notes.append(f"{folded} symmetric TF-SAME pads folded into their convolutions")
+    if folded := fold_same_padding(fast_module, example):
+        notes.append(f"{folded} TF-SAME pads folded into their convolutions")
     for builder_name in builders:
         try:
             forward = FAST_BUILDERS[builder_name](fast_module, example)
@@ -607,6 +675,7 @@ def _build_fast(
             forward=forward,
             staging=example,
             notes=notes,
+            workers=workers,
         )
         problem = check_against_eager(prepared, eager_module, sample) if verify else None
         if problem is None:

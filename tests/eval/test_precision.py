@@ -9,10 +9,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from core.profiles import get_profile
 from eval import engines
 from eval.backends import Backend, TorchBackend
+from eval.cpu_workers import WORKERS_ENV
 from eval.engines import (
     check_precision,
     choose_engine,
@@ -91,7 +93,8 @@ class SlowFirstShape(torch.nn.Module):
         return self.net(x)
 
 
-def test_warm_up_happens_in_setup_and_steady_state_excludes_it():
+def test_warm_up_happens_in_setup_and_steady_state_excludes_it(monkeypatch):
+    monkeypatch.setenv(WORKERS_ENV, "1")  # whole batches on one thread, as on CUDA
     module = SlowFirstShape()
     backend = TorchBackend(module, RESNET, engine="eager", batch_size=4, num_images=10)
     assert backend.prepared.setup_seconds < 0.2  # no warm-up on the CPU by default
@@ -187,7 +190,7 @@ def test_several_reader_threads_keep_the_order():
     assert np.array_equal(one.top5, four.top5) and one.counter == four.counter
 
 
-def test_folding_symmetric_pads_keeps_the_logits():
+def test_folding_same_pads_keeps_the_logits():
     import copy
 
     from convert import build_model
@@ -197,10 +200,14 @@ def test_folding_symmetric_pads_keeps_the_logits():
     model = build_model("mobilenet_v1").eval()
     folded = copy.deepcopy(model)
     x = torch.randn(2, 3, 224, 224)
-    # 27 pads: the stem's and the 13 depthwise 3x3 ones, 13 pointwise 1x1 no-ops. The 5
-    # stride-2 ones stay (TF pads 0 before and 1 after there, which conv padding cannot do).
-    assert engines.fold_symmetric_padding(folded, x) == 27 - 5
+    # 27 pads: the stem's, 13 depthwise 3x3 ones and 13 pointwise 1x1 no-ops. The 4
+    # stride-2 depthwise ones (TF pads 0 before, 1 after) fold into 4x4 kernels whose first
+    # row and column are zero; only the dense stem keeps its explicit pad.
+    assert engines.fold_same_padding(folded, x) == 27 - 1
     left = [m for m in folded.modules() if isinstance(m, TFSamePad2d)]
-    assert len(left) == 5 and all(m.stride == 2 for m in left)
+    assert len(left) == 1 and left[0] is folded.features[0].pad
+    grown = [m for m in folded.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (4, 4)]
+    assert len(grown) == 4 and all(m.stride == (2, 2) and m.padding == (1, 1) for m in grown)
+    assert all(not m.weight[:, :, 0].any() and not m.weight[:, :, :, 0].any() for m in grown)
     with torch.inference_mode():
         assert torch.allclose(folded(x), model(x), atol=1e-5, rtol=0)

@@ -1,0 +1,79 @@
+"""Run a CPU engine on every core at once, one single-threaded worker per core.
+
+Splitting each convolution across cores (PyTorch's intra-op threads) meets at a barrier
+after every layer, and on small core counts that scaled poorly: MobileNet-v1 ran no faster
+on 2 intra-op threads than on 1. Giving each core its own few images instead (data
+parallel, as TensorFlow-serving and MLPerf's CPU harnesses do) keeps every core busy
+between layers, and small chunks keep each worker's activations in cache.
+Measured by ``python -m benchmarks.bench_inference`` (README, "Speed").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+# Images each worker runs per call: small enough that one image's activations stay in the
+# core's cache between layers, large enough to amortise a call (2-4 measured best).
+CHUNK_IMAGES = 4
+# MLPERF_PORT_CPU_WORKERS=N forces N workers (1 = intra-op threads only, the old way).
+WORKERS_ENV = "MLPERF_PORT_CPU_WORKERS"
+
+
+def available_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_count(batch_size: int) -> int:
+    """Workers for a batch: one per core, never more than images, or the forced count."""
+    forced = os.environ.get(WORKERS_ENV, "")
+    cores = int(forced) if forced.isdigit() and int(forced) > 0 else available_cores()
+    return max(1, min(cores, batch_size))
+
+
+def chunk_images(batch_size: int, workers: int) -> int:
+    """Rows per engine call so that a full batch gives every worker work."""
+    return max(1, min(CHUNK_IMAGES, math.ceil(batch_size / workers)))
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """One intra-op thread while inside (inductor bakes the count into what it compiles)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class CoreWorkers:
+    """A pool of single-threaded workers; ``map`` runs one call per chunk, in order."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(
+            workers, thread_name_prefix="core-worker", initializer=torch.set_num_threads,
+            initargs=(1,),
+        )  # fmt: skip
+
+    def map(self, run: Callable[[torch.Tensor], torch.Tensor], chunks: Sequence) -> list:
+        return list(self._pool.map(run, chunks))
+
+    def per_thread(self, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """This worker's own copy of something (a staging buffer), made on first use."""
+        value = getattr(self._local, "value", None)
+        if value is None:
+            value = self._local.value = make()
+        return value
