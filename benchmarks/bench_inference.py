@@ -25,6 +25,7 @@ from unittest import mock
 
 import numpy as np
 
+from benchmarks.ceiling import gemm_gflops, multiply_adds
 from core.errors import UserError, configure_logging, run_cli
 from core.files import write_text_atomic
 from core.profiles import MODEL_NAMES, get_profile
@@ -143,6 +144,7 @@ def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> l
 
     graph = fixture_graph(model, args.cache_dir)
     module = converted_model(model, graph, args.cache_dir)
+    gflop_per_image = 2 * multiply_adds(module) / 1e9
     runner = TFGraphRunner(graph, model) if "tf" in args.engines else None
     onnx = onnx_session(model, graph, cores) if "onnx" in args.engines else None
     rows = []
@@ -153,7 +155,7 @@ def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> l
         nchw = torch.from_numpy(nhwc).permute(0, 3, 1, 2)  # channels-last view, no copy
         tf_logits = runner.logits(nhwc) if runner is not None else None
         for engine in args.engines:
-            row = {"model": model, "batch": batch, "engine": engine}
+            row = {"model": model, "batch": batch, "engine": engine, "gflop": gflop_per_image}
             progress.set_description(f"{model} b{batch} {engine}")
             if engine.startswith(("eager", "fast")):
                 prepared = prepare_torch_engine(module, engine, batch)
@@ -194,25 +196,29 @@ def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> l
     return rows
 
 
-def add_ratios(rows: list[dict]) -> None:
-    """Each row's img/s relative to TensorFlow's for the same model and batch."""
+def add_ratios(rows: list[dict], gemm_gflops: float) -> None:
+    """Each row's img/s relative to TensorFlow's for the same model and batch, and its
+    arithmetic rate as a share of this CPU's fp32 GEMM rate (``benchmarks/ceiling.py``)."""
     tf_speed = {(r["model"], r["batch"]): r.get("img_per_s") for r in rows if r["engine"] == "tf"}
     for row in rows:
         base = tf_speed.get((row["model"], row["batch"]))
         speed = row.get("img_per_s")
         row["ratio_to_tf"] = round(speed / base, 3) if speed and base else None
+        row["share_of_gemm_rate"] = round(speed * row["gflop"] / gemm_gflops, 3) if speed else None
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (
-        f"{'model':<13} {'batch':>5}  {'engine':<42} {'img/s':>8}  {'vs TF':>6}  {'setup s':>7}"
-    )
+    columns = f"{'img/s':>8}  {'vs TF':>6}  {'GEMM %':>6}  {'setup s':>7}"
+    header = f"{'model':<13} {'batch':>5}  {'engine':<42} {columns}"
     lines = [header, "-" * len(header)]
     for r in rows:
         speed = f"{r['img_per_s']:8.1f}" if r.get("img_per_s") else f"{'n/a':>8}"
         ratio = f"{r['ratio_to_tf']:6.2f}" if r.get("ratio_to_tf") else f"{'':>6}"
+        share = r.get("share_of_gemm_rate")
+        share = f"{100 * share:6.0f}" if share else f"{'':>6}"
         setup = f"{r['setup_seconds']:7.1f}" if "setup_seconds" in r else f"{'':>7}"
-        lines.append(f"{r['model']:<13} {r['batch']:>5}  {r['name']:<42} {speed}  {ratio}  {setup}")
+        name = f"{r['model']:<13} {r['batch']:>5}  {r['name']:<42}"
+        lines.append(f"{name} {speed}  {ratio}  {share}  {setup}")
         if r.get("error"):
             lines.append(f"{'':<21}{r['error']}")
     return "\n".join(lines)
@@ -260,17 +266,22 @@ def main(argv: list[str] | None = None) -> int:
         torch=torch.__version__, python=platform.python_version(), load_before=load_average()
     )
     started = time.perf_counter()
+    system["gemm_gflops"] = round(gemm_gflops(), 1)
     cells = len(args.models) * len(args.batches) * len(args.engines)
     rows: list[dict] = []
     with tqdm(total=cells, unit="cell", disable=args.quiet) as progress:
         for model in args.models:
             rows += bench_model(model, args, system["cores"], progress)
-    add_ratios(rows)
+    add_ratios(rows, system["gemm_gflops"])
     system["load_after"] = load_average()
     system["total_seconds"] = round(time.perf_counter() - started, 1)
 
     print(f"CPU: {system['cpu']} ({system['cores']} cores), torch {system['torch']}, fp32")
     print(f"load average before/after: {system['load_before']} / {system['load_after']}")
+    print(
+        f"fp32 GEMM rate (torch.mm 2048x2048, all cores): {system['gemm_gflops']} GFLOP/s;"
+        " 'GEMM %' = a row's arithmetic rate as a share of it"
+    )
     print(format_table(rows))
     if args.json:
         result = {"system": system, "seconds_per_cell": args.seconds, "results": rows}

@@ -733,33 +733,3 @@ def check_against_eager(
         return compare_logits(prepared(sample), expected, atol=atol)
     except Exception as err:
         return f"it raised {type(err).__name__}: {err}"
-
-
-def verify_engine(
-    prepared: PreparedEngine,
-    eager_module: nn.Module,
-    sample: torch.Tensor,
-    *,
-    atol: float = VERIFY_ATOL,
-) -> PreparedEngine:
-    """Check a fast engine against the eager module on ``sample``; fall back to eager if not.
-
-    Returns ``prepared`` (with a note) when logits agree within ``atol`` and top-1/top-5
-    are identical, otherwise an eager engine whose ``.notes`` say why.
-    """
-    if not prepared.is_fast:
-        return prepared
-    problem = check_against_eager(prepared, eager_module, sample, atol)
-    if problem is None:
-        prepared.notes.append(f"{prepared.name} verified against eager on {len(sample)} images")
-        return prepared
-    reason = f"{prepared.name} disagrees with eager ({problem}); using eager"
-    log.warning(reason)
-    return _eager_engine(
-        eager_module.eval(),
-        prepared.device,
-        prepared.batch_size,
-        prepared.channels_last,
-        prepared.setup_seconds,
-        [*prepared.notes, reason],
-    )

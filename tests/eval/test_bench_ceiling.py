@@ -1,0 +1,28 @@
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.ceiling import gemm_gflops, multiply_adds
+from convert import build_model
+
+
+def test_multiply_adds_of_small_layers_by_hand():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),  # 112x112x8 outputs, 27 each
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise: 9 each
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+    assert multiply_adds(net) == 112 * 112 * 8 * 27 + 112 * 112 * 8 * 9 + 10 * 8
+
+
+@pytest.mark.parametrize(("name", "published"), [("resnet50", 4.1e9), ("mobilenet_v1", 0.569e9)])
+def test_multiply_adds_match_the_published_counts(name, published):
+    assert multiply_adds(build_model(name).eval()) == pytest.approx(published, rel=0.02)
+
+
+def test_gemm_rate_is_a_positive_finite_number():
+    rate = gemm_gflops(seconds=0.2, size=256)
+    assert 0 < rate < 1e6 and rate == rate
+    assert torch.get_num_threads() >= 1

@@ -1,0 +1,103 @@
+"""CPU engines split batches over single-threaded per-core workers, in order, exactly."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from eval import cpu_workers, engines
+from eval.cpu_workers import WORKERS_ENV, chunk_images, worker_count
+from eval.engines import prepare_engine
+
+
+class RecordingModel(nn.Module):
+    """Row-wise logits (row i -> its input mean), recording each call's thread state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int, int]] = []
+        self.lock = threading.Lock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            self.calls.append((threading.current_thread().name, torch.get_num_threads(), len(x)))
+        return x.mean(dim=(1, 2, 3)).unsqueeze(1).repeat(1, 1001)
+
+
+def test_worker_count_and_chunks(monkeypatch):
+    monkeypatch.setattr(cpu_workers, "available_cores", lambda: 8)
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert worker_count(32) == 8 and worker_count(3) == 3 and worker_count(1) == 1
+    monkeypatch.setenv(WORKERS_ENV, "1")
+    assert worker_count(32) == 1
+    monkeypatch.setenv(WORKERS_ENV, "not a number")
+    assert worker_count(32) == 8
+    # Every worker gets work from a full batch; chunks never exceed CHUNK_IMAGES.
+    assert chunk_images(32, 8) == cpu_workers.CHUNK_IMAGES
+    assert chunk_images(32, 32) == 1 and chunk_images(5, 2) == min(3, cpu_workers.CHUNK_IMAGES)
+
+
+def test_batches_run_on_single_threaded_workers_in_order(monkeypatch):
+    monkeypatch.setattr(cpu_workers, "available_cores", lambda: 2)
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    model = RecordingModel()
+    prepared = prepare_engine(model, "eager", batch_size=10, copy_module=False)
+    assert prepared.workers is not None and prepared.workers.workers == 2
+    x = torch.arange(11, dtype=torch.float32).reshape(11, 1, 1, 1).expand(11, 3, 4, 4)
+    logits = prepared(x)
+    # Row order survives the split: row i's logits are its own input's mean, i.
+    assert torch.equal(logits[:, 0], torch.arange(11, dtype=torch.float32))
+    assert {name.startswith("core-worker") for name, _, _ in model.calls} == {True}
+    assert {threads for _, threads, _ in model.calls} == {1}
+    assert sorted(rows for _, _, rows in model.calls) == [3, 4, 4]  # 4-image chunks
+
+
+def test_one_worker_means_whole_batches_on_intra_op_threads(monkeypatch):
+    monkeypatch.setenv(WORKERS_ENV, "1")
+    model = RecordingModel()
+    prepared = prepare_engine(model, "eager", batch_size=10, copy_module=False)
+    assert prepared.workers is None and prepared.batch_size == 10
+    prepared(torch.zeros(10, 3, 4, 4))
+    assert model.calls == [(threading.current_thread().name, torch.get_num_threads(), 10)]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_fast_engine_logits_do_not_depend_on_the_split(monkeypatch, workers):
+    """A real fast engine (pads folded, frozen) through workers equals eager per image."""
+    from convert import build_model
+
+    monkeypatch.setenv(WORKERS_ENV, workers)
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v1").eval()
+    prepared = prepare_engine(model, "fast:torchscript-freeze", batch_size=6)
+    assert prepared.is_fast, prepared.notes
+    x = torch.rand(7, 3, 224, 224) * 2 - 1  # one full batch and a lone tail image
+    with torch.inference_mode():
+        expected = model(x)
+    got = prepared(x)
+    assert engines.compare_logits(got, expected) is None
+
+
+def test_onednn_fusion_switch_stays_on_until_the_last_call_ends():
+    switch = engines._ProcessSwitch()
+    before = torch.jit.onednn_fusion_enabled()
+    inside: list[bool] = []
+    release = threading.Event()
+
+    def slow_call():
+        inside.append(torch.jit.onednn_fusion_enabled())
+        release.wait(5)
+        return torch.zeros(1)
+
+    thread = threading.Thread(target=switch.run, args=(slow_call,))
+    thread.start()
+    while not inside:
+        pass
+    switch.run(lambda: torch.zeros(1))  # a second, shorter call ends first
+    assert torch.jit.onednn_fusion_enabled()  # still on for the slow one
+    release.set()
+    thread.join()
+    assert inside == [True] and torch.jit.onednn_fusion_enabled() == before
