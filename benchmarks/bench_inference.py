@@ -26,10 +26,11 @@ from unittest import mock
 import numpy as np
 
 from benchmarks.ceiling import gemm_gflops, multiply_adds
+from benchmarks.machine import cpu_description, load_average
 from core.errors import UserError, configure_logging, run_cli
 from core.files import write_text_atomic
 from core.profiles import MODEL_NAMES, get_profile
-from eval.cpu_workers import WORKERS_ENV, available_cores
+from eval.cpu_workers import WORKERS_ENV
 
 log = logging.getLogger("bench_inference")
 
@@ -40,29 +41,9 @@ INTRA_OP = "@intra-op"
 ENGINES = ("eager", "fast", "fast:torchscript-freeze", "fast:inductor",
            "fast:torchscript-onednn", "tf", "onnx", f"eager{INTRA_OP}", f"fast{INTRA_OP}",
            f"fast:torchscript-onednn{INTRA_OP}")  # fmt: skip
-DEFAULT_ENGINES = ("eager", "fast", "tf", "onnx")
+DEFAULT_ENGINES = ("eager@intra-op", "eager", "fast@intra-op", "fast", "tf", "onnx")
 DEFAULT_BATCHES = (1, 32)
 FIXTURE_WRITERS = {"resnet50": "write_resnet50_pb", "mobilenet_v1": "write_mobilenet_v1_pb"}
-
-
-def cpu_description() -> dict:
-    """CPU model name and the cores this process may use."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": available_cores()}
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def throughput(run: Callable[[], object], batch: int, seconds: float) -> dict:
@@ -136,6 +117,28 @@ def prepare_torch_engine(module, engine: str, batch: int):
         return prepare_engine(module, name, batch_size=batch)
 
 
+def torch_cell(module, engine: str, nchw, tf_logits: np.ndarray | None, seconds: float) -> dict:
+    """One PyTorch engine at one batch: its speed, setup, and agreement with TensorFlow."""
+    batch = len(nchw)
+    prepared = prepare_torch_engine(module, engine, batch)
+    fell_back = " (fast fell back)" if engine.startswith("fast") and not prepared.is_fast else ""
+    threading = "workers" if prepared.workers else "intra-op"
+    cell = {
+        "name": f"torch {prepared.name} ({threading}){fell_back}",
+        "setup_seconds": round(prepared.setup_seconds, 2),
+        "notes": prepared.notes,
+        **throughput(lambda: prepared(nchw), batch, seconds),
+    }
+    if tf_logits is not None:
+        logits = prepared(nchw).numpy()
+        diff = float(np.abs(logits - tf_logits).max())
+        # Fixture weights give large logits: relative to their magnitude too.
+        cell["max_abs_logit_diff_vs_tf"] = diff
+        cell["max_rel_logit_diff_vs_tf"] = diff / max(1.0, float(np.abs(tf_logits).max()))
+        cell["top1_equal_to_tf"] = bool(np.array_equal(logits.argmax(1), tf_logits.argmax(1)))
+    return cell
+
+
 def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> list[dict]:
     import torch
 
@@ -158,24 +161,7 @@ def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> l
             row = {"model": model, "batch": batch, "engine": engine, "gflop": gflop_per_image}
             progress.set_description(f"{model} b{batch} {engine}")
             if engine.startswith(("eager", "fast")):
-                prepared = prepare_torch_engine(module, engine, batch)
-                threading = "workers" if prepared.workers else "intra-op"
-                row["name"] = f"torch {prepared.name} ({threading})"
-                if engine.startswith("fast") and not prepared.is_fast:
-                    row["name"] += " (fast fell back)"
-                row["setup_seconds"] = round(prepared.setup_seconds, 2)
-                row["notes"] = prepared.notes
-                row.update(throughput(lambda p=prepared, x=nchw: p(x), batch, args.seconds))
-                if tf_logits is not None:
-                    logits = prepared(nchw).numpy()
-                    diff = float(np.abs(logits - tf_logits).max())
-                    # Fixture weights give large logits: relative to their magnitude too.
-                    scale = max(1.0, float(np.abs(tf_logits).max()))
-                    row["max_abs_logit_diff_vs_tf"] = diff
-                    row["max_rel_logit_diff_vs_tf"] = diff / scale
-                    row["top1_equal_to_tf"] = bool(
-                        np.array_equal(logits.argmax(1), tf_logits.argmax(1))
-                    )
+                row.update(torch_cell(module, engine, nchw, tf_logits, args.seconds))
             elif engine == "tf":
                 row["name"] = "tensorflow"
                 row.update(throughput(lambda x=nhwc: runner.logits(x), batch, args.seconds))

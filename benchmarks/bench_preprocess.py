@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.machine import cpu_description
+from core.files import write_text_atomic
 from preprocess import build_cache, load_cache, normalize
 from tests.fixtures.images import write_val_set
 
@@ -57,6 +59,17 @@ def mlperf_style_build(model: str, data_dir: Path, out_dir: Path) -> int:
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def print_result(result: dict) -> None:
+    print(f"CPU: {result['cpu']} ({result['cores']} cores), OpenCV {result['opencv']}")
+    print(f"{'build':<28}{'img/s':>10}{'bytes/image':>14}")
+    print(f"{'project (uint8 memmap)':<28}{result['ours_img_per_s']:>10.1f}"
+          f"{result['ours_bytes_per_image']:>14.0f}")  # fmt: skip
+    print(f"{'MLPerf-style (float32 .npy)':<28}{result['mlperf_style_img_per_s']:>10.1f}"
+          f"{result['mlperf_style_bytes_per_image']:>14.0f}")  # fmt: skip
+    print(f"speedup {result['speedup']:.2f}x with {result['workers']} worker(s); "
+          "crops checked equal to MLPerf's floats")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "images": args.images,
             "model": args.model,
-            "cpu_count": os.cpu_count(),
+            **cpu_description(),
             "workers": args.workers or os.cpu_count(),
             "opencv": cv2.__version__,
             "ours_seconds": min(ours_s),
@@ -108,17 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             "mlperf_style_bytes_per_image": folder_bytes(tmp / "mlperf0") / args.images,
             "all_timings_s": {"ours": ours_s, "mlperf_style": theirs_s},
         }
-
-    print(f"{'build':<28}{'img/s':>10}{'bytes/image':>14}")
-    print(f"{'project (uint8 memmap)':<28}{result['ours_img_per_s']:>10.1f}"
-          f"{result['ours_bytes_per_image']:>14.0f}")  # fmt: skip
-    print(f"{'MLPerf-style (float32 .npy)':<28}{result['mlperf_style_img_per_s']:>10.1f}"
-          f"{result['mlperf_style_bytes_per_image']:>14.0f}")  # fmt: skip
-    print(f"speedup {result['speedup']:.2f}x with {result['workers']} worker(s) on "
-          f"{result['cpu_count']} core(s); crops checked equal to MLPerf's floats")  # fmt: skip
+    print_result(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 

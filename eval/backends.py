@@ -286,7 +286,7 @@ class TFBackend(Backend):
         from convert.tf_runner import TFGraphRunner
 
         self.checkpoint_path = Path(checkpoint)
-        self.runner = TFGraphRunner(self.checkpoint_path, profile.name)
+        self.runner = TFGraphRunner(self.checkpoint_path, profile)
         self._label_offset: int | None = None  # known once the graph has answered
 
     @property

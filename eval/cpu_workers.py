@@ -34,10 +34,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cores_for_this_process() -> int:
+    """This process's share of the cores: torchrun's local ranks split them evenly."""
+    local_ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    local_ranks = int(local_ranks) if local_ranks.isdigit() and int(local_ranks) > 0 else 1
+    return max(1, available_cores() // local_ranks)
+
+
 def worker_count(batch_size: int) -> int:
     """Workers for a batch: one per core, never more than images, or the forced count."""
     forced = os.environ.get(WORKERS_ENV, "")
-    cores = int(forced) if forced.isdigit() and int(forced) > 0 else available_cores()
+    cores = int(forced) if forced.isdigit() and int(forced) > 0 else cores_for_this_process()
     return max(1, min(cores, batch_size))
 
 

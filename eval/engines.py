@@ -9,36 +9,29 @@ The fast path stays float32 and exact to float32 noise. Candidates, tried in ord
 builds and matches eager runs):
 
 - "torchscript-onednn" (first on the CPU): the frozen TorchScript graph run by the oneDNN
-  Graph fuser, which hands whole conv + ReLU6 chains to oneDNN as TensorFlow does. On a
-  2-core AMD EPYC with AVX-512 (Zen 4) at batch 32, measured beside another job (so
-  only the ratios within one run count), it was never slower than inductor: MobileNet
-  52.6 vs 50.9 img/s and 42.0 vs 35.5; ResNet-50 11.5 vs 11.4 and 21.2 vs 11.8; and it
-  builds in ~7-12 s. TensorFlow was still faster there (MobileNet 64.8, ResNet-50 12.1
-  and 24.5 in those runs). CPU-only.
+  Graph fuser, which hands whole conv + ReLU6 chains to oneDNN as TensorFlow does; builds
+  in a few seconds. CPU-only.
 - "inductor" (first on CUDA): ``torch.compile`` with inductor freezing (weights become
-  constants, conv + batch norm folded, oneDNN convolutions with fused ReLU/ReLU6,
-  generated C++ for the rest). Fastest measured on an earlier 2-core AVX2 CPU at batch 32
-  (benchmarks/bench_inference.py): MobileNet 1.5x and ResNet-50 1.3x TensorFlow, 1.3x and
-  1.15x channels-last eager. Needs a C++ compiler; builds in ~15-60 s (the low end when
-  inductor's on-disk cache is warm).
-- "torchscript-freeze": ``torch.jit.trace`` + ``torch.jit.freeze`` (also folds conv+BN);
-  builds in ~10 s, slower than inductor but faster than eager.
+  constants, conv + batch norm folded, oneDNN or cuDNN convolutions with fused ReLU6,
+  generated code for the rest). As fast as the oneDNN fuser on the CPU, but needs a C++
+  compiler and builds in ~10-60 s (the low end with inductor's on-disk cache warm).
+- "torchscript-freeze": ``torch.jit.trace`` + ``torch.jit.freeze`` (also folds conv+BN).
 
-Every fast engine runs a copy of the model with the symmetric TF-SAME pads folded into
-the convolutions (``fold_same_padding``): +10 % for inductor on MobileNet.
-Measured and dropped: ``torch.jit.optimize_for_inference`` (MKLDNN layouts: ResNet-50
-8 img/s vs 12.7 for inductor; MobileNet on the AVX-512 EPYC half the oneDNN fuser's
-speed), inductor max-autotune and C++ wrapper (no gain at batch 32), NCHW-contiguous
-layouts on the CPU (channels-last was faster for every candidate).
-Models run channels-last on the CPU (an NHWC cache viewed as NCHW is already in that
-layout; on CUDA see ``prefers_channels_last``). Every
-fast engine is checked against the eager module on a sample batch; a build failure or a
-disagreement moves on to the next candidate, and finally to eager, with the reasons in
-``.notes``.
+Every fast engine runs a copy of the model with its TF-SAME pads folded into the
+convolutions where a conv can express them (``fold_same_padding``): one copy of the
+activations less per layer. On the CPU every engine runs one single-threaded worker per
+core on small chunks of each batch (``eval/cpu_workers.py``): at batch 32 on 2 cores that
+made MobileNet-v1 1.5x faster than sharing each layer between intra-op threads. Current
+figures, per CPU, are in the README ("Measured so far"; ``make bench``). Measured and
+dropped: ``torch.jit.optimize_for_inference`` (MKLDNN layouts: slower than both fast
+candidates), inductor max-autotune and C++ wrapper (no gain), NCHW-contiguous layouts on
+the CPU (channels-last was faster for every candidate). Every fast engine is checked
+against the eager module on a sample batch; a build failure or a disagreement moves on to
+the next candidate, and finally to eager, with the reasons in ``.notes``.
 
-A fast engine always runs at the batch size it was built for, on one staging tensor: a
-smaller (last) batch is zero-padded and the result sliced, a larger one is split, so no
-call ever triggers a re-trace or a recompile.
+A fast engine always runs at the batch size it was built for, on one staging tensor per
+calling thread: a smaller (last) batch is zero-padded and the result sliced, a larger one
+is split, so no call ever triggers a re-trace or a recompile.
 
 "auto" rule: pick what finishes first on the device at hand. On the CPU the fast path pays
 off when ``num_images >= AUTO_MIN_IMAGES`` (break-even from measured setup cost and
@@ -84,8 +77,8 @@ from torch import nn
 from core.files import write_text_atomic
 from eval.cpu_workers import (
     CoreWorkers,
-    available_cores,
     chunk_images,
+    cores_for_this_process,
     single_threaded,
     worker_count,
 )
@@ -93,10 +86,10 @@ from eval.options import ENGINES, PRECISIONS
 
 log = logging.getLogger(__name__)
 
-# Break-even for "auto". Measured here (2 shared cores, fp32, batch 32, warm inductor disk
-# cache): the inductor build costs about 15 s (MobileNet) and 26 s (ResNet-50), up to
-# 36-60 s on a cold cache, and saves about 5 ms per image on MobileNet (channels-last eager
-# 51 img/s vs 68) and 11 ms on ResNet-50 (12.3 vs 14.2): 26 s / 5 ms = ~5000 images.
+# Break-even for "auto" on the CPU: a fast build costs up to ~10 s (oneDNN fuser; more for
+# inductor on a cold cache) and saves ~4 ms per MobileNet image (per-core workers: eager
+# 87 img/s vs fast 144 on 2 cores) and ~5 ms per ResNet-50 image (18.6 vs 22.7 img/s):
+# ~2,500 images; 5,000 leaves room for slower builds.
 AUTO_MIN_IMAGES = 5000
 
 # CUDA rates for "auto" (img/s through ``python -m eval``, steady state) and the cold
@@ -181,7 +174,7 @@ class PreparedEngine:
 
 def configure_threads() -> int:
     """Use every core this process may run on for intra-op work; return that count."""
-    cores = available_cores()
+    cores = cores_for_this_process()
     torch.set_num_threads(cores)
     try:
         # Inter-op threads only matter for forked graphs; one is enough and it can only be
@@ -595,20 +588,7 @@ def prepare_engine(
     if channels_last is None:
         channels_last = prefers_channels_last(model, device.type, precision)
     notes.append(f"{precision}, {'channels-last' if channels_last else 'NCHW'}")
-    workers, chunk = None, batch_size  # chunk: the rows one engine call runs
-    if device.type == "cpu":
-        count = worker_count(batch_size)
-        threads = configure_threads()
-        if count > 1:
-            workers, chunk = CoreWorkers(count), chunk_images(batch_size, count)
-            notes.append(f"{count} single-threaded workers, {chunk}-image chunks")
-        else:
-            notes.append(f"{threads} intra-op threads")
-    elif device.type == "cuda":
-        autotune, why_tune = cudnn_autotune(num_images)
-        configure_cuda_precision(precision, autotune)
-        notes.append(why_tune)
-
+    workers, chunk = _configure_device(device, batch_size, num_images, precision, notes)
     # The caller's module is left untouched unless it hands it over (copy_module=False).
     eager_module = (copy.deepcopy(module) if copy_module else module).eval().to(device)
     if channels_last:
@@ -631,6 +611,24 @@ def prepare_engine(
     prepared.setup_seconds = time.perf_counter() - start
     log.info("engine %s ready in %.1f s", prepared.name, prepared.setup_seconds)
     return prepared
+
+
+def _configure_device(device, batch_size, num_images, precision, notes):
+    """Threads or per-core workers on the CPU, precision and autotuning on CUDA; returns
+    ``(workers or None, rows per engine call)``."""
+    if device.type == "cuda":
+        autotune, why_tune = cudnn_autotune(num_images)
+        configure_cuda_precision(precision, autotune)
+        notes.append(why_tune)
+    if device.type != "cpu":
+        return None, batch_size
+    count, threads = worker_count(batch_size), configure_threads()
+    if count == 1:
+        notes.append(f"{threads} intra-op threads")
+        return None, batch_size
+    chunk = chunk_images(batch_size, count)
+    notes.append(f"{count} single-threaded workers, {chunk}-image chunks")
+    return CoreWorkers(count), chunk
 
 
 def _build_fast(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.errors import configure_logging, run_cli
+from core.errors import configure_logging, positive_int, run_cli
 from core.profiles import MODEL_NAMES
 
 
@@ -21,8 +21,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cache-dir", required=True, help="where the cache is written")
     parser.add_argument("--val-map", help="a val_map.txt elsewhere (paths relative to data dir)")
-    parser.add_argument("--limit", type=int, help="take only the first N listed images")
-    parser.add_argument("--workers", type=int, help="worker threads (default: all cores)")
+    parser.add_argument("--limit", type=positive_int, help="take only the first N listed images")
+    parser.add_argument("--workers", type=positive_int, help="worker threads (default: all cores)")
     parser.add_argument(
         "--skip-bad", action="store_true", help="leave unreadable images out instead of failing"
     )

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks import machine
 from benchmarks.ceiling import gemm_gflops, multiply_adds
 from convert import build_model
 
@@ -26,3 +27,15 @@ def test_gemm_rate_is_a_positive_finite_number():
     rate = gemm_gflops(seconds=0.2, size=256)
     assert 0 < rate < 1e6 and rate == rate
     assert torch.get_num_threads() >= 1
+
+
+def test_cpu_description_names_generation_and_vector_unit(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel Xeon\n"
+        "flags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nmodel name\t: Intel Xeon\n"
+    )
+    monkeypatch.setattr(machine, "CPUINFO", cpuinfo)
+    assert machine.cpu_description()["cpu"] == "Intel Xeon (family 6 model 143, AVX-512)"
+    cpuinfo.write_text("model name\t: Some CPU\nflags\t: avx2\n")
+    assert machine.cpu_description()["cpu"] == "Some CPU (AVX2)"

@@ -35,6 +35,11 @@ def test_worker_count_and_chunks(monkeypatch):
     assert worker_count(32) == 1
     monkeypatch.setenv(WORKERS_ENV, "not a number")
     assert worker_count(32) == 8
+    monkeypatch.delenv(WORKERS_ENV)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun ranks on this machine
+    assert worker_count(32) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert worker_count(32) == 1
     # Every worker gets work from a full batch; chunks never exceed CHUNK_IMAGES.
     assert chunk_images(32, 8) == cpu_workers.CHUNK_IMAGES
     assert chunk_images(32, 32) == 1 and chunk_images(5, 2) == min(3, cpu_workers.CHUNK_IMAGES)
