@@ -19,6 +19,7 @@ from pathlib import Path
 
 from core.errors import UserError, configure_logging, renamed_options, run_cli
 from core.files import atomic_path
+from preprocess import dataset
 
 logger = logging.getLogger(__name__)
 
@@ -99,17 +100,10 @@ def sample_val_map() -> Path:
 
 
 def read_val_map(path: str | Path | None = None) -> list[tuple[str, int]]:
-    """The sample's ``(file, label)`` pairs in query order."""
+    """The sample's ``(file, label)`` pairs in query order, read by preprocess's parser."""
     path = Path(path) if path is not None else sample_val_map()
-    pairs = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        if len(fields) != 2 or not fields[1].isdigit():
-            raise UserError(f"line {number} of {path} is not 'file label': {line!r}")
-        pairs.append((fields[0], int(fields[1])))
-    return pairs
+    listing = dataset.read_val_map(path, path.parent)
+    return list(zip(listing.files, listing.labels, strict=True))
 
 
 # ---------------------------------------------------------------- regeneration

@@ -97,7 +97,7 @@ def test_regeneration_reproduces_the_committed_files(tmp_path):
 def test_malformed_val_map_is_one_sentence(tmp_path):
     bad = tmp_path / "val_map.txt"
     bad.write_text("a.jpg 1\nb.jpg cat\n")
-    with pytest.raises(UserError, match="line 2 of .* is not 'file label'"):
+    with pytest.raises(UserError, match="line 2 is not 'relative/path label'"):
         read_val_map(bad)
 
 
