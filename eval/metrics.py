@@ -69,10 +69,3 @@ class AccuracyCounter:
 
 def percent(count: int, total: int) -> float:
     return 100.0 * count / total if total else 0.0
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray, label_offset: int) -> AccuracyCounter:
-    """Top-1 / top-5 of a whole set of logits in one call (tests, small sets)."""
-    counter = AccuracyCounter()
-    counter.update(labels_from_classes(top_k_classes(logits), label_offset), labels)
-    return counter

@@ -94,8 +94,8 @@ def test_describe_hashes_the_weights(tmp_path):
 class RecordingRunner:
     """Stands in for convert.tf_runner.TFGraphRunner: records what the graph would get."""
 
-    def __init__(self, checkpoint_path, model):
-        self.checkpoint_path, self.model = checkpoint_path, model
+    def __init__(self, checkpoint_path, profile):
+        self.checkpoint_path, self.profile = checkpoint_path, profile
         self.inputs = []
 
     def logits(self, nhwc_float32):
@@ -119,7 +119,7 @@ def test_tf_backend_feeds_the_cpu_recipe_to_the_graph(tmp_path, monkeypatch):
     assert logits.dtype == np.float32 and logits.shape == (3, 1001)
     (fed,) = backend.runner.inputs
     np.testing.assert_array_equal(fed, normalize(batch, "mobilenet_v1"))
-    assert backend.runner.model == "mobilenet_v1"
+    assert backend.runner.profile is get_profile("mobilenet_v1")
     info = backend.describe()
     assert info["checkpoint_sha256"] == __import__("hashlib").sha256(b"graph").hexdigest()
     with pytest.raises(UserError, match="runs on the CPU only"):

