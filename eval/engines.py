@@ -88,8 +88,8 @@ log = logging.getLogger(__name__)
 
 # Break-even for "auto" on the CPU: a fast build costs up to ~10 s (oneDNN fuser; more for
 # inductor on a cold cache) and saves ~4 ms per MobileNet image (per-core workers: eager
-# 87 img/s vs fast 144 on 2 cores) and ~5 ms per ResNet-50 image (18.6 vs 22.7 img/s):
-# ~2,500 images; 5,000 leaves room for slower builds.
+# 98 img/s vs fast 153 on 2 cores, README) and ~13 ms per ResNet-50 image (18.8 vs 24.8):
+# ~2,700 images at worst; 5,000 leaves room for slower builds.
 AUTO_MIN_IMAGES = 5000
 
 # CUDA rates for "auto" (img/s through ``python -m eval``, steady state) and the cold
