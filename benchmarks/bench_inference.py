@@ -35,8 +35,8 @@ from eval.cpu_workers import WORKERS_ENV
 log = logging.getLogger("bench_inference")
 
 # "fast" is the project's default fast path; "fast:<builder>" names one explicitly. A
-# "@intra-op" suffix runs it the old way, every call on all cores' intra-op threads, instead
-# of one single-threaded worker per core (eval/cpu_workers.py): the baseline for that change.
+# "@intra-op" suffix runs every call on all cores' intra-op threads instead of one
+# single-threaded worker per core (eval/cpu_workers.py), to compare the two.
 INTRA_OP = "@intra-op"
 ENGINES = ("eager", "fast", "fast:torchscript-freeze", "fast:inductor",
            "fast:torchscript-onednn", "tf", "onnx", f"eager{INTRA_OP}", f"fast{INTRA_OP}",

@@ -1,11 +1,10 @@
 """Run a CPU engine on every core at once, one single-threaded worker per core.
 
-Splitting each convolution across cores (PyTorch's intra-op threads) meets at a barrier
-after every layer, and on small core counts that scaled poorly: MobileNet-v1 ran no faster
-on 2 intra-op threads than on 1. Giving each core its own few images instead (data
-parallel, as TensorFlow-serving and MLPerf's CPU harnesses do) keeps every core busy
-between layers, and small chunks keep each worker's activations in cache.
-Measured by ``python -m benchmarks.bench_inference`` (README, "Speed").
+Sharing each convolution between cores (PyTorch's intra-op threads) makes the cores meet
+at a barrier after every layer; giving each core its own few images instead keeps every
+core busy between layers, and small chunks keep each worker's activations in its cache.
+On 2 cores that made MobileNet-v1 1.5-1.7x faster (README, "Measured so far": the
+``@intra-op`` rows of ``python -m benchmarks.bench_inference`` are the comparison).
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ import torch
 # Images each worker runs per call: small enough that one image's activations stay in the
 # core's cache between layers, large enough to amortise a call (2-4 measured best).
 CHUNK_IMAGES = 4
-# MLPERF_PORT_CPU_WORKERS=N forces N workers (1 = intra-op threads only, the old way).
+# MLPERF_PORT_CPU_WORKERS=N forces N workers; 1 runs every call on intra-op threads (several
+# processes sharing one machine may want that).
 WORKERS_ENV = "MLPERF_PORT_CPU_WORKERS"
 
 

@@ -64,7 +64,7 @@ def test_one_worker_means_whole_batches_on_intra_op_threads(monkeypatch):
     monkeypatch.setenv(WORKERS_ENV, "1")
     model = RecordingModel()
     prepared = prepare_engine(model, "eager", batch_size=10, copy_module=False)
-    assert prepared.workers is None and prepared.batch_size == 10
+    assert prepared.workers is None and prepared.rows_per_call == 10
     prepared(torch.zeros(10, 3, 4, 4))
     assert model.calls == [(threading.current_thread().name, torch.get_num_threads(), 10)]
 

@@ -181,7 +181,7 @@ def test_a_fast_engine_with_a_changed_top1_is_rejected():
         name="fast:fake",
         setup_seconds=1.0,
         device=torch.device("cpu"),
-        batch_size=2,
+        rows_per_call=2,
         channels_last=False,
         forward=swapped,
     )
