@@ -4,8 +4,10 @@ Public API::
 
     build_model(model_name, **hyper) -> nn.Module            # untrained ResNet50 / MobileNetV1
     convert_checkpoint(model_name, checkpoint, out, *, verify_images=None, verify_cache=None,
-                       report=None, verify=True, quiet=False, wait=False) -> ConversionRecord
-    load_checkpoint(path) -> (nn.Module, record)  # eval mode, rebuilt from the .pth alone
+                       report=None, verify=True, quiet=False, verify_limit=32,
+                       wait=False) -> ConversionRecord
+    load_checkpoint(path, *, expected_model=None) -> (nn.Module, record)  # eval mode, from
+                                                  # the .pth alone
     load_model(path) -> nn.Module                 # the same without the record
     convert.tf_runner.TFGraphRunner(checkpoint_path, profile)  # the original graph in TF
     convert.safety.check_graph_ops(graph_def, outputs)       # refuses non-tensor ops

@@ -41,6 +41,7 @@ from core.files import (
 from core.profiles import MODEL_NAMES, get_profile
 from core.records import Record
 
+from .models import apply_bn_eps
 from .registry import build_model, extract_weights
 from .verify import VerificationResult
 
@@ -442,10 +443,13 @@ def _check_field_types(payload: dict[str, Any], path: Path) -> None:
 
 
 def _apply_epsilons(module: nn.Module, epsilons: dict[str, float], path: Path) -> None:
-    """Set every batch-norm layer's epsilon from the file: all of them, each exactly once."""
-    layers = {name: m for name, m in module.named_modules() if _is_bn(m)}
-    if set(epsilons) != set(layers):
-        differ = sorted(set(epsilons) ^ set(layers))
+    """Set every batch-norm layer's epsilon from the file: all of them, each exactly once.
+
+    The file is checked here (one UserError sentence naming it); ``apply_bn_eps`` sets them.
+    """
+    layers = {name for name, m in module.named_modules() if _is_bn(m)}
+    if set(epsilons) != layers:
+        differ = sorted(set(epsilons) ^ layers)
         raise UserError(
             f"{path}'s bn_epsilons do not name exactly the batch-norm layers of the model "
             f"(first difference: {differ[0]!r})"
@@ -454,7 +458,7 @@ def _apply_epsilons(module: nn.Module, epsilons: dict[str, float], path: Path) -
         # 0 is legitimate: a batch norm folded into its conv is an exact bias-only layer.
         if not (math.isfinite(eps) and eps >= 0):
             raise UserError(f"{path} has batch-norm epsilon {eps!r} for {name}, not a float >= 0")
-        layers[name].eps = eps
+    apply_bn_eps(module, epsilons)
 
 
 def content_digest(payload: dict[str, Any]) -> str:

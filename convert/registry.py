@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from core.profiles import ModelProfile
+from core.profiles import MOBILENET_V1, RESNET50, ModelProfile, get_profile
 
 from .extract_mobilenet import extract_mobilenet_v1
 from .extract_resnet import extract_resnet50
@@ -27,8 +27,8 @@ class ConvertibleModel:
 
 
 MODELS: dict[str, ConvertibleModel] = {
-    "resnet50": ConvertibleModel(ResNet50, extract_resnet50),
-    "mobilenet_v1": ConvertibleModel(MobileNetV1, extract_mobilenet_v1),
+    RESNET50.name: ConvertibleModel(ResNet50, extract_resnet50),
+    MOBILENET_V1.name: ConvertibleModel(MobileNetV1, extract_mobilenet_v1),
 }
 
 
@@ -39,12 +39,11 @@ def build_model(
     bn_eps: float | None = None,
     bn_eps_per_layer: dict[str, float] | None = None,
 ) -> nn.Module:
-    """Build an untrained model by name; ``bn_eps_per_layer`` overrides single layers."""
-    try:
-        cls = MODELS[model_name].module_class
-    except KeyError:
-        known = ", ".join(MODELS)
-        raise ValueError(f"unknown model {model_name!r}: expected one of {known}") from None
+    """Build an untrained model by name; ``bn_eps_per_layer`` overrides single layers.
+
+    An unknown name is ``core.profiles.get_profile``'s UserError, as in every other stage.
+    """
+    cls = MODELS[get_profile(model_name).name].module_class
     model = cls(num_classes=num_classes, **({} if bn_eps is None else {"bn_eps": bn_eps}))
     if bn_eps_per_layer:
         apply_bn_eps(model, bn_eps_per_layer)

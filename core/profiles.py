@@ -15,7 +15,8 @@ from core.errors import UserError
 @dataclass(frozen=True)
 class ModelProfile:
     name: str
-    # Preprocessing (MLPERF_FACTS.md, "Preprocessing").
+    # Preprocessing, as MLPerf inference's vision/classification_and_detection/python/
+    # dataset.py does it: pre_process_vgg (resnet50) / pre_process_mobilenet.
     recipe: str  # "vgg" (mean subtraction) or "mobilenet" (scale to [-1, 1])
     interpolation: str  # "area" or "linear": the cv2.resize flag
     # Checkpoint.

@@ -206,32 +206,30 @@ class TorchBackend(Backend):
         return pinned.numpy()
 
     def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        if not u8_nhwc.flags.writeable:  # a read-only memmap slice: torch wants writable
-            u8_nhwc = np.array(u8_nhwc)
-        with torch.inference_mode():
-            # non_blocking only overlaps when the buffer is pinned; the .cpu() below waits
-            # for the whole stream, so the buffer is free again when this returns.
-            u8 = torch.from_numpy(u8_nhwc).to(self.torch_device, non_blocking=True)
-            # NHWC -> NCHW is a free view (channels-last strides), no copy.
-            x = self.normalize(u8).permute(0, 3, 1, 2)
-            out = self.prepared(x)
-            result = out.float().cpu().numpy()
-        check_logits_shape(result, len(u8_nhwc), 1000 + self.label_offset, "the PyTorch model")
-        return result
+        with self._torch.inference_mode():
+            return self._forward(u8_nhwc).float().cpu().numpy()
 
     def submit(self, u8_nhwc: np.ndarray):
         """Queue one batch; returns its top-5 labels as a device tensor (not yet fetched)."""
         torch = self._torch
-        if not u8_nhwc.flags.writeable:  # a read-only memmap slice: torch wants writable
-            u8_nhwc = np.array(u8_nhwc)
         with torch.inference_mode():
-            u8 = self._to_device(torch.from_numpy(u8_nhwc))
-            logits = self.prepared(self.normalize(u8).permute(0, 3, 1, 2))
-            check_logits_shape(logits, len(u8_nhwc), 1000 + self.label_offset, "the PyTorch model")
+            logits = self._forward(u8_nhwc)
             # A stable descending sort ranks ties to the lower class, as top_k_classes does.
             order = torch.sort(logits.float(), dim=1, descending=True, stable=True).indices
             return order[:, :TOP_K] - self.label_offset
+
+    def _forward(self, u8_nhwc: np.ndarray):
+        """The model's logits on the device for one uint8 NHWC batch, shape-checked.
+
+        Call inside ``inference_mode``. The host buffer may be refilled once this returns.
+        """
+        if not u8_nhwc.flags.writeable:  # a read-only memmap slice: torch wants writable
+            u8_nhwc = np.array(u8_nhwc)
+        u8 = self._to_device(self._torch.from_numpy(u8_nhwc))
+        # NHWC -> NCHW is a free view (channels-last strides), no copy.
+        logits = self.prepared(self.normalize(u8).permute(0, 3, 1, 2))
+        check_logits_shape(logits, len(u8_nhwc), 1000 + self.label_offset, "the PyTorch model")
+        return logits
 
     def _to_device(self, u8_host):
         """Host batch -> device; on CUDA through the copy stream, returning once copied."""
@@ -363,15 +361,12 @@ def torch_device_name(dev) -> str:
 def load_converted(model_name: str, weights: Path):
     """The converted module and its record (read from the .pth itself), for ``model_name``.
 
-    ``convert.api.load_checkpoint`` refuses a damaged file or an unknown key in one sentence,
-    so this happens before any evaluation work.
+    ``convert.api.load_checkpoint`` refuses a damaged file, an unknown key or another
+    model's file in one sentence, so this happens before any evaluation work.
     """
     from convert.api import load_checkpoint
 
-    module, record = load_checkpoint(weights)
-    if record.get("model_name") != model_name:
-        raise UserError(f"{weights} holds a converted {record.get('model_name')}, not {model_name}")
-    return module, record
+    return load_checkpoint(weights, expected_model=model_name)
 
 
 def make_backend(

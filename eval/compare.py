@@ -26,8 +26,7 @@ import numpy as np
 
 from core.errors import UserError, run_cli
 from core.profiles import MODEL_NAMES
-
-PREDICTIONS_FILE = "predictions.npy"
+from eval.report import PREDICTIONS_FILE
 
 
 def compare_predictions(a: np.ndarray, b: np.ndarray) -> dict:

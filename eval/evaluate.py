@@ -58,7 +58,7 @@ class EvaluationOutcome:
 
     top5: np.ndarray  # int64 (N, 5): the five best labels, best first
     counter: AccuracyCounter
-    inference_seconds: float  # time inside Backend.logits only
+    inference_seconds: float  # time inside Backend.submit and Backend.collect only
     wall_seconds: float
     resumed_from: int = 0  # images restored from a resume journal (not timed this run)
 
@@ -447,8 +447,9 @@ def find_fp32_reference(out_dir: Path, results: dict) -> Path | None:
     """A sibling folder of ``out_dir`` holding an fp32 run that this run can be checked on.
 
     It must have results.json and predictions.npy for the same model, cache fingerprint
-    and weights digest, precision fp32 (or unrecorded, as before precisions existed) and at
-    least as many images; the newest such folder wins.
+    and weights digest, precision fp32 (a results.json without a precision field counts as
+    fp32: only backends that run fp32 alone leave it out) and at least as many images; the
+    newest such folder wins.
     """
     candidates = []
     for path in Path(out_dir).resolve().parent.glob("*/results.json"):

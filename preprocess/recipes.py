@@ -1,10 +1,11 @@
 """MLPerf's image preprocessing, split at the point where the data is still uint8.
 
-``crop_uint8`` does steps 1-3 of MLPERF_FACTS.md (decode, BGR->RGB, resize, centre crop):
-its output is what the cache stores. ``normalize`` does step 4 (float32 arithmetic) and is
-applied at load time. Together they equal MLPerf's ``pre_process_vgg`` /
-``pre_process_mobilenet`` bit for bit, because every float32 operation is done in the same
-order, with the same operand types, as the reference.
+The reference is MLPerf inference's ``vision/classification_and_detection/python/dataset.py``
+(``pre_process_vgg`` / ``pre_process_mobilenet``, with its ``resize_with_aspectratio`` and
+``center_crop``). ``crop_uint8`` does its uint8 steps (decode, BGR->RGB, resize, centre
+crop): its output is what the cache stores. ``normalize`` does the float32 arithmetic and is
+applied at load time. Together they equal MLPerf's functions bit for bit, because every
+float32 operation is done in the same order, with the same operand types, as the reference.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from torch import nn
 from convert import MobileNetV1, ResNet50, build_model
 from convert.models import Bottleneck
 from convert.registry import MODELS
+from core.errors import UserError
 from core.profiles import PROFILES
 
 
@@ -49,7 +50,7 @@ def test_build_model_applies_hyperparameters():
     assert model.fc.out_features == 10
     assert model.bn1.eps == 2e-5 and model.layer1[0].bn2.eps == 3e-3
     assert isinstance(build_model("mobilenet_v1"), MobileNetV1)
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(UserError, match="unknown model 'vgg16': expected one of resnet50, "):
         build_model("vgg16")
     with pytest.raises(ValueError, match="not a batch-norm"):
         build_model("resnet50", bn_eps_per_layer={"layer1.0.conv1": 1e-3})

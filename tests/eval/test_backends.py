@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.seeded_weights import save_converted, seeded_model
 from core.errors import UserError
 from core.profiles import get_profile
 from eval.backends import TorchBackend, make_backend, resolve_torch_device
@@ -48,10 +49,28 @@ def test_module_gets_normalised_nchw_and_logits_come_back(model):
     np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_wrong_logits_shape_is_one_sentence():
+def test_submit_ranks_the_same_logits_as_logits_on_a_read_only_batch():
+    backend = TorchBackend(ToyNet(), RESNET)
+    batch = np.random.default_rng(5).integers(0, 256, size=(3, 224, 224, 3), dtype=np.uint8)
+    batch.flags.writeable = False  # a memmap slice is read-only
+    (labels,) = backend.collect([backend.submit(batch)])
+    expected = np.argsort(-backend.logits(batch), axis=1, kind="stable")[:, :5] - 1
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("call", ["logits", "submit"])
+def test_wrong_logits_shape_is_one_sentence(call):
     backend = TorchBackend(torch.nn.Flatten(), RESNET)
     with pytest.raises(UserError, match=r"logits of shape \(2, 150528\), expected \(2, 1001\)"):
-        backend.logits(np.zeros((2, 224, 224, 3), dtype=np.uint8))
+        getattr(backend, call)(np.zeros((2, 224, 224, 3), dtype=np.uint8))
+
+
+def test_make_backend_refuses_another_models_converted_file(tmp_path):
+    path = save_converted(seeded_model("mobilenet_v1"), "mobilenet_v1", tmp_path / "m.pth")
+    with pytest.raises(UserError) as err:
+        make_backend(RESNET, EvalSettings(weights=path))
+    assert str(err.value) == f"{path} holds a converted mobilenet_v1 model, not resnet50"
 
 
 def test_cuda_without_gpu_is_one_clear_sentence(monkeypatch):

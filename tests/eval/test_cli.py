@@ -40,7 +40,7 @@ def toy_convert(monkeypatch, tmp_path):
     weights.write_bytes(b"toy weights")
     fake = types.ModuleType("convert.api")
     record = {"model_name": "resnet50", "num_classes": 1001, "label_offset": 1}
-    fake.load_checkpoint = lambda path: (ToyNet(seed=3).eval(), dict(record))
+    fake.load_checkpoint = lambda path, expected_model=None: (ToyNet(seed=3).eval(), dict(record))
     monkeypatch.setitem(sys.modules, "convert.api", fake)
     return weights
 
