@@ -1,5 +1,6 @@
 # mlperf-port: every target runs the project's own Python entry points; nothing is
-# implemented twice here.  Variables: MODEL, DATA_DIR, CHECKPOINT, WORK_DIR, DEVICE, LIMIT.
+# implemented twice here.  Variables: MODEL, DATA_DIR, CHECKPOINT, WORK_DIR, DEVICE, LIMIT,
+# BATCH_SIZE (default: by device, 32 on the CPU and 256 on CUDA).
 
 PYTHON      ?= .venv/bin/python
 MODEL       ?= resnet50
@@ -8,15 +9,16 @@ DEVICE      ?= cpu
 DATA_DIR    ?=
 CHECKPOINT  ?=
 LIMIT       ?=
-BATCH_SIZE  ?= 32
+BATCH_SIZE  ?=
 
 # Optional flags, passed only when the variable is set.
-RUN_FLAGS = --model $(MODEL) --work-dir $(WORK_DIR) --device $(DEVICE) --batch-size $(BATCH_SIZE) \
+RUN_FLAGS = --model $(MODEL) --work-dir $(WORK_DIR) --device $(DEVICE) \
+	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) \
 	$(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
 	$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	$(if $(LIMIT),--limit $(LIMIT))
 
-.PHONY: setup test lint format preprocess convert evaluate run accuracy-ci bench bench-preprocess gpu-carry gpu-check clean
+.PHONY: setup test lint format preprocess convert evaluate run accuracy-ci bench bench-preprocess gpu-weights gpu-check clean
 
 setup:
 	python3 -m venv .venv
@@ -61,10 +63,11 @@ bench:
 bench-preprocess:
 	$(PYTHON) -m benchmarks.bench_preprocess --json $(WORK_DIR)/bench/preprocess.json
 
-# What the GPU check brings to a GPU machine without TensorFlow (git-ignored, <= 64 MiB),
-# and the check itself (OUT: where gpu_check.json goes).
-gpu-carry:
-	$(PYTHON) -m benchmarks.gpu_carry --dir gpu-carry
+# The GPU check is for a GPU machine without TensorFlow: gpu-weights converts MobileNet
+# here into the git-ignored gpu-weights/ for it to use; gpu-check runs the check itself
+# (OUT: where gpu_check.json goes).
+gpu-weights:
+	$(PYTHON) -m benchmarks.gpu_weights --dir gpu-weights
 
 OUT ?= $(WORK_DIR)/gpu-check-out
 gpu-check:

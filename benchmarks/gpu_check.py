@@ -1,17 +1,19 @@
 """The prepared GPU check: both models on CUDA against the CPU, speed of the whole CLI.
 
     python -m benchmarks.gpu_check --out DIR [--device cuda] [--images 50000] [--subset 1024]
-                                   [--carry gpu-carry] [--work-dir /tmp/gpu-check]
+                                   [--weights-dir gpu-weights] [--work-dir /tmp/gpu-check]
 
-Needs torch, numpy and OpenCV only (no TensorFlow), and runs from the repository root:
+For a GPU machine without TensorFlow: needs torch, numpy and OpenCV only, and runs from
+the repository root:
 
 1. data: ``--unique`` generated JPEGs (tests/fixtures/images.py, OpenCV only), hard-linked
    into a ``--images`` listing with val_map.txt;
 2. preprocess: ``python -m preprocess --workers W`` per model, timed;
-3. weights: MobileNet from ``--carry``/mobilenet_v1.pth (converted from the fixture graph
-   on a machine with TensorFlow by ``make gpu-carry``); ResNet-50 (too large to carry) is a
-   seeded model whose batch-norm statistics are measured on real cached crops, saved in
-   the converted-model format; without a carried file MobileNet is made the same way;
+3. weights: MobileNet from ``--weights-dir``/mobilenet_v1.pth (converted from the fixture
+   graph on a machine with TensorFlow by ``make gpu-weights``); ResNet-50 (not converted
+   there, to keep that folder small enough to copy) is a seeded model whose batch-norm
+   statistics are measured on real cached crops, saved in the converted-model format;
+   without a converted file MobileNet is made the same way;
 4. agree: ``python -m eval`` on the CPU (eager) over the first ``--subset`` images, then
    on ``--device`` eager (fp32, TF32 off): predictions and top-5 must be identical;
 5. full: the whole ``python -m eval`` CLI over every image with its defaults, wall time,
@@ -118,18 +120,19 @@ def preprocess(model: str, data: Path, work: Path, workers: int) -> dict:
     return {"cache": str(cache), "workers": workers, "wall_seconds": round(wall, 2)}
 
 
-def make_weights(model: str, cache: Path, work: Path, carry: Path) -> dict:
-    """The carried .pth when there is one, else seeded weights calibrated on real crops."""
+def make_weights(model: str, cache: Path, work: Path, weights_dir: Path) -> dict:
+    """The converted .pth in ``weights_dir`` when there is one, else seeded weights
+    calibrated on real crops."""
     import torch
 
     from benchmarks.seeded_weights import calibrate_batch_norm, save_converted, seeded_model
     from convert.api import load_checkpoint
     from preprocess import load_cache, normalize
 
-    carried = carry / f"{model}.pth"
-    if carried.is_file():
-        load_checkpoint(carried, expected_model=model)
-        return {"weights": str(carried), "source": "carried, converted from the fixture graph"}
+    converted = weights_dir / f"{model}.pth"
+    if converted.is_file():
+        load_checkpoint(converted, expected_model=model)
+        return {"weights": str(converted), "source": "converted from the fixture graph"}
     crops = load_cache(cache, model).read(0, CALIBRATION_CROPS)
     nchw = torch.from_numpy(normalize(crops, model)).permute(0, 3, 1, 2).contiguous()
     module = calibrate_batch_norm(seeded_model(model, seed=3), nchw)
@@ -141,7 +144,7 @@ def eval_cli(model, cache, weights, out: Path, *extra: str, launcher=None, env=N
     """``python -m eval`` (optionally under a launcher), timed; its results.json + wall."""
     launch = launcher or []
     wall, _ = run_timed(
-        [sys.executable, *launch, "-m", "eval", "--model", model, "--cache", str(cache),
+        [sys.executable, *launch, "-m", "eval", "--model", model, "--cache-dir", str(cache),
          "--weights", str(weights), "--out", str(out), "--quiet", *extra], env=env,
     )  # fmt: skip
     results = json.loads((out / "results.json").read_text())
@@ -171,7 +174,7 @@ def prepare_model(report: Report, model: str, args, data: Path) -> dict:
     prep = preprocess(model, data, args.work_dir, args.workers)
     report.record(f"{model}.preprocess", prep)
     cache = Path(prep["cache"])
-    weights = make_weights(model, cache, args.work_dir, args.carry)
+    weights = make_weights(model, cache, args.work_dir, args.weights_dir)
     report.record(f"{model}.weights", weights)
     runs = args.work_dir / "runs" / model
     ctx = {"model": model, "cache": cache, "weights": weights["weights"], "runs": runs}
@@ -255,7 +258,10 @@ def parse_args(argv):
     parser.add_argument("--engines", default="eager,fast", help="engines checked on --device")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--nproc", type=int, default=1, help="torchrun processes")
-    parser.add_argument("--carry", type=Path, default=ROOT / "gpu-carry")
+    parser.add_argument(
+        "--weights-dir", type=Path, default=ROOT / "gpu-weights",
+        help="where `make gpu-weights` put mobilenet_v1.pth",
+    )  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/gpu-check"))
     args = parser.parse_args(argv)
     args.engines = [e for e in args.engines.split(",") if e]

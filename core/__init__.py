@@ -1,4 +1,4 @@
-"""The leaf every stage stands on: model profiles, the user-facing error, file helpers.
+"""The leaf every stage stands on: model profiles, the user-facing error, file utilities.
 
 Nothing in ``core`` imports another package of this project.
 """

@@ -9,7 +9,7 @@ first answer), so ``total`` is the number of distinct ``qsl_idx``.
 Standalone::
 
     python -m eval.accuracy_imagenet --mlperf-accuracy-file out/mlperf_log_accuracy.json \\
-        --val-map imagenet/val_map.txt        # or: --cache work/cache/resnet50
+        --val-map imagenet/val_map.txt        # or: --cache-dir work/resnet50/cache
 
 Scoring needs only numpy (it imports no LoadGen, torch or other eval modules); reading
 labels borrows the preprocess stage's val_map parser and cache layout.

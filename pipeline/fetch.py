@@ -39,14 +39,13 @@ from urllib.request import Request, url2pathname, urlopen
 from tqdm import tqdm
 
 from core.errors import UserError, configure_logging, renamed_options, run_cli
-from core.files import atomic_path, find_archive_member, sha256_file
+from core.files import atomic_path, find_archive_member, is_archive_name, sha256_file
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30.0  # also bounds each read: a stalled server ends in a resumable error
 CHUNK_SIZE = 1 << 20
-ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 SIDECAR_SUFFIX = ".sha256.json"
 PART_SUFFIX = ".part"
 REJECTED_SUFFIX = ".rejected"
@@ -91,7 +90,7 @@ def _fetch(profile: ModelProfile, source: str, pin: str | None, dest_dir: Path, 
         return _fetch_local(local, final, member, pin, profile)
 
     name = _download_name(source, profile)
-    if not _is_archive(name):
+    if not is_archive_name(name):
         if final.exists():
             _verify_or_record(final, pin, source=source, profile=profile)
             return final
@@ -146,22 +145,18 @@ def _download_name(url: str, profile: ModelProfile) -> str:
     return name or posixpath.basename(urlparse(profile.url).path)
 
 
-def _is_archive(name: str) -> bool:
-    return name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
 def _fetch_local(
     local: Path, final: Path, member: str, pin: str | None, profile: ModelProfile
 ) -> Path:
     if not local.is_file():
         raise UserError(f"checkpoint file {local} does not exist")
-    digest = sha256_file(local) if pin or _is_archive(local.name) else None
+    digest = sha256_file(local) if pin or is_archive_name(local.name) else None
     if pin and digest != pin:
         raise UserError(
             f"{local} has sha256 {digest} but --sha256 expects {pin}: check that it is the "
             "right file"
         )
-    if not _is_archive(local.name):
+    if not is_archive_name(local.name):
         return local
     if final.exists() and _extracted_is_current(final, local, pin, archive_sha=digest):
         return final

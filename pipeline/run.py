@@ -20,7 +20,7 @@ Across several GPUs (or CPU machines), run the evaluate stage with PyTorch's lau
 what the earlier stages left in the work dir; each process takes one shard of the cache
 and rank 0 writes the one results.json (``"world_size": N``):
 
-    torchrun --nproc-per-node N -m eval --model M --cache W/M/cache --weights W/M/model.pth \
+    torchrun --nproc-per-node N -m eval --model M --cache-dir W/M/cache --weights W/M/model.pth \
         --device cuda --out W/M/eval-torch
 
 (this runner itself is one process: its fetch, preprocess and convert stages are not
@@ -68,7 +68,7 @@ class RunOptions:
     backend: str = "torch"
     engine: str = "auto"
     precision: str = "fp32"
-    batch_size: int | None = 32  # None: by device, as EvalSettings.from_options picks
+    batch_size: int | None = None  # None: by device, as EvalSettings.from_options picks
     stages: tuple[str, ...] = STAGES
     force: bool = False
     quiet: bool = False
@@ -109,20 +109,18 @@ class RunState:
 def stage_fetch(opts: RunOptions, state: RunState) -> None:
     from pipeline.fetch import fetch_checkpoint
 
-    source = opts.checkpoint
-    if source and "://" not in source and Path(source).suffix == ".pb":
-        path = Path(source)
-        if not path.is_file():
-            raise UserError(f"checkpoint {path} does not exist")
-        state.checkpoint = path
-        state.ran["fetch"] = "skipped (local .pb)"
-        return
     dest = state.model_dir / "checkpoint"
     already_there = (dest / state.profile.checkpoint_filename).is_file()
+    # Every source goes through fetch_checkpoint, so --sha256 is checked for a local file too.
     state.checkpoint = fetch_checkpoint(
-        opts.model, dest, url=source, sha256=opts.sha256, quiet=opts.quiet
+        opts.model, dest, url=opts.checkpoint, sha256=opts.sha256, quiet=opts.quiet
     )
-    state.ran["fetch"] = "skipped (checkpoint present, sha256 verified)" if already_there else "ran"
+    if state.checkpoint.parent.resolve() != dest.resolve():
+        state.ran["fetch"] = "skipped (local .pb, used in place)"
+    elif already_there:
+        state.ran["fetch"] = "skipped (checkpoint present, sha256 verified)"
+    else:
+        state.ran["fetch"] = "ran"
 
 
 def stage_preprocess(opts: RunOptions, state: RunState) -> None:
@@ -187,9 +185,10 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
     did_work = False
     for backend in BACKEND_RUNS[opts.backend]:
         backend_settings = _backend_settings(settings, backend, state)
-        out_dir = state.model_dir / f"eval-{backend}"
+        run_name = evaluation_name(backend, backend_settings.precision)
+        out_dir = state.model_dir / f"eval-{run_name}"
         inputs = _evaluate_inputs(backend_settings, state)
-        stamp = StageStamp(state.model_dir / "stages", f"evaluate-{backend}")
+        stamp = StageStamp(state.model_dir / "stages", f"evaluate-{run_name}")
         results_path = out_dir / "results.json"
         if not opts.force and stamp.is_current(inputs, [results_path]):
             state.results[backend] = json.loads(results_path.read_text())
@@ -200,6 +199,16 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
         stamp.record(inputs, [results_path])
         did_work = True
     state.ran["evaluate"] = "ran" if did_work else "skipped (results up to date)"
+
+
+def evaluation_name(backend: str, precision: str) -> str:
+    """The name of one evaluation's folder (``eval-NAME``) and stamp (``evaluate-NAME``).
+
+    fp32 keeps the plain backend name; other precisions get their own folder beside it
+    (``eval-torch-bf16`` next to ``eval-torch``), so they do not overwrite the fp32 run
+    and eval finds that run there as their fp32 reference.
+    """
+    return backend if precision == "fp32" else f"{backend}-{precision}"
 
 
 def _backend_settings(settings: EvalSettings, backend: str, state: RunState) -> EvalSettings:
@@ -294,7 +303,7 @@ def combined_results(opts: RunOptions, state: RunState) -> dict[str, Any]:
         combined["tf_top5"] = tf_res["top5"]
         combined["tf_images_per_second"] = tf_res["images_per_second"]
         combined["top1_torch_minus_tf"] = round(torch_res["top1"] - tf_res["top1"], 6)
-        combined["prediction_agreement"] = _prediction_agreement(state)
+        combined["prediction_agreement"] = _prediction_agreement(opts, state)
     loadgen = combined.get("loadgen") or {}
     if loadgen.get("accuracy_line"):
         combined["loadgen_accuracy_line"] = loadgen["accuracy_line"]
@@ -307,10 +316,12 @@ def combined_results(opts: RunOptions, state: RunState) -> dict[str, Any]:
     return combined
 
 
-def _prediction_agreement(state: RunState) -> float:
+def _prediction_agreement(opts: RunOptions, state: RunState) -> float:
     from eval.compare import compare_predictions, load_predictions
 
-    torch_run, tf_run = (load_predictions(state.model_dir / f"eval-{b}") for b in ("torch", "tf"))
+    torch_folder = f"eval-{evaluation_name('torch', opts.precision)}"
+    torch_run = load_predictions(state.model_dir / torch_folder)
+    tf_run = load_predictions(state.model_dir / "eval-tf")
     return compare_predictions(torch_run, tf_run)["percent"]
 
 

@@ -99,7 +99,7 @@ def sample_val_map() -> Path:
     return sample_dir() / VAL_MAP_NAME
 
 
-def read_val_map(path: str | Path | None = None) -> list[tuple[str, int]]:
+def sample_pairs(path: str | Path | None = None) -> list[tuple[str, int]]:
     """The sample's ``(file, label)`` pairs in query order, read by preprocess's parser."""
     path = Path(path) if path is not None else sample_val_map()
     listing = dataset.read_val_map(path, path.parent)
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(SAMPLE_DESCRIPTION)
     by_file = {image.file: image for image in SAMPLE_IMAGES}
-    for file, label in read_val_map():
+    for file, label in sample_pairs():
         print(f"{file:32s} {label:4d}  {by_file[file].class_name}")
     return 0
 

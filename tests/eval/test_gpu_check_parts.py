@@ -52,3 +52,14 @@ def test_agreement_and_report(tmp_path):
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert saved["steps"] == {"step": {"x": 1}}
     assert saved["failures"] == [f"ours vs ref: {agree}"]
+
+
+def test_weights_from_the_gpu_weights_folder_are_used_as_they_are(tmp_path):
+    args = gpu_check.parse_args(["--out", str(tmp_path / "out")])
+    assert args.weights_dir == gpu_check.ROOT / "gpu-weights"  # where `make gpu-weights` writes
+    folder = tmp_path / "gpu-weights"
+    path = save_converted(seeded_model("mobilenet_v1", seed=3).eval(), "mobilenet_v1",
+                          folder / "mobilenet_v1.pth")  # fmt: skip
+    # No cache exists: a converted file found in the folder needs no calibration crops.
+    found = gpu_check.make_weights("mobilenet_v1", tmp_path / "no-cache", tmp_path, folder)
+    assert found == {"weights": str(path), "source": "converted from the fixture graph"}

@@ -136,3 +136,65 @@ def test_both_entry_points_build_the_same_evaluation_settings(options):
     assert from_eval.batch_size == batch
     assert from_eval.loadgen == ("performance" if "performance" in options else
                                  "accuracy" if "--loadgen" in options else None)  # fmt: skip
+
+
+def _local_pb(tmp_path):
+    """A local .pb file: the fetch stage checks its digest, not its contents."""
+    path = tmp_path / "mine" / "resnet50_v1.pb"
+    path.parent.mkdir()
+    path.write_bytes(b"not parsed by the fetch stage")
+    return path
+
+
+def test_local_pb_with_a_wrong_sha256_is_refused_in_one_sentence(tmp_path, val_dir, capsys):
+    from core.errors import run_cli
+
+    pb, work = _local_pb(tmp_path), tmp_path / "work"
+    argv = ["--model", "resnet50", "--checkpoint", str(pb), "--sha256", "0" * 64,
+            "--data-dir", str(val_dir), "--work-dir", str(work), "--quiet"]  # fmt: skip
+    code = run_cli(main, argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.startswith("error: ") and "\n" not in err
+    assert str(pb) in err and "--sha256" in err
+    assert not (work / "resnet50" / "cache").exists()  # refused before any preprocessing
+    assert pb.is_file()  # the user's own file is left where it is
+
+
+def test_local_pb_with_its_sha256_is_used_in_place(tmp_path):
+    from core.files import sha256_file
+
+    pb = _local_pb(tmp_path)
+    opts = RunOptions(model="resnet50", work_dir=tmp_path / "work", checkpoint=str(pb),
+                      sha256=sha256_file(pb), stages=("fetch",), quiet=True)  # fmt: skip
+    state = run_pipeline(opts)
+    assert state.checkpoint == pb
+    assert state.ran["fetch"] == "skipped (local .pb, used in place)"
+
+
+def test_batch_size_defaults_by_device():
+    from eval.options import CPU_BATCH, CUDA_BATCH, EvalSettings
+
+    cpu = RunOptions(model="resnet50", work_dir="w")
+    cuda = RunOptions(model="resnet50", work_dir="w", device="cuda")
+    assert cpu.batch_size is None and cuda.batch_size is None
+    assert EvalSettings.from_options(cpu).batch_size == CPU_BATCH
+    assert EvalSettings.from_options(cuda).batch_size == CUDA_BATCH == 256
+
+
+def test_non_fp32_runs_get_their_own_folder_beside_the_fp32_one(tmp_path):
+    from eval.evaluate import find_fp32_reference
+    from pipeline.run import evaluation_name
+
+    assert evaluation_name("torch", "fp32") == "torch"
+    assert evaluation_name("tf", "fp32") == "tf"
+    names = {evaluation_name("torch", p) for p in ("fp32", "bf16", "tf32")}
+    assert names == {"torch", "torch-bf16", "torch-tf32"}
+    # eval looks for the fp32 reference among the sibling folders of a bf16 run's --out.
+    fp32 = tmp_path / f"eval-{evaluation_name('torch', 'fp32')}"
+    fp32.mkdir()
+    same = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w", "images": 4}
+    (fp32 / "results.json").write_text(json.dumps({**same, "precision": "fp32"}))
+    np.save(fp32 / "predictions.npy", np.zeros(4, dtype=np.int64))
+    bf16 = tmp_path / f"eval-{evaluation_name('torch', 'bf16')}"
+    assert find_fp32_reference(bf16, {**same, "precision": "bf16"}) == fp32.resolve()

@@ -17,8 +17,8 @@ from pipeline.sample import (
     SAMPLE_DESCRIPTION,
     SAMPLE_IMAGES,
     main,
-    read_val_map,
     sample_dir,
+    sample_pairs,
     sample_val_map,
 )
 
@@ -28,7 +28,7 @@ def _manifest() -> dict:
 
 
 def test_val_map_lists_every_image_with_a_valid_label():
-    pairs = read_val_map()
+    pairs = sample_pairs()
     assert pairs == [(image.file, image.label) for image in SAMPLE_IMAGES]
     assert 4 <= len(pairs) <= 8
     assert len({file for file, _ in pairs}) == len(pairs)
@@ -53,7 +53,7 @@ def test_known_classes_match_the_ilsvrc_numbering():
 
 def test_every_image_decodes_as_mlperf_reads_it():
     total_bytes = 0
-    for file, _label in read_val_map():
+    for file, _label in sample_pairs():
         path = sample_dir() / file
         total_bytes += path.stat().st_size
         pixels = cv2.imread(str(path))  # MLPerf's call: default flags, 3-channel BGR
@@ -98,15 +98,15 @@ def test_malformed_val_map_is_one_sentence(tmp_path):
     bad = tmp_path / "val_map.txt"
     bad.write_text("a.jpg 1\nb.jpg cat\n")
     with pytest.raises(UserError, match="line 2 is not 'relative/path label'"):
-        read_val_map(bad)
+        sample_pairs(bad)
 
 
 def test_sample_does_not_need_scikit_image_at_run_time():
     # Block skimage in a fresh interpreter: listing and reading the sample must still work.
     code = (
         "import sys; sys.modules['skimage'] = None\n"
-        "from pipeline.sample import read_val_map, sample_dir\n"
-        "print(len(read_val_map()), (sample_dir() / read_val_map()[0][0]).is_file())\n"
+        "from pipeline.sample import sample_pairs, sample_dir\n"
+        "print(len(sample_pairs()), (sample_dir() / sample_pairs()[0][0]).is_file())\n"
     )
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
