@@ -1,0 +1,29 @@
+"""The Makefile passes --batch-size only when BATCH_SIZE is set (else the device decides)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _dry_run(*assignments: str) -> str:
+    """The commands `make run` would execute, without running them."""
+    proc = subprocess.run(["make", "-n", "run", *assignments], cwd=ROOT, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return proc.stdout
+
+
+def test_no_batch_size_unless_asked():
+    assert "--batch-size" not in _dry_run("DEVICE=cuda")
+    assert "--device cuda" in _dry_run("DEVICE=cuda")
+
+
+def test_batch_size_passed_when_set():
+    assert "--batch-size 8" in _dry_run("BATCH_SIZE=8")
