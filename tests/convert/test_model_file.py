@@ -213,3 +213,31 @@ def test_expected_model_is_checked(converted):
     with pytest.raises(UserError, match="not resnet50"):
         load_checkpoint(converted, expected_model="resnet50")
     assert load_model("mobilenet_v1", converted) is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("drop", "bn_epsilons do not name exactly the batch-norm layers of the model"),
+        ("negative", "has batch-norm epsilon -1.0 for"),
+        ("small", None),
+    ],
+)
+def test_batch_norm_epsilons_come_from_the_file(converted, tmp_path, change, message):
+    """Epsilons are the file's own (even when re-signed), all layers, each a float >= 0."""
+    payload = torch.load(converted, weights_only=True)
+    first = sorted(payload["bn_epsilons"])[0]
+    if change == "drop":
+        del payload["bn_epsilons"][first]
+    else:
+        payload["bn_epsilons"][first] = -1.0 if change == "negative" else 2.5e-4
+    payload["content_sha256"] = content_digest(payload)
+    path = tmp_path / "m.pth"
+    torch.save(payload, path)
+    if message is None:
+        module, _ = load_checkpoint(path)
+        assert dict(module.named_modules())[first].eps == 2.5e-4
+        return
+    with pytest.raises(UserError) as err:
+        load_checkpoint(path)
+    assert str(err.value).startswith(str(path)) and message in str(err.value)
