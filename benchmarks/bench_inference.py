@@ -27,7 +27,8 @@ import numpy as np
 
 from benchmarks.ceiling import gemm_gflops, multiply_adds
 from benchmarks.machine import cpu_description, load_average
-from core.errors import UserError, configure_logging, run_cli
+from core.cli import configure_logging, run_cli
+from core.errors import UserError
 from core.files import write_text_atomic
 from core.profiles import MODEL_NAMES, get_profile
 from eval.cpu_workers import WORKERS_ENV

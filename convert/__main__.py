@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from core.errors import configure_logging, positive_int, renamed_options, run_cli
+from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.profiles import MODEL_NAMES
 
 log = logging.getLogger("convert")

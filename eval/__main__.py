@@ -22,7 +22,8 @@ import argparse
 import logging
 import sys
 
-from core.errors import UserError, configure_logging, positive_int, renamed_options, run_cli
+from core.cli import configure_logging, positive_int, renamed_options, run_cli
+from core.errors import UserError
 from core.profiles import MODEL_NAMES
 from eval.options import BACKENDS, EvalSettings, add_evaluation_options
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import UserError, configure_logging, renamed_options, run_cli
+from core.cli import configure_logging, renamed_options, run_cli
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

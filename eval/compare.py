@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import UserError, run_cli
+from core.cli import run_cli
+from core.errors import UserError
 from core.profiles import MODEL_NAMES
 from eval.report import PREDICTIONS_FILE
 

@@ -11,7 +11,7 @@ import argparse
 import os
 from dataclasses import dataclass, fields
 
-from core.errors import positive_int
+from core.cli import positive_int
 
 BACKENDS = ("torch", "tf")
 ENGINES = ("auto", "eager", "fast")

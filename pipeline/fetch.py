@@ -38,7 +38,8 @@ from urllib.request import Request, url2pathname, urlopen
 
 from tqdm import tqdm
 
-from core.errors import UserError, configure_logging, renamed_options, run_cli
+from core.cli import configure_logging, renamed_options, run_cli
+from core.errors import UserError
 from core.files import atomic_path, find_archive_member, is_archive_name, sha256_file
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from core.errors import UserError, configure_logging, positive_int, run_cli
+from core.cli import configure_logging, positive_int, run_cli
+from core.errors import UserError
 from core.files import exclusive_lock, sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 from eval.options import BACKENDS, EvalSettings, add_evaluation_options

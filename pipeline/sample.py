@@ -17,7 +17,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import UserError, configure_logging, renamed_options, run_cli
+from core.cli import configure_logging, renamed_options, run_cli
+from core.errors import UserError
 from core.files import atomic_path
 from preprocess import dataset
 

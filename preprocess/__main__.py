@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.errors import configure_logging, positive_int, run_cli
+from core.cli import configure_logging, positive_int, run_cli
 from core.profiles import MODEL_NAMES
 
 

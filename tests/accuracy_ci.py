@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.errors import configure_logging
+from core.cli import configure_logging
 from core.files import sha256_file, write_text_atomic
 
 EXPECTED_PATH = Path(__file__).with_name("accuracy_ci_expected.json")

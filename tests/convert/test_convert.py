@@ -20,7 +20,7 @@ from convert.__main__ import main
 from convert.graph import read_graph_def
 from convert.tf_runner import TFGraphRunner
 from convert.verify import synthetic_images
-from core.errors import run_cli
+from core.cli import run_cli
 from core.profiles import MOBILENET_V1, RESNET50
 
 ABS_LOGIT_TOL = 1e-3

@@ -12,7 +12,7 @@ from convert.models import MobileNetV1
 from convert.registry import extract_weights
 from convert.tf_runner import TFGraphRunner
 from convert.verify import compare_layers, synthetic_images
-from core.errors import run_cli
+from core.cli import run_cli
 from core.profiles import MOBILENET_V1, RESNET50
 
 tf = pytest.importorskip("tensorflow")

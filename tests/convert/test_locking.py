@@ -113,7 +113,7 @@ def test_remove_stale_outputs_touches_only_this_outputs_names(tmp_path):
 def test_unusable_output_folder_is_one_sentence(mobilenet_v1_pb, tmp_path, capsys):
     """A folder that cannot be created (a file stands in its place) fails before any work."""
     from convert.__main__ import main
-    from core.errors import run_cli
+    from core.cli import run_cli
 
     (tmp_path / "taken").write_text("a file, not a folder\n")
     out = tmp_path / "taken" / "m.pth"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import positive_int, renamed_options
+from core.cli import positive_int, renamed_options
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import eval as eval_stage
-from core.errors import run_cli
+from core.cli import run_cli
 from eval.__main__ import main
 from preprocess import build_cache, load_cache
 from tests.eval.fakes import ToyNet

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from core.errors import UserError, run_cli
+from core.cli import run_cli
+from core.errors import UserError
 from eval.__main__ import main as eval_main
 from eval.compare import compare_predictions, format_comparison, main
 

@@ -13,7 +13,8 @@ import pytest
 
 pytest.importorskip("mlperf_loadgen")
 
-from core.errors import UserError, run_cli  # noqa: E402
+from core.cli import run_cli  # noqa: E402
+from core.errors import UserError  # noqa: E402
 from eval import accuracy_imagenet  # noqa: E402
 from eval.accuracy_imagenet import AccuracyScore, score_accuracy_log  # noqa: E402
 from eval.loadgen import LoadgenResult, run_loadgen  # noqa: E402

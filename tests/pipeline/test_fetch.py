@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import UserError, run_cli
+from core.cli import run_cli
+from core.errors import UserError
 from core.files import sha256_file
 from core.profiles import get_profile
 from pipeline.fetch import fetch_checkpoint, main

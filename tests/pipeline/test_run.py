@@ -80,7 +80,7 @@ def _closed_port() -> int:
 
 
 def test_unreachable_checkpoint_is_one_sentence(tmp_path, val_dir, capsys):
-    from core.errors import run_cli
+    from core.cli import run_cli
 
     url = f"http://127.0.0.1:{_closed_port()}/resnet50_v1.pb"
     argv = ["--model", "resnet50", "--checkpoint", url, "--data-dir", str(val_dir)]
@@ -147,7 +147,7 @@ def _local_pb(tmp_path):
 
 
 def test_local_pb_with_a_wrong_sha256_is_refused_in_one_sentence(tmp_path, val_dir, capsys):
-    from core.errors import run_cli
+    from core.cli import run_cli
 
     pb, work = _local_pb(tmp_path), tmp_path / "work"
     argv = ["--model", "resnet50", "--checkpoint", str(pb), "--sha256", "0" * 64,

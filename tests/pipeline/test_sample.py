@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from core.errors import UserError, run_cli
+from core.cli import run_cli
+from core.errors import UserError
 from pipeline.sample import (
     SAMPLE_DESCRIPTION,
     SAMPLE_IMAGES,

@@ -25,7 +25,7 @@ CONTENT = ("images.npy", "digests.npy", "labels.npy", "files.txt")
 PATCHED_CLI = """
 import sys
 {patch}
-from core.errors import run_cli
+from core.cli import run_cli
 from preprocess.__main__ import main
 sys.exit(run_cli(main, sys.argv[1:]))
 """

@@ -1,0 +1,63 @@
+"""The command-line plumbing every stage's ``__main__`` shares.
+
+Logging setup, the argparse type for counts, old option spellings kept as hidden aliases,
+and ``run_cli``, which turns a ``UserError`` into one sentence and its exit code.
+Imports only ``core.errors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from core.errors import UserError
+
+
+def configure_logging(quiet: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --batch-size, --limit, --workers: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def renamed_options(argv: list[str] | None, renamed: dict[str, str]) -> list[str]:
+    """``argv`` with old option spellings replaced by their new names (``--old=x`` too).
+
+    Old spellings keep working for scripts written against an earlier release, without
+    showing in ``--help``; each use logs a warning naming the new spelling.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):
+        name, sep, value = arg.partition("=")
+        if name in renamed:
+            logging.getLogger("cli").warning("%s is now %s", name, renamed[name])
+            argv[i] = renamed[name] + sep + value
+    return argv
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run a stage's ``main``; turn UserError into one sentence on stderr and its exit code.
+
+    Ctrl-C exits with 130 and a short note instead of a traceback.
+    """
+    try:
+        return int(main(argv) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
