@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.ceiling import gemm_gflops, multiply_adds
 from benchmarks.machine import cpu_description, load_average
-from core.cli import configure_logging, run_cli
+from core.cli import configure_logging, renamed_options, run_cli
 from core.errors import UserError
 from core.files import write_text_atomic
 from core.profiles import MODEL_NAMES, get_profile
@@ -45,6 +45,8 @@ ENGINES = ("eager", "fast", "fast:torchscript-freeze", "fast:inductor",
 DEFAULT_ENGINES = ("eager@intra-op", "eager", "fast@intra-op", "fast", "tf", "onnx")
 DEFAULT_BATCHES = (1, 32)
 FIXTURE_WRITERS = {"resnet50": "write_resnet50_pb", "mobilenet_v1": "write_mobilenet_v1_pb"}
+# Elsewhere --cache-dir is the preprocessed image cache; here the folder holds fixture graphs.
+RENAMED_OPTIONS = {"--cache-dir": "--fixture-dir"}
 
 
 def throughput(run: Callable[[], object], batch: int, seconds: float) -> dict:
@@ -59,9 +61,9 @@ def throughput(run: Callable[[], object], batch: int, seconds: float) -> dict:
     return {"img_per_s": calls * batch / elapsed, "calls": calls, "seconds": elapsed}
 
 
-def fixture_graph(model: str, cache_dir: Path) -> Path:
-    """The fixture frozen graph for ``model``, built once into ``cache_dir``."""
-    path = cache_dir / f"{model}_fixture.pb"
+def fixture_graph(model: str, fixture_dir: Path) -> Path:
+    """The fixture frozen graph for ``model``, built once into ``fixture_dir``."""
+    path = fixture_dir / f"{model}_fixture.pb"
     if not path.exists():
         from tests.fixtures import tf_graphs  # TensorFlow: imported only when needed
 
@@ -70,11 +72,11 @@ def fixture_graph(model: str, cache_dir: Path) -> Path:
     return path
 
 
-def converted_model(model: str, graph: Path, cache_dir: Path):
+def converted_model(model: str, graph: Path, fixture_dir: Path):
     """The graph's weights as the project's PyTorch module (converted once, cached)."""
     from convert import convert_checkpoint, load_model
 
-    pth = cache_dir / f"{model}_fixture.pth"
+    pth = fixture_dir / f"{model}_fixture.pth"
     if not pth.exists() or pth.stat().st_mtime < graph.stat().st_mtime:
         convert_checkpoint(model, graph, pth, verify=False, quiet=True)
     return load_model(model, pth)
@@ -146,8 +148,8 @@ def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> l
     from convert.tf_runner import TFGraphRunner
     from preprocess import normalize
 
-    graph = fixture_graph(model, args.cache_dir)
-    module = converted_model(model, graph, args.cache_dir)
+    graph = fixture_graph(model, args.fixture_dir)
+    module = converted_model(model, graph, args.fixture_dir)
     gflop_per_image = 2 * multiply_adds(module) / 1e9
     runner = TFGraphRunner(graph, model) if "tf" in args.engines else None
     onnx = onnx_session(model, graph, cores) if "onnx" in args.engines else None
@@ -221,13 +223,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="write all results to this JSON file")
     parser.add_argument(
-        "--cache-dir",
+        "--fixture-dir",
         type=Path,
         default=Path("work/bench/cache"),
         help="where fixture graphs and their conversions are kept between runs",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(renamed_options(argv, RENAMED_OPTIONS))
     if any(b < 1 for b in args.batches):
         parser.error("--batches must be positive integers")
     if args.seconds <= 0:
@@ -241,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     try:
-        args.cache_dir.mkdir(parents=True, exist_ok=True)
+        args.fixture_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(
-            f"cannot create the cache folder {args.cache_dir} ({err.strerror})"
+            f"cannot create the fixture folder {args.fixture_dir} ({err.strerror})"
         ) from None
     system = cpu_description()
     import torch
