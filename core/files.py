@@ -177,3 +177,16 @@ def check_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) ->
             f"not enough disk space in {folder} for {what}: it needs {needed_bytes / 1e9:.2f} GB "
             f"and {free / 1e9:.2f} GB are free"
         )
+
+
+def check_output_dir(out_dir: str | os.PathLike, option: str = "--out") -> None:
+    """UserError unless ``out_dir`` exists (or can be made) and a file can be written in it."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"cannot write to {out_dir} ({err.strerror or err}): choose a writable {option}"
+        ) from None

@@ -14,40 +14,40 @@ since engines warm up while they are built and that cost is ``setup_seconds``. A
 may keep results on its device and fetch them once per ``collect_every`` batches.
 
 Under torchrun (``eval.distributed``) each rank evaluates its contiguous shard and rank 0
-gathers the top-5 labels and writes the one results.json.
+gathers the top-5 labels and writes the one results.json (``eval.shards``). The helpers of
+``evaluate`` live beside it: the resume journal in ``eval.journal``, the fp32 reference of a
+tf32/bf16 run in ``eval.reference``, the LoadGen pass in ``eval.loadgen_pass``.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from core.errors import UserError
-from core.files import atomic_path, exclusive_lock, remove_stale_temporaries
-from core.profiles import CROP_SIZE, ModelProfile, get_profile
+from core.files import check_output_dir, exclusive_lock, remove_stale_temporaries
+from core.profiles import ModelProfile, get_profile
 from eval import distributed
 from eval.backends import Backend, check_model_inputs, make_backend, resolve_torch_device
-from eval.metrics import TOP_K, AccuracyCounter, labels_from_classes, top_k_classes
+from eval.journal import ResumeJournal, journal_key
+from eval.loadgen_pass import run_loadgen_pass
+from eval.metrics import TOP_K, AccuracyCounter
 from eval.options import EvalSettings
-from eval.report import EvalResult, Fp32Agreement, build_result, write_outputs
-
-if TYPE_CHECKING:
-    from eval.loadgen import LoadgenResult
+from eval.reference import fp32_agreement
+from eval.report import EvalResult, build_result, write_outputs
+from eval.shards import CacheShard, gather_outcome
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,7 @@ def run_evaluation(
 
 def _images_to_evaluate(cache, batch_size: int, limit: int | None) -> int:
     """Check the options against the cache; return how many images to evaluate."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    _check_batch_size(batch_size)
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
     total = len(cache)
@@ -166,6 +165,13 @@ def _images_to_evaluate(cache, batch_size: int, limit: int | None) -> int:
     if limit is not None and limit > total:
         log.info("--limit %d is more than the %d cached images: evaluating all", limit, total)
     return count
+
+
+def _check_batch_size(batch_size: int) -> None:
+    """The batch-size rule of both entry points: ``evaluate`` checks it before any work, and
+    ``run_evaluation`` for callers that bring their own backend."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
 
 
 def _restore_from_journal(
@@ -227,55 +233,6 @@ class _InferenceLoop:
         pending.clear()
 
 
-class ResumeJournal:
-    """The top-5 labels of the images finished so far, saved atomically every few seconds.
-
-    ``key`` names what was being evaluated (backend, weights or checkpoint digest, cache
-    fingerprint, image count): a journal from any other run is ignored, never reused.
-    """
-
-    def __init__(self, path: Path, key: str, every_seconds: float = 20.0):
-        self.path, self.key, self.every_seconds = Path(path), key, every_seconds
-        self._last_save = time.monotonic()
-
-    def restore(self, top5: np.ndarray, count: int) -> int:
-        """Fill ``top5[:done]`` from the journal and return ``done`` (0 when none fits)."""
-        try:
-            with np.load(self.path) as saved:
-                if str(saved["key"]) != self.key or saved["top5"].shape != top5.shape:
-                    return 0
-                done = min(int(saved["done"]), count)
-                top5[:done] = saved["top5"][:done]
-                return done
-        except (OSError, ValueError, KeyError):
-            return 0
-
-    def maybe_save(self, top5: np.ndarray, done: int) -> None:
-        if time.monotonic() - self._last_save >= self.every_seconds:
-            self.save(top5, done)
-
-    def save(self, top5: np.ndarray, done: int) -> None:
-        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, key=np.array(self.key), done=np.array(done), top5=top5)
-        self._last_save = time.monotonic()
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _journal_key(backend: Backend, cache, count: int) -> str:
-    identity = {
-        "model": backend.profile.name,
-        "backend": backend.name,
-        "engine": backend.engine,
-        "source": {k: v for k, v in backend.describe().items() if k.endswith("sha256")},
-        "cache": getattr(cache, "fingerprint", None),
-        "count": count,
-        "precision": getattr(backend, "precision", "fp32"),
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class _Job:
     """One evaluation's checked inputs; ``settings`` already hold this rank's device."""
@@ -310,7 +267,7 @@ def evaluate(
     atomically, holding the folder's lock (``wait`` waits for another holder).
 
     A non-fp32 run reports the share of its predictions equal to an fp32 run of the same
-    cache and weights in a sibling folder of ``out_dir`` (``find_fp32_reference``). A LoadGen
+    cache and weights in a sibling folder of ``out_dir`` (``eval.reference``). A LoadGen
     run is a second pass with the same backend; its logs go to ``out_dir/loadgen``.
 
     Under torchrun (WORLD_SIZE > 1) every rank evaluates its shard; rank 0 alone holds
@@ -348,8 +305,7 @@ def _check_settings(settings: EvalSettings, out_dir) -> None:
     """One sentence for settings that cannot work, before any work."""
     from eval.engines import check_precision  # imports torch: not at module level
 
-    if settings.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    _check_batch_size(settings.batch_size)
     if settings.loadgen is not None and out_dir is None:
         raise UserError("a LoadGen run needs an output directory for its logs")
     device = settings.device
@@ -357,21 +313,6 @@ def _check_settings(settings: EvalSettings, out_dir) -> None:
         check_precision(settings.precision, "cuda" if device.startswith("cuda") else device)
     except ValueError as err:
         raise UserError(str(err)) from None
-
-
-class CacheShard:
-    """Images ``start:stop`` of a cache, indexed from 0 (one rank's share)."""
-
-    def __init__(self, cache, start: int, stop: int):
-        self.cache, self.start, self.stop = cache, start, stop
-        self.labels = cache.labels[start:stop]
-        self.fingerprint = getattr(cache, "fingerprint", None)
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        return self.cache.read(self.start + start, self.start + stop, out=out)
 
 
 def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
@@ -411,10 +352,10 @@ def _predict(
             outcome = run_evaluation(
                 backend, shard, batch_size=settings.batch_size, quiet=settings.quiet
             )
-        return _gather_outcome(outcome, job.cache, job.count, job.ctx)
+        return gather_outcome(outcome, job.cache, job.count, job.ctx)
     journal = None
     if out_dir is not None:
-        journal = ResumeJournal(out_dir / "resume.npz", _journal_key(backend, job.cache, job.count))
+        journal = ResumeJournal(out_dir / "resume.npz", journal_key(backend, job.cache, job.count))
     return run_evaluation(
         backend,
         job.cache,
@@ -423,83 +364,6 @@ def _predict(
         quiet=settings.quiet,
         journal=journal,
     )
-
-
-def _gather_outcome(outcome: EvaluationOutcome, cache, count: int, ctx):
-    """Rank 0: every rank's top-5 in rank order, scored over all ``count`` images."""
-    mine = (outcome.top5, outcome.inference_seconds, outcome.wall_seconds)
-    gathered = distributed.gather_to_main(mine, ctx)
-    if gathered is None:
-        return None
-    top5 = distributed.join_shards([shard for shard, _, _ in gathered], count)
-    counter = AccuracyCounter()
-    counter.update(top5, np.asarray(cache.labels[:count], dtype=np.int64))
-    # The ranks run side by side: the slowest one is the run's time.
-    return EvaluationOutcome(
-        top5=top5,
-        counter=counter,
-        inference_seconds=max(seconds for _, seconds, _ in gathered),
-        wall_seconds=max(wall for _, _, wall in gathered),
-    )
-
-
-def find_fp32_reference(out_dir: Path, results: dict) -> Path | None:
-    """A sibling folder of ``out_dir`` holding an fp32 run that this run can be checked on.
-
-    It must have results.json and predictions.npy for the same model, cache fingerprint
-    and weights digest, precision fp32 (a results.json without a precision field counts as
-    fp32: only backends that run fp32 alone leave it out) and at least as many images; the
-    newest such folder wins.
-    """
-    candidates = []
-    for path in Path(out_dir).resolve().parent.glob("*/results.json"):
-        if path.parent == Path(out_dir).resolve():
-            continue
-        try:
-            other = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        same = all(
-            other.get(key) == results.get(key)
-            for key in ("model", "cache_fingerprint", "weights_sha256")
-        )
-        if (
-            same
-            and other.get("precision", "fp32") == "fp32"
-            and other.get("images", 0) >= results["images"]
-            and (path.parent / "predictions.npy").is_file()
-        ):
-            candidates.append((path.stat().st_mtime, path.parent))
-    return max(candidates)[1] if candidates else None
-
-
-def fp32_agreement(out_dir: Path, results: dict, predictions: np.ndarray) -> Fp32Agreement | None:
-    """Where the fp32 reference run is, its top-1, and the share of equal predictions."""
-    reference = find_fp32_reference(out_dir, results)
-    if reference is None:
-        log.info("no fp32 run of the same cache and weights beside %s to compare with", out_dir)
-        return None
-    theirs = np.load(reference / "predictions.npy")[: len(predictions)]
-    other = json.loads((reference / "results.json").read_text())
-    same = int((theirs == predictions).sum())
-    return Fp32Agreement(
-        dir=reference,
-        top1=other.get("top1") if other.get("images") == len(predictions) else None,
-        equal_predictions=same,
-        equal_share=round(same / len(predictions), 6) if len(predictions) else None,
-    )
-
-
-def check_output_dir(out_dir: Path, option: str = "--out") -> None:
-    """UserError unless ``out_dir`` exists (or can be made) and a file can be written in it."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as err:
-        raise UserError(
-            f"cannot write to {out_dir} ({err.strerror or err}): choose a writable {option}"
-        ) from None
 
 
 def remove_stale_outputs(out_dir: Path) -> None:
@@ -512,72 +376,3 @@ def remove_stale_outputs(out_dir: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
     if removed := remove_stale_temporaries(out_dir):
         log.info("removed %d temporary file(s) a killed run left in %s", removed, out_dir)
-
-
-class CacheCrops:
-    """The first ``count`` crops of a cache as a read-only array-like for LoadGen.
-
-    Indexing (an int, a slice or an array of indices) reads through ``cache.read``, so every
-    crop LoadGen's queries see is checked against its build-time digest.
-    """
-
-    def __init__(self, cache, count: int):
-        self.cache, self.count = cache, count
-        self.shape = (count, CROP_SIZE, CROP_SIZE, 3)
-        self.dtype = np.dtype(np.uint8)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, key) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            return self[np.array([key])][0]
-        if isinstance(key, slice):
-            start, stop, step = key.indices(self.count)
-            if step == 1:
-                return self.cache.read(start, max(start, stop))
-            key = np.arange(start, stop, step)
-        indices = np.asarray(key, dtype=np.int64).reshape(-1)
-        if indices.size and (indices.min() < 0 or indices.max() >= self.count):
-            raise IndexError(f"crop index out of range 0..{self.count - 1}")
-        out = np.empty((len(indices), *self.shape[1:]), dtype=np.uint8)
-        for first, last in _consecutive_runs(indices):
-            start = int(indices[first])
-            self.cache.read(start, start + last - first, out=out[first:last])
-        return out
-
-
-def _consecutive_runs(indices: np.ndarray) -> list[tuple[int, int]]:
-    """``[(first, last), ...]`` positions of runs where each index is the previous + 1."""
-    if not len(indices):
-        return []
-    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
-    edges = [0, *breaks.tolist(), len(indices)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
-
-
-def run_loadgen_pass(
-    backend: Backend, cache, count: int, out_dir: Path, settings: EvalSettings
-) -> LoadgenResult:
-    """Answer MLPerf LoadGen's queries over the first ``count`` cached images with ``backend``.
-
-    ``settings.loadgen`` is the mode. The SUT replies with the predicted label (argmax - the
-    backend's label offset), as MLPerf's reference does; the accuracy log is then scored the
-    way accuracy-imagenet.py scores it.
-    """
-    from eval.loadgen import run_loadgen
-
-    def predict_labels(u8_batch: np.ndarray) -> np.ndarray:
-        logits = backend.logits(u8_batch)
-        return labels_from_classes(top_k_classes(logits, 1), backend.label_offset)[:, 0]
-
-    return run_loadgen(
-        CacheCrops(cache, count),
-        np.asarray(cache.labels[:count], dtype=np.int64),
-        predict_labels,
-        out_dir,
-        mode=settings.loadgen,
-        scenario=settings.scenario,
-        batch_size=settings.batch_size,
-        quiet=settings.quiet,
-    )

@@ -268,7 +268,7 @@ def run_pipeline(opts: RunOptions) -> RunState:
     Asking only for `evaluate` still resolves the checkpoint, cache and weights: their own
     stamps make that free when they are already up to date.
     """
-    from eval.evaluate import check_output_dir
+    from core.files import check_output_dir
 
     profile = get_profile(opts.model)
     state = RunState(profile=profile, model_dir=opts.work_dir / opts.model)

@@ -14,7 +14,7 @@ import torch
 import eval as eval_stage
 from benchmarks.seeded_weights import save_converted, seeded_model
 from eval.distributed import DistContext, device_for_rank, join_shards, shard_bounds
-from eval.evaluate import CacheShard
+from eval.shards import CacheShard
 from preprocess import build_cache
 from tests.eval.fakes import FakeCache
 from tests.fixtures.images import write_val_set

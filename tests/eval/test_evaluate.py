@@ -170,7 +170,8 @@ def test_final_table_reads_at_a_glance():
 
 def test_killed_evaluation_resumes_from_its_journal(tmp_path):
     """A journal saved part-way is picked up: only the remaining images are evaluated."""
-    from eval.evaluate import ResumeJournal, run_evaluation
+    from eval.evaluate import run_evaluation
+    from eval.journal import ResumeJournal
     from tests.eval.fakes import FakeCache, ToyBackend
 
     cache = FakeCache(n=10, seed=5)

@@ -22,7 +22,8 @@ from eval.engines import (
     prepare_engine,
     warmup_batch_sizes,
 )
-from eval.evaluate import find_fp32_reference, fp32_agreement, run_evaluation
+from eval.evaluate import run_evaluation
+from eval.reference import find_fp32_reference, fp32_agreement
 from tests.eval.fakes import FakeCache, ToyNet
 
 RESNET = get_profile("resnet50")

@@ -183,7 +183,7 @@ def test_batch_size_defaults_by_device():
 
 
 def test_non_fp32_runs_get_their_own_folder_beside_the_fp32_one(tmp_path):
-    from eval.evaluate import find_fp32_reference
+    from eval.reference import find_fp32_reference
     from pipeline.run import evaluation_name
 
     assert evaluation_name("torch", "fp32") == "torch"

@@ -1,0 +1,67 @@
+"""The resume journal: a long evaluation killed part-way continues from its last save.
+
+``ResumeJournal`` saves the top-5 labels finished so far every few seconds; ``journal_key``
+names what was being evaluated, so a journal left by any other run is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from core.files import atomic_path
+
+
+class ResumeJournal:
+    """The top-5 labels of the images finished so far, saved atomically every few seconds.
+
+    ``key`` names what was being evaluated (backend, weights or checkpoint digest, cache
+    fingerprint, image count): a journal from any other run is ignored, never reused.
+    """
+
+    def __init__(self, path: Path, key: str, every_seconds: float = 20.0):
+        self.path, self.key, self.every_seconds = Path(path), key, every_seconds
+        self._last_save = time.monotonic()
+
+    def restore(self, top5: np.ndarray, count: int) -> int:
+        """Fill ``top5[:done]`` from the journal and return ``done`` (0 when none fits)."""
+        try:
+            with np.load(self.path) as saved:
+                if str(saved["key"]) != self.key or saved["top5"].shape != top5.shape:
+                    return 0
+                done = min(int(saved["done"]), count)
+                top5[:done] = saved["top5"][:done]
+                return done
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def maybe_save(self, top5: np.ndarray, done: int) -> None:
+        if time.monotonic() - self._last_save >= self.every_seconds:
+            self.save(top5, done)
+
+    def save(self, top5: np.ndarray, done: int) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, key=np.array(self.key), done=np.array(done), top5=top5)
+        self._last_save = time.monotonic()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def journal_key(backend, cache, count: int) -> str:
+    """A digest of everything that decides the predictions: model, backend, engine, model
+    file digests, cache fingerprint, image count and precision."""
+    identity = {
+        "model": backend.profile.name,
+        "backend": backend.name,
+        "engine": backend.engine,
+        "source": {k: v for k, v in backend.describe().items() if k.endswith("sha256")},
+        "cache": getattr(cache, "fingerprint", None),
+        "count": count,
+        "precision": getattr(backend, "precision", "fp32"),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
