@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.report import Fp32Agreement
+from core.errors import UserError
+from eval.compare import load_predictions
+from eval.report import PREDICTIONS_FILE, RESULTS_FILE, Fp32Agreement
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +27,16 @@ def find_fp32_reference(out_dir: Path, results: dict) -> Path | None:
     fp32: only backends that run fp32 alone leave it out) and at least as many images; the
     newest such folder wins.
     """
+    found = _newest_fp32_run(out_dir, results)
+    return found[0] if found else None
+
+
+def _newest_fp32_run(out_dir: Path, results: dict) -> tuple[Path, dict] | None:
+    """``find_fp32_reference``'s folder together with its parsed results.json."""
+    here = Path(out_dir).resolve()
     candidates = []
-    for path in Path(out_dir).resolve().parent.glob("*/results.json"):
-        if path.parent == Path(out_dir).resolve():
+    for path in here.parent.glob(f"*/{RESULTS_FILE}"):
+        if path.parent == here:
             continue
         try:
             other = json.loads(path.read_text())
@@ -41,21 +50,35 @@ def find_fp32_reference(out_dir: Path, results: dict) -> Path | None:
             same
             and other.get("precision", "fp32") == "fp32"
             and other.get("images", 0) >= results["images"]
-            and (path.parent / "predictions.npy").is_file()
+            and (path.parent / PREDICTIONS_FILE).is_file()
         ):
-            candidates.append((path.stat().st_mtime, path.parent))
-    return max(candidates)[1] if candidates else None
+            candidates.append((path.stat().st_mtime, str(path.parent), other))
+    if not candidates:
+        return None
+    _, folder, other = max(candidates, key=lambda c: c[:2])
+    return Path(folder), other
 
 
 def fp32_agreement(out_dir: Path, results: dict, predictions: np.ndarray) -> Fp32Agreement | None:
-    """Where the fp32 reference run is, its top-1, and the share of equal predictions."""
-    reference = find_fp32_reference(out_dir, results)
-    if reference is None:
+    """Where the fp32 reference run is, its top-1, and the share of equal predictions.
+
+    The reference's predictions are read with the same checks as ``eval compare``; one
+    that does not hold as many integer labels as its results.json says is not used.
+    """
+    found = _newest_fp32_run(out_dir, results)
+    if found is None:
         log.info("no fp32 run of the same cache and weights beside %s to compare with", out_dir)
         return None
-    theirs = np.load(reference / "predictions.npy")[: len(predictions)]
-    other = json.loads((reference / "results.json").read_text())
-    same = int((theirs == predictions).sum())
+    reference, other = found
+    try:
+        theirs = load_predictions(reference)
+    except UserError as err:
+        log.warning("fp32 reference not used: %s", err)
+        return None
+    if len(theirs) < len(predictions):
+        log.warning("fp32 reference not used: %s holds fewer predictions than this run", reference)
+        return None
+    same = int((theirs[: len(predictions)] == predictions).sum())
     return Fp32Agreement(
         dir=reference,
         top1=other.get("top1") if other.get("images") == len(predictions) else None,

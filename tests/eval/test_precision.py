@@ -165,6 +165,19 @@ def test_a_bf16_run_finds_its_fp32_sibling_and_counts_equal_predictions(tmp_path
     assert fp32_agreement(out, fewer, np.zeros(5, np.int64)) is None
 
 
+def test_an_fp32_reference_with_damaged_predictions_is_not_used(tmp_path):
+    write_run(tmp_path / "resnet50-torch", "fp32", [1, 2, 3, 4])
+    mine = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w", "images": 4}
+    out = tmp_path / "resnet50-bf16"
+    predictions = tmp_path / "resnet50-torch" / "predictions.npy"
+    np.save(predictions, np.array([1, 2], dtype=np.int64))  # shorter than its results.json
+    assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])) is None
+    np.save(predictions, np.array([1.0, 2.0, 3.0, 4.0]))  # not labels
+    assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])) is None
+    predictions.write_bytes(b"not a numpy file")
+    assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])) is None
+
+
 def test_cudnn_autotune_only_for_runs_that_repay_it(monkeypatch):
     monkeypatch.delenv("MLPERF_PORT_CUDNN_AUTOTUNE", raising=False)
     assert engines.cudnn_autotune(50_000)[0] is False
