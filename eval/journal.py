@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,12 @@ class ResumeJournal:
                 if str(saved["key"]) != self.key or saved["top5"].shape != top5.shape:
                     return 0
                 done = min(int(saved["done"]), count)
-                top5[:done] = saved["top5"][:done]
+                restored = saved["top5"][:done]
+                if str(saved["digest"]) != _digest(restored):  # damaged since it was saved
+                    return 0
+                top5[:done] = restored
                 return done
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             return 0
 
     def maybe_save(self, top5: np.ndarray, done: int) -> None:
@@ -45,11 +49,16 @@ class ResumeJournal:
 
     def save(self, top5: np.ndarray, done: int) -> None:
         with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, key=np.array(self.key), done=np.array(done), top5=top5)
+            digest = np.array(_digest(top5[:done]))
+            np.savez(f, key=np.array(self.key), done=np.array(done), top5=top5, digest=digest)
         self._last_save = time.monotonic()
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()
 
 
 def journal_key(backend, cache, count: int) -> str:

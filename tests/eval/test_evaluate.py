@@ -210,3 +210,25 @@ def test_result_json_holds_the_optional_parts_only_when_they_apply():
     }  # fmt: skip
     assert data["loadgen"]["out_dir"] == "/runs/lg" and data["loadgen"]["accuracy_line"] == "a"
     assert "LoadGen" in bf16.table() and "Offline accuracy: a" in bf16.table()
+
+
+def test_a_damaged_resume_journal_is_ignored_not_trusted(tmp_path):
+    from eval.journal import ResumeJournal
+
+    path = tmp_path / "journal.npz"
+    top5 = np.arange(20, dtype=np.int64).reshape(4, 5)
+    ResumeJournal(path, "key").save(top5, 3)
+    restored = np.zeros_like(top5)
+    assert ResumeJournal(path, "key").restore(restored, 4) == 3
+    assert np.array_equal(restored[:3], top5[:3])
+    assert ResumeJournal(path, "other run").restore(np.zeros_like(top5), 4) == 0
+    with np.load(path) as saved:  # the same journal with one label changed
+        fields = {name: saved[name] for name in saved.files}
+    fields["top5"] = fields["top5"].copy()
+    fields["top5"][0, 0] = 99
+    np.savez(path, **fields)
+    assert ResumeJournal(path, "key").restore(np.zeros_like(top5), 4) == 0
+    data = bytearray(path.read_bytes())  # a flipped byte inside the archive
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert ResumeJournal(path, "key").restore(np.zeros_like(top5), 4) == 0
