@@ -29,7 +29,7 @@ from benchmarks.ceiling import gemm_gflops, multiply_adds
 from benchmarks.machine import cpu_description, load_average
 from core.cli import configure_logging, renamed_options, run_cli
 from core.errors import UserError
-from core.files import write_text_atomic
+from core.files import sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, get_profile
 from eval.cpu_workers import WORKERS_ENV
 
@@ -73,13 +73,23 @@ def fixture_graph(model: str, fixture_dir: Path) -> Path:
 
 
 def converted_model(model: str, graph: Path, fixture_dir: Path):
-    """The graph's weights as the project's PyTorch module (converted once, cached)."""
-    from convert import convert_checkpoint, load_model
+    """The graph's weights as the project's PyTorch module (converted once, cached).
+
+    A kept conversion is used only if its own record names this graph's sha256.
+    """
+    from convert import convert_checkpoint, load_checkpoint
 
     pth = fixture_dir / f"{model}_fixture.pth"
-    if not pth.exists() or pth.stat().st_mtime < graph.stat().st_mtime:
-        convert_checkpoint(model, graph, pth, verify=False, quiet=True)
-    return load_model(model, pth)
+    graph_sha256 = sha256_file(graph)
+    if pth.exists():
+        try:
+            module, record = load_checkpoint(pth, expected_model=model)
+            if record["source_sha256"] == graph_sha256:
+                return module
+        except UserError as err:
+            log.info("converting again: %s", err)
+    convert_checkpoint(model, graph, pth, verify=False, quiet=True)
+    return load_checkpoint(pth, expected_model=model)[0]
 
 
 def onnx_session(model: str, graph: Path, cores: int):
