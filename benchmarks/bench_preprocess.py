@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ import numpy as np
 
 from benchmarks.machine import cpu_description
 from core.files import write_text_atomic
+from core.system import available_cores
 from preprocess import build_cache, load_cache, normalize
 from tests.fixtures.images import write_val_set
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "images": args.images,
             "model": args.model,
             **cpu_description(),
-            "workers": args.workers or os.cpu_count(),
+            "workers": args.workers or available_cores(),
             "opencv": cv2.__version__,
             "ours_seconds": min(ours_s),
             "mlperf_style_seconds": min(theirs_s),

@@ -6,7 +6,7 @@ import os
 import platform
 from pathlib import Path
 
-from eval.cpu_workers import available_cores
+from core.system import available_cores
 
 CPUINFO = Path("/proc/cpuinfo")
 

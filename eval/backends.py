@@ -25,6 +25,7 @@ import numpy as np
 from core.errors import UserError
 from core.files import sha256_file
 from core.profiles import CROP_SIZE, VGG_MEANS_RGB, ModelProfile
+from core.system import available_cores
 from eval.metrics import TOP_K, labels_from_classes, top_k_classes
 from eval.options import BACKENDS, EvalSettings
 from preprocess.recipes import normalize
@@ -144,7 +145,7 @@ class TorchBackend(Backend):
         self.collect_every = 16 if on_cuda else 1
         # On the CPU the model needs every core; a GPU run is bound by reading and checking
         # crops (sha256, ~0.15 ms per crop per core), so it reads on several threads.
-        self.reader_threads = min(8, os.cpu_count() or 1) if on_cuda else 1
+        self.reader_threads = min(8, available_cores()) if on_cuda else 1
 
     def _prepare(self, module, engine, batch_size, num_images, verify_images):
         """Eager or fast (frozen/compiled) execution, checked against eager on real crops."""

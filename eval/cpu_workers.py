@@ -18,20 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from core.system import available_cores
+
 # Images each worker runs per call: small enough that one image's activations stay in the
 # core's cache between layers, large enough to amortise a call (2-4 measured best).
 CHUNK_IMAGES = 4
 # MLPERF_PORT_CPU_WORKERS=N forces N workers; 1 runs every call on intra-op threads (several
 # processes sharing one machine may want that).
 WORKERS_ENV = "MLPERF_PORT_CPU_WORKERS"
-
-
-def available_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def cores_for_this_process() -> int:

@@ -42,6 +42,7 @@ from core.files import (
 )
 from core.profiles import ModelProfile, get_profile
 from core.records import Record
+from core.system import available_cores
 from preprocess.cache import (
     CROP_SHAPE,
     DAMAGED_NAME,
@@ -364,7 +365,7 @@ def build_cache(
     """
     started = time.perf_counter()
     profile = get_profile(model_name)
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = available_cores() if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     listing = list_dataset(data_dir, val_map=val_map, limit=limit)
