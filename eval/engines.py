@@ -1,66 +1,37 @@
-"""Inference engines for the converted models: plain eager PyTorch or a faster frozen graph.
+"""Inference engines for the converted models: eager PyTorch or a faster frozen graph.
 
-``prepare_engine(module, "auto"|"eager"|"fast", ...)`` returns a ``PreparedEngine``: a
-callable ``NCHW float32 -> logits [N, classes]`` that records which engine really runs
-(``.name``), what it cost to build (``.setup_seconds``) and why (``.notes``).
+``prepare_engine(module, "auto"|"eager"|"fast"|"fast:<builder>", ...)`` returns a
+``PreparedEngine``: a callable ``NCHW float32 -> logits [N, classes]`` that records which
+engine really runs (``.name``), what it cost to build (``.setup_seconds``) and why
+(``.notes``).
 
-The fast path stays float32 and exact to float32 noise. Candidates, tried in order
-(``FAST_BUILDER_ORDER`` on the CPU, ``CUDA_FAST_BUILDER_ORDER`` on CUDA; the first that
-builds and matches eager runs):
+The fast builders stay float32; they are tried in order (``FAST_BUILDER_ORDER``, on CUDA
+``CUDA_FAST_BUILDER_ORDER``) and the first that builds and matches eager on a sample batch
+(``compare_logits``) runs, else eager:
 
-- "torchscript-onednn" (first on the CPU): the frozen TorchScript graph run by the oneDNN
-  Graph fuser, which hands whole conv + ReLU6 chains to oneDNN as TensorFlow does; builds
-  in a few seconds. CPU-only.
-- "inductor" (first on CUDA): ``torch.compile`` with inductor freezing (weights become
-  constants, conv + batch norm folded, oneDNN or cuDNN convolutions with fused ReLU6,
-  generated code for the rest). As fast as the oneDNN fuser on the CPU, but needs a C++
-  compiler and builds in ~10-60 s (the low end with inductor's on-disk cache warm).
-- "torchscript-freeze": ``torch.jit.trace`` + ``torch.jit.freeze`` (also folds conv+BN).
+- "torchscript-onednn" (CPU only): the frozen TorchScript graph run by the oneDNN Graph
+  fuser, which hands whole conv + ReLU6 chains to oneDNN as TensorFlow does.
+- "inductor": ``torch.compile`` with freezing; needs a C++ compiler, builds in 10-60 s.
+- "torchscript-freeze": ``torch.jit.trace`` + ``torch.jit.freeze``.
 
-Every fast engine runs a copy of the model with its TF-SAME pads folded into the
-convolutions where a conv can express them (``fold_same_padding``): one copy of the
-activations less per layer. On the CPU every engine runs one single-threaded worker per
-core on small chunks of each batch (``eval/cpu_workers.py``): at batch 32 on 2 cores that
-made MobileNet-v1 1.5x faster than sharing each layer between intra-op threads. Current
-figures, per CPU, are in the README ("Measured so far"; ``make bench``). Measured and
-dropped: ``torch.jit.optimize_for_inference`` (MKLDNN layouts: slower than both fast
-candidates), inductor max-autotune and C++ wrapper (no gain), NCHW-contiguous layouts on
-the CPU (channels-last was faster for every candidate). Every fast engine is checked
-against the eager module on a sample batch; a build failure or a disagreement moves on to
-the next candidate, and finally to eager, with the reasons in ``.notes``.
+A fast engine runs a copy of the model with its TF-SAME pads folded into the convolutions
+(``fold_same_padding``), always at the batch shape it was built for (a smaller batch is
+zero-padded, a larger one split), so nothing is ever re-traced or recompiled. On the CPU
+every engine runs one single-threaded worker per core (``eval.cpu_workers``).
 
-A fast engine always runs at the batch size it was built for, on one staging tensor per
-calling thread: a smaller (last) batch is zero-padded and the result sliced, a larger one
-is split, so no call ever triggers a re-trace or a recompile.
-
-"auto" rule: pick what finishes first on the device at hand. On the CPU the fast path pays
-off when ``num_images >= AUTO_MIN_IMAGES`` (break-even from measured setup cost and
-speed-up, see the constant). On CUDA the estimate is ``build + n / fast_rate`` against
-``n / eager_rate`` from the rates measured on an H100 (``CUDA_RATES``); the build time is
-the one recorded by the last fast build of the same model, device and batch when
-inductor's on-disk cache holds it (a warm cache), else the measured cold build. Unknown
-``num_images`` (an open-ended run) counts as large. ``.notes`` say which rule decided.
-
-Warm-up: on CUDA, ``prepare_engine`` runs the full batch shape and the tail batch shape
-once inside setup (lazy CUDA initialisation, allocator, and cuDNN's autotuning of each new
-shape when it is on: 9.4 s for the first 256-batch of ResNet-50 on an H100, so it is on
-only for long runs, see ``cudnn_autotune``), so the run's images/s is steady state and
-``setup_seconds`` says what the warm-up cost.
-
-Precision (``PRECISIONS``): "fp32" (default; TF32 off, the only one comparable with
-MLPerf's float32 figures), and on CUDA only "tf32" (TF32 tensor-core convolutions and
-matmuls) or "bf16" (autocast to bfloat16, logits returned as float32). Non-fp32 runs
-eager: the fast engines are verified to float32 noise, which these precisions are not.
-
-Memory format (``prefers_channels_last``), from measurement: NCHW for fp32 ResNet-50 on
-CUDA (3,393 vs 2,853 img/s channels-last on an H100), channels-last elsewhere (MobileNet
-fp32 on the H100 10,087 vs 9,736; every CPU candidate; tensor-core tf32/bf16).
+"auto" picks what should finish first: on the CPU fast from ``AUTO_MIN_IMAGES`` images; on
+CUDA by estimated time (``CUDA_RATES``, with the recorded build time when inductor's cache
+is warm). tf32 and bf16 (CUDA only) always run eager: the fast engines are verified to
+float32 noise only. Memory format: channels-last, except fp32 ResNet-50 on CUDA, where NCHW
+measured faster. On CUDA setup also runs each batch shape once (lazy init, cuDNN autotune),
+so the run's images/s is steady state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -86,18 +57,15 @@ from eval.options import ENGINES, PRECISIONS
 
 log = logging.getLogger(__name__)
 
-# Break-even for "auto" on the CPU: a fast build costs up to ~10 s (oneDNN fuser; more for
-# inductor on a cold cache) and saves ~4 ms per MobileNet image (per-core workers: eager
-# 98 img/s vs fast 153 on 2 cores, README) and ~13 ms per ResNet-50 image (18.8 vs 24.8):
-# ~2,700 images at worst; 5,000 leaves room for slower builds.
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+# Break-even for "auto" on the CPU: a fast build costs up to ~10 s and saves ~4 ms per
+# MobileNet image and ~13 ms per ResNet-50 image (README): ~2,700 images at worst.
 AUTO_MIN_IMAGES = 5000
 
-# CUDA rates for "auto" (img/s through ``python -m eval``) and the cold fast-build seconds,
-# measured on one H100 (fp32, TF32 off, batch 256, 50,000 images): ResNet-50 eager about
-# 2,300 img/s steady, inductor 3,470 after a 36.9 s compile. MobileNet's rates are the
-# whole run's: eager 50,000 images in 25.4 s wall (~2,000 img/s), fast 47.8 s of which
-# 32.6 s compile (~3,300 img/s). Other precisions and cards reuse these: what matters is
-# the order of magnitude of the break-even.
+# CUDA img/s for "auto" and the cold fast-build seconds, measured on one H100 (fp32, batch
+# 256, 50,000 images). Other precisions and cards reuse them: only the order of magnitude
+# of the break-even matters.
 CUDA_RATES = {
     "resnet50": {"eager": 2300.0, "fast": 3470.0, "build_seconds": 37.0},
     "mobilenet_v1": {"eager": 2000.0, "fast": 3300.0, "build_seconds": 33.0},
@@ -123,16 +91,15 @@ class PreparedEngine:
     device: torch.device
     rows_per_call: int  # the batch a fast engine was built for; a CPU worker's chunk
     channels_last: bool
-    forward: Callable[[torch.Tensor], torch.Tensor]
-    # Fast engines see one input tensor only: a rows_per_call-row buffer each call copies into
-    # (a few ms). Same shape, strides and tensor kind every time, so nothing is re-traced
-    # or recompiled (torch.compile guards would see a new padded tensor or an
-    # inference-mode tensor as a new input). Not re-entrant: one call at a time.
+    forward: Forward
+    # A fast engine sees one input tensor only: a rows_per_call-row buffer each call copies
+    # into. Same shape, strides and tensor kind every time, so torch.compile's guards never
+    # see a new input (a padded or inference-mode tensor would recompile).
     staging: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
     precision: str = "fp32"
-    # CPU: single-threaded workers, one per core, each running its own chunks of the batch
-    # (eval/cpu_workers.py); None runs every call on this thread with intra-op threads.
+    # CPU: one single-threaded worker per core, each running its own chunks of the batch;
+    # None runs every call on this thread with intra-op threads.
     workers: CoreWorkers | None = None
 
     @property
@@ -177,12 +144,10 @@ def configure_threads() -> int:
     """Use every core this process may run on for intra-op work; return that count."""
     cores = cores_for_this_process()
     torch.set_num_threads(cores)
-    try:
-        # Inter-op threads only matter for forked graphs; one is enough and it can only be
-        # set before the first parallel region, so a later call is silently skipped.
+    # Inter-op threads only matter for forked graphs; one is enough. It can only be set
+    # before the first parallel region, so a later call is skipped.
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
     return cores
 
 
@@ -198,21 +163,11 @@ def check_precision(precision: str, device_type: str) -> None:
         )
 
 
-def configure_cuda_precision(precision: str, autotune: bool = True) -> None:
-    """TF32 on only for "tf32"; cuDNN autotune (benchmark mode) as asked."""
-    allow = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = allow
-    torch.backends.cudnn.allow_tf32 = allow
-    torch.backends.cudnn.benchmark = autotune
-
-
 def cudnn_autotune(num_images: int | None) -> tuple[bool, str]:
     """Whether cuDNN should time every algorithm per shape (benchmark mode), and why.
 
-    Autotuning ResNet-50's shapes cost 12.3 s on an H100 (9.4 s for the 256-batch, 2.9 s
-    for the tail): more than a 50,000-image run can win back, so it is on only for runs of
-    ``CUDNN_AUTOTUNE_MIN_IMAGES`` or more (or unknown length). The environment variable
-    MLPERF_PORT_CUDNN_AUTOTUNE=1/0 overrides the rule (used to measure both).
+    Autotuning ResNet-50's shapes cost 12.3 s on an H100, more than a 50,000-image run wins
+    back. MLPERF_PORT_CUDNN_AUTOTUNE=1/0 overrides the rule.
     """
     forced = os.environ.get("MLPERF_PORT_CUDNN_AUTOTUNE")
     if forced in ("0", "1"):
@@ -226,8 +181,7 @@ def cudnn_autotune(num_images: int | None) -> tuple[bool, str]:
 
 
 def prefers_channels_last(model: str | None, device_type: str, precision: str = "fp32") -> bool:
-    """The measured faster memory format (module docstring): NCHW only for fp32 ResNet-50
-    on CUDA."""
+    """The measured faster memory format: NCHW only for fp32 ResNet-50 on CUDA."""
     return not (device_type == "cuda" and precision == "fp32" and model == "resnet50")
 
 
@@ -239,20 +193,11 @@ def choose_engine(
     model: str | None = None,
     precision: str = "fp32",
     batch_size: int | None = None,
-) -> str:
-    """Resolve ``engine`` to "eager", "fast" or "fast:<builder>" (see the module docstring)."""
-    return _resolve_engine(engine, num_images, device_type, model, precision, batch_size)[0]
-
-
-def _resolve_engine(
-    engine: str,
-    num_images: int | None,
-    device_type: str,
-    model: str | None,
-    precision: str,
-    batch_size: int | None,
 ) -> tuple[str, str | None]:
-    """``(choice, why)``; ``why`` is None unless a rule (not the caller) decided."""
+    """Resolve ``engine`` to ``("eager" | "fast" | "fast:<builder>", why)``.
+
+    ``why`` is None unless a rule (not the caller) decided.
+    """
     if engine.startswith("fast:"):
         if engine.removeprefix("fast:") not in FAST_BUILDERS:
             known = ", ".join(f"fast:{name}" for name in FAST_BUILDERS)
@@ -338,13 +283,16 @@ def warmup_batch_sizes(num_images: int | None, batch_size: int) -> list[int]:
     return sizes
 
 
-def warm_up(prepared: PreparedEngine, batch_sizes: list[int]) -> None:
-    """Run each batch shape once (cuDNN autotune, allocator, lazy init) and wait for it."""
-    example = _example_batch(max(batch_sizes, default=1), prepared.device, prepared.channels_last)
-    for rows in batch_sizes:
+def warm_up(prepared: PreparedEngine, num_images: int | None, batch_size: int) -> None:
+    """Run each batch shape once (cuDNN autotune, allocator, lazy init); note what it cost."""
+    start = time.perf_counter()
+    shapes = warmup_batch_sizes(num_images, batch_size)
+    example = _example_batch(max(shapes, default=1), prepared.device, prepared.channels_last)
+    for rows in shapes:
         prepared(example[:rows])
     if prepared.device.type == "cuda":
         torch.cuda.synchronize(prepared.device)
+    prepared.notes.append(f"warm-up of batch shapes {shapes}: {time.perf_counter() - start:.2f} s")
 
 
 def _example_batch(batch_size: int, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -356,14 +304,12 @@ def _example_batch(batch_size: int, device: torch.device, channels_last: bool) -
     return example
 
 
-def build_torchscript_freeze(
-    module: nn.Module, example: torch.Tensor
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def build_torchscript_freeze(module: nn.Module, example: torch.Tensor) -> Forward:
     """Trace at the example's shape, then freeze: constants, conv+BN folding, no Python."""
     with torch.no_grad(), warnings.catch_warnings():
         # Shape arithmetic in the TF-SAME padding becomes constants: right for a fixed shape.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # torch 2.13 marks jit.freeze deprecated; it still measured fastest here (see above).
+        # torch 2.13 marks jit.freeze deprecated; it still measured fastest here.
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(module, example, check_trace=False)
         frozen = torch.jit.freeze(traced.eval())
@@ -374,9 +320,7 @@ def build_torchscript_freeze(
     return frozen
 
 
-def build_inductor(
-    module: nn.Module, example: torch.Tensor
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def build_inductor(module: nn.Module, example: torch.Tensor) -> Forward:
     """``torch.compile`` (inductor, static shapes) with freezing: folded, fused C++ kernels.
 
     Freezing must be on while the graph compiles, which happens on the first call: that is
@@ -391,16 +335,13 @@ def build_inductor(
     return compiled
 
 
-def build_torchscript_onednn(
-    module: nn.Module, example: torch.Tensor
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def build_torchscript_onednn(module: nn.Module, example: torch.Tensor) -> Forward:
     """``build_torchscript_freeze`` with TorchScript's oneDNN Graph fuser (LLGA) on.
 
     The fuser hands whole conv + batch norm + ReLU6 chains (depthwise ones included) to
     oneDNN, as TensorFlow's oneDNN path does. The switch is process-wide, so it is on only
     while this engine runs.
     """
-
     frozen = _ONEDNN_FUSION.run(lambda: build_torchscript_freeze(module, example))
     return lambda images: _ONEDNN_FUSION.run(lambda: frozen(images))
 
@@ -434,7 +375,7 @@ class _ProcessSwitch:
 _ONEDNN_FUSION = _ProcessSwitch()
 
 
-FAST_BUILDERS: dict[str, Callable[[nn.Module, torch.Tensor], Callable]] = {
+FAST_BUILDERS: dict[str, Callable[[nn.Module, torch.Tensor], Forward]] = {
     "torchscript-freeze": build_torchscript_freeze,
     "inductor": build_inductor,
     "torchscript-onednn": build_torchscript_onednn,
@@ -522,38 +463,6 @@ def _prepend_zero_taps(conv: nn.Conv2d, taps: int) -> None:
     conv.kernel_size = tuple(grown.shape[2:])
 
 
-def _autocast_bf16(module: nn.Module, device: torch.device) -> Callable:
-    """The module under bfloat16 autocast, its logits handed back as float32."""
-
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            return module(images).float()
-
-    return forward
-
-
-def _eager_engine(
-    module: nn.Module,
-    device: torch.device,
-    batch_size: int,
-    channels_last: bool,
-    setup_seconds: float,
-    notes: list[str],
-    precision: str = "fp32",
-) -> PreparedEngine:
-    forward = _autocast_bf16(module, device) if precision == "bf16" else module
-    return PreparedEngine(
-        name="eager",
-        setup_seconds=setup_seconds,
-        device=device,
-        rows_per_call=batch_size,
-        channels_last=channels_last,
-        forward=forward,
-        notes=notes,
-        precision=precision,
-    )
-
-
 def prepare_engine(
     module: nn.Module,
     engine: str = "auto",
@@ -569,49 +478,57 @@ def prepare_engine(
     precision: str = "fp32",
     warmup: bool | None = None,
 ) -> PreparedEngine:
-    """Build the engine that runs ``module`` (by default a copy: the original is not modified).
+    """Build the engine that runs ``module`` (a copy unless ``copy_module=False``).
 
-    ``engine``: "eager", "fast" (always the default fast builder, unless it fails to build
-    or to verify, then eager with the reason in ``.notes``), "fast:<builder>" for one of
-    ``FAST_BUILDERS``, or "auto" (module docstring: by device, model and ``num_images``).
-    Each fast candidate is checked against the eager module on ``verify_sample`` (a real
-    NCHW batch is best; default: up to 8 synthetic images) unless ``verify=False``.
-    ``channels_last=None`` takes the measured format for ``model`` on ``device``;
-    ``warmup=None`` warms up (inside ``setup_seconds``) on CUDA only, where cuDNN autotunes.
+    ``engine``: "eager", "fast", "fast:<builder>" or "auto" (module docstring). Fast
+    candidates must match eager on ``verify_sample`` (default: 8 synthetic images) unless
+    ``verify=False``. ``None``: the measured ``channels_last``; ``warmup`` on CUDA only.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     start = time.perf_counter()
     device = torch.device(device)
     check_precision(precision, device.type)
-    chosen, why = _resolve_engine(engine, num_images, device.type, model, precision, batch_size)
+    chosen, why = choose_engine(engine, num_images, device_type=device.type, model=model,
+                                precision=precision, batch_size=batch_size)  # fmt: skip
     notes = [f"requested {engine!r}", *([why] if why else [])]
     if channels_last is None:
         channels_last = prefers_channels_last(model, device.type, precision)
-    notes.append(f"{precision}, {'channels-last' if channels_last else 'NCHW'}")
-    workers, chunk = _configure_device(device, batch_size, num_images, precision, notes)
-    # The caller's module is left untouched unless it hands it over (copy_module=False).
     eager_module = (copy.deepcopy(module) if copy_module else module).eval().to(device)
-    if channels_last:
-        eager_module = eager_module.to(memory_format=torch.channels_last)
-    if chosen == "eager":
-        prepared = _eager_engine(eager_module, device, chunk, channels_last, 0.0, notes,
-                                 precision)  # fmt: skip
-    else:
-        with single_threaded() if workers else contextlib.nullcontext():
-            prepared = _build_fast(eager_module, chosen, device, chunk, channels_last,
-                                   notes, verify, verify_sample, workers)  # fmt: skip
+    prepared = _eager_engine(
+        eager_module, device, batch_size, num_images, channels_last, precision, notes
+    )
+    if chosen != "eager":
+        with single_threaded() if prepared.workers else contextlib.nullcontext():
+            prepared = _build_fast(prepared, chosen, verify, verify_sample)
         if prepared.is_fast:
             record_build_seconds(model, device.type, batch_size, time.perf_counter() - start)
-    prepared.workers = workers
     if device.type == "cuda" if warmup is None else warmup:
-        shapes = warmup_batch_sizes(num_images, batch_size)
-        warm_start = time.perf_counter()
-        warm_up(prepared, shapes)
-        notes.append(f"warm-up of batch shapes {shapes}: {time.perf_counter() - warm_start:.2f} s")
+        warm_up(prepared, num_images, batch_size)
     prepared.setup_seconds = time.perf_counter() - start
     log.info("engine %s ready in %.1f s", prepared.name, prepared.setup_seconds)
     return prepared
+
+
+def _autocast_bf16(module: nn.Module, device: torch.device) -> Callable:
+    """The module under bfloat16 autocast, its logits handed back as float32."""
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return module(images).float()
+
+    return forward
+
+
+def _eager_engine(module, device, batch_size, num_images, channels_last, precision, notes):
+    """The eager engine of ``module`` (already on ``device``), with its threads or workers."""
+    notes.append(f"{precision}, {'channels-last' if channels_last else 'NCHW'}")
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    workers, chunk = _configure_device(device, batch_size, num_images, precision, notes)
+    forward = _autocast_bf16(module, device) if precision == "bf16" else module
+    return PreparedEngine("eager", 0.0, device, chunk, channels_last, forward, notes=notes,
+                          precision=precision, workers=workers)  # fmt: skip
 
 
 def _configure_device(device, batch_size, num_images, precision, notes):
@@ -619,7 +536,9 @@ def _configure_device(device, batch_size, num_images, precision, notes):
     ``(workers or None, rows per engine call)``."""
     if device.type == "cuda":
         autotune, why_tune = cudnn_autotune(num_images)
-        configure_cuda_precision(precision, autotune)
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.benchmark = autotune
         notes.append(why_tune)
     if device.type != "cpu":
         return None, batch_size
@@ -633,23 +552,15 @@ def _configure_device(device, batch_size, num_images, precision, notes):
 
 
 def _build_fast(
-    eager_module: nn.Module,
-    chosen: str,
-    device: torch.device,
-    batch_size: int,
-    channels_last: bool,
-    notes: list[str],
-    verify: bool,
-    verify_sample: torch.Tensor | None,
-    workers: CoreWorkers | None,
+    eager: PreparedEngine, chosen: str, verify: bool, verify_sample: torch.Tensor | None
 ) -> PreparedEngine:
-    """The first fast builder that builds and matches eager; else eager, with reasons.
-
-    With CPU ``workers`` the candidates are verified through them, as they will run.
-    """
+    """The first fast builder that builds and matches ``eager`` (run as it will run, through
+    the CPU workers); else ``eager``, with the reasons in the notes."""
+    device, channels_last, notes = eager.device, eager.channels_last, eager.notes
+    eager_module = eager.forward  # the module itself: fast engines are fp32 only
     default_order = CUDA_FAST_BUILDER_ORDER if device.type == "cuda" else FAST_BUILDER_ORDER
     builders = (chosen.removeprefix("fast:"),) if ":" in chosen else default_order
-    example = _example_batch(batch_size, device, channels_last)
+    example = _example_batch(eager.rows_per_call, device, channels_last)
     sample = _example_batch(8, device, channels_last) if verify_sample is None else verify_sample
     # The fast engines run a copy with symmetric pads folded into the convs; eager (the
     # reference they are verified against) stays the converted module as it is.
@@ -657,35 +568,24 @@ def _build_fast(
     if folded := fold_same_padding(fast_module, example):
         notes.append(f"{folded} TF-SAME pads folded into their convolutions")
     for builder_name in builders:
+        name = f"fast:{builder_name}"
         try:
             forward = FAST_BUILDERS[builder_name](fast_module, example)
         except Exception as err:  # any build failure (tracing, compiler missing, ...)
             first_line = (str(err).strip().splitlines() or [""])[0][:300]
-            reason = f"fast:{builder_name} failed to build ({type(err).__name__}: {first_line})"
-            log.warning(reason)
-            notes.append(reason)
-            continue
-        prepared = PreparedEngine(
-            name=f"fast:{builder_name}",
-            setup_seconds=0.0,
-            device=device,
-            rows_per_call=batch_size,
-            channels_last=channels_last,
-            forward=forward,
-            staging=example,
-            notes=notes,
-            workers=workers,
-        )
-        problem = check_against_eager(prepared, eager_module, sample) if verify else None
-        if problem is None:
-            if verify:
-                notes.append(f"{prepared.name} verified against eager on {len(sample)} images")
-            return prepared
-        reason = f"fast:{builder_name} disagrees with eager ({problem})"
-        log.warning(reason)
-        notes.append(reason)
+            problem = f"{name} failed to build ({type(err).__name__}: {first_line})"
+        else:
+            prepared = dataclasses.replace(eager, name=name, forward=forward, staging=example)
+            problem = check_against_eager(prepared, eager_module, sample) if verify else None
+            if problem is None:
+                if verify:
+                    notes.append(f"{name} verified against eager on {len(sample)} images")
+                return prepared
+            problem = f"{name} disagrees with eager ({problem})"
+        log.warning(problem)
+        notes.append(problem)
     notes.append("using eager")
-    return _eager_engine(eager_module, device, batch_size, channels_last, 0.0, notes)
+    return eager
 
 
 def compare_logits(

@@ -109,13 +109,13 @@ def test_eager_engine_is_the_module_itself():
 
 
 def test_auto_picks_eager_for_small_runs_and_fast_for_large():
-    assert choose_engine("auto", 50) == "eager"
-    assert choose_engine("auto", AUTO_MIN_IMAGES - 1) == "eager"
-    assert choose_engine("auto", AUTO_MIN_IMAGES) == "fast"
-    assert choose_engine("auto", None) == "fast"
-    assert choose_engine("eager", 10**6) == "eager"
-    assert choose_engine("fast", 1) == "fast"
-    assert choose_engine("fast:inductor", 1) == "fast:inductor"
+    assert choose_engine("auto", 50)[0] == "eager"
+    assert choose_engine("auto", AUTO_MIN_IMAGES - 1)[0] == "eager"
+    assert choose_engine("auto", AUTO_MIN_IMAGES)[0] == "fast"
+    assert choose_engine("auto", None)[0] == "fast"
+    assert choose_engine("eager", 10**6)[0] == "eager"
+    assert choose_engine("fast", 1)[0] == "fast"
+    assert choose_engine("fast:inductor", 1)[0] == "fast:inductor"
     with pytest.raises(ValueError, match="unknown engine"):
         choose_engine("turbo", 10)
     with pytest.raises(ValueError, match="unknown fast engine"):
