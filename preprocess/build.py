@@ -82,6 +82,7 @@ from preprocess.workers import RangeProcessor, run_ranges
 log = logging.getLogger(__name__)
 
 MAX_CHUNK = 32  # images per task: small enough for a fine-grained journal and progress bar
+COPY_ROWS = 256  # rows per bulk copy between memmaps
 CROP_BYTES = int(np.prod(CROP_SHAPE))
 PER_IMAGE_BYTES = CROP_BYTES + DIGEST_SIZE + 8 * SIGNATURE_WIDTH
 
@@ -130,25 +131,31 @@ class BuildSummary(Record):
 # ---------------------------------------------------------------- journal and partial files
 
 
-def _journal_key(config: dict, listing: Listing) -> str:
-    """What the rows of a partial build are: recipe settings and the listed names, in order."""
-    return config_key({"config": config, "files": listing.files})
+def _journal_header(cache_dir: Path) -> tuple[str | None, list[str]]:
+    """(build key, range lines) of ``journal.txt``; (None, []) when it is absent or not ours."""
+    try:
+        first, *lines = (cache_dir / JOURNAL_NAME).read_text().split("\n")
+        header = json.loads(first)
+    except (OSError, ValueError):
+        return None, []
+    return (header.get("build_key") if isinstance(header, dict) else None), lines
 
 
 def _read_journal(cache_dir: Path, key: str, signatures: np.ndarray) -> np.ndarray | None:
     """Rows finished by an interrupted build with this key whose files kept their
     signature (bool mask), or None when there is nothing to resume."""
     count = len(signatures)
+    build_key, lines = _journal_header(cache_dir)
+    if build_key is None:
+        return None
     try:
-        lines = (cache_dir / JOURNAL_NAME).read_text().split("\n")
-        header = json.loads(lines[0])
         images = np.load(cache_dir / PARTIAL_IMAGES_NAME, mmap_mode="r")
         digests = np.load(cache_dir / PARTIAL_DIGESTS_NAME, mmap_mode="r")
         cropped_from = np.load(cache_dir / PARTIAL_SIGNATURES_NAME)
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError):
         return None
     if (
-        header.get("build_key") != key
+        build_key != key
         or images.shape != (count, *CROP_SHAPE)
         or digests.shape != (count, DIGEST_SIZE)
         or cropped_from.shape != signatures.shape
@@ -156,35 +163,13 @@ def _read_journal(cache_dir: Path, key: str, signatures: np.ndarray) -> np.ndarr
         log.info("discarding an unfinished build in %s made with other settings", cache_dir)
         return None
     finished = np.zeros(count, dtype=bool)
-    for line in lines[1:-1]:  # the last element follows the final newline: maybe torn
+    for line in lines[:-1]:  # the last element follows the final newline: maybe torn
         parts = line.split()
         if len(parts) == 2 and all(p.isdigit() for p in parts):
             start, stop = int(parts[0]), int(parts[1])
             if 0 <= start < stop <= count:
                 finished[start:stop] = True
     return finished & (cropped_from == signatures).all(axis=1)
-
-
-def _start_partial(
-    cache_dir: Path,
-    key: str,
-    signatures: np.ndarray,
-    digests: np.ndarray,
-    adopt_images: bool,
-) -> None:
-    """Create the partial files, then the journal that makes them resumable.
-
-    ``adopt_images``: the finished images.npy becomes the partial file (rows unchanged).
-    """
-    count = len(signatures)
-    if adopt_images:
-        os.replace(cache_dir / IMAGES_NAME, cache_dir / PARTIAL_IMAGES_NAME)
-    else:
-        with atomic_path(cache_dir / PARTIAL_IMAGES_NAME) as tmp:
-            _create_reserved_npy(tmp, (count, *CROP_SHAPE), f"{count} crops")
-    save_npy_atomic(cache_dir / PARTIAL_DIGESTS_NAME, digests)
-    save_npy_atomic(cache_dir / PARTIAL_SIGNATURES_NAME, signatures)
-    write_text_atomic(cache_dir / JOURNAL_NAME, json.dumps({"build_key": key}) + "\n")
 
 
 def _create_reserved_npy(path: Path, shape: tuple, what: str) -> None:
@@ -198,22 +183,14 @@ def _create_reserved_npy(path: Path, shape: tuple, what: str) -> None:
             os.posix_fallocate(fd, 0, size)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _disk_full(path.parent, f"{what} ({_megabytes(size)})") from None
+                raise _disk_full(path.parent, f"{what} ({size / 1e6:,.1f} MB)") from None
             if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
-            _write_zeros(fd, size)  # no fallocate here: allocate by writing
+            block = bytes(1 << 20)  # no fallocate here: allocate by writing zeros
+            for offset in range(0, size, len(block)):
+                os.pwrite(fd, block[: size - offset], offset)
     finally:
         os.close(fd)
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:,.1f} MB"
-
-
-def _write_zeros(fd: int, size: int) -> None:
-    block = bytes(1 << 20)
-    for offset in range(0, size, len(block)):
-        os.pwrite(fd, block[: min(len(block), size - offset)], offset)
 
 
 def _disk_full(folder: Path, what: str) -> UserError:
@@ -229,12 +206,18 @@ def _remove_partial(cache_dir: Path) -> None:
         (cache_dir / name).unlink(missing_ok=True)
 
 
-def _pending_tasks(finished: np.ndarray, chunk: int) -> list[tuple[int, int]]:
-    """Ranges of at most ``chunk`` consecutive unfinished rows."""
-    tasks = []
-    for start, stop in _runs(~finished):
-        tasks.extend((a, min(a + chunk, stop)) for a in range(start, stop, chunk))
-    return tasks
+def _copy_rows(source: Path, target: Path, target_rows: np.ndarray, source_rows: np.ndarray):
+    """``target[target_rows] = source[source_rows]`` between two .npy files, in blocks."""
+    old = np.load(source, mmap_mode="r")
+    new = np.load(target, mmap_mode="r+")
+    for j in range(0, len(target_rows), COPY_ROWS):
+        new[target_rows[j : j + COPY_ROWS]] = old[source_rows[j : j + COPY_ROWS]]
+    new.flush()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -244,15 +227,14 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts, stops, strict=True))
 
 
-def _good_ranges(start: int, stop: int, bad: list[tuple[int, str]]) -> list[tuple[int, int]]:
-    ranges, begin = [], start
-    for index in sorted(i for i, _ in bad):
-        if index > begin:
-            ranges.append((begin, index))
-        begin = index + 1
-    if begin < stop:
-        ranges.append((begin, stop))
-    return ranges
+def _pending_tasks(finished: np.ndarray, workers: int) -> list[tuple[int, int]]:
+    """Ranges of consecutive unfinished rows: at least ~8 per worker so the load balances,
+    at most MAX_CHUNK rows each."""
+    chunk = max(1, min(MAX_CHUNK, -(-int((~finished).sum()) // (workers * 8))))
+    tasks = []
+    for start, stop in _runs(~finished):
+        tasks.extend((a, min(a + chunk, stop)) for a in range(start, stop, chunk))
+    return tasks
 
 
 # ---------------------------------------------------------------- checks before any work
@@ -268,11 +250,6 @@ def build_config(profile: ModelProfile, listing: Listing) -> dict:
     }
 
 
-def _changed_fields(old: dict, new: dict) -> str:
-    names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(names) or "build settings"
-
-
 def _bad_images_error(listing: Listing, bad: list[tuple[int, str]], from_manifest=False):
     index, reason = min(bad)
     first = listing.root / listing.files[index]
@@ -284,16 +261,6 @@ def _bad_images_error(listing: Listing, bad: list[tuple[int, str]], from_manifes
     )
 
 
-def _check_files(listing: Listing, indices: list[int]) -> list[tuple[int, str]]:
-    """Re-check files a finished cache left out; (index, reason) for those still bad."""
-    bad = []
-    for i in indices:
-        _, reason = decode(str(listing.root / listing.files[i]))
-        if reason is not None:
-            bad.append((i, reason))
-    return bad
-
-
 def _check_cache_dir(cache_dir: Path, data_root: Path) -> None:
     """Refuse a cache dir that is (or holds) the data, or holds files we did not write."""
     cache, data = cache_dir.resolve(), data_root.resolve()
@@ -303,29 +270,18 @@ def _check_cache_dir(cache_dir: Path, data_root: Path) -> None:
             f"cache dir {cache_dir} {relation} the data dir {data_root}: give the cache a "
             f"folder of its own"
         )
-    if not cache_dir.is_dir() or _holds_our_cache(cache_dir):
+    if not cache_dir.is_dir():
         return
+    if read_manifest(cache_dir) is not None or _journal_header(cache_dir)[0] is not None:
+        return  # a cache, finished or not, that we wrote
     for entry in sorted(os.listdir(cache_dir)):
-        if entry != LOCK_NAME and not _is_our_temporary(entry):
+        # Besides the lock, only ``.NAME.XXXX.tmp`` as core.files.atomic_path names them.
+        ours = entry.endswith(".tmp") and any(entry.startswith(f".{n}.") for n in OWN_NAMES)
+        if entry != LOCK_NAME and not ours:
             raise UserError(
                 f"cache dir {cache_dir} holds {entry}, which preprocess did not write: "
                 f"choose an empty or new folder for the cache"
             )
-
-
-def _holds_our_cache(cache_dir: Path) -> bool:
-    if read_manifest(cache_dir) is not None:
-        return True
-    try:
-        header = json.loads((cache_dir / JOURNAL_NAME).read_text().split("\n")[0])
-    except (OSError, ValueError):
-        return False
-    return isinstance(header, dict) and "build_key" in header
-
-
-def _is_our_temporary(entry: str) -> bool:
-    """``.NAME.XXXX.tmp`` as core.files.atomic_path names them, for one of our NAMEs."""
-    return entry.endswith(".tmp") and any(entry.startswith(f".{n}.") for n in OWN_NAMES)
 
 
 def _prepare_cache_dir(cache_dir: Path) -> None:
@@ -389,70 +345,64 @@ class _Build:
         self.profile, self.listing, self.cache_dir = profile, listing, cache_dir
         self.workers, self.skip_bad, self.quiet, self.started = workers, skip_bad, quiet, started
         self.config = build_config(profile, listing)
-        self.key = _journal_key(self.config, listing)
+        # What the rows of a partial build are: recipe settings and the listed names, in order.
+        self.key = config_key({"config": self.config, "files": listing.files})
         self.signatures = np.zeros((0, SIGNATURE_WIDTH), dtype=np.int64)
 
     def run(self, force: bool) -> BuildSummary:
+        """Resume, update or confirm what the cache dir holds; start over when none applies."""
         if removed := remove_stale_temporaries(self.cache_dir):
             log.info("removed %d temporary file(s) an interrupted run left", removed)
         self.signatures = stat_listing(self.listing)
         manifest = read_manifest(self.cache_dir)
         if force:
             log.info("--force: re-cropping every image into %s", self.cache_dir)
-            return self._fresh()
-        if manifest and manifest.get("complete"):
-            if manifest["config"] == self.config:
-                previous = load_previous(self.cache_dir, manifest, self.workers)
-                if previous is not None:
-                    return self._update(manifest, previous)
-            else:
+        elif manifest and manifest.get("complete"):
+            if manifest["config"] != self.config:
+                old = {k: manifest["config"].get(k) for k in self.config}
+                changed = sorted(k for k in self.config if old[k] != self.config[k])
                 log.info(
                     "rebuilding the cache in %s: %s changed since it was built",
                     self.cache_dir,
-                    _changed_fields(
-                        {k: manifest["config"].get(k) for k in self.config}, self.config
-                    ),
+                    ", ".join(changed) or "build settings",
                 )
-            return self._fresh()
-        finished = _read_journal(self.cache_dir, self.key, self.signatures)
-        if finished is None:
-            return self._fresh()
-        if finished.any():
-            log.info(
-                "resuming: %d of %d images already done in %s",
-                finished.sum(),
-                len(finished),
-                self.cache_dir,
-            )
-        return self._crop_and_finish(finished, {}, changes=None, damage_text="")
-
-    # -- the three ways in: from scratch, from a finished cache, (resume is above)
+            elif (previous := load_previous(self.cache_dir, manifest, self.workers)) is not None:
+                return self._update(manifest, previous)
+        elif (finished := _read_journal(self.cache_dir, self.key, self.signatures)) is not None:
+            if finished.any():
+                log.info(
+                    "resuming: %d of %d images already done in %s",
+                    finished.sum(),
+                    len(finished),
+                    self.cache_dir,
+                )
+            return self._crop_and_finish(finished)
+        return self._fresh()
 
     def _fresh(self) -> BuildSummary:
         count = len(self.listing)
         for name in (MANIFEST_NAME, IMAGES_NAME, DIGESTS_NAME, LABELS_NAME, DAMAGED_NAME):
             (self.cache_dir / name).unlink(missing_ok=True)  # manifest first: no stale reads
-        _remove_partial(self.cache_dir)
-        check_free_space(self.cache_dir, count * PER_IMAGE_BYTES, f"{count} crops")
-        self._write_incomplete_manifest(done=0)
         digests = np.zeros((count, DIGEST_SIZE), dtype=np.uint8)
-        _start_partial(self.cache_dir, self.key, self.signatures, digests, adopt_images=False)
-        finished = np.zeros(count, dtype=bool)
-        return self._crop_and_finish(finished, {}, changes=None, damage_text="")
+        self._start_partial(digests, count * PER_IMAGE_BYTES, done=0, adopt_images=False)
+        return self._crop_and_finish(np.zeros(count, dtype=bool))
 
     def _update(self, manifest: dict, previous: PreviousCache) -> BuildSummary:
         plan = make_plan(self.listing, self.signatures, previous, self.skip_bad)
         if plan.recheck:
-            if still_bad := _check_files(self.listing, plan.recheck):
+            still_bad = [(i, r) for i in plan.recheck if (r := self._unreadable(i)) is not None]
+            if still_bad:
                 raise _bad_images_error(self.listing, still_bad, from_manifest=True)
             log.info("files left out by --skip-bad are readable now: adding them to the cache")
-            plan.added += len(plan.recheck)
-        changes = {key: getattr(plan, key) for key in ("changed", "added", "removed", "damaged")}
+            plan.changes["added"] += len(plan.recheck)
         if plan.same_rows(previous):
             return self._same_crops(manifest, previous, plan)
-        return self._rebuild_from(previous, plan, changes)
+        return self._rebuild_from(previous, plan)
 
-    def _rebuild_from(self, previous: PreviousCache, plan: Plan, changes: dict):
+    def _unreadable(self, index: int) -> str | None:
+        return decode(str(self.listing.root / self.listing.files[index]))[1]
+
+    def _rebuild_from(self, previous: PreviousCache, plan: Plan) -> BuildSummary:
         count = len(self.listing)
         reused = plan.sources >= 0
         digests = np.zeros((count, DIGEST_SIZE), dtype=np.uint8)
@@ -462,18 +412,39 @@ class _Build:
             and not plan.kept_bad
             and os.access(self.cache_dir / IMAGES_NAME, os.W_OK)
         )
-        extra = 0 if in_place else count * CROP_BYTES
-        metadata = 2 * count * (PER_IMAGE_BYTES - CROP_BYTES)
-        check_free_space(self.cache_dir, extra + metadata, f"{count} crops")
-        self._write_incomplete_manifest(done=int(reused.sum()))
-        _remove_partial(self.cache_dir)
-        _start_partial(self.cache_dir, self.key, self.signatures, digests, adopt_images=in_place)
+        # The old digests and signatures stay until the end, beside the new ones.
+        needed = (0 if in_place else count * CROP_BYTES) + 2 * count * (
+            PER_IMAGE_BYTES - CROP_BYTES
+        )
+        self._start_partial(digests, needed, done=int(reused.sum()), adopt_images=in_place)
         if not in_place:
-            self._copy_rows(plan.sources)
-        self._journal(_runs(reused))
-        return self._crop_and_finish(reused, plan.kept_bad, changes, previous.damage_text)
+            log.info("copying %d unchanged crops in %s", reused.sum(), self.cache_dir)
+            rows = np.flatnonzero(reused)
+            partial = self.cache_dir / PARTIAL_IMAGES_NAME
+            _copy_rows(self.cache_dir / IMAGES_NAME, partial, rows, plan.sources[rows])
+        with open(self.cache_dir / JOURNAL_NAME, "a") as journal:
+            journal.write("".join(f"{a} {b}\n" for a, b in _runs(reused)))
+        return self._crop_and_finish(reused, plan.kept_bad, plan.changes, previous.damage_text)
 
-    def _same_crops(self, manifest: dict, previous: PreviousCache, plan: Plan):
+    def _start_partial(self, digests, needed_bytes: int, done: int, adopt_images: bool):
+        """Create the partial files, then the journal that makes them resumable.
+
+        ``adopt_images``: the finished images.npy becomes the partial file (rows unchanged).
+        """
+        cache_dir, count = self.cache_dir, len(self.listing)
+        _remove_partial(cache_dir)
+        check_free_space(cache_dir, needed_bytes, f"{count} crops")
+        self._write_manifest(count, done)
+        if adopt_images:
+            os.replace(cache_dir / IMAGES_NAME, cache_dir / PARTIAL_IMAGES_NAME)
+        else:
+            with atomic_path(cache_dir / PARTIAL_IMAGES_NAME) as tmp:
+                _create_reserved_npy(tmp, (count, *CROP_SHAPE), f"{count} crops")
+        save_npy_atomic(cache_dir / PARTIAL_DIGESTS_NAME, digests)
+        save_npy_atomic(cache_dir / PARTIAL_SIGNATURES_NAME, self.signatures)
+        write_text_atomic(cache_dir / JOURNAL_NAME, json.dumps({"build_key": self.key}) + "\n")
+
+    def _same_crops(self, manifest: dict, previous: PreviousCache, plan: Plan) -> BuildSummary:
         """No crop to redo: rewrite only what changed around them (labels, the list of
         files left out, images.npy's recorded stat after a move); often nothing at all."""
         kept = plan.kept
@@ -492,50 +463,24 @@ class _Build:
             save_npy_atomic(self.cache_dir / LABELS_NAME, labels)
             save_npy_atomic(self.cache_dir / SIGNATURES_NAME, self.signatures[kept])
         if not unchanged or previous.images_stat != manifest.get("images_stat"):
-            self._write_complete_manifest(len(labels), skipped, fingerprint)
-        return self._summary(
-            len(labels), 0, skipped, fingerprint, already_complete=unchanged, changes=None
-        )
+            self._write_manifest(len(labels), len(labels), skipped, fingerprint)
+        return self._summary(len(labels), skipped, fingerprint, already_complete=unchanged)
 
-    def _copy_rows(self, sources: np.ndarray) -> None:
-        """Copy reused crops from the finished images.npy into the new partial file."""
-        reused = np.flatnonzero(sources >= 0)
-        log.info("copying %d unchanged crops in %s", len(reused), self.cache_dir)
-        old = np.load(self.cache_dir / IMAGES_NAME, mmap_mode="r")
-        new = np.load(self.cache_dir / PARTIAL_IMAGES_NAME, mmap_mode="r+")
-        for j in range(0, len(reused), 256):
-            rows = reused[j : j + 256]
-            new[rows] = old[sources[rows]]
-        new.flush()
-        del new, old
-
-    def _journal(self, ranges: list[tuple[int, int]]) -> None:
-        with open(self.cache_dir / JOURNAL_NAME, "a") as journal:
-            journal.write("".join(f"{a} {b}\n" for a, b in ranges))
-
-    def _write_incomplete_manifest(self, done: int) -> None:
-        write_manifest(self.cache_dir, self._manifest(len(self.listing), [], done=done))
-
-    def _write_complete_manifest(self, count: int, skipped: list, fingerprint: str) -> None:
-        manifest = self._manifest(count, skipped, done=count)
-        manifest.update(
-            complete=True,
-            fingerprint=fingerprint,
-            images_stat=file_stat(self.cache_dir / IMAGES_NAME),
-        )
-        write_manifest(self.cache_dir, manifest)
-
-    def _manifest(self, count: int, skipped: list, done: int) -> dict:
-        return {
+    def _write_manifest(self, count: int, done: int, skipped=(), fingerprint=None) -> None:
+        """Without ``fingerprint``: a build in progress. With it: the finished cache."""
+        manifest = {
             "format_version": FORMAT_VERSION,
             "config": self.config,
             "listing_source": self.listing.source,
             "count": count,
             "done": done,
-            "skipped": skipped,
-            "complete": False,
-            "fingerprint": None,
+            "skipped": list(skipped),
+            "complete": fingerprint is not None,
+            "fingerprint": fingerprint,
         }
+        if fingerprint is not None:
+            manifest["images_stat"] = file_stat(self.cache_dir / IMAGES_NAME)
+        write_manifest(self.cache_dir, manifest)
 
     def _skipped_entries(self, bad: list[tuple[int, str]]) -> list[dict]:
         return [
@@ -547,7 +492,9 @@ class _Build:
             for i, reason in bad
         ]
 
-    def _summary(self, count, processed, skipped, fingerprint, *, already_complete, changes):
+    def _summary(
+        self, count, skipped, fingerprint, processed=0, changes=None, already_complete=False
+    ):
         return BuildSummary(
             model_name=self.profile.name,
             cache_dir=self.cache_dir,
@@ -562,11 +509,12 @@ class _Build:
 
     # -- cropping and finishing
 
-    def _crop_and_finish(self, finished, kept_bad: dict, changes, damage_text: str):
+    def _crop_and_finish(self, finished, kept_bad=None, changes=None, damage_text=""):
         """Crop every row not ``finished`` and not in ``kept_bad``, then finish the cache."""
+        kept_bad = kept_bad or {}
         skip = finished.copy()
         skip[list(kept_bad)] = True
-        tasks = _pending_tasks(skip, _chunk_size(int((~skip).sum()), self.workers))
+        tasks = _pending_tasks(skip, self.workers)
         bad = self._run_tasks(tasks, initial=int(skip.sum()))
         if bad and not self.skip_bad:
             raise _bad_images_error(self.listing, bad)
@@ -578,9 +526,7 @@ class _Build:
         if skipped:
             log.warning("left out %d unreadable image(s), listed in the manifest", len(skipped))
         processed = sum(stop - start for start, stop in tasks)
-        return self._summary(
-            count, processed, skipped, fingerprint, already_complete=False, changes=changes
-        )
+        return self._summary(count, skipped, fingerprint, processed, changes)
 
     def _run_tasks(self, tasks: list[tuple[int, int]], initial: int) -> list[tuple[int, str]]:
         """Run the tasks on worker threads, journaling finished ranges; return the bad files."""
@@ -589,33 +535,29 @@ class _Build:
             return bad
         workers = min(self.workers, len(tasks))
         todo = sum(stop - start for start, stop in tasks)
+        name, cache_dir = self.profile.name, self.cache_dir
         log.info(
             "preprocessing %d images for %s into %s with %d thread(s)",
             todo,
-            self.profile.name,
-            self.cache_dir,
+            name,
+            cache_dir,
             workers,
         )
-        processor = RangeProcessor(
-            partial=str(self.cache_dir / PARTIAL_IMAGES_NAME),
-            digests=str(self.cache_dir / PARTIAL_DIGESTS_NAME),
-            root=str(self.listing.root),
-            files=self.listing.files,
-            profile=self.profile,
-        )
+        processor = RangeProcessor(cache_dir, self.listing, self.profile)
         bar = tqdm(
             total=len(self.listing),
             initial=initial,
             unit="img",
-            desc=f"preprocess {self.profile.name}",
+            desc=f"preprocess {name}",
             disable=self.quiet,
             dynamic_ncols=True,
         )
-        with bar, open(self.cache_dir / JOURNAL_NAME, "a") as journal:
+        with bar, open(cache_dir / JOURNAL_NAME, "a") as journal:
 
             def record(start: int, stop: int, chunk_bad: list) -> None:
-                for a, b in _good_ranges(start, stop, chunk_bad):
-                    journal.write(f"{a} {b}\n")
+                good = np.ones(stop - start, dtype=bool)
+                good[[i - start for i, _ in chunk_bad]] = False
+                journal.write("".join(f"{start + a} {start + b}\n" for a, b in _runs(good)))
                 journal.flush()  # one write(2) per task: survives a kill of this process
                 bad.extend(chunk_bad)
                 bar.update(stop - start)
@@ -643,7 +585,7 @@ class _Build:
             self._write_metadata(digests, labels, names, keep)
             _fsync(partial)
             os.replace(partial, cache_dir / IMAGES_NAME)
-        self._write_complete_manifest(len(keep), skipped, fingerprint)
+        self._write_manifest(len(keep), len(keep), skipped, fingerprint)
         _remove_partial(cache_dir)
         return len(keep), fingerprint
 
@@ -658,23 +600,5 @@ def _compact(partial: Path, out_path: Path, keep: np.ndarray) -> None:
     """Copy rows ``keep`` of the partial file into ``out_path``, its space reserved first."""
     check_free_space(out_path.parent, len(keep) * CROP_BYTES, f"the {len(keep)} readable crops")
     _create_reserved_npy(out_path, (len(keep), *CROP_SHAPE), f"{len(keep)} crops")
-    source = np.load(partial, mmap_mode="r")
-    out = np.load(out_path, mmap_mode="r+")
-    for j in range(0, len(keep), 256):
-        out[j : j + 256] = source[keep[j : j + 256]]
-    out.flush()
-    del out, source
+    _copy_rows(partial, out_path, np.arange(len(keep)), keep)
     _fsync(out_path)
-
-
-def _chunk_size(count: int, workers: int) -> int:
-    # At least ~8 tasks per worker so the load balances, at most MAX_CHUNK per task.
-    return max(1, min(MAX_CHUNK, -(-count // (workers * 8))))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

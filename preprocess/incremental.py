@@ -130,17 +130,14 @@ def _verify_all(images: np.ndarray, digests: np.ndarray, workers: int, cache_dir
     """images.npy was written to since the build: check every crop against its digest."""
     log.warning("%s changed since it was built: checking every crop", cache_dir / IMAGES_NAME)
 
-    def check(start: int) -> np.ndarray:
-        stop = min(start + 256, len(images))
-        return np.array(
-            [crop_digest(np.ascontiguousarray(images[i])) != digests[i].tobytes()
-             for i in range(start, stop)],
-            dtype=bool,
-        )  # fmt: skip
+    def check(start: int) -> list[bool]:
+        rows = images[start : start + 256]
+        return [crop_digest(np.ascontiguousarray(row)) != digests[i].tobytes()
+                for i, row in enumerate(rows, start)]  # fmt: skip
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        parts = list(pool.map(check, range(0, len(images), 256)))
-    damaged = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+        parts = pool.map(check, range(0, len(images), 256))
+        damaged = np.array([bad for part in parts for bad in part], dtype=bool)
     if damaged.any():
         log.warning("%d crop(s) in %s no longer match their digest", damaged.sum(), cache_dir)
     return damaged
@@ -154,10 +151,7 @@ class Plan:
     sources: np.ndarray  # int64 (M,)
     kept_bad: dict[int, str]  # listing index -> reason
     recheck: list[int]  # left out before, unchanged, and --skip-bad not given
-    changed: int
-    added: int
-    removed: int
-    damaged: int
+    changes: dict[str, int]  # how many files changed, were added or removed, rows damaged
 
     @property
     def kept(self) -> np.ndarray:
@@ -198,4 +192,5 @@ def make_plan(
             recheck.append(i)
     listed = set(listing.files)
     removed = sum(1 for name in [*previous.files, *previous.skipped] if name not in listed)
-    return Plan(sources, kept_bad, recheck, changed, added, removed, int(damaged.sum()))
+    changes = dict(changed=changed, added=added, removed=removed, damaged=int(damaged.sum()))
+    return Plan(sources, kept_bad, recheck, changes)

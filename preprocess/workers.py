@@ -2,24 +2,26 @@
 
 Threads, not processes: ``cv2.imread`` and ``cv2.resize`` release the GIL, so worker
 threads use every core, with no start-up cost (a fresh worker process spends ~0.3 s
-importing numpy and cv2, which dominated builds of a few hundred images), no fork hazards
-(a fork of a parent that already ran OpenCV or torch can inherit held thread-pool locks),
-and nothing left running if the process is killed. Each thread writes disjoint rows of the
-shared memmap.
+importing numpy and cv2), no fork hazards (a fork of a parent that already ran OpenCV or
+torch can inherit held thread-pool locks), and nothing left running if the process is
+killed. Each thread writes disjoint rows of the shared memmap.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from core.profiles import ModelProfile
-from preprocess.cache import crop_digest
+from preprocess.cache import PARTIAL_DIGESTS_NAME, PARTIAL_IMAGES_NAME, crop_digest
+from preprocess.dataset import Listing
 from preprocess.recipes import crop_bgr_image, decode
 
 TASKS_PER_WORKER = 2  # in flight at once, so no thread waits for its next range
@@ -30,12 +32,10 @@ class RangeProcessor:
     writes each crop's digest beside it (hashlib releases the GIL, so this runs in parallel
     too, on bytes still in the CPU cache)."""
 
-    def __init__(
-        self, partial: str, digests: str, root: str, files: list[str], profile: ModelProfile
-    ):
-        self.images = np.load(partial, mmap_mode="r+")
-        self.digests = np.load(digests, mmap_mode="r+")
-        self.root, self.files, self.profile = root, files, profile
+    def __init__(self, cache_dir: Path, listing: Listing, profile: ModelProfile):
+        self.images = np.load(cache_dir / PARTIAL_IMAGES_NAME, mmap_mode="r+")
+        self.digests = np.load(cache_dir / PARTIAL_DIGESTS_NAME, mmap_mode="r+")
+        self.root, self.files, self.profile = str(listing.root), listing.files, profile
 
     def __call__(self, start: int, stop: int) -> list[tuple[int, str]]:
         """Process one range; return (index, reason) for the files that cannot be read."""
@@ -66,7 +66,7 @@ def single_threaded_opencv() -> Iterator[None]:
 
 
 def run_ranges(
-    process: RangeProcessor,
+    process: Callable[[int, int], list],
     tasks: list[tuple[int, int]],
     workers: int,
     on_result: Callable[[int, int, list], None],
@@ -77,22 +77,21 @@ def run_ranges(
         for start, stop in tasks:
             on_result(start, stop, process(start, stop))
         return
-    pending = iter(tasks)
+    pending, running = iter(tasks), {}
     with single_threaded_opencv(), ThreadPoolExecutor(workers, "preprocess") as pool:
-        running = {}
-        try:
-            for task in pending:
+
+        def submit(count: int) -> None:
+            for task in itertools.islice(pending, count):
                 running[pool.submit(process, *task)] = task
-                if len(running) >= workers * TASKS_PER_WORKER:
-                    break
+
+        try:
+            submit(workers * TASKS_PER_WORKER)
             while running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     start, stop = running.pop(future)
                     on_result(start, stop, future.result())
-                    if (task := next(pending, None)) is not None:
-                        running[pool.submit(process, *task)] = task
+                    submit(1)
         except BaseException:
-            for future in running:
-                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
