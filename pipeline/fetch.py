@@ -1,21 +1,17 @@
 """Fetch MLPerf's frozen graph for a model: resumable download, integrity record, safe unpack.
 
 ``fetch_checkpoint("resnet50", "work/checkpoints")`` returns the path of the frozen ``.pb``.
-The source is the profile's URL unless ``url=`` names another one: ``http(s)://``,
-``file://`` or a plain local path. Where the source is a ``.tgz`` (MobileNet-v1), only the
-frozen graph member is extracted, under ``profile.checkpoint_filename``.
+The source is the profile's URL unless ``url=`` names another one (``http(s)://``,
+``file://`` or a local path). Of a ``.tgz`` (MobileNet-v1) only the frozen graph member is
+extracted, under ``profile.checkpoint_filename``.
 
-Integrity: every file this module writes into ``dest_dir`` gets a sidecar
-``<file>.sha256.json`` holding its size and sha256; later runs re-hash the file and refuse
-one that changed. A digest is recorded only after the file parsed as the expected model (a
-GraphDef, or a .tgz member, holding the profile's input and logits nodes): a file that is
-not (an HTML error page, say) is moved aside to ``<file>.rejected`` with nothing recorded,
-so the real file is accepted later. A file present and matching its record is used without
-any network access. ``sha256=`` pins the digest of the file the source names (the ``.pb``,
-or the ``.tgz`` for an archive). A full disk says so and never advises deleting a file.
-
-A local ``.pb`` given as the source is returned as it is (not copied, no sidecar written
-beside it); a local ``.tgz`` is not copied either, only its member is extracted.
+Integrity: every file written into ``dest_dir`` gets a sidecar ``<file>.sha256.json`` (size,
+sha256); later runs re-hash the file, refuse one that changed and use a matching one without
+network access. A digest is recorded only once the file parsed as the expected model; one
+that does not (an HTML error page, say) is moved to ``<file>.rejected`` with nothing
+recorded, so the real file is accepted later. ``sha256=`` pins the digest of the file the
+source names (the ``.pb``, or the ``.tgz``). A local ``.pb`` is returned where it is; of a
+local ``.tgz`` only the member is extracted.
 """
 
 from __future__ import annotations
@@ -47,11 +43,10 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30.0  # also bounds each read: a stalled server ends in a resumable error
 CHUNK_SIZE = 1 << 20
-SIDECAR_SUFFIX = ".sha256.json"
 PART_SUFFIX = ".part"
-REJECTED_SUFFIX = ".rejected"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOT_THE_MODEL_ADVICE = "check the URL (or save the real file there) and rerun"
 
 
 class NotTheModelError(UserError):
@@ -69,15 +64,16 @@ def fetch_checkpoint(
     """Return the path of ``model``'s frozen graph, downloading/extracting it if needed."""
     profile = get_profile(model)
     pin = _normalise_pin(sha256)
-    source = url or profile.url
     dest_dir = Path(dest_dir)
     try:
-        return _fetch(profile, source, pin, dest_dir, quiet=quiet)
+        return _fetch(profile, url or profile.url, pin, dest_dir, quiet=quiet)
     except OSError as err:
         if err.errno in _DISK_FULL:
+            # Downloads resume from their .part file and a downloaded archive is reused.
             raise UserError(
-                f"the disk holding {dest_dir} is full ({err.filename or err.strerror}): free "
-                "some space and rerun the same command; nothing already fetched was deleted"
+                f"the disk holding {dest_dir} is full (no space left on device): free some "
+                "space and rerun the same command; a partial download resumes and what was "
+                "fetched is kept"
             ) from None
         raise
 
@@ -85,7 +81,6 @@ def fetch_checkpoint(
 def _fetch(profile: ModelProfile, source: str, pin: str | None, dest_dir: Path, *, quiet: bool):
     final = dest_dir / profile.checkpoint_filename
     member = profile.archive_member or profile.checkpoint_filename
-
     local = _local_path(source)
     if local is not None:
         return _fetch_local(local, final, member, pin, profile)
@@ -94,10 +89,10 @@ def _fetch(profile: ModelProfile, source: str, pin: str | None, dest_dir: Path, 
     if not is_archive_name(name):
         if final.exists():
             _verify_or_record(final, pin, source=source, profile=profile)
-            return final
-        _download(source, final, pin, quiet=quiet)
-        _refuse_unless_model(final, profile)
-        _record(final, source=source)
+        else:
+            _download(source, final, pin, quiet=quiet)
+            _refuse_unless_model(final, profile)
+            _record(final, source=source)
         return final
 
     archive = dest_dir / name
@@ -109,7 +104,7 @@ def _fetch(profile: ModelProfile, source: str, pin: str | None, dest_dir: Path, 
     try:
         extracted = _extract(archive, archive_sha, member, final, profile)
     except NotTheModelError as err:
-        raise _set_aside(archive, err) from None
+        raise _set_aside(archive, str(err)) from None
     if _read_record(archive) is None:
         _record(archive, source=source, digest=archive_sha)
     return extracted
@@ -168,7 +163,7 @@ def _fetch_local(
 
 
 def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + SIDECAR_SUFFIX)
+    return path.with_name(path.name + ".sha256.json")
 
 
 def _read_record(path: Path) -> dict | None:
@@ -186,14 +181,12 @@ def _read_record(path: Path) -> dict | None:
     return record
 
 
-def _record(path: Path, *, source: str, digest: str | None = None, **extra) -> str:
-    """Write ``path``'s sidecar (size, sha256, source) and return the digest."""
+def _record(path: Path, *, source: str, digest: str | None = None, **extra) -> None:
+    """Write ``path``'s sidecar: its size, sha256 and source."""
     digest = digest or sha256_file(path)
     record = {"file": path.name, "size": path.stat().st_size, "sha256": digest, "source": source}
-    record.update(extra)
     with atomic_path(_sidecar(path)) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-    return digest
+        tmp.write_text(json.dumps({**record, **extra}, indent=2) + "\n")
 
 
 def _check_against_record(path: Path, record: dict, digest: str) -> None:
@@ -206,21 +199,12 @@ def _check_against_record(path: Path, record: dict, digest: str) -> None:
         )
 
 
-def _move_aside(path: Path) -> Path:
-    """Rename ``path`` to ``<file>.rejected`` and drop its record, so nothing later trusts it."""
-    rejected = path.with_name(path.name + REJECTED_SUFFIX)
+def _set_aside(path: Path, why: str, advice: str = _NOT_THE_MODEL_ADVICE) -> UserError:
+    """Rename a file that must not be trusted to ``<file>.rejected`` and drop its record."""
+    rejected = path.with_name(path.name + ".rejected")
     os.replace(path, rejected)
     _sidecar(path).unlink(missing_ok=True)
-    return rejected
-
-
-def _reject(path: Path, digest: str, pin: str) -> UserError:
-    """Move a file whose digest is not the pinned one aside."""
-    rejected = _move_aside(path)
-    return UserError(
-        f"{path} has sha256 {digest} but --sha256 expects {pin}; moved it to {rejected}: "
-        "check the URL and the pinned digest, then rerun"
-    )
+    return UserError(f"{why}; moved it to {rejected}: {advice}")
 
 
 def _verify_against_record(path: Path, pin: str | None) -> str:
@@ -230,13 +214,14 @@ def _verify_against_record(path: Path, pin: str | None) -> str:
     if record is not None:
         _check_against_record(path, record, digest)
     if pin and digest != pin:
-        raise _reject(path, digest, pin)
+        why = f"{path} has sha256 {digest} but --sha256 expects {pin}"
+        raise _set_aside(path, why, "check the URL and the pinned digest, then rerun")
     return digest
 
 
 def _verify_or_record(
     path: Path, pin: str | None, *, source: str, profile: ModelProfile | None = None
-) -> str:
+) -> None:
     """``_verify_against_record``, then record a file found without a record: only once it
     parsed as ``profile``'s frozen graph when a profile is given."""
     digest = _verify_against_record(path, pin)
@@ -245,7 +230,32 @@ def _verify_or_record(
             _refuse_unless_model(path, profile)
         logger.info("recording the sha256 of %s, found without an integrity record", path)
         _record(path, source=source, digest=digest)
-    return digest
+
+
+def _extracted_is_current(
+    final: Path, archive: Path, pin: str | None, archive_sha: str | None = None
+) -> bool:
+    """Whether ``final`` was extracted from this archive (or the pinned one) and is intact.
+
+    Without the archive on disk, the digest recorded at extraction time stands in for it,
+    so a present graph needs no network access.
+    """
+    record = _read_record(final)
+    if record is None:
+        if pin or archive.exists():
+            return False  # re-extract: it is cheap and makes the provenance known
+        _verify_or_record(final, None, source="found in place")
+        return True
+    recorded_archive = record.get("archive_sha256")
+    if pin and recorded_archive != pin:
+        return False
+    if archive_sha is None and archive.exists():
+        archive_record = _read_record(archive)
+        archive_sha = archive_record["sha256"] if archive_record else sha256_file(archive)
+    if archive_sha is not None and recorded_archive != archive_sha:
+        return False
+    _check_against_record(final, record, sha256_file(final))
+    return True
 
 
 # ---------------------------------------------------------------- is it the model?
@@ -256,7 +266,7 @@ def _refuse_unless_model(path: Path, profile: ModelProfile) -> None:
     try:
         check_is_model(path, profile)
     except NotTheModelError as err:
-        raise _set_aside(path, err) from None
+        raise _set_aside(path, str(err)) from None
 
 
 def check_is_model(path: Path, profile: ModelProfile, shown: str | None = None) -> None:
@@ -296,40 +306,6 @@ def _looks_like(path: Path) -> str | None:
     return None
 
 
-def _set_aside(path: Path, err: UserError) -> UserError:
-    """Move a file that is not the model to ``<file>.rejected``; its record goes too."""
-    rejected = _move_aside(path)
-    return NotTheModelError(
-        f"{err}; moved it to {rejected}: check the URL (or save the real file there) and rerun"
-    )
-
-
-def _extracted_is_current(
-    final: Path, archive: Path, pin: str | None, archive_sha: str | None = None
-) -> bool:
-    """Whether ``final`` was extracted from this archive (or the pinned one) and is intact.
-
-    Without the archive on disk, the digest recorded at extraction time stands in for it,
-    so a present graph needs no network access.
-    """
-    record = _read_record(final)
-    if record is None:
-        if pin or archive.exists():
-            return False  # re-extract: it is cheap and makes the provenance known
-        _verify_or_record(final, None, source="found in place")
-        return True
-    recorded_archive = record.get("archive_sha256")
-    if pin and recorded_archive != pin:
-        return False
-    if archive_sha is None and archive.exists():
-        archive_record = _read_record(archive)
-        archive_sha = archive_record["sha256"] if archive_record else sha256_file(archive)
-    if archive_sha is not None and recorded_archive != archive_sha:
-        return False
-    _check_against_record(final, record, sha256_file(final))
-    return True
-
-
 # ---------------------------------------------------------------- download
 
 
@@ -352,8 +328,7 @@ def _download(url: str, dest: Path, pin: str | None, *, quiet: bool) -> None:
                 continue
             raise _unreachable(url, dest, f"HTTP {err.code} {err.reason}") from None
         except (URLError, OSError, http.client.HTTPException) as err:
-            reason = getattr(err, "reason", None) or err
-            raise _unreachable(url, dest, str(reason)) from None
+            raise _unreachable(url, dest, str(getattr(err, "reason", None) or err)) from None
         with response:
             start, total = _response_span(response, offset)
             if start is None:
@@ -395,6 +370,8 @@ def _response_span(response, offset: int) -> tuple[int | None, int | None]:
 
 
 def _stream(response, part: Path, start: int, total: int | None, url: str, *, quiet: bool):
+    """Write the response body into ``part`` from byte ``start``; a short body is an error
+    that a rerun resumes."""
     part.parent.mkdir(parents=True, exist_ok=True)
     received = start
     bar = tqdm(
@@ -417,10 +394,7 @@ def _stream(response, part: Path, start: int, total: int | None, url: str, *, qu
                 bar.update(len(chunk))
     except (OSError, http.client.HTTPException) as err:
         if getattr(err, "errno", None) in _DISK_FULL:
-            raise UserError(
-                f"the disk holding {part} is full after {received} bytes of {url}: free some "
-                "space and rerun the same command to resume the download"
-            ) from None
+            raise  # fetch_checkpoint says so; the partial file stays for the rerun
         raise _interrupted(url, part, received, total, str(err)) from None
     finally:
         bar.close()
@@ -451,59 +425,40 @@ def _extract(
 ) -> Path:
     """Extract only ``member`` (stored as ``name`` or ``./name``) from ``archive`` to ``final``,
     and record it only once it parsed as ``profile``'s frozen graph."""
-    corrupt = (
-        f"{archive} is not a readable .tgz archive (corrupt or truncated); delete it and "
-        "rerun to fetch it again"
-    )
     try:
         with tarfile.open(archive, "r:*") as tar:
-            found = find_archive_member(tar, member, archive)
-            source = tar.extractfile(found)
-            if source is None:
-                raise UserError(f"member {found.name!r} of {archive} is not a regular file")
-            with source, atomic_path(final) as tmp:
+            found = find_archive_member(tar, member, archive)  # a regular file, safe path
+            with tar.extractfile(found) as source, atomic_path(final) as tmp:
                 with open(tmp, "wb") as out:
                     shutil.copyfileobj(source, out, CHUNK_SIZE)
                 if tmp.stat().st_size != found.size:
-                    raise UserError(corrupt)
+                    raise EOFError(f"{found.name} is short")
                 check_is_model(tmp, profile, shown=f"{archive}:{found.name}")
-                tmp.chmod(0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
     except OSError as err:
         if err.errno in _DISK_FULL:
-            raise _disk_full_while_extracting(archive, final) from None
+            raise  # fetch_checkpoint says so; the archive is kept and reused
         if err.errno is not None:  # a system error (permissions, I/O), not the archive's fault
             raise UserError(
                 f"cannot extract {member} from {archive} to {final} ({err.strerror})"
             ) from None
-        raise _unreadable_archive(archive, corrupt, err) from None
+        raise _unreadable_archive(archive, err) from None
     except (tarfile.TarError, EOFError, zlib.error) as err:
-        raise _unreadable_archive(archive, corrupt, err) from None
-    _record(
-        final,
-        source=f"{archive}:{found.name}",
-        archive_sha256=archive_sha,
-        member=found.name,
-    )
+        raise _unreadable_archive(archive, err) from None
+    _record(final, source=f"{archive}:{found.name}", archive_sha256=archive_sha, member=found.name)
     logger.info("extracted %s from %s", final.name, archive)
     return final
 
 
-def _unreadable_archive(archive: Path, corrupt: str, err: Exception) -> UserError:
+def _unreadable_archive(archive: Path, err: Exception) -> UserError:
     logger.debug("reading %s failed: %s", archive, err)
     looks = _looks_like(archive)
     if looks is not None:
         return NotTheModelError(
             f"{archive} is not a TensorFlow frozen graph (it looks like {looks})"
         )
-    return UserError(corrupt)
-
-
-def _disk_full_while_extracting(archive: Path, final: Path) -> UserError:
-    free = shutil.disk_usage(final.parent).free
     return UserError(
-        f"no space left on the disk holding {final.parent} while extracting {final.name} from "
-        f"{archive} ({free / 1e6:.1f} MB free): free some space and rerun; {archive.name} is "
-        "kept and will be reused"
+        f"{archive} is not a readable .tgz archive (corrupt or truncated); delete it and "
+        "rerun to fetch it again"
     )
 
 

@@ -89,8 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
         if server.mode == "truncate":
             chunk = chunk[: server.cut_at]
             self.close_connection = True
+        entry["sent"] = len(chunk)  # before writing: the client may finish reading first
         self.wfile.write(chunk)
-        entry["sent"] = len(chunk)
 
 
 @pytest.fixture
