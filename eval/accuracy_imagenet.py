@@ -69,13 +69,12 @@ def read_accuracy_log(path: str | os.PathLike) -> list[dict]:
     return entries
 
 
-def decode_response(hex_data: str, dtype: str = "float32") -> np.ndarray:
-    """Decode one entry's ``data`` (hex of the response bytes) into an array."""
-    return np.frombuffer(bytes.fromhex(hex_data), dtype=RESPONSE_DTYPES[dtype])
-
-
-def score_entries(entries: list[dict], labels: np.ndarray, dtype: str = "float32") -> AccuracyScore:
-    """Count right predictions: ``data[0] == labels[qsl_idx]``, first answer per sample."""
+def score_accuracy_log(
+    path: str | os.PathLike, labels: np.ndarray, dtype: str = "float32"
+) -> AccuracyScore:
+    """Score an ``mlperf_log_accuracy.json`` against labels indexed by qsl_idx: right when
+    ``data[0] == labels[qsl_idx]``, counting the first answer of each sample."""
+    entries = read_accuracy_log(path)
     labels = np.asarray(labels)
     seen: set[int] = set()
     good = 0
@@ -90,7 +89,7 @@ def score_entries(entries: list[dict], labels: np.ndarray, dtype: str = "float32
             )
         seen.add(idx)
         try:
-            data = decode_response(entry["data"], dtype)
+            data = np.frombuffer(bytes.fromhex(entry["data"]), dtype=RESPONSE_DTYPES[dtype])
         except ValueError:
             raise UserError(f"sample {idx} has data that is not valid hex") from None
         if data.size == 0:
@@ -101,13 +100,6 @@ def score_entries(entries: list[dict], labels: np.ndarray, dtype: str = "float32
         if data[0] == labels[idx]:
             good += 1
     return AccuracyScore(good=good, total=len(seen))
-
-
-def score_accuracy_log(
-    path: str | os.PathLike, labels: np.ndarray, dtype: str = "float32"
-) -> AccuracyScore:
-    """Read and score an ``mlperf_log_accuracy.json`` against labels indexed by qsl_idx."""
-    return score_entries(read_accuracy_log(path), labels, dtype)
 
 
 def labels_from_val_map(path: str | os.PathLike) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Inference backends: uint8 NHWC crops in, float32 logits ``(N, num_classes)`` out.
 
 A backend owns everything between the cache and the logits (normalisation, device
-transfer, the model call), so the evaluation loop, the metrics and a later LoadGen
-harness or faster engine only ever see ``Backend.logits``:
+transfer, the model call), so the evaluation loop and the LoadGen pass only ever see
+``Backend.submit``/``collect`` and ``Backend.logits``:
 
 - ``TorchBackend``: a converted ``nn.Module`` (input NCHW float32). The float32
   normalisation runs on the backend's device with the same float32 operations, in the
@@ -129,9 +129,7 @@ class TorchBackend(Backend):
         # reciprocal there, which rounds differently from a true division.
         as_f32 = {"dtype": torch.float32, "device": self.torch_device}
         self._vgg_means = torch.tensor(VGG_MEANS_RGB, **as_f32)
-        self._f255 = torch.tensor(255.0, **as_f32)
-        self._f0_5 = torch.tensor(0.5, **as_f32)
-        self._f2 = torch.tensor(2.0, **as_f32)
+        self._f255, self._f0_5, self._f2 = (torch.tensor(v, **as_f32) for v in (255.0, 0.5, 2.0))
         if self.torch_device.type != "cpu":
             self.check_normalization()
         self.precision = precision
@@ -256,9 +254,10 @@ class TorchBackend(Backend):
         return np.split(joined, np.cumsum([len(h) for h in handles])[:-1])
 
     def describe(self) -> dict:
+        cuda, device = self._torch.cuda, self.torch_device
         info = {
             "precision": self.precision,
-            "device_name": torch_device_name(self.torch_device),
+            "device_name": "cpu" if self._copy_stream is None else cuda.get_device_name(device),
             "setup_seconds": round(self.prepared.setup_seconds, 2),
             "engine_notes": list(self.prepared.notes),
         }
@@ -351,25 +350,6 @@ def resolve_torch_device(device: str):
     return dev
 
 
-def torch_device_name(dev) -> str:
-    import torch
-
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return "cpu"
-
-
-def load_converted(model_name: str, weights: Path):
-    """The converted module and its record (read from the .pth itself), for ``model_name``.
-
-    ``convert.api.load_checkpoint`` refuses a damaged file, an unknown key or another
-    model's file in one sentence, so this happens before any evaluation work.
-    """
-    from convert.api import load_checkpoint
-
-    return load_checkpoint(weights, expected_model=model_name)
-
-
 def make_backend(
     profile: ModelProfile,
     settings: EvalSettings,
@@ -385,9 +365,12 @@ def make_backend(
     check_model_inputs(settings)
     if settings.backend == "tf":
         return TFBackend(Path(settings.checkpoint), profile, settings.device)
+    from convert.api import load_checkpoint
+
     weights = Path(settings.weights)
     dev = resolve_torch_device(settings.device)  # before loading: fail fast on a missing GPU
-    module, record = load_converted(profile.name, weights)
+    # Refuses a damaged file or another model's in one sentence, before any evaluation work.
+    module, record = load_checkpoint(weights, expected_model=profile.name)
     return TorchBackend(
         module,
         profile,

@@ -5,15 +5,11 @@ Usage (both spellings are the same command)::
     python -m eval compare A B [--files CACHE_DIR|NAMES.txt] [--model M] [--strict]
     python -m eval.compare A B [...]
 
-``A`` and ``B`` are ``predictions.npy`` files, or the ``--out`` directories of two
-``python -m eval`` runs (their ``predictions.npy`` is used). The command prints the
-agreement (``n/N`` and percent) and one line per image where the predicted labels differ:
-its index in cache order, its file name when ``--files`` is given (a preprocessed cache
-directory, or a text file with one name per line in cache order), and both labels.
-
-``--model`` names the cache's model when ``--files`` is a cache directory; without it each
-known model is tried. The exit status is 0 even when predictions differ, unless
-``--strict`` is given (then 1 when they differ). Unusable inputs exit 1 with one sentence.
+``A`` and ``B`` are ``predictions.npy`` files or ``python -m eval`` output directories.
+Prints the agreement and one line per differing image: its index in cache order, both
+labels, and its file name with ``--files`` (a cache directory, whose model ``--model``
+names or is detected, or a text file of names in cache order). Exit status 0 even when
+predictions differ, unless ``--strict`` (then 1); unusable inputs exit 1 with one sentence.
 """
 
 from __future__ import annotations
@@ -99,22 +95,19 @@ def format_comparison(
     summary: dict, a: np.ndarray, b: np.ndarray, files: list[str] | None = None
 ) -> str:
     """The agreement line plus one row per differing image."""
-    lines = [
-        f"agreement: {summary['agree']}/{summary['total']} ({summary['percent']:.3f} %)",
-    ]
+    agreement = f"agreement: {summary['agree']}/{summary['total']} ({summary['percent']:.3f} %)"
     if not summary["differ"]:
-        return "\n".join(lines)
-    lines.append(f"{summary['differ']} image(s) differ:")
-    idx_width = max(5, len(str(summary["differing_indices"][-1])))
-    header = f"  {'index':>{idx_width}}  {'A':>5}  {'B':>5}"
-    if files is not None:
-        header += "  file"
-    lines.append(header)
+        return agreement
+    width = max(5, len(str(summary["differing_indices"][-1])))
+    file_column = "  file" if files is not None else ""
+    lines = [
+        agreement,
+        f"{summary['differ']} image(s) differ:",
+        f"  {'index':>{width}}  {'A':>5}  {'B':>5}{file_column}",
+    ]
     for i in summary["differing_indices"]:
-        row = f"  {i:>{idx_width}}  {int(a[i]):>5}  {int(b[i]):>5}"
-        if files is not None:
-            row += f"  {files[i]}"
-        lines.append(row)
+        name = f"  {files[i]}" if files is not None else ""
+        lines.append(f"  {i:>{width}}  {int(a[i]):>5}  {int(b[i]):>5}{name}")
     return "\n".join(lines)
 
 

@@ -3,13 +3,10 @@
     torchrun --nproc-per-node N -m eval --model M --cache-dir CACHE --weights W.pth ...
     python -m torch.distributed.run --nproc-per-node N -m eval ...
 
-torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in each process;
-``init_from_environment`` joins that group (NCCL on CUDA, gloo on the CPU). Each rank
-evaluates one contiguous shard of the cache (``shard_bounds``: the first ``count % N``
-ranks take one image more; nothing is padded, so no image is counted twice or dropped,
-unlike ``DistributedSampler``, which repeats images to even the shards out). Rank 0 gathers
-every shard's top-5 labels in rank order, so its predictions are those of one process, and
-only rank 0 writes results; the other ranks write nothing.
+``init_from_environment`` joins the group torchrun describes in the environment (NCCL on
+CUDA, gloo on the CPU). Each rank evaluates one contiguous shard (``shard_bounds``: nothing
+is padded, so unlike ``DistributedSampler`` no image is counted twice); rank 0 gathers the
+top-5 labels in rank order, so its predictions are those of one process, and alone writes.
 
 Without WORLD_SIZE (or with WORLD_SIZE=1) everything here is a no-op single process.
 """
@@ -117,13 +114,6 @@ def shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
     base, extra = divmod(count, world_size)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def gather_to_main(value, ctx: DistContext) -> list | None:

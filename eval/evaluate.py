@@ -1,22 +1,13 @@
 """Batches from the uint8 cache -> backend logits -> predictions and top-1/top-5.
 
-``evaluate`` is the API the runner calls (it builds the backend from file paths and writes
-the results); ``run_evaluation`` is the loop itself over any ``Backend`` and any cache-like
-object (``.read(start, stop, out=None)``, ``.labels``, ``len()``), for callers that bring
-their own engine.
+``evaluate`` builds the backend from file paths and writes the results;
+``run_evaluation`` is the loop over any ``Backend`` and any cache-like object
+(``.read(start, stop, out=None)``, ``.labels``, ``len()``).
 
-Crops are only ever read through ``cache.read``, which checks each crop against the digest
-written when the cache was built: a damaged cache ends in one sentence, never in a number.
-A reader thread copies the next batches out of the cache while the backend works on the
-current one, so disk reads overlap inference; ``images_per_second`` counts only the time
-spent inside the backend (``Backend.submit`` and ``Backend.collect``): steady state,
-since engines warm up while they are built and that cost is ``setup_seconds``. A backend
-may keep results on its device and fetch them once per ``collect_every`` batches.
-
-Under torchrun (``eval.distributed``) each rank evaluates its contiguous shard and rank 0
-gathers the top-5 labels and writes the one results.json (``eval.shards``). The helpers of
-``evaluate`` live beside it: the resume journal in ``eval.journal``, the fp32 reference of a
-tf32/bf16 run in ``eval.reference``, the LoadGen pass in ``eval.loadgen_pass``.
+Crops are only read through ``cache.read``, which checks each against its build-time
+digest: a damaged cache ends in one sentence, never in a number. Reader threads fill the
+next batches while the backend works on the current one; ``images_per_second`` counts only
+the time inside ``Backend.submit`` and ``Backend.collect`` (engines warm up while built).
 """
 
 from __future__ import annotations
@@ -117,8 +108,7 @@ def run_evaluation(
 ) -> EvaluationOutcome:
     """Run ``backend`` over the first ``limit`` (default all) images of ``cache``.
 
-    With a ``journal``, finished images are saved every few seconds and a run killed
-    part-way continues from the last save instead of starting over.
+    A ``journal`` saves finished images every few seconds: a killed run continues from there.
     """
     count = _images_to_evaluate(cache, batch_size, limit)
     labels = np.asarray(cache.labels[:count], dtype=np.int64)
@@ -168,8 +158,7 @@ def _images_to_evaluate(cache, batch_size: int, limit: int | None) -> int:
 
 
 def _check_batch_size(batch_size: int) -> None:
-    """The batch-size rule of both entry points: ``evaluate`` checks it before any work, and
-    ``run_evaluation`` for callers that bring their own backend."""
+    """Checked by ``evaluate`` before any work, and by ``run_evaluation`` for other callers."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
 
@@ -260,19 +249,12 @@ def evaluate(
 ) -> EvalResult | None:
     """Evaluate ``model_name`` over the preprocessed cache; return (and write) the result.
 
-    ``settings`` say how (``EvalSettings``: backend and model file, device, engine,
-    precision, batch size, limit, LoadGen); keyword arguments change single settings, e.g.
-    ``evaluate("resnet50", "cache", weights="model.pth", batch_size=64)``. With ``out_dir``,
-    writes results.json (``result.to_json()``), predictions.npy and top5.npy there
-    atomically, holding the folder's lock (``wait`` waits for another holder).
-
-    A non-fp32 run reports the share of its predictions equal to an fp32 run of the same
-    cache and weights in a sibling folder of ``out_dir`` (``eval.reference``). A LoadGen
-    run is a second pass with the same backend; its logs go to ``out_dir/loadgen``.
-
-    Under torchrun (WORLD_SIZE > 1) every rank evaluates its shard; rank 0 alone holds
-    ``out_dir``'s lock, writes the outputs and returns the result; other ranks return None.
-    A distributed run keeps no resume journal (each rank's share is the short part).
+    Keyword arguments change single ``settings``, e.g. ``evaluate("resnet50", "cache",
+    weights="model.pth", batch_size=64)``. With ``out_dir``, writes results.json,
+    predictions.npy and top5.npy there atomically, holding the folder's lock; a LoadGen
+    pass logs into ``out_dir/loadgen``, and a non-fp32 run is compared with an fp32 run
+    beside it (``eval.reference``). Under torchrun every rank evaluates its shard and rank
+    0 alone writes and returns the result (other ranks return None; no resume journal).
     """
     from preprocess import load_cache
 

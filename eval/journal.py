@@ -53,9 +53,6 @@ class ResumeJournal:
             np.savez(f, key=np.array(self.key), done=np.array(done), top5=top5, digest=digest)
         self._last_save = time.monotonic()
 
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
 
 def _digest(rows: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()

@@ -1,15 +1,14 @@
 """MLPerf LoadGen runs over the preprocessed uint8 cache.
 
-LoadGen (``mlperf_loadgen``) drives a system under test (SUT) through a query sample
-library (QSL). Here the QSL reads the samples LoadGen asks for out of the cache into memory
-(through the cache's digest-checked reader, once per load, as MLPerf's reference loads
-samples to RAM), and the SUT answers every sample with its predicted ImageNet label as one
-little-endian float32, as MLPerf's reference does. Accuracy runs are then scored with
-``eval.accuracy_imagenet``; performance runs are summarised from LoadGen's detail log.
+LoadGen drives a system under test (SUT) through a query sample library (QSL). As in
+MLPerf's reference, the QSL loads the samples LoadGen asks for into memory (through the
+cache's digest-checked reader) and the SUT answers each with its predicted label as one
+little-endian float32. Accuracy runs are scored with ``eval.accuracy_imagenet``;
+performance runs are summarised from LoadGen's detail log.
 
-LoadGen writes its logs into a temporary folder beside ``out_dir``; they are moved into
-``out_dir`` only after a successful run, with ``accuracy.txt`` and ``loadgen_result.json``
-last, so those two never describe a run that failed.
+LoadGen logs into a temporary folder beside ``out_dir``, moved into ``out_dir`` only after
+a successful run, ``accuracy.txt`` and ``loadgen_result.json`` last: those two never
+describe a failed run.
 """
 
 from __future__ import annotations
@@ -45,14 +44,8 @@ RESULT_JSON = "loadgen_result.json"
 MARKER_FILES = (ACCURACY_TXT, RESULT_JSON)
 # MLPerf's ImageNet performance sample count (mlperf.conf): how many samples stay loaded.
 DEFAULT_PERFORMANCE_SAMPLE_COUNT = 1024
-LATENCY_PERCENTILES = {
-    "50.00": "p50",
-    "90.00": "p90",
-    "95.00": "p95",
-    "97.00": "p97",
-    "99.00": "p99",
-    "99.90": "p99.9",
-}
+# Detail-log percentile -> result name: "50.00" -> "p50", ..., "99.90" -> "p99.9".
+LATENCY_PERCENTILES = {f"{p:.2f}": f"p{p:g}" for p in (50, 90, 95, 97, 99, 99.9)}
 # The Python SUT's own per-sample bookkeeping (gather, response objects) tops out near this
 # rate on a CPU; a faster predict_labels must not make the one Offline query huge.
 MAX_ESTIMATED_SAMPLES_PER_SECOND = 50_000.0
@@ -121,7 +114,7 @@ class _CacheSUT:
     LoadGen calls ``issue_queries`` on its own thread, through C++: an exception escaping
     it would abort the process. So any failure is recorded, every outstanding sample is
     answered with an empty response (LoadGen then finishes instead of waiting forever),
-    and ``run_loadgen`` re-raises the recorded exception after the test.
+    and the recorded exception is re-raised after the test.
     """
 
     def __init__(self, lg, images, predict_labels: PredictLabels, batch_size: int, bar: tqdm):
@@ -223,40 +216,6 @@ def _parse_detail_log(path: Path) -> tuple[dict[str, Any], list[str]]:
     return values, errors
 
 
-def _performance_fields(detail: dict[str, Any], scenario: str) -> dict[str, Any]:
-    """samples/s, latencies and LoadGen's VALID/INVALID verdict from the detail log."""
-    if "result_validity" not in detail:
-        raise UserError("LoadGen wrote no performance result: its detail log has no verdict")
-    if scenario == "Offline":
-        samples_per_second = float(detail["result_samples_per_second"])
-    else:  # SingleStream: one sample per query
-        samples_per_second = float(detail["result_qps_with_loadgen_overhead"])
-    latency_ns = {
-        name: int(value)
-        for pct, name in LATENCY_PERCENTILES.items()
-        if (value := detail.get(f"result_{pct}_percentile_latency_ns")) is not None
-    }
-    for name in ("min", "max", "mean"):
-        if (value := detail.get(f"result_{name}_latency_ns")) is not None:
-            latency_ns[name] = int(value)
-    reasons = []
-    if detail.get("result_min_duration_met") is False:
-        reasons.append("min duration not met")
-    if detail.get("result_min_queries_met") is False:
-        reasons.append("min query count not met")
-    if detail.get("early_stopping_met") is False:
-        reasons.append("early stopping criterion not met")
-    if hint := str(detail.get("result_invalid_reason", "")).strip():
-        reasons.append(hint)
-    return {
-        "samples_per_second": samples_per_second,
-        "query_count": int(detail.get("result_query_count", 0)),
-        "latency_ns": latency_ns,
-        "valid": detail["result_validity"] == "VALID",
-        "invalid_reasons": reasons,
-    }
-
-
 def _test_settings(
     lg,
     mode: str,
@@ -279,8 +238,10 @@ def _test_settings(
     return settings
 
 
-def _publish(tmp_dir: Path, out_dir: Path) -> None:
-    """Move LoadGen's logs, then the marker files, from tmp_dir into out_dir."""
+def _publish(tmp_dir: Path, out_dir: Path, result: LoadgenResult) -> None:
+    """Write the result into tmp_dir, then move LoadGen's logs and the marker files last
+    into out_dir (plain writes suffice: tmp_dir is the staging area)."""
+    (tmp_dir / RESULT_JSON).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     out_dir.mkdir(parents=True, exist_ok=True)
     names = sorted(p.name for p in tmp_dir.iterdir() if p.name not in MARKER_FILES)
     for name in [*names, *(m for m in MARKER_FILES if (tmp_dir / m).exists())]:
@@ -307,41 +268,30 @@ def run_loadgen(
 ) -> LoadgenResult:
     """Run MLPerf LoadGen over ``images`` (N x 224 x 224 x 3 uint8) and write its logs.
 
-    ``predict_labels(u8_batch)`` returns one ImageNet label (0..999, offset already applied)
-    per image. ``mode="accuracy"`` issues every sample once and scores the accuracy log
-    against ``labels``; ``mode="performance"`` measures samples/s and latencies, with
-    ``min_duration_s`` / ``min_query_count`` kept small so a CPU run takes seconds (such
-    runs are often INVALID by MLPerf's rules; the result says so). For Offline performance
-    runs without ``target_qps``, predict_labels is timed on one batch to size the query.
-    Errors raised by predict_labels are re-raised here after LoadGen has shut down.
+    ``predict_labels(u8_batch)`` returns one ImageNet label (offset already applied) per
+    image. "accuracy" issues every sample once and scores the log against ``labels``;
+    "performance" measures samples/s and latencies over a short run (often INVALID by
+    MLPerf's rules; the result says so), an Offline one sized by timing one batch unless
+    ``target_qps`` is given. predict_labels' errors are re-raised after LoadGen shut down.
     """
     num_samples = _check_run_arguments(images, labels, mode, scenario, batch_size)
     lg = _import_loadgen()
-
     out_dir = Path(out_dir)
-    _forget_previous_result(out_dir)
-    performance_sample_count = _clamp_performance_sample_count(
-        performance_sample_count, num_samples
-    )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for name in MARKER_FILES:  # a failed run must not leave an older result looking current
+        (out_dir / name).unlink(missing_ok=True)
     if mode == "performance" and scenario == "Offline" and target_qps is None:
         target_qps = estimate_samples_per_second(images, predict_labels, batch_size)
         log.info("Offline target set to the measured %.1f samples/s", target_qps)
     settings = _test_settings(lg, mode, scenario, min_duration_s, min_query_count, target_qps)
-
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        log_settings = _log_settings(lg, tmp_dir)
         bar = _progress_bar(num_samples, mode, scenario, quiet)
         sut_impl = _CacheSUT(lg, images, predict_labels, batch_size, bar)
         with bar:
-            _run_test(lg, sut_impl, num_samples, performance_sample_count, settings, log_settings)
-        if sut_impl.error is not None:
-            raise sut_impl.error
-
+            _run_test(lg, sut_impl, num_samples, performance_sample_count, settings, tmp_dir)
         result = _summarise_run(tmp_dir, out_dir, labels, mode, scenario, num_samples)
-        # Plain writes suffice: tmp_dir itself is the staging area, published only when whole.
-        (tmp_dir / RESULT_JSON).write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        _publish(tmp_dir, out_dir)
+        _publish(tmp_dir, out_dir, result)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     log.info("LoadGen %s", result.summary_line())
@@ -364,29 +314,6 @@ def _check_run_arguments(images, labels, mode: str, scenario: str, batch_size: i
     if len(labels) != num_samples:
         raise UserError(f"{num_samples} images but {len(labels)} labels: they must match")
     return num_samples
-
-
-def _forget_previous_result(out_dir: Path) -> None:
-    """Create out_dir's parent and remove the marker files of any earlier run."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for name in MARKER_FILES:  # a failed run must not leave an older result looking current
-        (out_dir / name).unlink(missing_ok=True)
-
-
-def _clamp_performance_sample_count(requested: int | None, num_samples: int) -> int:
-    """Default to min(N, 1024) samples held in memory; always between 1 and N."""
-    if requested is None:
-        requested = min(num_samples, DEFAULT_PERFORMANCE_SAMPLE_COUNT)
-    return max(1, min(requested, num_samples))
-
-
-def _log_settings(lg, tmp_dir: Path):
-    """LoadGen log settings that write into tmp_dir, quietly and without a trace."""
-    log_settings = lg.LogSettings()
-    log_settings.log_output.outdir = str(tmp_dir)
-    log_settings.log_output.copy_summary_to_stdout = False
-    log_settings.enable_trace = False
-    return log_settings
 
 
 def _progress_bar(num_samples: int, mode: str, scenario: str, quiet: bool) -> tqdm:
@@ -433,31 +360,59 @@ def _add_accuracy(result: LoadgenResult, tmp_dir: Path, labels) -> None:
 
 
 def _add_performance(result: LoadgenResult, detail: dict[str, Any], scenario: str) -> None:
-    """Copy throughput, latencies and validity from the detail log; warn when INVALID."""
-    for key, value in _performance_fields(detail, scenario).items():
-        setattr(result, key, value)
+    """Throughput, latencies and LoadGen's VALID/INVALID verdict from the detail log."""
+    if "result_validity" not in detail:
+        raise UserError("LoadGen wrote no performance result: its detail log has no verdict")
+    # SingleStream has one sample per query: its throughput is the query rate.
+    key = "samples_per_second" if scenario == "Offline" else "qps_with_loadgen_overhead"
+    result.samples_per_second = float(detail[f"result_{key}"])
+    result.query_count = int(detail.get("result_query_count", 0))
+    names = {
+        f"result_{pct}_percentile_latency_ns": name for pct, name in LATENCY_PERCENTILES.items()
+    }
+    names.update({f"result_{name}_latency_ns": name for name in ("min", "max", "mean")})
+    result.latency_ns = {
+        name: int(detail[key]) for key, name in names.items() if detail.get(key) is not None
+    }
+    result.valid = detail["result_validity"] == "VALID"
+    unmet = {
+        "result_min_duration_met": "min duration not met",
+        "result_min_queries_met": "min query count not met",
+        "early_stopping_met": "early stopping criterion not met",
+    }
+    result.invalid_reasons = [reason for key, reason in unmet.items() if detail.get(key) is False]
+    if hint := str(detail.get("result_invalid_reason", "")).strip():
+        result.invalid_reasons.append(hint)
     if not result.valid:
         log.warning("LoadGen called this run INVALID: %s", "; ".join(result.invalid_reasons))
 
 
 def _run_test(
-    lg, sut_impl: _CacheSUT, num_samples, performance_sample_count, settings, log_settings
+    lg, sut_impl: _CacheSUT, num_samples, performance_sample_count, settings, tmp_dir: Path
 ):
-    """Construct the SUT and QSL, run the test, and always destroy both."""
+    """Construct the SUT and QSL, run the test with its logs in tmp_dir, destroy both; then
+    re-raise what the SUT caught."""
+    log_settings = lg.LogSettings()
+    log_settings.log_output.outdir = str(tmp_dir)
+    log_settings.log_output.copy_summary_to_stdout = False
+    log_settings.enable_trace = False
+    # Samples held in memory: MLPerf's count by default, always between 1 and N.
+    if performance_sample_count is None:
+        performance_sample_count = min(num_samples, DEFAULT_PERFORMANCE_SAMPLE_COUNT)
+    performance_sample_count = max(1, min(performance_sample_count, num_samples))
     sut = lg.ConstructSUT(sut_impl.issue_queries, sut_impl.flush_queries)
     try:
         qsl = lg.ConstructQSL(
-            num_samples,
-            performance_sample_count,
-            sut_impl.load_samples,
-            sut_impl.unload_samples,
+            num_samples, performance_sample_count, sut_impl.load_samples, sut_impl.unload_samples
         )
         try:
             # A path that does not exist: a stray audit.config in the working directory
             # would otherwise silently change the test.
-            audit_config = Path(log_settings.log_output.outdir) / "no-audit.config"
+            audit_config = tmp_dir / "no-audit.config"
             lg.StartTestWithLogSettings(sut, qsl, settings, log_settings, str(audit_config))
         finally:
             lg.DestroyQSL(qsl)
     finally:
         lg.DestroySUT(sut)
+    if sut_impl.error is not None:
+        raise sut_impl.error
