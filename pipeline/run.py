@@ -2,29 +2,16 @@
 
     python -m pipeline.run --model resnet50 [--checkpoint PATH|URL] [--data-dir DIR] ...
 
-Stages: fetch → preprocess → convert (with verification against TensorFlow) → evaluate.
-Each stage records its inputs (pipeline.stages.StageStamp); a rerun skips stages whose
-inputs did not change and redoes only what changed:
+Stages: fetch → preprocess → convert (verified against TensorFlow) → evaluate. Each stage
+records its inputs (pipeline.stages.StageStamp), so a rerun redoes only what changed:
+preprocess always runs but re-crops only changed, added or vanished files; convert is keyed
+on the checkpoint's sha256 and the converter's source; evaluate on the cache's fingerprint,
+the weights' (or graph's) sha256 and the options that change the numbers.
 
-- preprocess always runs: the cache re-stats the listing and re-crops only changed,
-  added or vanished files (nothing to do when none changed);
-- convert is keyed on the checkpoint's sha256 and the converter's source;
-- evaluate is keyed on the cache's content fingerprint and the weights' (or graph's)
-  sha256, plus the options that change the numbers.
-
-One run at a time per work dir: the whole run holds W/<model>/.lock; a second run exits
-with a sentence naming the holder, or waits with --wait. The preprocess stage resumes a
-killed build by itself. `make preprocess convert evaluate` calls this module with --stages.
-
-Across several GPUs (or CPU machines), run the evaluate stage with PyTorch's launcher on
-what the earlier stages left in the work dir; each process takes one shard of the cache
-and rank 0 writes the one results.json (``"world_size": N``):
-
-    torchrun --nproc-per-node N -m eval --model M --cache-dir W/M/cache --weights W/M/model.pth \
-        --device cuda --out W/M/eval-torch
-
-(this runner itself is one process: its fetch, preprocess and convert stages are not
-meant to run once per rank).
+One run at a time per work dir: the run holds W/<model>/.lock; a second one exits with a
+sentence naming the holder, or waits with --wait. Across several GPUs, run the evaluate
+stage with ``torchrun ... -m eval`` on what the earlier stages left in the work dir (this
+runner is one process: its stages are not meant to run once per rank).
 """
 
 from __future__ import annotations
@@ -32,15 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from core.cli import configure_logging, positive_int, run_cli
-from core.errors import UserError
-from core.files import exclusive_lock, sha256_file, write_text_atomic
+from core.files import check_output_dir, exclusive_lock, sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 from eval.options import BACKENDS, EvalSettings, add_evaluation_options
 from pipeline.stages import StageStamp
@@ -91,7 +76,6 @@ class RunState:
     weights: Path | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     ran: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped"
-    seconds: dict[str, float] = field(default_factory=dict)
     using_sample: bool = False
     _digests: dict[tuple, str] = field(default_factory=dict)
 
@@ -268,8 +252,6 @@ def run_pipeline(opts: RunOptions) -> RunState:
     Asking only for `evaluate` still resolves the checkpoint, cache and weights: their own
     stamps make that free when they are already up to date.
     """
-    from core.files import check_output_dir
-
     profile = get_profile(opts.model)
     state = RunState(profile=profile, model_dir=opts.work_dir / opts.model)
     check_output_dir(state.model_dir, "--work-dir")  # one sentence before any work
@@ -288,8 +270,8 @@ def _run_stages(opts: RunOptions, state: RunState) -> None:
             continue  # preprocessing needs no checkpoint
         start = time.perf_counter()
         STAGE_FUNCTIONS[stage](opts, state)
-        state.seconds[stage] = time.perf_counter() - start
-        log.info("%s: %s in %.1f s", stage, state.ran.get(stage, "ran"), state.seconds[stage])
+        seconds = time.perf_counter() - start
+        log.info("%s: %s in %.1f s", stage, state.ran.get(stage, "ran"), seconds)
     if state.results:
         write_summary(opts, state)
 
@@ -300,9 +282,8 @@ def combined_results(opts: RunOptions, state: RunState) -> dict[str, Any]:
     combined = dict(state.results[primary])
     if "torch" in state.results and "tf" in state.results:
         torch_res, tf_res = state.results["torch"], state.results["tf"]
-        combined["tf_top1"] = tf_res["top1"]
-        combined["tf_top5"] = tf_res["top5"]
-        combined["tf_images_per_second"] = tf_res["images_per_second"]
+        for key in ("top1", "top5", "images_per_second"):
+            combined[f"tf_{key}"] = tf_res[key]
         combined["top1_torch_minus_tf"] = round(torch_res["top1"] - tf_res["top1"], 6)
         combined["prediction_agreement"] = _prediction_agreement(opts, state)
     loadgen = combined.get("loadgen") or {}
@@ -337,14 +318,13 @@ def write_summary(opts: RunOptions, state: RunState) -> None:
 def format_summary(combined: dict[str, Any], state: RunState) -> str:
     torch_top1 = state.results.get("torch", {}).get("top1")
     tf_top1 = state.results.get("tf", {}).get("top1")
-    main_top1 = torch_top1 if torch_top1 is not None else tf_top1
     rows = [
         ("model", combined["model"]),
         ("images", str(combined["images"])),
         ("top-1 PyTorch", _pct(torch_top1)),
         ("top-1 TensorFlow", _pct(tf_top1)),
         ("MLPerf reference", _pct(state.profile.reference_top1)),
-        ("difference", f"{main_top1 - state.profile.reference_top1:+.3f} points"),
+        ("difference", f"{combined['top1'] - state.profile.reference_top1:+.3f} points"),
     ]
     if combined.get("loadgen"):
         from eval.loadgen import LoadgenResult
@@ -408,12 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
     # Every RunOptions field has a command-line option of the same name.
-    opts = RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)})
-    try:
-        os.makedirs(opts.work_dir, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create work dir {opts.work_dir}: {err.strerror}") from None
-    run_pipeline(opts)
+    run_pipeline(RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)}))
     return 0
 
 

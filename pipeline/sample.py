@@ -25,9 +25,6 @@ from preprocess import dataset
 logger = logging.getLogger(__name__)
 
 JPEG_QUALITY = 95
-VAL_MAP_NAME = "val_map.txt"
-MANIFEST_NAME = "manifest.json"
-README_NAME = "README.md"
 
 
 @dataclass(frozen=True)
@@ -96,13 +93,9 @@ def sample_dir() -> Path:
     return Path(__file__).resolve().parent / "sample"
 
 
-def sample_val_map() -> Path:
-    return sample_dir() / VAL_MAP_NAME
-
-
 def sample_pairs(path: str | Path | None = None) -> list[tuple[str, int]]:
     """The sample's ``(file, label)`` pairs in query order, read by preprocess's parser."""
-    path = Path(path) if path is not None else sample_val_map()
+    path = Path(path) if path is not None else sample_dir() / "val_map.txt"
     listing = dataset.read_val_map(path, path.parent)
     return list(zip(listing.files, listing.labels, strict=True))
 
@@ -146,12 +139,6 @@ def regenerate(dest: str | Path | None = None) -> list[Path]:
     import skimage
 
     dest = Path(dest) if dest is not None else sample_dir()
-    written = []
-    for name, data in encoded.items():
-        path = dest / name
-        _write_bytes_atomic(path, data)
-        written.append(path)
-    val_map = "".join(f"{image.file} {image.label}\n" for image in SAMPLE_IMAGES)
     manifest = {
         "opencv": cv2.__version__,
         "scikit_image": skimage.__version__,
@@ -169,20 +156,17 @@ def regenerate(dest: str | Path | None = None) -> list[Path]:
             for image in SAMPLE_IMAGES
         ],
     }
-    for name, text in (
-        (VAL_MAP_NAME, val_map),
-        (MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n"),
-        (README_NAME, _readme(cv2.__version__, skimage.__version__)),
-    ):
-        _write_bytes_atomic(dest / name, text.encode())
-        written.append(dest / name)
-    return written
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-        tmp.chmod(0o644)  # mkstemp makes 0600; these files are meant to be shared
+    val_map = "".join(f"{image.file} {image.label}\n" for image in SAMPLE_IMAGES)
+    files = {
+        **encoded,
+        "val_map.txt": val_map.encode(),
+        "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode(),
+        "README.md": _readme(cv2.__version__, skimage.__version__).encode(),
+    }
+    for name, data in files.items():
+        with atomic_path(dest / name) as tmp:
+            tmp.write_bytes(data)
+    return [dest / name for name in files]
 
 
 def _readme(opencv_version: str, skimage_version: str) -> str:

@@ -20,15 +20,13 @@ class StageStamp:
     def __init__(self, stamp_dir: str | os.PathLike, stage: str):
         self.path = Path(stamp_dir) / f"{stage}.json"
 
-    def load(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
     def is_current(self, inputs: dict[str, Any], outputs: list[str | os.PathLike]) -> bool:
-        recorded = self.load()
-        if recorded is None or recorded.get("inputs") != _jsonable(inputs):
+        """Whether the stamp records these inputs and every output still exists."""
+        try:
+            recorded = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        if recorded.get("inputs") != _jsonable(inputs):
             return False
         return all(Path(p).exists() for p in outputs)
 
