@@ -93,18 +93,10 @@ def read_manifest(cache_dir: Path) -> dict | None:
     """The manifest as a dict, or None when it is absent, unreadable or not ours."""
     try:
         manifest = json.loads((cache_dir / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
+        ours = isinstance(manifest["config"]["recipe"], dict) and "format_version" in manifest
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return manifest if is_our_manifest(manifest) else None
-
-
-def is_our_manifest(manifest) -> bool:
-    return (
-        isinstance(manifest, dict)
-        and isinstance(manifest.get("config"), dict)
-        and isinstance(manifest["config"].get("recipe"), dict)
-        and "format_version" in manifest
-    )
+    return manifest if ours else None
 
 
 def write_manifest(cache_dir: Path, manifest: dict) -> None:
@@ -150,8 +142,8 @@ class PreprocessedCache:
     labels: np.ndarray  # int64 (N,)
     files: list[str]
     manifest: dict = field(repr=False)
-    fingerprint: str = ""
-    digests: np.ndarray = field(default=None, repr=False)  # uint8 (N, 32)
+    fingerprint: str
+    digests: np.ndarray = field(repr=False)  # uint8 (N, 32)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -216,13 +208,10 @@ def load_cache(cache_dir: str | os.PathLike, profile: ModelProfile | str) -> Pre
         )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UserError(f"the cache at {cache_dir} has an older layout: {rerun}")
-    images, labels, files, digests = _read_arrays(cache_dir, count, rerun)
-    fingerprint = content_fingerprint(manifest["config"], digests, labels, files)
-    if fingerprint != manifest.get("fingerprint"):
-        raise UserError(
-            f"the cache at {cache_dir} is damaged (its digests, labels or file names do not "
-            f"match its manifest): {rerun}"
-        )
+    try:
+        images, labels, files, digests = read_arrays(cache_dir, manifest)
+    except ValueError as err:
+        raise UserError(f"the cache at {cache_dir} {err}: {rerun}") from None
     _warn_if_opencv_changed(manifest)
     return PreprocessedCache(
         cache_dir=cache_dir,
@@ -231,19 +220,22 @@ def load_cache(cache_dir: str | os.PathLike, profile: ModelProfile | str) -> Pre
         labels=labels,
         files=files,
         manifest=manifest,
-        fingerprint=fingerprint,
+        fingerprint=manifest["fingerprint"],
         digests=digests,
     )
 
 
-def _read_arrays(cache_dir: Path, count, rerun: str):
+def read_arrays(cache_dir: Path, manifest: dict):
+    """(images memmap, labels, files, digests) of a finished cache, checked against its
+    manifest: shapes, dtypes and content fingerprint. ValueError says what is wrong."""
+    count = manifest.get("count")
     try:
         images = np.load(cache_dir / IMAGES_NAME, mmap_mode="r")
         labels = np.load(cache_dir / LABELS_NAME)
         digests = np.load(cache_dir / DIGESTS_NAME)
         files = (cache_dir / FILES_NAME).read_text(encoding="utf-8").splitlines()
     except (OSError, ValueError) as err:
-        raise UserError(f"the cache at {cache_dir} is damaged ({err}): {rerun}") from None
+        raise ValueError(f"is damaged ({err})") from None
     if (
         images.shape != (count, *CROP_SHAPE)
         or images.dtype != np.uint8
@@ -253,9 +245,10 @@ def _read_arrays(cache_dir: Path, count, rerun: str):
         or digests.dtype != np.uint8
         or len(files) != count
     ):
-        raise UserError(
-            f"the cache at {cache_dir} does not match its manifest ({count} images): {rerun}"
-        )
+        raise ValueError(f"does not match its manifest ({count} images)")
+    fingerprint = content_fingerprint(manifest["config"], digests, labels, files)
+    if fingerprint != manifest.get("fingerprint"):
+        raise ValueError("is damaged (its digests, labels or file names do not match its manifest)")
     return images, labels, files, digests
 
 
@@ -264,7 +257,7 @@ def _warn_if_opencv_changed(manifest: dict) -> None:
         import cv2
     except ImportError:  # loading a cache does not need OpenCV
         return
-    built_with = manifest.get("config", {}).get("opencv_version")
+    built_with = manifest["config"].get("opencv_version")
     if built_with != cv2.__version__:
         log.warning(
             "cache was built with OpenCV %s but %s is installed: rerun preprocess to refresh it",

@@ -20,16 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.cache import (
-    DIGEST_SIZE,
-    DIGESTS_NAME,
-    FILES_NAME,
     FORMAT_VERSION,
     IMAGES_NAME,
-    LABELS_NAME,
     SIGNATURES_NAME,
-    content_fingerprint,
     crop_digest,
     file_stat,
+    read_arrays,
     read_damage,
 )
 from preprocess.dataset import Listing
@@ -80,27 +76,16 @@ def load_previous(cache_dir: Path, manifest: dict, workers: int) -> PreviousCach
     """The finished cache in ``cache_dir`` as a PreviousCache, or None if it cannot be
     trusted (files missing, or digests/labels/names not those the manifest names)."""
     try:
-        files = (cache_dir / FILES_NAME).read_text(encoding="utf-8").splitlines()
-        labels = np.load(cache_dir / LABELS_NAME)
-        digests = np.load(cache_dir / DIGESTS_NAME)
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError("has an older layout")
+        images, labels, files, digests = read_arrays(cache_dir, manifest)
         signatures = np.load(cache_dir / SIGNATURES_NAME)
-        images = np.load(cache_dir / IMAGES_NAME, mmap_mode="r")
-        images_stat = file_stat(cache_dir / IMAGES_NAME)
-    except (OSError, ValueError):
+        if signatures.shape != (len(files), SIGNATURE_WIDTH):
+            raise ValueError(f"does not match its manifest ({len(files)} images)")
+    except (OSError, ValueError) as err:
+        log.warning("the cache in %s %s: rebuilding", cache_dir, err)
         return None
-    count = manifest.get("count")
-    shapes_ok = (
-        len(files) == count
-        and images.shape[0] == count
-        and digests.shape == (count, DIGEST_SIZE)
-        and signatures.shape == (count, SIGNATURE_WIDTH)
-        and manifest.get("format_version") == FORMAT_VERSION
-    )
-    if not shapes_ok or content_fingerprint(
-        manifest["config"], digests, labels, files
-    ) != manifest.get("fingerprint"):
-        log.warning("the cache files in %s do not match its manifest: rebuilding", cache_dir)
-        return None
+    images_stat = file_stat(cache_dir / IMAGES_NAME)
     damage_text, entries = read_damage(cache_dir)
     damaged = _damaged_rows(entries, files, digests)
     if images_stat != manifest.get("images_stat"):
