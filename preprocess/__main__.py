@@ -15,7 +15,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Decode, resize and centre-crop ImageNet validation images exactly as "
         "MLPerf does, into a resumable uint8 cache (one model per cache dir).",
     )
-    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
+    # Every option's name is a keyword of build_cache.
+    parser.add_argument("--model", dest="model_name", required=True, choices=MODEL_NAMES)
     parser.add_argument(
         "--data-dir", required=True, help="folder with val_map.txt or synset folders"
     )
@@ -43,19 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.quiet)
     from preprocess.build import build_cache  # after argparse, so --help stays instant
 
-    summary = build_cache(
-        args.model,
-        args.data_dir,
-        args.cache_dir,
-        val_map=args.val_map,
-        limit=args.limit,
-        workers=args.workers,
-        skip_bad=args.skip_bad,
-        quiet=args.quiet,
-        force=args.force,
-        wait=args.wait,
-    )
-    print(summary.line())
+    print(build_cache(**vars(args)).line())
     return 0
 
 

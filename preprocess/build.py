@@ -412,10 +412,8 @@ class _Build:
             and not plan.kept_bad
             and os.access(self.cache_dir / IMAGES_NAME, os.W_OK)
         )
-        # The old digests and signatures stay until the end, beside the new ones.
-        needed = (0 if in_place else count * CROP_BYTES) + 2 * count * (
-            PER_IMAGE_BYTES - CROP_BYTES
-        )
+        metadata = count * (PER_IMAGE_BYTES - CROP_BYTES)  # digests and signatures
+        needed = 2 * metadata + (0 if in_place else count * CROP_BYTES)  # old ones stay too
         self._start_partial(digests, needed, done=int(reused.sum()), adopt_images=in_place)
         if not in_place:
             log.info("copying %d unchanged crops in %s", reused.sum(), self.cache_dir)
@@ -483,13 +481,9 @@ class _Build:
         write_manifest(self.cache_dir, manifest)
 
     def _skipped_entries(self, bad: list[tuple[int, str]]) -> list[dict]:
+        files, signatures = self.listing.files, self.signatures
         return [
-            {
-                "file": self.listing.files[i],
-                "reason": reason,
-                "signature": self.signatures[i].tolist(),
-            }
-            for i, reason in bad
+            {"file": files[i], "reason": r, "signature": signatures[i].tolist()} for i, r in bad
         ]
 
     def _summary(
@@ -575,25 +569,21 @@ class _Build:
         labels = np.asarray(self.listing.labels, dtype=np.int64)[keep]
         names = [self.listing.files[i] for i in keep]
         fingerprint = content_fingerprint(self.config, digests, labels, names)
+        save_npy_atomic(cache_dir / DIGESTS_NAME, digests)
+        save_npy_atomic(cache_dir / LABELS_NAME, labels)
+        save_npy_atomic(cache_dir / SIGNATURES_NAME, self.signatures[keep])
+        write_text_atomic(cache_dir / FILES_NAME, "".join(f"{n}\n" for n in names))
         partial = cache_dir / PARTIAL_IMAGES_NAME
         if bad_indices:
             with atomic_path(cache_dir / IMAGES_NAME) as tmp:
                 _compact(partial, tmp, keep)
-                self._write_metadata(digests, labels, names, keep)
             partial.unlink()
         else:
-            self._write_metadata(digests, labels, names, keep)
             _fsync(partial)
             os.replace(partial, cache_dir / IMAGES_NAME)
         self._write_manifest(len(keep), len(keep), skipped, fingerprint)
         _remove_partial(cache_dir)
         return len(keep), fingerprint
-
-    def _write_metadata(self, digests, labels, names: list[str], keep: np.ndarray) -> None:
-        save_npy_atomic(self.cache_dir / DIGESTS_NAME, digests)
-        save_npy_atomic(self.cache_dir / LABELS_NAME, labels)
-        save_npy_atomic(self.cache_dir / SIGNATURES_NAME, self.signatures[keep])
-        write_text_atomic(self.cache_dir / FILES_NAME, "".join(f"{n}\n" for n in names))
 
 
 def _compact(partial: Path, out_path: Path, keep: np.ndarray) -> None:

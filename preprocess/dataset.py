@@ -10,7 +10,7 @@ import logging
 import os
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core.errors import UserError
@@ -160,10 +160,5 @@ def list_dataset(
     if not listing.files:
         raise UserError(f"the listing from {listing.source} holds no images")
     if limit is not None and limit < len(listing):
-        listing = Listing(
-            root=listing.root,
-            files=listing.files[:limit],
-            labels=listing.labels[:limit],
-            source=listing.source,
-        )
+        listing = replace(listing, files=listing.files[:limit], labels=listing.labels[:limit])
     return listing

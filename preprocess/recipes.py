@@ -46,11 +46,10 @@ def center_crop(img: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
 def crop_bgr_image(bgr: np.ndarray, profile: ModelProfile) -> np.ndarray:
     """Steps 2-3 on an image as ``cv2.imread`` returns it: uint8 RGB (224, 224, 3)."""
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    width, height = resized_size(rgb.shape[0], rgb.shape[1])
-    resized = cv2.resize(
-        rgb, (width, height), interpolation=INTERPOLATION_FLAGS[profile.interpolation]
+    size = resized_size(*rgb.shape[:2])
+    return center_crop(
+        cv2.resize(rgb, size, interpolation=INTERPOLATION_FLAGS[profile.interpolation])
     )
-    return center_crop(resized)
 
 
 def unreadable_reason(path: str) -> str | None:
