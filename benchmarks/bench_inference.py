@@ -1,11 +1,10 @@
 """Inference throughput: PyTorch eager vs this project's fast path vs TensorFlow vs ONNX Runtime.
 
-One run, both models, img/s at each batch size, steady state (warm-up first, then as many
-calls as fit in ``--seconds``). TensorFlow runs the original frozen graph (a fixture graph
-with random weights: speed does not depend on the values), PyTorch runs the same weights
-converted by ``convert``, ONNX Runtime runs the graph converted by tf2onnx. The fast path's
-logits are also compared with TensorFlow's on the timed batch, so a speed-up that broke
-exactness would show.
+Both models, steady-state img/s at each batch size (warm-up first, then as many calls as
+fit in ``--seconds``), on fixture graphs with random weights (speed does not depend on the
+values): TensorFlow runs the frozen graph, PyTorch its ``convert``-ed weights, ONNX Runtime
+its tf2onnx conversion. PyTorch's logits are compared with TensorFlow's on the timed batch,
+so a speed-up that broke exactness would show.
 
     python -m benchmarks.bench_inference --json work/bench/inference.json
 """
@@ -110,7 +109,6 @@ def onnx_session(model: str, graph: Path, cores: int):
         )
         options = ort.SessionOptions()
         options.intra_op_num_threads = cores
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(
             proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
@@ -165,34 +163,35 @@ def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> l
     onnx = onnx_session(model, graph, cores) if "onnx" in args.engines else None
     rows = []
     for batch in args.batches:
-        rng = np.random.default_rng(batch)
-        u8 = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+        u8 = np.random.default_rng(batch).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
         nhwc = normalize(u8, model)
         nchw = torch.from_numpy(nhwc).permute(0, 3, 1, 2)  # channels-last view, no copy
         tf_logits = runner.logits(nhwc) if runner is not None else None
         for engine in args.engines:
-            row = {"model": model, "batch": batch, "engine": engine, "gflop": gflop_per_image}
             progress.set_description(f"{model} b{batch} {engine}")
+            row = {"model": model, "batch": batch, "engine": engine, "gflop": gflop_per_image}
             if engine.startswith(("eager", "fast")):
                 row.update(torch_cell(module, engine, nchw, tf_logits, args.seconds))
             elif engine == "tf":
                 row["name"] = "tensorflow"
                 row.update(throughput(lambda x=nhwc: runner.logits(x), batch, args.seconds))
-            elif isinstance(onnx, str):
-                row["name"], row["img_per_s"] = "onnxruntime", None
-                row["error"] = onnx
             else:
-                session, input_name = onnx
-                row["name"] = "onnxruntime"
-                feed = {input_name: nhwc}
-                row.update(
-                    throughput(lambda s=session, f=feed: s.run(None, f), batch, args.seconds)
-                )
+                row.update(onnx_cell(onnx, nhwc, args.seconds))
             rows.append(row)
             progress.update(1)
     if runner is not None:
         runner.close()
     return rows
+
+
+def onnx_cell(onnx, nhwc: np.ndarray, seconds: float) -> dict:
+    """ONNX Runtime's speed on one batch, or why it could not run (``onnx_session``)."""
+    if isinstance(onnx, str):
+        return {"name": "onnxruntime", "img_per_s": None, "error": onnx}
+    session, input_name = onnx
+    feed = {input_name: nhwc}
+    speed = throughput(lambda: session.run(None, feed), len(nhwc), seconds)
+    return {"name": "onnxruntime", **speed}
 
 
 def add_ratios(rows: list[dict], gemm_gflops: float) -> None:
@@ -258,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(
             f"cannot create the fixture folder {args.fixture_dir} ({err.strerror})"
         ) from None
-    system = cpu_description()
     import torch
 
+    system = cpu_description()
     system.update(
         torch=torch.__version__, python=platform.python_version(), load_before=load_average()
     )
@@ -274,7 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     add_ratios(rows, system["gemm_gflops"])
     system["load_after"] = load_average()
     system["total_seconds"] = round(time.perf_counter() - started, 1)
+    print_report(system, rows)
+    if args.json:
+        result = {"system": system, "seconds_per_cell": args.seconds, "results": rows}
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
+        log.info("wrote %s", args.json)
+    return 0
 
+
+def print_report(system: dict, rows: list[dict]) -> None:
     print(f"CPU: {system['cpu']} ({system['cores']} cores), torch {system['torch']}, fp32")
     print(f"load average before/after: {system['load_before']} / {system['load_after']}")
     print(
@@ -282,11 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         " 'GEMM %' = a row's arithmetic rate as a share of it"
     )
     print(format_table(rows))
-    if args.json:
-        result = {"system": system, "seconds_per_cell": args.seconds, "results": rows}
-        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
-        log.info("wrote %s", args.json)
-    return 0
 
 
 if __name__ == "__main__":

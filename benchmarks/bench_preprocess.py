@@ -72,40 +72,55 @@ def print_result(result: dict) -> None:
           "crops checked equal to MLPerf's floats")  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=300, help="JPEGs to generate")
     parser.add_argument("--model", default="resnet50", choices=("resnet50", "mobilenet_v1"))
     parser.add_argument("--workers", type=int, default=None, help="default: all cores")
     parser.add_argument("--repeats", type=int, default=2, help="best of N timings each")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def generate_jpegs(data: Path, images: int) -> None:
+    """ImageNet-sized JPEGs in ``data``, read once so neither build pays cold reads."""
+    start = time.perf_counter()
+    write_val_set(data, images, sizes=IMAGENET_LIKE_SIZES, seed=2024, quality=90)
+    kib_each = folder_bytes(data) / images / 1024
+    seconds = time.perf_counter() - start
+    print(f"generated {images} JPEGs ({kib_each:.0f} KiB each) in {seconds:.1f} s")
+    for path in data.iterdir():
+        path.read_bytes()
+
+
+def time_builds(args: argparse.Namespace, data: Path, tmp: Path) -> tuple[list, list]:
+    """Seconds of each repeat of both builds, into ``tmp``/ours<r> and ``tmp``/mlperf<r>."""
+    ours_s, theirs_s = [], []
+    for r in range(args.repeats):
+        start = time.perf_counter()
+        build_cache(args.model, data, tmp / f"ours{r}", workers=args.workers, quiet=True)
+        ours_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        mlperf_style_build(args.model, data, tmp / f"mlperf{r}")
+        theirs_s.append(time.perf_counter() - start)
+    return ours_s, theirs_s
+
+
+def check_same_floats(model: str, ours: Path, theirs: Path) -> None:
+    """Spot-check that the project's cache normalises to MLPerf's float32 crops."""
+    cache = load_cache(ours, model)
+    for i in range(0, len(cache), max(1, len(cache) // 10)):
+        expected = np.load(theirs / f"{cache.files[i]}.npy")
+        assert np.array_equal(normalize(cache.images[i : i + 1], model)[0], expected)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:
         tmp = Path(tmp)
-        data = tmp / "data"
-        t0 = time.perf_counter()
-        write_val_set(data, args.images, sizes=IMAGENET_LIKE_SIZES, seed=2024, quality=90)
-        jpeg_bytes = folder_bytes(data) / args.images
-        print(f"generated {args.images} JPEGs ({jpeg_bytes / 1024:.0f} KiB each) in "
-              f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
-        for path in data.iterdir():  # warm the page cache so neither build pays cold reads
-            path.read_bytes()
-
-        ours_s, theirs_s = [], []
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            build_cache(args.model, data, tmp / f"ours{r}", workers=args.workers, quiet=True)
-            ours_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            mlperf_style_build(args.model, data, tmp / f"mlperf{r}")
-            theirs_s.append(time.perf_counter() - t0)
-
-        cache = load_cache(tmp / "ours0", args.model)
-        for i in range(0, len(cache), max(1, len(cache) // 10)):  # spot-check exactness
-            expected = np.load(tmp / "mlperf0" / f"{cache.files[i]}.npy")
-            assert np.array_equal(normalize(cache.images[i : i + 1], args.model)[0], expected)
-
+        generate_jpegs(tmp / "data", args.images)
+        ours_s, theirs_s = time_builds(args, tmp / "data", tmp)
+        check_same_floats(args.model, tmp / "ours0", tmp / "mlperf0")
         result = {
             "images": args.images,
             "model": args.model,
@@ -123,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
         }
     print_result(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 

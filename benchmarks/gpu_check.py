@@ -3,27 +3,15 @@
     python -m benchmarks.gpu_check --out DIR [--device cuda] [--images 50000] [--subset 1024]
                                    [--weights-dir gpu-weights] [--work-dir /tmp/gpu-check]
 
-For a GPU machine without TensorFlow: needs torch, numpy and OpenCV only, and runs from
-the repository root:
-
-1. data: ``--unique`` generated JPEGs (tests/fixtures/images.py, OpenCV only), hard-linked
-   into a ``--images`` listing with val_map.txt;
-2. preprocess: ``python -m preprocess --workers W`` per model, timed;
-3. weights: MobileNet from ``--weights-dir``/mobilenet_v1.pth (converted from the fixture
-   graph on a machine with TensorFlow by ``make gpu-weights``); ResNet-50 (not converted
-   there, to keep that folder small enough to copy) is a seeded model whose batch-norm
-   statistics are measured on real cached crops, saved in the converted-model format;
-   without a converted file MobileNet is made the same way;
-4. agree: ``python -m eval`` on the CPU (eager) over the first ``--subset`` images, then
-   on ``--device`` eager (fp32, TF32 off): predictions and top-5 must be identical;
-5. full: the whole ``python -m eval`` CLI over every image with its defaults, wall time,
-   setup_seconds, steady-state images/s, and agreement with the CPU on the subset;
-   steps 2-5 run for both models before the rest, so a short run answers the main question;
-6. the other ``--engines`` (default: fast) on the subset, against the CPU;
-7. precision (CUDA only): tf32 and bf16 full runs, their top-1 and share of predictions
-   equal to the fp32 run; and one fp32 full run with cuDNN autotuning forced on;
-8. torchrun: ``python -m torch.distributed.run --nproc-per-node N -m eval`` on the subset,
-   predictions against the one-process run.
+For a GPU machine without TensorFlow (torch, numpy and OpenCV only), run from the
+repository root. Per model, first: a cache of ``--images`` hard links to ``--unique``
+generated JPEGs (``python -m preprocess``, timed); weights (MobileNet from
+``--weights-dir``/mobilenet_v1.pth, made by ``make gpu-weights``; otherwise a seeded model
+whose batch norm is measured on real cached crops); ``python -m eval`` on the CPU over the
+first ``--subset`` images, then on ``--device`` (fp32, TF32 off), which must agree exactly;
+then the whole CLI over every image (wall time, setup, steady-state images/s). Then the
+longer runs: tf32 and bf16 (CUDA), torchrun against the one-process run, the other
+``--engines`` and cuDNN autotuning.
 
 Each step is added to DIR/gpu_check.json as soon as it ends (a timeout still returns what
 finished) and logged to DIR/gpu_check.log. Exit status 1 when any comparison disagrees or
@@ -74,8 +62,8 @@ class Report:
         write_text_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
-def run_timed(args: list[str], env: dict | None = None) -> tuple[float, str]:
-    """Run a command from the repository root; (wall seconds, stderr tail); raise on failure."""
+def run_timed(args: list[str], env: dict | None = None) -> float:
+    """Run a command from the repository root; its wall seconds; raise on failure."""
     start = time.perf_counter()
     proc = subprocess.run(
         args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
@@ -85,7 +73,7 @@ def run_timed(args: list[str], env: dict | None = None) -> tuple[float, str]:
         raise RuntimeError(
             f"{' '.join(args[:6])} ... exited {proc.returncode}: {proc.stderr[-800:]}"
         )
-    return wall, proc.stderr[-400:]
+    return wall
 
 
 def make_data(work: Path, images: int, unique: int) -> dict:
@@ -113,7 +101,7 @@ def make_data(work: Path, images: int, unique: int) -> dict:
 
 def preprocess(model: str, data: Path, work: Path, workers: int) -> dict:
     cache = work / f"cache-{model}"
-    wall, _ = run_timed(
+    wall = run_timed(
         [sys.executable, "-m", "preprocess", "--model", model, "--data-dir", str(data),
          "--cache-dir", str(cache), "--workers", str(workers), "--quiet"]
     )  # fmt: skip
@@ -143,7 +131,7 @@ def make_weights(model: str, cache: Path, work: Path, weights_dir: Path) -> dict
 def eval_cli(model, cache, weights, out: Path, *extra: str, launcher=None, env=None) -> dict:
     """``python -m eval`` (optionally under a launcher), timed; its results.json + wall."""
     launch = launcher or []
-    wall, _ = run_timed(
+    wall = run_timed(
         [sys.executable, *launch, "-m", "eval", "--model", model, "--cache-dir", str(cache),
          "--weights", str(weights), "--out", str(out), "--quiet", *extra], env=env,
     )  # fmt: skip
