@@ -69,13 +69,12 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 GZIP_MAGIC = b"\x1f\x8b"
 
 
 def is_archive_name(name: str | os.PathLike) -> bool:
     """Whether a file name says tar archive (MLPerf ships MobileNet as a ``.tgz``)."""
-    return str(name).lower().endswith(ARCHIVE_SUFFIXES)
+    return str(name).lower().endswith((".tgz", ".tar.gz", ".tar"))
 
 
 def find_archive_member(tar: tarfile.TarFile, member: str, archive) -> tarfile.TarInfo:
@@ -157,14 +156,10 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
 
     Call it only while holding ``exclusive_lock(folder)``: then no live writer owns them.
     """
-    removed = 0
-    for path in Path(folder).glob(".*.tmp"):
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
+    stale = list(Path(folder).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def check_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) -> None:

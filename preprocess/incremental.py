@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,6 @@ SIGNATURE_WIDTH = 4  # size, mtime_ns, ctime_ns, inode; -1 everywhere for a miss
 def stat_listing(listing: Listing) -> np.ndarray:
     """int64 (N, 4) signatures of the listed files, one ``os.stat`` each (relative to an
     open descriptor of the data dir, so the kernel does not walk its path every time)."""
-    missing = (-1, -1, -1, -1)
     rows = []
     root_fd = os.open(listing.root, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -46,7 +45,7 @@ def stat_listing(listing: Listing) -> np.ndarray:
             try:
                 st = os.stat(name, dir_fd=root_fd)
             except OSError:
-                rows.append(missing)
+                rows.append((-1,) * SIGNATURE_WIDTH)
                 continue
             rows.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     finally:
@@ -59,17 +58,12 @@ class PreviousCache:
     """A finished cache whose crops may be reused (same recipe, OpenCV and data dir)."""
 
     files: list[str]
-    labels: np.ndarray
     signatures: np.ndarray  # int64 (N, 4)
     digests: np.ndarray  # uint8 (N, 32)
     skipped: dict[str, dict]  # file -> {"reason", "signature"} for files left out
     damaged: np.ndarray  # bool (N,): rows whose bytes no longer match their digest
     damage_text: str  # damaged.json as read, so the build removes only what it handled
     images_stat: dict  # images.npy's size and mtime now (to record if it only moved)
-    index: dict[str, int] = field(init=False)
-
-    def __post_init__(self):
-        self.index = {name: i for i, name in enumerate(self.files)}
 
 
 def load_previous(cache_dir: Path, manifest: dict, workers: int) -> PreviousCache | None:
@@ -78,7 +72,7 @@ def load_previous(cache_dir: Path, manifest: dict, workers: int) -> PreviousCach
     try:
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError("has an older layout")
-        images, labels, files, digests = read_arrays(cache_dir, manifest)
+        images, _, files, digests = read_arrays(cache_dir, manifest)
         signatures = np.load(cache_dir / SIGNATURES_NAME)
         if signatures.shape != (len(files), SIGNATURE_WIDTH):
             raise ValueError(f"does not match its manifest ({len(files)} images)")
@@ -91,9 +85,7 @@ def load_previous(cache_dir: Path, manifest: dict, workers: int) -> PreviousCach
     if images_stat != manifest.get("images_stat"):
         damaged |= _verify_all(images, digests, workers, cache_dir)
     skipped = {s["file"]: s for s in manifest.get("skipped", []) if "file" in s}
-    return PreviousCache(
-        files, labels, signatures, digests, skipped, damaged, damage_text, images_stat
-    )
+    return PreviousCache(files, signatures, digests, skipped, damaged, damage_text, images_stat)
 
 
 def _damaged_rows(entries: list[dict], files: list[str], digests: np.ndarray) -> np.ndarray:
@@ -157,7 +149,8 @@ def make_plan(
 
     Vectorised over the rows that exist already; only new names are looked at one by one.
     """
-    rows = np.array([previous.index.get(n, -1) for n in listing.files], dtype=np.int64)
+    index = {name: i for i, name in enumerate(previous.files)}
+    rows = np.array([index.get(n, -1) for n in listing.files], dtype=np.int64)
     present = rows >= 0
     old = rows.clip(min=0)
     same = present & (signatures == previous.signatures[old]).all(axis=1)
