@@ -1,9 +1,4 @@
-"""The command-line plumbing every stage's ``__main__`` shares.
-
-Logging setup, the argparse type for counts, old option spellings kept as hidden aliases,
-and ``run_cli``, which turns a ``UserError`` into one sentence and its exit code.
-Imports only ``core.errors``.
-"""
+"""The command-line plumbing every stage's ``__main__`` shares."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""The user-facing error type every stage raises for bad input.
-
-A leaf: imports nothing of the project. The CLI wrapper that reports it is ``core.cli``.
-"""
+"""The user-facing error type every stage raises for bad input (reported by ``core.cli``)."""
 
 from __future__ import annotations
 

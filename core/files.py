@@ -1,7 +1,4 @@
-"""Files written whole or not at all, content digests, and MLPerf's archive member rule.
-
-A leaf like the rest of ``core``: imports nothing of the project outside ``core``.
-"""
+"""Files written whole or not at all, content digests, locks, and MLPerf's archive rule."""
 
 from __future__ import annotations
 

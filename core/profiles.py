@@ -2,7 +2,6 @@
 
 Every stage (preprocess, convert, eval, the runner) looks models up here, so a fact such
 as "label = argmax - 1" or "resnet50 uses INTER_AREA" is written exactly once.
-Part of the ``core`` leaf: it imports nothing of the project outside ``core``.
 """
 
 from __future__ import annotations

@@ -359,8 +359,8 @@ class _Build:
             log.info("--force: re-cropping every image into %s", self.cache_dir)
         elif manifest and manifest.get("complete"):
             if manifest["config"] != self.config:
-                old = {k: manifest["config"].get(k) for k in self.config}
-                changed = sorted(k for k in self.config if old[k] != self.config[k])
+                old = manifest["config"]
+                changed = sorted(k for k, v in self.config.items() if old.get(k) != v)
                 log.info(
                     "rebuilding the cache in %s: %s changed since it was built",
                     self.cache_dir,
