@@ -6,14 +6,10 @@
     torchrun --nproc-per-node N -m eval ...   (one shard of the cache per process)
     python -m eval compare A.npy B.npy [--files CACHE_OR_NAMES] [--model M] [--strict]
 
-Evaluation writes DIR/results.json, DIR/predictions.npy and DIR/top5.npy (DIR defaults to
+Evaluation writes DIR/results.json, predictions.npy and top5.npy (DIR defaults to
 results/<model>-<backend>) and prints a summary table. One run writes into DIR at a time: a
-second one exits with a sentence naming the first, or waits for it with --wait.
-
-Under torchrun (or ``python -m torch.distributed.run``) each process evaluates a contiguous
-shard (gloo on the CPU, NCCL on CUDA with one GPU per process: ``--device cuda`` becomes
-``cuda:LOCAL_RANK``); rank 0 gathers the predictions and alone writes DIR, with
-``"world_size": N`` in results.json. The predictions equal a one-process run's.
+second one exits with a sentence naming the first, or waits for it with --wait. Under
+torchrun rank 0 alone writes DIR (``eval.distributed``).
 """
 
 from __future__ import annotations

@@ -47,9 +47,6 @@ class DistContext:
         return self.world_size > 1
 
 
-SINGLE = DistContext()
-
-
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if value is None:
@@ -71,7 +68,7 @@ def init_from_environment(device: str) -> DistContext:
     """Join torchrun's process group when WORLD_SIZE > 1; else the single-process context."""
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size <= 1:
-        return SINGLE
+        return DistContext()
     import torch
     import torch.distributed as dist
 

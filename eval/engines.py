@@ -140,17 +140,6 @@ class PreparedEngine:
             return self.forward(staging)[:rows].clone()
 
 
-def configure_threads() -> int:
-    """Use every core this process may run on for intra-op work; return that count."""
-    cores = cores_for_this_process()
-    torch.set_num_threads(cores)
-    # Inter-op threads only matter for forked graphs; one is enough. It can only be set
-    # before the first parallel region, so a later call is skipped.
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
-    return cores
-
-
 def check_precision(precision: str, device_type: str) -> None:
     """ValueError (one sentence) for an unknown precision or a CUDA-only one elsewhere."""
     if precision not in PRECISIONS:
@@ -275,12 +264,10 @@ def record_build_seconds(
 
 def warmup_batch_sizes(num_images: int | None, batch_size: int) -> list[int]:
     """The batch shapes a run will see: the full batch, and the tail when there is one."""
-    if num_images is not None and num_images < batch_size:
-        return [num_images] if num_images > 0 else []
-    sizes = [batch_size]
-    if num_images is not None and num_images % batch_size:
-        sizes.append(num_images % batch_size)
-    return sizes
+    if num_images is None:
+        return [batch_size]
+    full, tail = divmod(num_images, batch_size)
+    return ([batch_size] if full else []) + ([tail] if tail else [])
 
 
 def warm_up(prepared: PreparedEngine, num_images: int | None, batch_size: int) -> None:
@@ -338,9 +325,7 @@ def build_inductor(module: nn.Module, example: torch.Tensor) -> Forward:
 def build_torchscript_onednn(module: nn.Module, example: torch.Tensor) -> Forward:
     """``build_torchscript_freeze`` with TorchScript's oneDNN Graph fuser (LLGA) on.
 
-    The fuser hands whole conv + batch norm + ReLU6 chains (depthwise ones included) to
-    oneDNN, as TensorFlow's oneDNN path does. The switch is process-wide, so it is on only
-    while this engine runs.
+    The switch is process-wide, so it is on only while this engine runs.
     """
     frozen = _ONEDNN_FUSION.run(lambda: build_torchscript_freeze(module, example))
     return lambda images: _ONEDNN_FUSION.run(lambda: frozen(images))
@@ -387,15 +372,12 @@ CUDA_FAST_BUILDER_ORDER = ("inductor", "torchscript-freeze")
 
 
 def fold_same_padding(module: nn.Module, example: torch.Tensor) -> int:
-    """Move each zero TF-SAME pad into its conv where ``Conv2d(padding=)`` can express it.
+    """Move each zero TF-SAME pad into its conv (in place); return how many were folded.
 
-    The converted models pad explicitly before every convolution (TF puts an odd pad
-    element after the data); each explicit pad is one extra copy of the activations. Where
-    the split is even (every stride-1 3x3 conv) it becomes ``conv.padding``; where it is
-    odd on a depthwise conv (stride 2), the kernel also grows by zero taps in front
-    (``_prepend_zero_taps``). Both compute the same sums from the unpadded tensor. Only for
-    a fixed input size (the fast engines'): returns how many pads were folded. ``module``
-    is changed in place.
+    Each explicit pad before a convolution is one extra copy of the activations. An even
+    split becomes ``conv.padding``; an odd one (TF pads one more after the data) on a
+    depthwise conv also grows the kernel by zero taps in front (``_prepend_zero_taps``).
+    Both compute the same sums; valid only for the fixed input size of ``example``.
     """
     from convert.models.padding import TFSamePad2d
 
@@ -453,8 +435,7 @@ def _prepend_zero_taps(conv: nn.Conv2d, taps: int) -> None:
 
     TF pads ``b`` before and ``b + taps`` after; a conv padded ``b + taps`` on both sides
     whose kernel starts with ``taps`` zero taps reads the same inputs with the same weights
-    (the extra products are exact zeros). Only for depthwise convs, where the larger
-    kernel costs little and the explicit pad copied the whole activation.
+    (the extra products are exact zeros).
     """
     weight = conv.weight.detach()
     grown = weight.new_zeros(*weight.shape[:2], *(size + taps for size in weight.shape[2:]))
@@ -542,7 +523,14 @@ def _configure_device(device, batch_size, num_images, precision, notes):
         notes.append(why_tune)
     if device.type != "cpu":
         return None, batch_size
-    count, threads = worker_count(batch_size), configure_threads()
+    # Intra-op threads on every core this process may use (workers set their own to one).
+    # Inter-op threads only matter for forked graphs; one is enough. It can only be set
+    # before the first parallel region, so a later call is skipped.
+    threads = cores_for_this_process()
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+    count = worker_count(batch_size)
     if count == 1:
         notes.append(f"{threads} intra-op threads")
         return None, batch_size

@@ -33,9 +33,8 @@ TOP5_FILE = "top5.npy"
 
 def _version(module: str, *distributions: str) -> str | None:
     """A loaded module's own version, else its installed distribution's (without importing)."""
-    loaded = sys.modules.get(module)
-    if loaded is not None and hasattr(loaded, "__version__"):
-        return loaded.__version__
+    if (loaded := getattr(sys.modules.get(module), "__version__", None)) is not None:
+        return loaded
     for name in distributions:
         try:
             return metadata.version(name)
