@@ -118,20 +118,14 @@ def onnx_session(model: str, graph: Path, cores: int):
         return f"n/a: {type(err).__name__}: {first[:200]}"
 
 
-def prepare_torch_engine(module, engine: str, batch: int):
-    """``prepare_engine`` for a bench engine name (``INTRA_OP`` forces one worker)."""
-    from eval.engines import prepare_engine
-
-    name, intra_op, _ = engine.partition(INTRA_OP)
-    forced = {WORKERS_ENV: "1"} if intra_op else {}
-    with mock.patch.dict(os.environ, forced):
-        return prepare_engine(module, name, batch_size=batch)
-
-
 def torch_cell(module, engine: str, nchw, tf_logits: np.ndarray | None, seconds: float) -> dict:
     """One PyTorch engine at one batch: its speed, setup, and agreement with TensorFlow."""
+    from eval.engines import prepare_engine
+
     batch = len(nchw)
-    prepared = prepare_torch_engine(module, engine, batch)
+    name, intra_op, _ = engine.partition(INTRA_OP)  # "@intra-op": one worker, all threads
+    with mock.patch.dict(os.environ, {WORKERS_ENV: "1"} if intra_op else {}):
+        prepared = prepare_engine(module, name, batch_size=batch)
     fell_back = " (fast fell back)" if engine.startswith("fast") and not prepared.is_fast else ""
     threading = "workers" if prepared.workers else "intra-op"
     cell = {

@@ -356,8 +356,8 @@ def _download(url: str, dest: Path, pin: str | None, *, quiet: bool) -> None:
 
 def _response_span(response, offset: int) -> tuple[int | None, int | None]:
     """Where the response body starts in the file, and the file's total size if known."""
-    length = response.headers.get("Content-Length")
-    length = int(length) if length is not None and length.isdigit() else None
+    length = response.headers.get("Content-Length", "")
+    length = int(length) if length.isdigit() else None
     if response.status != 206:
         return 0, length  # a full body, whether or not a range was asked for
     match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", ""))
