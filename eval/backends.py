@@ -73,10 +73,8 @@ class Backend(ABC):
         return list(handles)
 
     def allocate_batch(self, batch_size: int) -> np.ndarray:
-        """A writable uint8 ``(batch_size, 224, 224, 3)`` buffer the reader fills.
-
-        Backends override this to hand out memory they can transfer fast (pinned memory).
-        """
+        """A writable uint8 ``(batch_size, 224, 224, 3)`` buffer the reader fills; backends
+        override it to hand out memory they transfer fast (pinned memory)."""
         return np.empty((batch_size, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
 
     def describe(self) -> dict:

@@ -27,13 +27,9 @@ from eval.report import PREDICTIONS_FILE
 
 
 def compare_predictions(a: np.ndarray, b: np.ndarray) -> dict:
-    """Compare two 1-D label arrays of equal length.
-
-    Returns ``{"total", "agree", "differ", "percent", "differing_indices"}`` where
-    ``percent`` is the agreement in percent and ``differing_indices`` a list of ints.
-    """
-    a = np.asarray(a)
-    b = np.asarray(b)
+    """Compare two 1-D label arrays of equal length: ``{"total", "agree", "differ",
+    "percent"`` (the agreement in percent) ``, "differing_indices"`` (a list of ints)``}``."""
+    a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 1 or b.ndim != 1:
         raise UserError(f"predictions must be 1-D label arrays, got shapes {a.shape} and {b.shape}")
     if a.shape != b.shape:
