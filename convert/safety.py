@@ -21,70 +21,21 @@ from .graph import node_name
 # Every op here computes its outputs from its inputs and attributes alone: no state, no
 # files, no randomness, no function calls. Keep it that way when adding an op.
 ALLOWED_OPS = frozenset(
-    {
-        # Graph plumbing.
-        "Const",
-        "Placeholder",
-        "PlaceholderWithDefault",
-        "Identity",
-        "IdentityN",
-        "StopGradient",
-        "Snapshot",
-        "NoOp",
-        # Convolution, dense layers and their biases.
-        "Conv2D",
-        "DepthwiseConv2dNative",
-        "MatMul",
-        "BatchMatMulV2",
-        "BiasAdd",
-        "BiasAddV1",
-        # Batch norm in each encoding (fused nodes, or the Rsqrt/Mul/Sub/Add arithmetic).
-        "FusedBatchNorm",
-        "FusedBatchNormV2",
-        "FusedBatchNormV3",
-        "BatchNormWithGlobalNormalization",
-        # Activations, pools and heads.
-        "Relu",
-        "Relu6",
-        "Softmax",
-        "LogSoftmax",
-        "MaxPool",
-        "AvgPool",
-        "Mean",
-        "ArgMax",
-        "TopKV2",
-        # Element-wise arithmetic.
-        "Add",
-        "AddV2",
-        "AddN",
-        "Sub",
-        "Mul",
-        "RealDiv",
-        "Div",
-        "Neg",
-        "Rsqrt",
-        "Sqrt",
-        "Square",
-        "Reciprocal",
-        "Maximum",
-        "Minimum",
-        "Sum",
-        # Layout and shape.
-        "Pad",
-        "PadV2",
-        "Transpose",
-        "Reshape",
-        "Squeeze",
-        "ExpandDims",
-        "ConcatV2",
-        "Pack",
-        "Unpack",
-        "Shape",
-        "StridedSlice",
-        "Slice",
-        "Cast",
-        "Fill",
-    }
+    # Graph plumbing.
+    "Const Placeholder PlaceholderWithDefault Identity IdentityN StopGradient Snapshot".split()
+    + ["NoOp"]
+    # Convolution, dense layers and their biases.
+    + "Conv2D DepthwiseConv2dNative MatMul BatchMatMulV2 BiasAdd BiasAddV1".split()
+    # Batch norm in each encoding (fused nodes, or the Rsqrt/Mul/Sub/Add arithmetic).
+    + "FusedBatchNorm FusedBatchNormV2 FusedBatchNormV3 BatchNormWithGlobalNormalization".split()
+    # Activations, pools and heads.
+    + "Relu Relu6 Softmax LogSoftmax MaxPool AvgPool Mean ArgMax TopKV2".split()
+    # Element-wise arithmetic.
+    + "Add AddV2 AddN Sub Mul RealDiv Div Neg Rsqrt Sqrt Square Reciprocal".split()
+    + "Maximum Minimum Sum".split()
+    # Layout and shape.
+    + "Pad PadV2 Transpose Reshape Squeeze ExpandDims ConcatV2 Pack Unpack Shape".split()
+    + "StridedSlice Slice Cast Fill".split()
 )
 
 
