@@ -1,15 +1,10 @@
 """Run an original MLPerf frozen graph in TensorFlow, at any batch size.
 
-The graph is imported once, into one reused session, with its input placeholder replaced by
-a new ``[None, H, W, C]`` one (``input_map``), so files that pin the batch to 1 still take
-whole batches. If some baked-in shape still rejects a batch, the runner falls back to one
-image at a time. Channels-first graphs are rewritten so that the ops TF's CPU kernels lack
-in NCHW (Conv2D, MaxPool, AvgPool, depthwise) run NHWC between two Transposes; every
-original tensor name keeps its meaning and layout.
-
-A frozen graph is a program: before the graph is imported, every node the logits depend on
-must pass ``convert.safety.check_graph_ops``, and so must every node of any other tensor
-fetched later, before the session runs it.
+The input placeholder is replaced by a ``[None, H, W, C]`` one, so graphs that pin the batch
+to 1 still take whole batches (or, if a baked-in shape rejects them, one image at a time).
+NCHW conv/pool ops, which TF's CPU kernels lack, run NHWC between two Transposes; every
+tensor name keeps its meaning. Before the graph is imported, and before any later fetch
+runs, its nodes must pass ``convert.safety.check_graph_ops``: a frozen graph is a program.
 """
 
 from __future__ import annotations
@@ -32,9 +27,20 @@ log = logging.getLogger(__name__)
 _NCHW_LACKING_ON_CPU = ("Conv2D", "MaxPool", "AvgPool", "DepthwiseConv2dNative")
 
 
-def _nchw_to_nhwc(values: Sequence[int]) -> list[int]:
-    n, c, h, w = values
-    return [n, h, w, c]
+def _lacks_nchw_kernel(node) -> bool:
+    is_nchw = "data_format" in node.attr and node.attr["data_format"].s == b"NCHW"
+    return is_nchw and node.op in _NCHW_LACKING_ON_CPU
+
+
+def _add_transpose(graph_def: Any, name: str, source: str, perm: list[int], perm_name: str) -> None:
+    """Append ``name = Transpose(source, perm)`` and its Const permutation ``perm_name``."""
+    tf = _quiet_tensorflow()
+    perm_node = graph_def.node.add(name=perm_name, op="Const")
+    perm_node.attr["dtype"].type = tf.int32.as_datatype_enum
+    perm_node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array(perm, np.int32)))
+    node = graph_def.node.add(name=name, op="Transpose", input=[source, perm_node.name])
+    node.attr["T"].type = tf.float32.as_datatype_enum
+    node.attr["Tperm"].type = tf.int32.as_datatype_enum
 
 
 def channels_last_rewrite(graph_def: Any) -> Any:
@@ -43,48 +49,27 @@ def channels_last_rewrite(graph_def: Any) -> Any:
     Node ``X`` becomes ``X/to_nhwc -> X/nhwc -> X`` (the last a Transpose back), so every
     consumer and every tensor name is unchanged. Graphs without NCHW ops come back as is.
     """
-    tf = _quiet_tensorflow()
-    if not any(
-        n.op in _NCHW_LACKING_ON_CPU and n.attr["data_format"].s == b"NCHW"
-        for n in graph_def.node
-        if "data_format" in n.attr
-    ):
+    if not any(_lacks_nchw_kernel(n) for n in graph_def.node):
         return graph_def
-    out = tf.compat.v1.GraphDef()
+    out = _quiet_tensorflow().compat.v1.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
-    int32, float32 = tf.int32.as_datatype_enum, tf.float32.as_datatype_enum
     for node in graph_def.node:
-        is_nchw = "data_format" in node.attr and node.attr["data_format"].s == b"NCHW"
-        if node.op not in _NCHW_LACKING_ON_CPU or not is_nchw:
+        if not _lacks_nchw_kernel(node):
             out.node.add().CopyFrom(node)
             continue
         base = node.name
-        for suffix, perm in (("to_nhwc_perm", [0, 2, 3, 1]), ("to_nchw_perm", [0, 3, 1, 2])):
-            perm_node = out.node.add()
-            perm_node.name, perm_node.op = f"{base}/{suffix}", "Const"
-            perm_node.attr["dtype"].type = int32
-            perm_node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array(perm, np.int32)))
-        to_nhwc = out.node.add()
-        to_nhwc.name, to_nhwc.op = f"{base}/to_nhwc", "Transpose"
-        to_nhwc.input.extend([node.input[0], f"{base}/to_nhwc_perm"])
-        to_nhwc.attr["T"].type = float32
-        to_nhwc.attr["Tperm"].type = int32
+        _add_transpose(out, f"{base}/to_nhwc", node.input[0], [0, 2, 3, 1], f"{base}/to_nhwc_perm")
         inner = out.node.add()
         inner.CopyFrom(node)
         inner.name = f"{base}/nhwc"
-        inner.input[0] = to_nhwc.name
+        inner.input[0] = f"{base}/to_nhwc"
         inner.attr["data_format"].s = b"NHWC"
         for key in ("strides", "ksize", "dilations"):
-            if key in inner.attr and len(inner.attr[key].list.i) == 4:
-                values = _nchw_to_nhwc(list(inner.attr[key].list.i))
-                del inner.attr[key].list.i[:]
-                inner.attr[key].list.i.extend(values)
-        back = out.node.add()
-        back.name, back.op = base, "Transpose"
-        back.input.extend([inner.name, f"{base}/to_nchw_perm"])
-        back.attr["T"].type = float32
-        back.attr["Tperm"].type = int32
+            values = inner.attr[key].list.i if key in inner.attr else []
+            if len(values) == 4:
+                values[:] = [values[0], values[2], values[3], values[1]]  # NCHW -> NHWC
+        _add_transpose(out, base, inner.name, [0, 3, 1, 2], f"{base}/to_nchw_perm")
     return out
 
 
@@ -143,15 +128,12 @@ class TFGraphRunner:
             check_graph_ops(self._graph_def, new, self.source)
             self._checked.update(new)
 
-    def _tensor(self, name: str):
-        return self.graph.get_tensor_by_name(tensor_name(name))
-
     def run(self, nhwc: np.ndarray, tensor_names: Sequence[str]) -> list[np.ndarray]:
         """Values of ``tensor_names`` (node or tensor names) for an NHWC float32 batch."""
         tf = _quiet_tensorflow()
         self._check_fetches(tensor_names)
         batch = np.ascontiguousarray(nhwc, dtype=np.float32)
-        fetches = [self._tensor(n) for n in tensor_names]
+        fetches = [self.graph.get_tensor_by_name(tensor_name(n)) for n in tensor_names]
         if not self._one_at_a_time:
             try:
                 return [np.asarray(v) for v in self.session.run(fetches, {self._input: batch})]
