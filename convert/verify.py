@@ -75,7 +75,7 @@ class VerificationResult(Record):
     def table(self) -> str:
         """The per-layer comparison as an aligned text table."""
         header = ("layer", "TF tensor", "batch norm", "shape", "max|diff|", "max rel", "ok")
-        rows = [
+        rows = [header] + [
             (
                 r.layer,
                 r.tf_tensor,
@@ -87,19 +87,17 @@ class VerificationResult(Record):
             )
             for r in self.layers
         ]
-        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+        widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
         lines = [
-            "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-            for row in [header, *rows]
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
         ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         top1 = sum(i.top1_agree for i in self.images)
         top5 = sum(i.top5_agree for i in self.images)
-        n = self.num_images
         lines.append(
             f"logits: max |diff| {self.logits_max_abs_diff:.3g}, max rel "
             f"{self.logits_max_rel_diff:.3g} (tolerance {self.tolerance:g}); top-1 agree "
-            f"{top1}/{n}, top-5 agree {top5}/{n} on {self.source}"
+            f"{top1}/{self.num_images}, top-5 agree {top5}/{self.num_images} on {self.source}"
         )
         if self.first_failing_layer:
             lines.append(f"first layer over tolerance: {self.first_failing_layer}")
@@ -145,16 +143,6 @@ def images_from_dir(profile: ModelProfile, folder: str | os.PathLike, limit: int
     return [str(p.relative_to(folder)) for p in files], batch
 
 
-def images_from_cache(profile: ModelProfile, cache_dir: str | os.PathLike, limit: int | None):
-    from preprocess import load_cache
-
-    cache = load_cache(cache_dir, profile)
-    count = len(cache) if limit is None else min(limit, len(cache))
-    if count == 0:
-        raise UserError(f"the cache at {cache_dir} holds no images to verify with")
-    return list(cache.files[:count]), cache.normalized(0, count)
-
-
 def verification_images(
     profile: ModelProfile,
     verify_images: str | os.PathLike | None = None,
@@ -168,8 +156,14 @@ def verification_images(
         names, batch = images_from_dir(profile, verify_images, verify_limit)
         return f"{len(names)} images from {verify_images}", names, batch
     if verify_cache is not None:
-        names, batch = images_from_cache(profile, verify_cache, verify_limit)
-        return f"{len(names)} images from cache {verify_cache}", names, batch
+        from preprocess import load_cache
+
+        cache = load_cache(verify_cache, profile)
+        count = len(cache) if verify_limit is None else min(verify_limit, len(cache))
+        if count == 0:
+            raise UserError(f"the cache at {verify_cache} holds no images to verify with")
+        names = list(cache.files[:count])
+        return f"{count} images from cache {verify_cache}", names, cache.normalized(0, count)
     names, batch = synthetic_images(profile)
     return f"{len(names)} synthetic images", names, batch
 
@@ -194,46 +188,29 @@ def topk_agree(tf_row: np.ndarray, torch_row: np.ndarray, k: int, tie_tolerance:
     return all(abs(tf_row[c] - kth) <= tie_tolerance for c in differing)
 
 
-class _Recorder:
-    """Forward hooks that keep a copy of each watched module's output."""
+def _record_outputs(model: nn.Module, modules: list[str], outputs: dict) -> list:
+    """Forward hooks that keep a copy of each named module's output in ``outputs``."""
+    named = dict(model.named_modules())
 
-    def __init__(self, model: nn.Module, modules: list[str]):
-        self.outputs: dict[str, torch.Tensor] = {}
-        named = dict(model.named_modules())
-        self.handles = []
-        for name in modules:
-            if name not in named:
-                raise AssertionError(f"model has no module {name!r}")
-            self.handles.append(named[name].register_forward_hook(self._hook(name)))
-
-    def _hook(self, name: str):
+    def keeper(name: str):
         def hook(_module, _inputs, output):
-            self.outputs[name] = output.detach().clone()
+            outputs[name] = output.detach().clone()
 
         return hook
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+    return [named[name].register_forward_hook(keeper(name)) for name in modules]
 
 
 @dataclass
 class _LayerStats:
     """Running per-layer maxima over all batches, plus the logits kept for per-image checks."""
 
-    max_abs: dict[str, float]
-    max_ref: dict[str, float]
+    max_abs: dict[str, float] = field(default_factory=dict)
+    max_ref: dict[str, float] = field(default_factory=dict)
     shapes: dict[str, list[int]] = field(default_factory=dict)
     mismatched: set[str] = field(default_factory=set)
     tf_logits: list[np.ndarray] = field(default_factory=list)
     pt_logits: list[np.ndarray] = field(default_factory=list)
-
-    @classmethod
-    def empty(cls, layer_tensors: list[LayerTensor]) -> _LayerStats:
-        return cls(
-            max_abs={lt.layer: 0.0 for lt in layer_tensors},
-            max_ref={lt.layer: 0.0 for lt in layer_tensors},
-        )
 
     def add(self, lt: LayerTensor, pt: np.ndarray, ref: np.ndarray, batch_len: int) -> None:
         """Fold one batch of one layer in; a size mismatch marks the layer and skips it."""
@@ -242,33 +219,11 @@ class _LayerStats:
             self.mismatched.add(lt.layer)
             return
         diff = np.abs(pt.reshape(batch_len, -1) - ref.reshape(batch_len, -1))
-        self.max_abs[lt.layer] = max(self.max_abs[lt.layer], float(diff.max()))
-        self.max_ref[lt.layer] = max(self.max_ref[lt.layer], float(np.abs(ref).max()))
+        self.max_abs[lt.layer] = max(self.max_abs.get(lt.layer, 0.0), float(diff.max()))
+        self.max_ref[lt.layer] = max(self.max_ref.get(lt.layer, 0.0), float(np.abs(ref).max()))
         if not lt.module:  # the model's own output: the logits
             self.tf_logits.append(ref.reshape(batch_len, -1))
             self.pt_logits.append(pt.reshape(batch_len, -1))
-
-
-def _compare_batch(
-    model: nn.Module,
-    runner: Any,
-    recorder: _Recorder,
-    layer_tensors: list[LayerTensor],
-    batch: np.ndarray,
-    data_format: str,
-    input_layout: str,
-    stats: _LayerStats,
-) -> None:
-    """Run one NHWC batch through TF and PyTorch and fold every layer's difference in."""
-    tf_batch = batch.transpose(0, 3, 1, 2) if input_layout == "NCHW" else batch
-    tf_values = runner.run(tf_batch, [lt.tf_tensor for lt in layer_tensors])
-    with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
-        logits = model(x)
-    for lt, tf_value in zip(layer_tensors, tf_values, strict=True):
-        pt = (logits if not lt.module else recorder.outputs[lt.module]).numpy()
-        ref = _to_nchw(np.asarray(tf_value, dtype=np.float32), data_format)
-        stats.add(lt, pt, ref, len(batch))
 
 
 def _collect_stats(
@@ -281,21 +236,28 @@ def _collect_stats(
     batch_size: int,
     quiet: bool,
 ) -> _LayerStats:
-    """Compare every listed layer over all images, batch by batch, with a progress bar."""
+    """Run TF and PyTorch on every NHWC batch and fold each listed layer's difference in."""
     model.eval()
-    recorder = _Recorder(model, [lt.module for lt in layer_tensors if lt.module])
-    stats = _LayerStats.empty(layer_tensors)
+    outputs: dict[str, torch.Tensor] = {}
+    handles = _record_outputs(model, [lt.module for lt in layer_tensors if lt.module], outputs)
+    stats = _LayerStats()
     bar = tqdm(total=len(images), unit="img", desc="verify", disable=quiet, leave=False)
     try:
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            _compare_batch(
-                model, runner, recorder, layer_tensors, batch, data_format, input_layout, stats
-            )
+            tf_batch = batch.transpose(0, 3, 1, 2) if input_layout == "NCHW" else batch
+            tf_values = runner.run(tf_batch, [lt.tf_tensor for lt in layer_tensors])
+            with torch.no_grad():
+                logits = model(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))))
+            for lt, tf_value in zip(layer_tensors, tf_values, strict=True):
+                pt = (outputs[lt.module] if lt.module else logits).numpy()
+                ref = _to_nchw(np.asarray(tf_value, dtype=np.float32), data_format)
+                stats.add(lt, pt, ref, len(batch))
             bar.update(len(batch))
     finally:
         bar.close()
-        recorder.remove()
+        for handle in handles:
+            handle.remove()
     return stats
 
 
@@ -305,8 +267,8 @@ def _layer_rows(
     """One row per layer: its worst difference relative to the layer's TF magnitude."""
     rows = []
     for lt in layer_tensors:
-        max_abs = stats.max_abs[lt.layer]
-        rel = max_abs / max(stats.max_ref[lt.layer], np.finfo(np.float32).tiny)
+        max_abs = stats.max_abs.get(lt.layer, 0.0)
+        rel = max_abs / max(stats.max_ref.get(lt.layer, 0.0), np.finfo(np.float32).tiny)
         ok = lt.layer not in stats.mismatched and rel <= tolerance
         shape = stats.shapes.get(lt.layer, [])
         rows.append(LayerDiff(lt.layer, lt.tf_tensor, shape, max_abs, rel, ok, lt.encoding))
@@ -366,11 +328,8 @@ def compare_layers(
     quiet: bool = False,
     input_layout: str = "NHWC",
 ) -> VerificationResult:
-    """Run TF and PyTorch on ``images`` (NHWC float32) and compare every listed layer.
-
-    ``input_layout`` is the layout the graph's input placeholder takes ("NCHW" for graphs
-    exported channels-first without a leading Transpose).
-    """
+    """Run TF and PyTorch on ``images`` (NHWC float32) and compare every listed layer;
+    ``input_layout`` is the layout the graph's input placeholder takes."""
     stats = _collect_stats(
         model, runner, layer_tensors, images, data_format, input_layout, batch_size, quiet
     )
