@@ -36,7 +36,6 @@ from .graph import ADD_OPS, Graph
 
 FUSED_BN_OPS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
 _AFFINE_OPS = ("Mul", "Sub", "RealDiv", "BiasAdd", *ADD_OPS)
-ENCODINGS = ("fused", "decomposed", "scale-shift", "folded-into-conv", "affine")
 # How closely recovered statistics must reproduce the file's folded scale and shift: a few
 # float32 ulps (the file may round rsqrt differently), far below any wrong assignment.
 _MATCH_RTOL = 1e-5
@@ -52,7 +51,7 @@ class BatchNormParams:
     variance: np.ndarray
     epsilon: float
     output: str  # node whose output 0 is the normalised tensor
-    form: str  # one of ENCODINGS
+    form: str  # the encoding: "fused", "decomposed", ... (see above)
     tensors: dict[str, str] = field(default_factory=dict)  # role -> TF constant name
 
 
@@ -83,9 +82,8 @@ def per_channel(value: np.ndarray, channels: int, data_format: str) -> np.ndarra
 def _affine_step(graph: Graph, node, x: str, channels: int, fmt: str) -> _Step | None:
     """``node`` as an affine step on data tensor ``x``, or None if it is something else."""
     if node.op in FUSED_BN_OPS:
-        return (
-            _Step(node.name, "fused", np.empty(0), node.name) if _first_is(graph, node, x) else None
-        )
+        reads_x = graph.data_inputs(node)[:1] == [x]
+        return _Step(node.name, "fused", np.empty(0), node.name) if reads_x else None
     if node.op not in _AFFINE_OPS:
         return None
     inputs = graph.data_inputs(node)
@@ -104,10 +102,6 @@ def _affine_step(graph: Graph, node, x: str, channels: int, fmt: str) -> _Step |
         return None
     kind = {"Mul": "mul", "Sub": "sub", "RealDiv": "div"}.get(node.op, "add")
     return _Step(node.name, kind, vector, source)
-
-
-def _first_is(graph: Graph, node, x: str) -> bool:
-    return graph.data_inputs(node)[:1] == [x]
 
 
 def affine_chain(graph: Graph, x: str, channels: int, fmt: str) -> list[_Step]:
@@ -138,8 +132,12 @@ def batch_norm_after(graph: Graph, conv: str, channels: int, fmt: str) -> BatchN
     kinds = [s.op for s in steps]
     if kinds == ["fused"]:
         return _fused(graph, graph.nodes[steps[0].node], channels)
-    if kinds == ["add"]:
-        return _folded_bias(steps[0], channels)
+    if kinds == ["add"]:  # optimize_for_inference folded the batch norm into the conv
+        step = steps[0]
+        ones = np.ones(channels, np.float32)
+        return _identity_norm(
+            ones, step.value, step.node, "folded-into-conv", {"beta": step.source}
+        )
     if kinds in (["mul", "add"], ["mul", "sub"]):
         return _scale_shift(graph, steps, channels, fmt)
     return _composed(graph, steps, channels)
@@ -184,16 +182,6 @@ def _identity_norm(scale, shift, output: str, form: str, tensors) -> BatchNormPa
         output=output,
         form=form,
         tensors=tensors,
-    )
-
-
-def _folded_bias(step: _Step, channels: int) -> BatchNormParams:
-    return _identity_norm(
-        np.ones(channels, np.float32),
-        step.value,
-        step.node,
-        "folded-into-conv",
-        {"beta": step.source},
     )
 
 

@@ -1,12 +1,10 @@
 """Read a frozen TF GraphDef and answer questions about it by following its edges.
 
-``read_frozen_graph`` opens a bare ``.pb`` or MLPerf's ``.tgz``. ``Graph`` indexes the nodes and
-their consumers, reads attributes and folds constants: any node whose value does not depend
-on a placeholder (``Const`` and pure arithmetic or reshaping of constants) is evaluated once,
-in numpy, without running the graph, so walkers see values rather than spellings
+``read_frozen_graph`` opens a bare ``.pb`` or MLPerf's ``.tgz``. ``Graph`` indexes nodes and
+consumers, reads attributes and folds constants: any node that does not depend on a
+placeholder is evaluated once in numpy, so walkers see values rather than spellings
 (``Reshape(gamma)``, ``Cast(Const)``, ``Rsqrt(var + eps) * gamma`` are all just numbers).
-TensorFlow is imported lazily so that ``import convert`` stays cheap for people who only
-load ``.pth`` files.
+TensorFlow is imported lazily: ``import convert`` stays cheap for loading ``.pth`` files.
 """
 
 from __future__ import annotations
@@ -113,12 +111,9 @@ def _binary(fn):
     return lambda node, args: fn(args[0], args[1])
 
 
-def _reshape(node, args):
-    return args[0].reshape(args[1].astype(np.int64).tolist())
-
-
-def _expand_dims(node, args):
-    return np.expand_dims(args[0], int(args[1].reshape(-1)[0]))
+def _reciprocal(x: np.ndarray, root: bool = False) -> np.ndarray:
+    """``1 / x`` (``1 / sqrt(x)`` with ``root``) in x's own dtype, as TF computes it."""
+    return (np.ones((), x.dtype) / (np.sqrt(x) if root else x)).astype(x.dtype)
 
 
 def _squeeze(node, args):
@@ -126,22 +121,8 @@ def _squeeze(node, args):
     return np.squeeze(args[0], axis=tuple(dims)) if dims else np.squeeze(args[0])
 
 
-def _concat(node, args):
-    return np.concatenate(args[:-1], axis=int(args[-1]))
-
-
-def _pack(node, args):
-    return np.stack(args, axis=node.attr["axis"].i if "axis" in node.attr else 0)
-
-
-def _rsqrt(node, args):
-    x = args[0]
-    return (np.ones((), x.dtype) / np.sqrt(x)).astype(x.dtype)
-
-
-def _reciprocal(node, args):
-    x = args[0]
-    return (np.ones((), x.dtype) / x).astype(x.dtype)
+def _int_list(value: np.ndarray) -> list[int]:
+    return value.astype(np.int64).tolist()
 
 
 # Pure functions of their inputs, evaluated in numpy when every input is a constant. float32
@@ -157,16 +138,18 @@ _FOLDERS = {
     "Neg": lambda node, args: np.negative(args[0]),
     "Square": lambda node, args: np.square(args[0]),
     "Sqrt": lambda node, args: np.sqrt(args[0]),
-    "Rsqrt": _rsqrt,
-    "Reciprocal": _reciprocal,
-    "Inv": _reciprocal,
-    "Reshape": _reshape,
-    "ExpandDims": _expand_dims,
+    "Rsqrt": lambda node, args: _reciprocal(args[0], root=True),
+    "Reciprocal": lambda node, args: _reciprocal(args[0]),
+    "Inv": lambda node, args: _reciprocal(args[0]),
+    "Reshape": lambda node, args: args[0].reshape(_int_list(args[1])),
+    "ExpandDims": lambda node, args: np.expand_dims(args[0], int(args[1].reshape(-1)[0])),
     "Squeeze": _squeeze,
     "Cast": lambda node, args: args[0].astype(_np_dtype(node.attr["DstT"].type)),
-    "ConcatV2": _concat,
-    "Pack": _pack,
-    "Transpose": lambda node, args: np.transpose(args[0], args[1].astype(np.int64).tolist()),
+    "ConcatV2": lambda node, args: np.concatenate(args[:-1], axis=int(args[-1])),
+    "Pack": lambda node, args: np.stack(
+        args, axis=node.attr["axis"].i if "axis" in node.attr else 0
+    ),
+    "Transpose": lambda node, args: np.transpose(args[0], _int_list(args[1])),
 }
 FOLDABLE_OPS = ("Const", *PASS_THROUGH_OPS, *_FOLDERS)
 
@@ -267,9 +250,8 @@ class Graph:
     def value(self, name: str, *, wanted_by: str | None = None) -> np.ndarray:
         """The value of a constant tensor, folding any arithmetic on constants.
 
-        Every ``Const`` the value is computed from is marked as used. Raises UserError
-        (naming the node) when the tensor depends on the input or uses an op that cannot be
-        folded.
+        Every ``Const`` it is computed from is marked as used. UserError (naming the node)
+        when the tensor depends on the input or uses an op that cannot be folded.
         """
         name_ = node_name(name)
         node = self.node(name_, wanted_by=wanted_by)
@@ -286,7 +268,6 @@ class Graph:
                 f"{self.source}: tensor {name_}{by} is computed by a {node.op}, which is not a "
                 f"frozen constant or arithmetic on constants"
             )
-        self.used_consts.update(self.const_leaves(name_))
         return self._fold(node)
 
     def _fold(self, node) -> np.ndarray:
@@ -295,6 +276,7 @@ class Graph:
         if node.op == "Const":
             tf = _quiet_tensorflow()
             result = np.array(tf.make_ndarray(node.attr["value"].tensor))
+            self.used_consts.add(node.name)
         else:
             args = [self.value(i, wanted_by=node.name) for i in self.data_inputs(node)]
             if node.op in PASS_THROUGH_OPS:
@@ -346,12 +328,11 @@ class Graph:
 
     def weight_consts(self) -> list[str]:
         """Names of all floating-point, non-scalar Const nodes: the graph's weights."""
-        names = []
-        for n in self.graph_def.node:
-            if n.op == "Const" and self.is_float_const(n.name):
-                if len(n.attr["value"].tensor.tensor_shape.dim) > 0:
-                    names.append(n.name)
-        return names
+        return [
+            n.name
+            for n in self.graph_def.node
+            if self.is_float_const(n.name) and n.attr["value"].tensor.tensor_shape.dim
+        ]
 
     # ------------------------------------------------------------------ attributes
 

@@ -1,12 +1,9 @@
 """Shared machinery of the weight walkers: follow a frozen graph's edges into a state_dict.
 
-A walker starts at the input placeholder and follows consumers: which conv reads which
-tensor, which batch norm (in any encoding, see batchnorm.py) follows it, which Add joins
-which branches, which pooling and classifier end the network. It never relies on node
-names, so a file that differs is reported by what was actually found. Along the way it
-checks the hyperparameters the PyTorch model hard-codes (strides, padding, data format,
-kernel shapes) and records the TF tensor that corresponds to each model block, with the
-batch-norm encoding found there, for the layer-by-layer verification.
+From the input placeholder a walker follows consumers (conv, batch norm in any encoding,
+Add, pool, classifier), never node names, so a graph that differs is reported by what was
+found. It checks the hyperparameters the PyTorch model hard-codes (strides, padding, data
+format, kernel shapes) and records each block's TF tensor for the layer-by-layer check.
 """
 
 from __future__ import annotations
@@ -74,27 +71,21 @@ class Classifier:
 
 @dataclass
 class ExtractedWeights:
-    """Everything a conversion needs from the graph.
-
-    ``bn_encodings`` maps each BatchNorm2d module (``layer1.0.bn1``) to the encoding found
-    for it; ``bn_form`` is the sorted set of encodings joined by "+" (e.g. "fused");
-    ``bn_encoding_counts`` counts layers per encoding. ``num_classes`` is read from the
-    classifier (1001 with a background class, or 1000); ``label_offset`` follows from it.
-    """
+    """Everything a conversion needs from the graph."""
 
     state_dict: dict[str, torch.Tensor]
     hyperparameters: dict[str, Any]  # registry.build_model kwargs
     data_format: str
-    bn_form: str
+    bn_form: str  # the encodings found, sorted and joined by "+" (e.g. "fused")
     layer_tensors: list[LayerTensor]
     input_tensor: str
     logits_tensor: str
     used_tensors: list[str]
     ignored_tensors: list[str]
     source_names: dict[str, str] = field(default_factory=dict)  # state_dict key -> TF const
-    num_classes: int = 1001
-    bn_encodings: dict[str, str] = field(default_factory=dict)
-    bn_encoding_counts: dict[str, int] = field(default_factory=dict)
+    num_classes: int = 1001  # from the classifier: 1001 with a background class, or 1000
+    bn_encodings: dict[str, str] = field(default_factory=dict)  # "layer1.0.bn1" -> encoding
+    bn_encoding_counts: dict[str, int] = field(default_factory=dict)  # layers per encoding
     input_layout: str = "NHWC"  # layout the graph's input placeholder takes
 
     @property
@@ -188,13 +179,18 @@ class Walker:
         return self.conv_at(first, layer, ops)
 
     def conv_at(self, first, layer: str, ops: tuple[str, ...] = CONV_OPS) -> ConvOp:
-        explicit_pad = None
-        node = first
+        """The conv at node ``first``, or after it when ``first`` is an explicit Pad."""
+        node, explicit_pad = first, None
         if first.op == "Pad":
             paddings, _ = self.graph.input_value(first, 1)
             node = self.graph.next_op(first.name, ops, f"the conv of {layer}")
-            fmt = self._check_format(node)
-            h, w = spatial_axes(fmt)
+        elif node.op not in ops:
+            raise UserError(
+                f"{self.source}: {node.name} ({node.op}) stands where the conv of {layer} "
+                f"({'/'.join(ops)}) was expected"
+            )
+        h, w = spatial_axes(self._check_format(node))
+        if first.op == "Pad":
             if paddings.shape != (4, 2) or any(
                 paddings[i].tolist() != [0, 0] for i in range(4) if i not in (h, w)
             ):
@@ -203,13 +199,6 @@ class Walker:
                     f"the spatial axes of {layer} were expected to be padded"
                 )
             explicit_pad = (tuple(paddings[h].tolist()), tuple(paddings[w].tolist()))
-        elif node.op not in ops:
-            raise UserError(
-                f"{self.source}: {node.name} ({node.op}) stands where the conv of {layer} "
-                f"({'/'.join(ops)}) was expected"
-            )
-        else:
-            self._check_format(node)
         dilations = self.graph.attr_ints(node, "dilations")
         if dilations and any(d != 1 for d in dilations):
             raise UserError(f"{self.source}: {node.name} ({node.op}) is dilated ({dilations})")
@@ -421,7 +410,14 @@ class Walker:
             hyper["bn_eps_per_layer"] = per_layer
             if set(self.encodings.values()) <= {"fused", "decomposed"}:
                 log.warning("batch-norm epsilons differ between layers: %s", per_layer)
-        self._warn_ignored()
+        ignored = sorted(set(self.graph.weight_consts()) - self.graph.used_consts)
+        if ignored:
+            log.warning(
+                "%d weight tensors in the graph are not part of %s and were ignored: %s",
+                len(ignored),
+                self.profile.name,
+                ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""),
+            )
         counts = Counter(self.encodings.values())
         return ExtractedWeights(
             state_dict=self.state,
@@ -432,23 +428,10 @@ class Walker:
             input_tensor=input_tensor,
             logits_tensor=logits_tensor,
             used_tensors=sorted(self.graph.used_consts),
-            ignored_tensors=self._ignored(),
+            ignored_tensors=ignored,
             source_names=self.sources,
             num_classes=self.num_classes,
             bn_encodings=dict(self.encodings),
             bn_encoding_counts=dict(sorted(counts.items())),
             input_layout=self.input_layout or self.data_format or "NHWC",
         )
-
-    def _ignored(self) -> list[str]:
-        return sorted(set(self.graph.weight_consts()) - self.graph.used_consts)
-
-    def _warn_ignored(self) -> None:
-        ignored = self._ignored()
-        if ignored:
-            log.warning(
-                "%d weight tensors in the graph are not part of %s and were ignored: %s",
-                len(ignored),
-                self.profile.name,
-                ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""),
-            )
