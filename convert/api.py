@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import numpy as np
 import torch
@@ -49,17 +49,17 @@ log = logging.getLogger(__name__)
 
 FORMAT = "mlperf-port.converted-model/2"
 SIDECAR_FORMAT = "mlperf-port.convert-record/2"
-# The fields of a converted model file and the Python type each must have.
-RECORD_FIELDS: dict[str, type] = {
+# The fields of a converted model file and the type each must have (mappings: key, value).
+RECORD_FIELDS: dict[str, Any] = {
     "format": str,
     "model_name": str,
     "num_classes": int,
     "label_offset": int,
-    "bn_epsilons": dict,
-    "bn_encoding": dict,
+    "bn_epsilons": dict[str, float],
+    "bn_encoding": dict[str, str],
     "source_file": str,
     "source_sha256": str,
-    "state_dict": dict,
+    "state_dict": dict[str, torch.Tensor],
     "content_sha256": str,
 }
 
@@ -130,20 +130,15 @@ def convert_checkpoint(
     checkpoint, out = Path(checkpoint), Path(out)
     if out.suffix != ".pth":
         raise UserError(f"output {out} must end in .pth (its sidecar goes to the .json beside it)")
+    image_sources = dict(
+        verify_images=verify_images, verify_cache=verify_cache, verify_limit=verify_limit
+    )
     with _output_lock(out, wait):
         removed = remove_stale_outputs(out)
         if removed:
             log.info("removed %d temporary file(s) a killed run left beside %s", removed, out)
         return _convert_locked(
-            profile,
-            checkpoint,
-            out,
-            verify_images=verify_images,
-            verify_cache=verify_cache,
-            report=report,
-            verify=verify,
-            quiet=quiet,
-            verify_limit=verify_limit,
+            profile, checkpoint, out, report, quiet, image_sources if verify else None
         )
 
 
@@ -175,7 +170,8 @@ def remove_stale_outputs(out: str | os.PathLike) -> int:
     return removed
 
 
-def _convert_locked(profile, checkpoint, out, *, report, verify, quiet, **verify_kw):
+def _convert_locked(profile, checkpoint, out, report, quiet, image_sources: dict | None):
+    """The conversion itself; ``image_sources`` None skips the comparison with TF."""
     from .graph import read_frozen_graph
     from .safety import check_graph_ops
 
@@ -197,9 +193,9 @@ def _convert_locked(profile, checkpoint, out, *, report, verify, quiet, **verify
         extracted.bn_form,
     )
     verification = None
-    if verify:
+    if image_sources is not None:
         verification = _verify(
-            torch_model, checkpoint, graph_def, extracted, profile, quiet=quiet, **verify_kw
+            torch_model, checkpoint, graph_def, extracted, profile, quiet=quiet, **image_sources
         )
     record = _conversion_record(payload, extracted, verification, out)
     with atomic_path(out) as tmp_pth, atomic_path(record.sidecar) as tmp_json:
@@ -228,18 +224,16 @@ def _checkpoint_payload(profile, checkpoint, source_sha256, extracted) -> dict[s
     """The converted model file's contents: everything rebuilding needs, and nothing else."""
     built = build_model(profile.name, **extracted.hyperparameters)
     epsilons = {name: float(m.eps) for name, m in built.named_modules() if _is_bn(m)}
-    num_classes = int(extracted.num_classes)
-    state_dict = {key: value.detach().cpu() for key, value in extracted.state_dict.items()}
     payload = {
         "format": FORMAT,
         "model_name": profile.name,
-        "num_classes": num_classes,
+        "num_classes": int(extracted.num_classes),
         "label_offset": int(extracted.label_offset),
         "bn_epsilons": epsilons,
         "bn_encoding": dict(extracted.bn_encodings),
         "source_file": checkpoint.name,
         "source_sha256": source_sha256,
-        "state_dict": state_dict,
+        "state_dict": {key: value.detach().cpu() for key, value in extracted.state_dict.items()},
     }
     payload["content_sha256"] = content_digest(payload)
     return payload
@@ -291,13 +285,10 @@ def _verify(torch_model, checkpoint, graph_def, extracted, profile, *, quiet, **
     if not quiet:
         print(result.table())
     if not result.passed:
-        where = (
-            f" (first layer over tolerance: {result.first_failing_layer})"
-            if result.first_failing_layer
-            else ""
-        )
         why = "; ".join(result.failures)
-        raise UserError(f"the converted {profile.name} does not match TensorFlow: {why}{where}")
+        if result.first_failing_layer:
+            why += f" (first layer over tolerance: {result.first_failing_layer})"
+        raise UserError(f"the converted {profile.name} does not match TensorFlow: {why}")
     return result
 
 
@@ -307,12 +298,11 @@ def _verify(torch_model, checkpoint, graph_def, extracted, profile, *, quiet, **
 def load_checkpoint(
     path: str | os.PathLike, *, expected_model: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a converted model from its ``.pth`` alone; return it (eval mode) and its record.
+    """Rebuild a converted model from its ``.pth`` alone; return it (eval mode) and its record
+    (the file's fields but the tensors).
 
-    The record is the file's fields without the tensors: format, model_name, num_classes,
-    label_offset, bn_epsilons, bn_encoding, source_file, source_sha256, content_sha256.
     Any file this converter did not write (an older bare state_dict, an unknown field, a
-    wrong type, altered tensors, a truncated or non-PyTorch file) is one UserError sentence.
+    wrong type, altered tensors, a truncated or non-PyTorch file) is one UserError sentence;
     ``expected_model`` also refuses a file that holds another model.
     """
     path = Path(path)
@@ -342,19 +332,15 @@ def _load_failure(err: Exception) -> str:
 
 
 def load_model(
-    path_or_model: str | os.PathLike,
-    path: str | os.PathLike | None = None,
-    *,
-    expected_model: str | None = None,
+    path_or_model: str | os.PathLike, path: str | os.PathLike | None = None
 ) -> nn.Module:
     """``load_model(path)``: the model of ``load_checkpoint`` without its record.
 
-    The older call ``load_model(model_name, path)`` still works and also checks that the
-    file holds ``model_name``.
+    The older call ``load_model(model_name, path)`` also checks that the file holds that model.
     """
-    if path is not None:
-        expected_model, path_or_model = str(path_or_model), path
-    return load_checkpoint(path_or_model, expected_model=expected_model)[0]
+    if path is None:
+        return load_checkpoint(path_or_model)[0]
+    return load_checkpoint(path, expected_model=str(path_or_model))[0]
 
 
 def module_from_payload(payload: Any, path: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -407,14 +393,6 @@ def _check_format(payload: Any, path: Path) -> None:
         )
 
 
-# The element types of the mapping fields: (key type, value type).
-_MAPPING_TYPES = {
-    "bn_epsilons": (str, float),
-    "bn_encoding": (str, str),
-    "state_dict": (str, torch.Tensor),
-}
-
-
 def _check_field_types(payload: dict[str, Any], path: Path) -> None:
     """Exactly the known fields, each of its type (mappings down to their entries)."""
     unknown = sorted(set(payload) - set(RECORD_FIELDS))
@@ -424,16 +402,19 @@ def _check_field_types(payload: dict[str, Any], path: Path) -> None:
             f"writes; the file was edited or made elsewhere: convert it again with "
             f"{convert_command(path)}"
         )
-    for field, kind in RECORD_FIELDS.items():
+    for field, annotation in RECORD_FIELDS.items():
         if field not in payload:
             raise UserError(f"{path} lacks the field {field!r}; convert it again")
-        value = payload[field]
+        value, kind = payload[field], get_origin(annotation) or annotation
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise UserError(
                 f"{path} has field {field!r} of type {type(value).__name__}, "
                 f"expected {kind.__name__}; convert it again"
             )
-    for field, (key_type, value_type) in _MAPPING_TYPES.items():
+    for field, annotation in RECORD_FIELDS.items():
+        if get_origin(annotation) is not dict:
+            continue
+        key_type, value_type = get_args(annotation)
         for key, value in payload[field].items():
             if not isinstance(key, key_type) or not isinstance(value, value_type):
                 raise UserError(

@@ -13,22 +13,10 @@ from torch import nn
 
 from .padding import TFSamePad2d
 
-# (output channels, stride) of the 13 depthwise-separable blocks, features[1..13].
-BLOCKS = (
-    (64, 1),
-    (128, 2),
-    (128, 1),
-    (256, 2),
-    (256, 1),
-    (512, 2),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (1024, 2),
-    (1024, 1),
-)
+# Output channels and stride of the 13 depthwise-separable blocks, features[1..13].
+BLOCK_CHANNELS = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
+BLOCK_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)
+BLOCKS = tuple(zip(BLOCK_CHANNELS, BLOCK_STRIDES, strict=True))
 STEM_CHANNELS = 32
 
 
