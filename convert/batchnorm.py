@@ -158,13 +158,13 @@ def _fused(graph: Graph, node, channels: int) -> BatchNormParams:
                 f"{graph.source}: batch norm {node.name} ({node.op}) has a {role} of shape "
                 f"{tuple(value.shape)} (from {names[role]}), expected {channels} channels"
             )
-    eps = graph.attr_float(node, "epsilon")
     return BatchNormParams(
         gamma=values["gamma"],
         beta=values["beta"],
         mean=values["moving_mean"],
         variance=values["moving_variance"],
-        epsilon=1e-4 if eps is None else eps,  # 1e-4: the op's registered default
+        # 1e-4: the op's registered default
+        epsilon=float(node.attr["epsilon"].f) if "epsilon" in node.attr else 1e-4,
         output=node.name,
         form="fused",
         tensors=names,

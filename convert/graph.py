@@ -192,9 +192,6 @@ class Graph:
             by = f" (read by {wanted_by})" if wanted_by else ""
             raise UserError(f"{self.source} has no tensor {name}{by}") from None
 
-    def has(self, name: str) -> bool:
-        return node_name(name) in self.nodes
-
     def data_inputs(self, node) -> list[str]:
         return [node_name(i) for i in node.input if not i.startswith("^")]
 
@@ -343,7 +340,3 @@ class Graph:
     @staticmethod
     def attr_str(node, key: str, default: str = "") -> str:
         return node.attr[key].s.decode() if key in node.attr else default
-
-    @staticmethod
-    def attr_float(node, key: str) -> float | None:
-        return float(node.attr[key].f) if key in node.attr else None

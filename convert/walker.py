@@ -122,7 +122,7 @@ class Walker:
 
     def input_node(self) -> str:
         name = node_name(self.profile.input_tensor)
-        if not self.graph.has(name):
+        if name not in self.graph.nodes:
             placeholders = [n.name for n in self.graph.graph_def.node if n.op == "Placeholder"]
             found = ", ".join(placeholders) or "none"
             raise UserError(

@@ -44,7 +44,6 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_channels, eps=bn_eps)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
