@@ -60,38 +60,38 @@ def throughput(run: Callable[[], object], batch: int, seconds: float) -> dict:
     return {"img_per_s": calls * batch / elapsed, "calls": calls, "seconds": elapsed}
 
 
-def fixture_graph(model: str, fixture_dir: Path) -> Path:
-    """The fixture frozen graph for ``model``, built once into ``fixture_dir``."""
-    path = fixture_dir / f"{model}_fixture.pb"
+def fixture_graph(model_name: str, fixture_dir: Path) -> Path:
+    """The fixture frozen graph for ``model_name``, built once into ``fixture_dir``."""
+    path = fixture_dir / f"{model_name}_fixture.pb"
     if not path.exists():
         from tests.fixtures import tf_graphs  # TensorFlow: imported only when needed
 
-        log.info("building the %s fixture graph", model)
-        getattr(tf_graphs, FIXTURE_WRITERS[model])(path, seed=0)
+        log.info("building the %s fixture graph", model_name)
+        getattr(tf_graphs, FIXTURE_WRITERS[model_name])(path, seed=0)
     return path
 
 
-def converted_model(model: str, graph: Path, fixture_dir: Path):
+def converted_model(model_name: str, graph: Path, fixture_dir: Path):
     """The graph's weights as the project's PyTorch module (converted once, cached).
 
     A kept conversion is used only if its own record names this graph's sha256.
     """
     from convert import convert_checkpoint, load_checkpoint
 
-    pth = fixture_dir / f"{model}_fixture.pth"
+    pth = fixture_dir / f"{model_name}_fixture.pth"
     graph_sha256 = sha256_file(graph)
     if pth.exists():
         try:
-            module, record = load_checkpoint(pth, expected_model=model)
+            module, record = load_checkpoint(pth, expected_model=model_name)
             if record["source_sha256"] == graph_sha256:
                 return module
         except UserError as err:
             log.info("converting again: %s", err)
-    convert_checkpoint(model, graph, pth, verify=False, quiet=True)
-    return load_checkpoint(pth, expected_model=model)[0]
+    convert_checkpoint(model_name, graph, pth, verify=False, quiet=True)
+    return load_checkpoint(pth, expected_model=model_name)[0]
 
 
-def onnx_session(model: str, graph: Path, cores: int):
+def onnx_session(model_name: str, graph: Path, cores: int):
     """An ONNX Runtime session for the graph via tf2onnx, or a string saying why not."""
     try:
         import onnxruntime as ort
@@ -99,7 +99,7 @@ def onnx_session(model: str, graph: Path, cores: int):
 
         from convert.graph import read_graph_def
 
-        profile = get_profile(model)
+        profile = get_profile(model_name)
         graph_def = read_graph_def(graph, profile.archive_member)
         proto, _ = tf2onnx.convert.from_graph_def(
             graph_def,
@@ -144,26 +144,26 @@ def torch_cell(module, engine: str, nchw, tf_logits: np.ndarray | None, seconds:
     return cell
 
 
-def bench_model(model: str, args: argparse.Namespace, cores: int, progress) -> list[dict]:
+def bench_model(model_name: str, args: argparse.Namespace, cores: int, progress) -> list[dict]:
     import torch
 
     from convert.tf_runner import TFGraphRunner
     from preprocess import normalize
 
-    graph = fixture_graph(model, args.fixture_dir)
-    module = converted_model(model, graph, args.fixture_dir)
+    graph = fixture_graph(model_name, args.fixture_dir)
+    module = converted_model(model_name, graph, args.fixture_dir)
     gflop_per_image = 2 * multiply_adds(module) / 1e9
-    runner = TFGraphRunner(graph, model) if "tf" in args.engines else None
-    onnx = onnx_session(model, graph, cores) if "onnx" in args.engines else None
+    runner = TFGraphRunner(graph, model_name) if "tf" in args.engines else None
+    onnx = onnx_session(model_name, graph, cores) if "onnx" in args.engines else None
     rows = []
     for batch in args.batches:
         u8 = np.random.default_rng(batch).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
-        nhwc = normalize(u8, model)
+        nhwc = normalize(u8, model_name)
         nchw = torch.from_numpy(nhwc).permute(0, 3, 1, 2)  # channels-last view, no copy
         tf_logits = runner.logits(nhwc) if runner is not None else None
         for engine in args.engines:
-            progress.set_description(f"{model} b{batch} {engine}")
-            row = {"model": model, "batch": batch, "engine": engine, "gflop": gflop_per_image}
+            progress.set_description(f"{model_name} b{batch} {engine}")
+            row = {"model": model_name, "batch": batch, "engine": engine, "gflop": gflop_per_image}
             if engine.startswith(("eager", "fast")):
                 row.update(torch_cell(module, engine, nchw, tf_logits, args.seconds))
             elif engine == "tf":
@@ -262,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = len(args.models) * len(args.batches) * len(args.engines)
     rows: list[dict] = []
     with tqdm(total=cells, unit="cell", disable=args.quiet) as progress:
-        for model in args.models:
-            rows += bench_model(model, args, system["cores"], progress)
+        for model_name in args.models:
+            rows += bench_model(model_name, args, system["cores"], progress)
     add_ratios(rows, system["gemm_gflops"])
     system["load_after"] = load_average()
     system["total_seconds"] = round(time.perf_counter() - started, 1)

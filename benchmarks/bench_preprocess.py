@@ -29,9 +29,9 @@ from tests.fixtures.images import write_val_set
 IMAGENET_LIKE_SIZES = [(375, 500), (500, 375), (333, 500), (500, 333), (375, 500), (400, 500)]
 
 
-def mlperf_style_build(model: str, data_dir: Path, out_dir: Path) -> int:
+def mlperf_style_build(model_name: str, data_dir: Path, out_dir: Path) -> int:
     """One process, MLPerf's per-image recipe, one float32 .npy per image via np.save."""
-    interpolation = cv2.INTER_AREA if model == "resnet50" else cv2.INTER_LINEAR
+    interpolation = cv2.INTER_AREA if model_name == "resnet50" else cv2.INTER_LINEAR
     means = np.array([123.68, 116.78, 103.94], dtype=np.float32)
     out_dir.mkdir(parents=True)
     count = 0
@@ -46,7 +46,7 @@ def mlperf_style_build(model: str, data_dir: Path, out_dir: Path) -> int:
         img = cv2.resize(img, (w, h), interpolation=interpolation)
         top, left = int((h - 224) / 2), int((w - 224) / 2)
         img = np.asarray(img[top : top + 224, left : left + 224], dtype="float32")
-        if model == "resnet50":
+        if model_name == "resnet50":
             img -= means
         else:
             img /= 255.0
@@ -106,12 +106,12 @@ def time_builds(args: argparse.Namespace, data: Path, tmp: Path) -> tuple[list, 
     return ours_s, theirs_s
 
 
-def check_same_floats(model: str, ours: Path, theirs: Path) -> None:
+def check_same_floats(model_name: str, ours: Path, theirs: Path) -> None:
     """Spot-check that the project's cache normalises to MLPerf's float32 crops."""
-    cache = load_cache(ours, model)
+    cache = load_cache(ours, model_name)
     for i in range(0, len(cache), max(1, len(cache) // 10)):
         expected = np.load(theirs / f"{cache.files[i]}.npy")
-        assert np.array_equal(normalize(cache.images[i : i + 1], model)[0], expected)
+        assert np.array_equal(normalize(cache.images[i : i + 1], model_name)[0], expected)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,16 +99,16 @@ def make_data(work: Path, images: int, unique: int) -> dict:
             "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
 
 
-def preprocess(model: str, data: Path, work: Path, workers: int) -> dict:
-    cache = work / f"cache-{model}"
+def preprocess(model_name: str, data: Path, work: Path, workers: int) -> dict:
+    cache = work / f"cache-{model_name}"
     wall = run_timed(
-        [sys.executable, "-m", "preprocess", "--model", model, "--data-dir", str(data),
+        [sys.executable, "-m", "preprocess", "--model", model_name, "--data-dir", str(data),
          "--cache-dir", str(cache), "--workers", str(workers), "--quiet"]
     )  # fmt: skip
     return {"cache": str(cache), "workers": workers, "wall_seconds": round(wall, 2)}
 
 
-def make_weights(model: str, cache: Path, work: Path, weights_dir: Path) -> dict:
+def make_weights(model_name: str, cache: Path, work: Path, weights_dir: Path) -> dict:
     """The converted .pth in ``weights_dir`` when there is one, else seeded weights
     calibrated on real crops."""
     import torch
@@ -117,22 +117,22 @@ def make_weights(model: str, cache: Path, work: Path, weights_dir: Path) -> dict
     from convert.api import load_checkpoint
     from preprocess import load_cache, normalize
 
-    converted = weights_dir / f"{model}.pth"
+    converted = weights_dir / f"{model_name}.pth"
     if converted.is_file():
-        load_checkpoint(converted, expected_model=model)
+        load_checkpoint(converted, expected_model=model_name)
         return {"weights": str(converted), "source": "converted from the fixture graph"}
-    crops = load_cache(cache, model).read(0, CALIBRATION_CROPS)
-    nchw = torch.from_numpy(normalize(crops, model)).permute(0, 3, 1, 2).contiguous()
-    module = calibrate_batch_norm(seeded_model(model, seed=3), nchw)
-    path = save_converted(module, model, work / "weights" / f"{model}.pth")
+    crops = load_cache(cache, model_name).read(0, CALIBRATION_CROPS)
+    nchw = torch.from_numpy(normalize(crops, model_name)).permute(0, 3, 1, 2).contiguous()
+    module = calibrate_batch_norm(seeded_model(model_name, seed=3), nchw)
+    path = save_converted(module, model_name, work / "weights" / f"{model_name}.pth")
     return {"weights": str(path), "source": f"seeded, batch norm measured on {len(nchw)} crops"}
 
 
-def eval_cli(model, cache, weights, out: Path, *extra: str, launcher=None, env=None) -> dict:
+def eval_cli(model_name, cache, weights, out: Path, *extra: str, launcher=None, env=None) -> dict:
     """``python -m eval`` (optionally under a launcher), timed; its results.json + wall."""
     launch = launcher or []
     wall = run_timed(
-        [sys.executable, *launch, "-m", "eval", "--model", model, "--cache-dir", str(cache),
+        [sys.executable, *launch, "-m", "eval", "--model", model_name, "--cache-dir", str(cache),
          "--weights", str(weights), "--out", str(out), "--quiet", *extra], env=env,
     )  # fmt: skip
     results = json.loads((out / "results.json").read_text())
@@ -157,16 +157,16 @@ def check_agree(report: Report, name: str, agree: dict) -> None:
         report.fail(f"{name}: {agree}")
 
 
-def prepare_model(report: Report, model: str, args, data: Path) -> dict:
+def prepare_model(report: Report, model_name: str, args, data: Path) -> dict:
     """Cache, weights and the CPU reference over the subset: what every check compares with."""
-    prep = preprocess(model, data, args.work_dir, args.workers)
-    report.record(f"{model}.preprocess", prep)
+    prep = preprocess(model_name, data, args.work_dir, args.workers)
+    report.record(f"{model_name}.preprocess", prep)
     cache = Path(prep["cache"])
-    weights = make_weights(model, cache, args.work_dir, args.weights_dir)
-    report.record(f"{model}.weights", weights)
-    runs = args.work_dir / "runs" / model
-    ctx = {"model": model, "cache": cache, "weights": weights["weights"], "runs": runs}
-    report.record(f"{model}.cpu", run_and_compare(ctx, "cpu-eager", args, None,
+    weights = make_weights(model_name, cache, args.work_dir, args.weights_dir)
+    report.record(f"{model_name}.weights", weights)
+    runs = args.work_dir / "runs" / model_name
+    ctx = {"model_name": model_name, "cache": cache, "weights": weights["weights"], "runs": runs}
+    report.record(f"{model_name}.cpu", run_and_compare(ctx, "cpu-eager", args, None,
                                                   "--device", "cpu", "--engine", "eager",
                                                   "--limit", str(args.subset)))  # fmt: skip
     return ctx
@@ -175,54 +175,56 @@ def prepare_model(report: Report, model: str, args, data: Path) -> dict:
 def run_and_compare(ctx: dict, name: str, args, report: Report | None, *extra, **kw) -> dict:
     """One ``python -m eval`` run into runs/NAME, compared with the CPU run when asked."""
     out = ctx["runs"] / name
-    res = eval_cli(ctx["model"], ctx["cache"], ctx["weights"], out, *extra, **kw)
+    res = eval_cli(ctx["model_name"], ctx["cache"], ctx["weights"], out, *extra, **kw)
     if report is not None:
         res["agree_with_cpu"] = agreement(out, ctx["runs"] / "cpu-eager", args.subset)
-        check_agree(report, f"{ctx['model']} {name} vs cpu", res["agree_with_cpu"])
+        check_agree(report, f"{ctx['model_name']} {name} vs cpu", res["agree_with_cpu"])
     return res
 
 
 def main_checks(report: Report, ctx: dict, args) -> None:
     """CUDA eager on the subset, then the whole CLI with its defaults over every image."""
-    model, device, subset = ctx["model"], args.device, str(args.subset)
-    report.record(f"{model}.subset.eager", run_and_compare(
+    model_name, device, subset = ctx["model_name"], args.device, str(args.subset)
+    report.record(f"{model_name}.subset.eager", run_and_compare(
         ctx, "subset-eager", args, report, "--device", device, "--engine", "eager",
         "--limit", subset))  # fmt: skip
-    report.record(f"{model}.full", run_and_compare(ctx, "full", args, report, "--device", device))
+    report.record(
+        f"{model_name}.full", run_and_compare(ctx, "full", args, report, "--device", device)
+    )
 
 
 def extra_checks(report: Report, ctx: dict, args) -> None:
     """Precisions, torchrun, the fast engines and cuDNN autotuning (the longer runs last)."""
-    model, device, subset = ctx["model"], args.device, str(args.subset)
+    model_name, device, subset = ctx["model_name"], args.device, str(args.subset)
     on_cuda = device.startswith("cuda")
     for precision in ("tf32", "bf16") if on_cuda else ():
         # full-<precision> is a sibling of full/: eval finds its fp32 reference there.
-        report.record(f"{model}.full.{precision}", run_and_compare(
+        report.record(f"{model_name}.full.{precision}", run_and_compare(
             ctx, f"full-{precision}", args, None, "--device", device,
             "--precision", precision))  # fmt: skip
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                 str(args.nproc)]  # fmt: skip
-    report.record(f"{model}.torchrun", run_and_compare(
+    report.record(f"{model_name}.torchrun", run_and_compare(
         ctx, f"torchrun-{args.nproc}", args, report, "--device", device, "--engine", "eager",
         "--limit", subset, launcher=launcher))  # fmt: skip
     for engine in [e for e in args.engines if e != "eager"]:
-        report.record(f"{model}.subset.{engine}", run_and_compare(
+        report.record(f"{model_name}.subset.{engine}", run_and_compare(
             ctx, f"subset-{engine}", args, report, "--device", device, "--engine", engine,
             "--limit", subset))  # fmt: skip
     if on_cuda:  # the cost and gain of cuDNN autotuning, measured
-        report.record(f"{model}.full.autotune", run_and_compare(
+        report.record(f"{model_name}.full.autotune", run_and_compare(
             ctx, "full-autotune", args, report, "--device", device,
             env={"MLPERF_PORT_CUDNN_AUTOTUNE": "1"}))  # fmt: skip
 
 
 def each_model(report: Report, models: list, step) -> None:
-    """``step(model)`` for every model; a failure is recorded and the others go on."""
-    for model in models:
+    """``step(model_name)`` for every model; a failure is recorded and the others go on."""
+    for model_name in models:
         try:
-            step(model)
+            step(model_name)
         except Exception as err:
             log.error("%s", traceback.format_exc())
-            report.fail(f"{model}: {type(err).__name__}: {str(err)[-600:]}")
+            report.fail(f"{model_name}: {type(err).__name__}: {str(err)[-600:]}")
 
 
 def environment(device: str) -> dict:
@@ -280,12 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     # question; then the extra measurements.
     ready: dict[str, dict] = {}
 
-    def essentials(model: str) -> None:
-        ready[model] = prepare_model(report, model, args, Path(data["data_dir"]))
-        main_checks(report, ready[model], args)
+    def essentials(model_name: str) -> None:
+        ready[model_name] = prepare_model(report, model_name, args, Path(data["data_dir"]))
+        main_checks(report, ready[model_name], args)
 
     each_model(report, args.models, essentials)
-    each_model(report, list(ready), lambda model: extra_checks(report, ready[model], args))
+    each_model(
+        report, list(ready), lambda model_name: extra_checks(report, ready[model_name], args)
+    )
     report.data["seconds"] = round(time.perf_counter() - started, 1)
     report.save()
     failed = bool(report.data["failures"])

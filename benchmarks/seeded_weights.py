@@ -3,11 +3,11 @@
 Used where no frozen graph can be converted (the GPU machine has no TensorFlow, and a
 ResNet-50 .pth is too large to bring along) and by tests that need a real weights file:
 
-- ``seeded_model(model, seed)``: the model with seeded random weights;
+- ``seeded_model(model_name, seed)``: the model_name with seeded random weights;
 - ``calibrate_batch_norm(module, crops_nchw)``: batch-norm statistics measured on real
   crops (one train-mode pass with ``momentum=None``, a plain average), so the logits are
   well spread like a trained network's instead of collapsing;
-- ``save_converted(module, model, path)``: the same file ``python -m convert`` writes
+- ``save_converted(module, model_name, path)``: the same file ``python -m convert`` writes
   (format, record fields, content digest), loadable by ``convert.api.load_checkpoint``.
 """
 
@@ -25,10 +25,10 @@ from convert.registry import build_model
 from core.files import atomic_path
 
 
-def seeded_model(model: str, seed: int = 0) -> nn.Module:
-    """``model`` (1001 classes) with ``torch.manual_seed(seed)`` initial weights."""
+def seeded_model(model_name: str, seed: int = 0) -> nn.Module:
+    """``model_name`` (1001 classes) with ``torch.manual_seed(seed)`` initial weights."""
     torch.manual_seed(seed)
-    return build_model(model).eval()
+    return build_model(model_name).eval()
 
 
 def calibrate_batch_norm(module: nn.Module, crops_nchw: torch.Tensor) -> nn.Module:
@@ -43,7 +43,7 @@ def calibrate_batch_norm(module: nn.Module, crops_nchw: torch.Tensor) -> nn.Modu
     return module.eval()
 
 
-def save_converted(module: nn.Module, model: str, path: str | os.PathLike) -> Path:
+def save_converted(module: nn.Module, model_name: str, path: str | os.PathLike) -> Path:
     """Write ``module`` as a converted-model file and check that it loads back."""
     path = Path(path)
     num_classes = 1001
@@ -53,15 +53,15 @@ def save_converted(module: nn.Module, model: str, path: str | os.PathLike) -> Pa
         if isinstance(layer, nn.modules.batchnorm._BatchNorm)
     }
     state_dict = {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
-    source = hashlib.sha256(f"seeded {model}".encode()).hexdigest()
+    source = hashlib.sha256(f"seeded {model_name}".encode()).hexdigest()
     payload = {
         "format": FORMAT,
-        "model_name": model,
+        "model_name": model_name,
         "num_classes": num_classes,
         "label_offset": num_classes - 1000,
         "bn_epsilons": epsilons,
         "bn_encoding": {},
-        "source_file": f"seeded-{model}",
+        "source_file": f"seeded-{model_name}",
         "source_sha256": source,
         "state_dict": state_dict,
     }

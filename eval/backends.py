@@ -161,7 +161,7 @@ class TorchBackend(Backend):
                 num_images=num_images,
                 verify_sample=sample,
                 copy_module=False,
-                model=self.profile.name,
+                model_name=self.profile.name,
                 precision=self.precision,
             )
         except ValueError as err:  # an unknown engine or precision, or a bad batch size

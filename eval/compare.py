@@ -67,7 +67,7 @@ def load_predictions(path: str | os.PathLike) -> np.ndarray:
     return predictions
 
 
-def load_file_names(source: str | os.PathLike, model: str | None = None) -> list[str]:
+def load_file_names(source: str | os.PathLike, model_name: str | None = None) -> list[str]:
     """File names in cache order from a cache directory or a one-name-per-line text file."""
     source = Path(source)
     if source.is_file():
@@ -77,7 +77,7 @@ def load_file_names(source: str | os.PathLike, model: str | None = None) -> list
     from preprocess import load_cache
 
     errors = []
-    for name in [model] if model else MODEL_NAMES:
+    for name in [model_name] if model_name else MODEL_NAMES:
         try:
             return list(load_cache(source, name).files)
         except UserError as err:

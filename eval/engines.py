@@ -169,17 +169,18 @@ def cudnn_autotune(num_images: int | None) -> tuple[bool, str]:
     )
 
 
-def prefers_channels_last(model: str | None, device_type: str, precision: str = "fp32") -> bool:
+def prefers_channels_last(
+    model_name: str | None, device_type: str, precision: str = "fp32"
+) -> bool:
     """The measured faster memory format: NCHW only for fp32 ResNet-50 on CUDA."""
-    return not (device_type == "cuda" and precision == "fp32" and model == "resnet50")
+    return not (device_type == "cuda" and precision == "fp32" and model_name == "resnet50")
 
 
 def choose_engine(
     engine: str,
     num_images: int | None,
-    *,
     device_type: str = "cpu",
-    model: str | None = None,
+    model_name: str | None = None,
     precision: str = "fp32",
     batch_size: int | None = None,
 ) -> tuple[str, str | None]:
@@ -198,16 +199,16 @@ def choose_engine(
     if engine != "auto":
         return engine, None
     size = "unknown" if num_images is None else str(num_images)
-    if device_type == "cuda" and model in CUDA_RATES:
-        return _auto_on_cuda(num_images, model, batch_size)
+    if device_type == "cuda" and model_name in CUDA_RATES:
+        return _auto_on_cuda(num_images, model_name, batch_size)
     chosen = "eager" if num_images is not None and num_images < AUTO_MIN_IMAGES else "fast"
     return chosen, f"auto: {size} images vs break-even {AUTO_MIN_IMAGES} -> {chosen}"
 
 
-def _auto_on_cuda(num_images: int | None, model: str, batch_size: int | None):
+def _auto_on_cuda(num_images: int | None, model_name: str, batch_size: int | None):
     """Estimated finish time of eager and fast on CUDA; the earlier one wins."""
-    rates = CUDA_RATES[model]
-    recorded = recorded_build_seconds(model, "cuda", batch_size)
+    rates = CUDA_RATES[model_name]
+    recorded = recorded_build_seconds(model_name, "cuda", batch_size)
     build = rates["build_seconds"] if recorded is None else recorded
     source = "cold compile" if recorded is None else "recorded build, warm compile cache"
     if num_images is None:
@@ -232,33 +233,33 @@ def _build_record_path() -> Path | None:
     return Path(cache_dir()) / BUILD_RECORD_FILE
 
 
-def _build_key(model: str | None, device_type: str, batch_size: int | None) -> str:
-    return f"{model}|{device_type}|{batch_size}|torch {torch.__version__}"
+def _build_key(model_name: str | None, device_type: str, batch_size: int | None) -> str:
+    return f"{model_name}|{device_type}|{batch_size}|torch {torch.__version__}"
 
 
-def recorded_build_seconds(model: str | None, device_type: str, batch_size: int | None):
+def recorded_build_seconds(model_name: str | None, device_type: str, batch_size: int | None):
     """Seconds of the last fast build of this model/device/batch, if the cache recorded one."""
     path = _build_record_path()
     if path is None or not path.is_file():
         return None
     try:
-        value = json.loads(path.read_text()).get(_build_key(model, device_type, batch_size))
+        value = json.loads(path.read_text()).get(_build_key(model_name, device_type, batch_size))
     except (OSError, ValueError, AttributeError):
         return None
     return float(value) if isinstance(value, (int, float)) else None
 
 
 def record_build_seconds(
-    model: str | None, device_type: str, batch_size: int, seconds: float
+    model_name: str | None, device_type: str, batch_size: int, seconds: float
 ) -> None:
     """Remember a fast build's cost: the next "auto" then knows the cache is warm."""
     path = _build_record_path()
-    if path is None or model is None:
+    if path is None or model_name is None:
         return
     with contextlib.suppress(OSError, ValueError):
         path.parent.mkdir(parents=True, exist_ok=True)
         records = json.loads(path.read_text()) if path.is_file() else {}
-        records[_build_key(model, device_type, batch_size)] = round(seconds, 2)
+        records[_build_key(model_name, device_type, batch_size)] = round(seconds, 2)
         write_text_atomic(path, json.dumps(records, indent=1, sort_keys=True))
 
 
@@ -455,7 +456,7 @@ def prepare_engine(
     verify: bool = True,
     verify_sample: torch.Tensor | None = None,
     copy_module: bool = True,
-    model: str | None = None,
+    model_name: str | None = None,
     precision: str = "fp32",
     warmup: bool | None = None,
 ) -> PreparedEngine:
@@ -470,11 +471,10 @@ def prepare_engine(
     start = time.perf_counter()
     device = torch.device(device)
     check_precision(precision, device.type)
-    chosen, why = choose_engine(engine, num_images, device_type=device.type, model=model,
-                                precision=precision, batch_size=batch_size)  # fmt: skip
+    chosen, why = choose_engine(engine, num_images, device.type, model_name, precision, batch_size)
     notes = [f"requested {engine!r}", *([why] if why else [])]
     if channels_last is None:
-        channels_last = prefers_channels_last(model, device.type, precision)
+        channels_last = prefers_channels_last(model_name, device.type, precision)
     eager_module = (copy.deepcopy(module) if copy_module else module).eval().to(device)
     prepared = _eager_engine(
         eager_module, device, batch_size, num_images, channels_last, precision, notes
@@ -483,7 +483,7 @@ def prepare_engine(
         with single_threaded() if prepared.workers else contextlib.nullcontext():
             prepared = _build_fast(prepared, chosen, verify, verify_sample)
         if prepared.is_fast:
-            record_build_seconds(model, device.type, batch_size, time.perf_counter() - start)
+            record_build_seconds(model_name, device.type, batch_size, time.perf_counter() - start)
     if device.type == "cuda" if warmup is None else warmup:
         warm_up(prepared, num_images, batch_size)
     prepared.setup_seconds = time.perf_counter() - start

@@ -54,15 +54,15 @@ class NotTheModelError(UserError):
 
 
 def fetch_checkpoint(
-    model: str,
+    model_name: str,
     dest_dir: str | os.PathLike,
     *,
     url: str | None = None,
     sha256: str | None = None,
     quiet: bool = False,
 ) -> Path:
-    """Return the path of ``model``'s frozen graph, downloading/extracting it if needed."""
-    profile = get_profile(model)
+    """Return the path of ``model_name``'s frozen graph, downloading/extracting it if needed."""
+    profile = get_profile(model_name)
     pin = _normalise_pin(sha256)
     dest_dir = Path(dest_dir)
     try:

@@ -41,7 +41,7 @@ VERIFY_IMAGES = 8
 
 @dataclass
 class RunOptions:
-    model: str
+    model_name: str
     work_dir: Path
     checkpoint: str | None = None
     sha256: str | None = None
@@ -98,7 +98,7 @@ def stage_fetch(opts: RunOptions, state: RunState) -> None:
     already_there = (dest / state.profile.checkpoint_filename).is_file()
     # Every source goes through fetch_checkpoint, so --sha256 is checked for a local file too.
     state.checkpoint = fetch_checkpoint(
-        opts.model, dest, url=opts.checkpoint, sha256=opts.sha256, quiet=opts.quiet
+        opts.model_name, dest, url=opts.checkpoint, sha256=opts.sha256, quiet=opts.quiet
     )
     if state.checkpoint.parent.resolve() != dest.resolve():
         state.ran["fetch"] = "skipped (local .pb, used in place)"
@@ -119,7 +119,7 @@ def stage_preprocess(opts: RunOptions, state: RunState) -> None:
         state.using_sample = True
     state.cache_dir = state.model_dir / "cache"
     summary = build_cache(
-        opts.model,
+        opts.model_name,
         data_dir,
         state.cache_dir,
         val_map=opts.val_map,
@@ -151,7 +151,7 @@ def stage_convert(opts: RunOptions, state: RunState) -> None:
 
     stamp.clear()
     convert_checkpoint(
-        opts.model,
+        opts.model_name,
         state.checkpoint,
         weights,
         verify_cache=state.cache_dir,
@@ -179,7 +179,7 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
             state.results[backend] = json.loads(results_path.read_text())
             continue
         stamp.clear()
-        result = evaluate(opts.model, state.cache_dir, backend_settings, out_dir=out_dir)
+        result = evaluate(opts.model_name, state.cache_dir, backend_settings, out_dir=out_dir)
         state.results[backend] = result.to_json()
         stamp.record(inputs, [results_path])
         did_work = True
@@ -252,8 +252,8 @@ def run_pipeline(opts: RunOptions) -> RunState:
     Asking only for `evaluate` still resolves the checkpoint, cache and weights: their own
     stamps make that free when they are already up to date.
     """
-    profile = get_profile(opts.model)
-    state = RunState(profile=profile, model_dir=opts.work_dir / opts.model)
+    profile = get_profile(opts.model_name)
+    state = RunState(profile=profile, model_dir=opts.work_dir / opts.model_name)
     check_output_dir(state.model_dir, "--work-dir")  # one sentence before any work
     with exclusive_lock(state.model_dir, "work dir", wait=opts.wait):
         # Only the summary's own leftovers: each stage cleans its outputs under its own lock.
@@ -362,7 +362,7 @@ def _parse_stages(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--model", dest="model_name", required=True, choices=MODEL_NAMES)
     p.add_argument("--checkpoint", help="frozen graph .pb / MLPerf .tgz: a path or a URL")
     p.add_argument("--sha256", help="expected sha256 of the downloaded checkpoint")
     p.add_argument("--data-dir", type=Path, help="ImageNet val (default: built-in sample)")

@@ -85,7 +85,7 @@ def run_model(model: str, checkpoint: Path, data_dir: Path, work_dir: Path):
     from pipeline.run import RunOptions, run_pipeline
 
     opts = RunOptions(
-        model=model,
+        model_name=model,
         work_dir=work_dir,
         checkpoint=str(checkpoint),
         data_dir=data_dir,

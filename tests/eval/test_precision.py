@@ -55,13 +55,13 @@ def test_memory_format_follows_the_measurements():
 def test_auto_on_cuda_weighs_build_time_against_images(monkeypatch):
     monkeypatch.setattr(engines, "recorded_build_seconds", lambda *a: None)
     # H100 rates: fast saves ~0.15 ms per ResNet-50 image, its 37 s cold build needs ~250k.
-    assert choose_engine("auto", 50_000, device_type="cuda", model="resnet50")[0] == "eager"
-    assert choose_engine("auto", 500_000, device_type="cuda", model="resnet50")[0] == "fast"
+    assert choose_engine("auto", 50_000, device_type="cuda", model_name="resnet50")[0] == "eager"
+    assert choose_engine("auto", 500_000, device_type="cuda", model_name="resnet50")[0] == "fast"
     # A warm compile cache (a recorded 2 s build) moves the break-even down.
     monkeypatch.setattr(engines, "recorded_build_seconds", lambda *a: 2.0)
-    assert choose_engine("auto", 50_000, device_type="cuda", model="resnet50")[0] == "fast"
+    assert choose_engine("auto", 50_000, device_type="cuda", model_name="resnet50")[0] == "fast"
     # The CPU rule is unchanged.
-    assert choose_engine("auto", 50_000, device_type="cpu", model="resnet50")[0] == "fast"
+    assert choose_engine("auto", 50_000, device_type="cpu", model_name="resnet50")[0] == "fast"
 
 
 def test_build_seconds_are_recorded_beside_the_compile_cache(monkeypatch, tmp_path):

@@ -24,7 +24,7 @@ def val_dir(tmp_path_factory):
 def first_run(mobilenet_v1_tgz, val_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     opts = RunOptions(
-        model="mobilenet_v1",
+        model_name="mobilenet_v1",
         work_dir=work,
         checkpoint=str(mobilenet_v1_tgz),
         data_dir=val_dir,
@@ -94,7 +94,7 @@ def test_unreachable_checkpoint_is_one_sentence(tmp_path, val_dir, capsys):
 
 def test_missing_local_checkpoint(tmp_path, val_dir):
     opts = RunOptions(
-        model="resnet50",
+        model_name="resnet50",
         work_dir=tmp_path,
         checkpoint=str(tmp_path / "nope.pb"),
         data_dir=val_dir,
@@ -165,7 +165,7 @@ def test_local_pb_with_its_sha256_is_used_in_place(tmp_path):
     from core.files import sha256_file
 
     pb = _local_pb(tmp_path)
-    opts = RunOptions(model="resnet50", work_dir=tmp_path / "work", checkpoint=str(pb),
+    opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work", checkpoint=str(pb),
                       sha256=sha256_file(pb), stages=("fetch",), quiet=True)  # fmt: skip
     state = run_pipeline(opts)
     assert state.checkpoint == pb
@@ -175,8 +175,8 @@ def test_local_pb_with_its_sha256_is_used_in_place(tmp_path):
 def test_batch_size_defaults_by_device():
     from eval.options import CPU_BATCH, CUDA_BATCH, EvalSettings
 
-    cpu = RunOptions(model="resnet50", work_dir="w")
-    cuda = RunOptions(model="resnet50", work_dir="w", device="cuda")
+    cpu = RunOptions(model_name="resnet50", work_dir="w")
+    cuda = RunOptions(model_name="resnet50", work_dir="w", device="cuda")
     assert cpu.batch_size is None and cuda.batch_size is None
     assert EvalSettings.from_options(cpu).batch_size == CPU_BATCH
     assert EvalSettings.from_options(cuda).batch_size == CUDA_BATCH == 256
