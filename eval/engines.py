@@ -508,8 +508,17 @@ def _eager_engine(module, device, batch_size, num_images, channels_last, precisi
         module = module.to(memory_format=torch.channels_last)
     workers, chunk = _configure_device(device, batch_size, num_images, precision, notes)
     forward = _autocast_bf16(module, device) if precision == "bf16" else module
-    return PreparedEngine("eager", 0.0, device, chunk, channels_last, forward, notes=notes,
-                          precision=precision, workers=workers)  # fmt: skip
+    return PreparedEngine(
+        name="eager",
+        setup_seconds=0.0,
+        device=device,
+        rows_per_call=chunk,
+        channels_last=channels_last,
+        forward=forward,
+        notes=notes,
+        precision=precision,
+        workers=workers,
+    )
 
 
 def _configure_device(device, batch_size, num_images, precision, notes):

@@ -109,8 +109,10 @@ def _verify_all(images: np.ndarray, digests: np.ndarray, workers: int, cache_dir
 
     def check(start: int) -> list[bool]:
         rows = images[start : start + 256]
-        return [crop_digest(np.ascontiguousarray(row)) != digests[i].tobytes()
-                for i, row in enumerate(rows, start)]  # fmt: skip
+        return [
+            crop_digest(np.ascontiguousarray(row)) != digests[i].tobytes()
+            for i, row in enumerate(rows, start)
+        ]
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         parts = pool.map(check, range(0, len(images), 256))
