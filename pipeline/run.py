@@ -263,11 +263,17 @@ def run_pipeline(opts: RunOptions) -> RunState:
     return state
 
 
+def stages_to_run(requested: tuple[str, ...]) -> tuple[str, ...]:
+    """Every stage up to the last requested one; fetch is left out when preprocess is the
+    last and fetch was not asked for (preprocessing needs no checkpoint)."""
+    needed = STAGES[: max(STAGES.index(s) for s in requested) + 1]
+    if needed[-1] == "preprocess" and "fetch" not in requested:
+        needed = needed[1:]
+    return needed
+
+
 def _run_stages(opts: RunOptions, state: RunState) -> None:
-    last = max(STAGES.index(s) for s in opts.stages)
-    for stage in STAGES[: last + 1]:
-        if stage == "fetch" and last == STAGES.index("preprocess"):
-            continue  # preprocessing needs no checkpoint
+    for stage in stages_to_run(opts.stages):
         start = time.perf_counter()
         STAGE_FUNCTIONS[stage](opts, state)
         seconds = time.perf_counter() - start
@@ -375,7 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
     p.add_argument("--backend", default="torch", choices=tuple(BACKEND_RUNS))
     add_evaluation_options(p)
-    p.add_argument("--stages", type=_parse_stages, default=STAGES, help="comma-separated")
+    p.add_argument(
+        "--stages",
+        type=_parse_stages,
+        default=STAGES,
+        help=f"comma-separated, from {', '.join(STAGES)}: runs up to the last named stage, "
+        "with the earlier ones it needs (their records make them free when up to date)",
+    )
     p.add_argument("--force", action="store_true", help="redo every stage (re-crop included)")
     p.add_argument(
         "--wait", action="store_true", help="wait for another run on this work dir to finish"

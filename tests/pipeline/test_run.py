@@ -198,3 +198,26 @@ def test_non_fp32_runs_get_their_own_folder_beside_the_fp32_one(tmp_path):
     np.save(fp32 / "predictions.npy", np.zeros(4, dtype=np.int64))
     bf16 = tmp_path / f"eval-{evaluation_name('torch', 'bf16')}"
     assert find_fp32_reference(bf16, {**same, "precision": "bf16"}) == fp32.resolve()
+
+
+@pytest.mark.parametrize(
+    ("stages", "expected"),
+    [(("fetch", "preprocess"), ["fetch", "preprocess"]), (("preprocess",), ["preprocess"])],
+)
+def test_stages_run_up_to_the_last_named_one(tmp_path, val_dir, stages, expected):
+    from core.files import sha256_file
+
+    pb = _local_pb(tmp_path)
+    opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work", checkpoint=str(pb),
+                      sha256=sha256_file(pb), data_dir=val_dir, workers=1, stages=stages,
+                      quiet=True)  # fmt: skip
+    state = run_pipeline(opts)
+    assert list(state.ran) == expected
+    # Preprocessing needs no checkpoint: it is resolved only when fetch is asked for.
+    assert state.checkpoint == (pb if "fetch" in stages else None)
+
+
+def test_stages_help_says_what_the_option_does():
+    from pipeline.run import build_parser
+
+    assert "up to the last named stage" in " ".join(build_parser().format_help().split())
