@@ -154,9 +154,10 @@ def make_plan(
     index = {name: i for i, name in enumerate(previous.files)}
     rows = np.array([index.get(n, -1) for n in listing.files], dtype=np.int64)
     present = rows >= 0
-    old = rows.clip(min=0)
-    same = present & (signatures == previous.signatures[old]).all(axis=1)
-    damaged = same & previous.damaged[old] if len(previous.files) else same & False
+    same, damaged = np.zeros(len(rows), dtype=bool), np.zeros(len(rows), dtype=bool)
+    hits = np.flatnonzero(present)  # empty when the old cache holds no image at all
+    same[hits] = (signatures[hits] == previous.signatures[rows[hits]]).all(axis=1)
+    damaged[hits] = same[hits] & previous.damaged[rows[hits]]
     sources = np.where(same & ~damaged, rows, -1)
     kept_bad, recheck = {}, []
     changed, added = int((present & ~same).sum()), 0

@@ -231,3 +231,23 @@ def test_left_out_file_is_rechecked_and_replaced_file_recropped(data, tmp_path):
     fixed = build(data, cache_dir, skip_bad=True)
     assert fixed.processed == 1 and fixed.images == 13 and fixed.skipped == ()
     assert_same_as_fresh_build(data, cache_dir, tmp_path)
+
+
+def test_rerun_of_a_cache_holding_no_image_is_a_no_op(tmp_path, run_preprocess_cli):
+    """Every listed image unreadable: --skip-bad leaves all out, and the same command again
+    finds nothing to do instead of failing on the empty cache."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"bad{i}.JPEG").write_text("not an image")
+    (data / "val_map.txt").write_text("".join(f"bad{i}.JPEG {i}\n" for i in range(3)))
+    args = ["--model", "resnet50", "--data-dir", str(data), "--cache-dir", str(tmp_path / "c")]
+    first = run_preprocess_cli(*args, "--quiet", "--skip-bad")
+    assert first.returncode == 0, first.stderr
+    assert "0 images cached" in first.stdout and "skipped 3 unreadable" in first.stdout
+    again = run_preprocess_cli(*args, "--quiet", "--skip-bad")
+    assert again.returncode == 0, again.stderr
+    assert "Traceback" not in again.stderr
+    assert again.stdout.strip().endswith(
+        f"0 images already cached in {tmp_path / 'c'}, nothing to do"
+    )
