@@ -96,7 +96,7 @@ def _fetch(profile: ModelProfile, source: str, pin: str | None, dest_dir: Path, 
         return final
 
     archive = dest_dir / name
-    if final.exists() and _extracted_is_current(final, archive, pin):
+    if final.exists() and _extracted_is_current(final, archive, pin, profile):
         return final
     if not archive.exists():
         _download(source, archive, pin, quiet=quiet)
@@ -154,7 +154,7 @@ def _fetch_local(
         )
     if not is_archive_name(local.name):
         return local
-    if final.exists() and _extracted_is_current(final, local, pin, archive_sha=digest):
+    if final.exists() and _extracted_is_current(final, local, pin, profile, archive_sha=digest):
         return final
     return _extract(local, digest, member, final, profile)
 
@@ -219,21 +219,22 @@ def _verify_against_record(path: Path, pin: str | None) -> str:
     return digest
 
 
-def _verify_or_record(
-    path: Path, pin: str | None, *, source: str, profile: ModelProfile | None = None
-) -> None:
+def _verify_or_record(path: Path, pin: str | None, *, source: str, profile: ModelProfile) -> None:
     """``_verify_against_record``, then record a file found without a record: only once it
-    parsed as ``profile``'s frozen graph when a profile is given."""
+    parsed as ``profile``'s frozen graph."""
     digest = _verify_against_record(path, pin)
     if _read_record(path) is None:
-        if profile is not None:
-            _refuse_unless_model(path, profile)
+        _refuse_unless_model(path, profile)
         logger.info("recording the sha256 of %s, found without an integrity record", path)
         _record(path, source=source, digest=digest)
 
 
 def _extracted_is_current(
-    final: Path, archive: Path, pin: str | None, archive_sha: str | None = None
+    final: Path,
+    archive: Path,
+    pin: str | None,
+    profile: ModelProfile,
+    archive_sha: str | None = None,
 ) -> bool:
     """Whether ``final`` was extracted from this archive (or the pinned one) and is intact.
 
@@ -244,7 +245,7 @@ def _extracted_is_current(
     if record is None:
         if pin or archive.exists():
             return False  # re-extract: it is cheap and makes the provenance known
-        _verify_or_record(final, None, source="found in place")
+        _verify_or_record(final, None, source="found in place", profile=profile)
         return True
     recorded_archive = record.get("archive_sha256")
     if pin and recorded_archive != pin:

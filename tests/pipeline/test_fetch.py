@@ -408,6 +408,24 @@ def test_unrecorded_file_found_in_place_is_checked_before_it_is_recorded(server,
     assert server.requests == []
 
 
+@pytest.mark.parametrize(
+    ("graph_of", "why"),
+    [(None, "looks like an HTML page"), ("resnet50", "not MLPerf's mobilenet_v1: it has no node")],
+)
+def test_unrecorded_graph_extracted_by_hand_is_checked_before_it_is_recorded(
+    server, tmp_path, graph_of, why
+):
+    # No record and no archive beside it: the graph stands for the .tgz, so it must be the model.
+    content = _graph(graph_of, 1_000, seed=15) if graph_of else HTML_PAGE
+    (tmp_path / MEMBER).write_bytes(content)
+    with pytest.raises(UserError, match=why) as err:
+        fetch_checkpoint("mobilenet_v1", tmp_path, url=f"{server.url}/{TGZ_NAME}", quiet=True)
+    assert "\n" not in str(err.value)
+    assert not list(tmp_path.glob("*.sha256.json"))
+    assert (tmp_path / (MEMBER + ".rejected")).read_bytes() == content
+    assert server.requests == []
+
+
 class _FillsUp:
     """A writable file whose disk is full after ``room`` bytes (raises ENOSPC)."""
 
