@@ -40,9 +40,31 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _current_umask() -> int:
+    """The process umask, read without setting it: ``os.umask`` can only read it by setting
+    it, and for that moment files that other threads create would get the wrong mode."""
+    mask = _umask_from_proc()
+    return mask if mask is not None else _UMASK_AT_IMPORT
+
+
+def _umask_from_proc() -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return None
+
+
+def _umask_by_setting_it() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Without /proc, the umask is read the only other way, once, while the module loads.
+_UMASK_AT_IMPORT = _umask_from_proc() or _umask_by_setting_it()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -18,6 +18,7 @@ from core.files import (
     exclusive_lock,
     file_lock,
     remove_stale_temporaries,
+    write_text_atomic,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +96,20 @@ def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_atomic_write_gives_plain_open_modes_without_setting_the_umask(tmp_path, monkeypatch):
+    """Setting the umask, even for a moment, would give files other threads create 0666."""
+    saved = os.umask(0o027)
+    try:
+        (tmp_path / "plain").write_text("x")
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail(f"os.umask({mask:o}) called"))
+        write_text_atomic(tmp_path / "atomic", "x")
+    finally:
+        monkeypatch.undo()
+        os.umask(saved)
+    modes = [(tmp_path / name).stat().st_mode & 0o777 for name in ("plain", "atomic")]
+    assert modes == [0o640, 0o640]
 
 
 def test_free_space_check_says_needed_and_available(tmp_path):
