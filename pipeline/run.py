@@ -27,7 +27,7 @@ from typing import Any
 from core.cli import configure_logging, positive_int, run_cli
 from core.files import check_output_dir, exclusive_lock, sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
-from eval.options import BACKENDS, EvalSettings, add_evaluation_options
+from eval.options import BACKENDS, CPU_BATCH, EvalSettings, add_evaluation_options
 from pipeline.stages import StageStamp
 
 log = logging.getLogger("pipeline.run")
@@ -169,7 +169,7 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
     settings = EvalSettings.from_options(opts)
     did_work = False
     for backend in BACKEND_RUNS[opts.backend]:
-        backend_settings = _backend_settings(settings, backend, state)
+        backend_settings = _backend_settings(settings, backend, state, opts.batch_size)
         run_name = evaluation_name(backend, backend_settings.precision)
         out_dir = state.model_dir / f"eval-{run_name}"
         inputs = _evaluate_inputs(backend_settings, state)
@@ -196,14 +196,23 @@ def evaluation_name(backend: str, precision: str) -> str:
     return backend if precision == "fp32" else f"{backend}-{precision}"
 
 
-def _backend_settings(settings: EvalSettings, backend: str, state: RunState) -> EvalSettings:
-    """The run's settings for one backend, with the model file the earlier stages left."""
+def _backend_settings(
+    settings: EvalSettings, backend: str, state: RunState, asked_batch: int | None
+) -> EvalSettings:
+    """The run's settings for one backend, with the model file the earlier stages left.
+    ``asked_batch``: --batch-size, None when the device picks it."""
     if backend == "torch":
         return replace(settings, backend=backend, weights=state.weights, checkpoint=None)
     # The TF reference runs the original graph in fp32 on the CPU (tensorflow-cpu) even when
-    # PyTorch runs on a GPU: its answers are the ones to compare against.
+    # PyTorch runs on a GPU: its answers are the ones to compare against. So its default
+    # batch is the CPU's, not the GPU's.
     return replace(
-        settings, backend="tf", checkpoint=state.checkpoint, device="cpu", precision="fp32"
+        settings,
+        backend="tf",
+        checkpoint=state.checkpoint,
+        device="cpu",
+        precision="fp32",
+        batch_size=asked_batch or CPU_BATCH,
     )
 
 

@@ -221,3 +221,17 @@ def test_stages_help_says_what_the_option_does():
     from pipeline.run import build_parser
 
     assert "up to the last named stage" in " ".join(build_parser().format_help().split())
+
+
+@pytest.mark.parametrize(("asked", "tf_batch"), [(None, 32), (7, 7)])
+def test_tensorflow_reference_runs_on_the_cpu_with_the_cpus_batch(tmp_path, asked, tf_batch):
+    from eval.options import EvalSettings
+    from pipeline.run import RunState, _backend_settings
+
+    opts = RunOptions(model_name="resnet50", work_dir=tmp_path, device="cuda", batch_size=asked)
+    state = RunState(profile=None, model_dir=tmp_path, checkpoint=tmp_path / "g.pb")
+    settings = EvalSettings.from_options(opts)
+    torch_run = _backend_settings(settings, "torch", state, opts.batch_size)
+    tf_run = _backend_settings(settings, "tf", state, opts.batch_size)
+    assert (torch_run.device, torch_run.batch_size) == ("cuda", asked or 256)
+    assert (tf_run.device, tf_run.batch_size) == ("cpu", tf_batch)
