@@ -280,7 +280,6 @@ def _verify(torch_model, checkpoint, graph_def, extracted, profile, *, quiet, **
             images,
             source=source,
             quiet=quiet,
-            input_layout=extracted.input_layout,
         )
     if not quiet:
         print(result.table())

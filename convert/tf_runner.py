@@ -1,7 +1,8 @@
 """Run an original MLPerf frozen graph in TensorFlow, at any batch size.
 
 The input placeholder is replaced by a ``[None, H, W, C]`` one, so graphs that pin the batch
-to 1 still take whole batches (or, if a baked-in shape rejects them, one image at a time).
+to 1 still take whole batches (or, if a baked-in shape rejects them, one image at a time),
+and a graph whose own placeholder is NCHW still takes NHWC batches (transposed inside).
 NCHW conv/pool ops, which TF's CPU kernels lack, run NHWC between two Transposes; every
 tensor name keeps its meaning. Before the graph is imported, and before any later fetch
 runs, its nodes must pass ``convert.safety.check_graph_ops``: a frozen graph is a program.
@@ -27,9 +28,12 @@ log = logging.getLogger(__name__)
 _NCHW_LACKING_ON_CPU = ("Conv2D", "MaxPool", "AvgPool", "DepthwiseConv2dNative")
 
 
+def _is_nchw(node) -> bool:
+    return "data_format" in node.attr and node.attr["data_format"].s == b"NCHW"
+
+
 def _lacks_nchw_kernel(node) -> bool:
-    is_nchw = "data_format" in node.attr and node.attr["data_format"].s == b"NCHW"
-    return is_nchw and node.op in _NCHW_LACKING_ON_CPU
+    return _is_nchw(node) and node.op in _NCHW_LACKING_ON_CPU
 
 
 def _add_transpose(graph_def: Any, name: str, source: str, perm: list[int], perm_name: str) -> None:
@@ -73,8 +77,33 @@ def channels_last_rewrite(graph_def: Any) -> Any:
     return out
 
 
+def placeholder_layout(graph_def: Any, placeholder: Any) -> str:
+    """The layout ("NCHW" or "NHWC") the graph's input placeholder takes.
+
+    A 4-d shape with the 3 colour channels on exactly one of axes 1 and 3 decides. A shape
+    that leaves it open follows the graph: NCHW ops reading the input without a Transpose.
+    """
+    dims = placeholder_dims(placeholder)
+    if len(dims) == 4 and (dims[1] == 3) != (dims[3] == 3):
+        return "NCHW" if dims[1] == 3 else "NHWC"
+    transposed = any(
+        n.op == "Transpose" and node_name(n.input[0]) == placeholder.name for n in graph_def.node
+    )
+    nchw = any(_is_nchw(n) for n in graph_def.node)
+    return "NCHW" if nchw and not transposed else "NHWC"
+
+
+def placeholder_dims(placeholder: Any) -> list[int]:
+    """The placeholder's declared dimensions (-1 where unknown; [] when it has no shape)."""
+    if "shape" not in placeholder.attr or placeholder.attr["shape"].shape.unknown_rank:
+        return []
+    return [d.size for d in placeholder.attr["shape"].shape.dim]
+
+
 class TFGraphRunner:
-    """The original frozen graph in one TF session; feeds NHWC float32 batches of any size.
+    """The original frozen graph in one TF session; takes NHWC float32 batches of any size.
+
+    A graph whose own placeholder is NCHW (``input_layout``) gets them transposed inside.
 
     ``checkpoint_path`` is a ``.pb`` or MLPerf ``.tgz``; ``profile`` a ModelProfile or a
     model name; pass ``graph_def`` to reuse one already read. Call ``close()`` (or use
@@ -103,9 +132,10 @@ class TFGraphRunner:
         self._graph_def = graph_def
         self._checked: set[str] = set()
         self._check_fetches([self.logits_tensor])
-        dims = (
-            [d.size for d in original.attr["shape"].shape.dim] if "shape" in original.attr else []
-        )
+        self.input_layout = placeholder_layout(graph_def, original)
+        dims = placeholder_dims(original)
+        if self.input_layout == "NCHW" and len(dims) == 4:
+            dims = [dims[0], dims[2], dims[3], dims[1]]
         shape = [None, *[d if d > 0 else None for d in dims[1:]]] if dims else None
         self.pinned_batch = dims[0] if dims and dims[0] > 0 else None
 
@@ -113,9 +143,12 @@ class TFGraphRunner:
         self.graph = tf.Graph()
         with self.graph.as_default():
             self._input = tf.compat.v1.placeholder(tf.float32, shape, name="runner_input")
+            graph_input = self._input
+            if self.input_layout == "NCHW":
+                graph_input = tf.transpose(self._input, [0, 3, 1, 2], name="runner_input_nchw")
             tf.compat.v1.import_graph_def(
                 channels_last_rewrite(graph_def),
-                input_map={tensor_name(self.input_name): self._input},
+                input_map={tensor_name(self.input_name): graph_input},
                 name="",
             )
         self.session = tf.compat.v1.Session(graph=self.graph)

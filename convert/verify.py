@@ -232,7 +232,6 @@ def _collect_stats(
     layer_tensors: list[LayerTensor],
     images: np.ndarray,
     data_format: str,
-    input_layout: str,
     batch_size: int,
     quiet: bool,
 ) -> _LayerStats:
@@ -245,8 +244,7 @@ def _collect_stats(
     try:
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            tf_batch = batch.transpose(0, 3, 1, 2) if input_layout == "NCHW" else batch
-            tf_values = runner.run(tf_batch, [lt.tf_tensor for lt in layer_tensors])
+            tf_values = runner.run(batch, [lt.tf_tensor for lt in layer_tensors])
             with torch.no_grad():
                 logits = model(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))))
             for lt, tf_value in zip(layer_tensors, tf_values, strict=True):
@@ -326,13 +324,9 @@ def compare_layers(
     tolerance: float = DEFAULT_TOLERANCE,
     batch_size: int = 8,
     quiet: bool = False,
-    input_layout: str = "NHWC",
 ) -> VerificationResult:
-    """Run TF and PyTorch on ``images`` (NHWC float32) and compare every listed layer;
-    ``input_layout`` is the layout the graph's input placeholder takes."""
-    stats = _collect_stats(
-        model, runner, layer_tensors, images, data_format, input_layout, batch_size, quiet
-    )
+    """Run TF and PyTorch on ``images`` (NHWC float32) and compare every listed layer."""
+    stats = _collect_stats(model, runner, layer_tensors, images, data_format, batch_size, quiet)
     rows = _layer_rows(layer_tensors, stats, tolerance)
     logits_row = rows[-1]
     image_rows: list[ImageAgreement] = []

@@ -27,7 +27,7 @@ from convert.registry import build_model, extract_weights
 from convert.tf_runner import TFGraphRunner
 from convert.verify import compare_layers, synthetic_images
 from core.errors import UserError
-from core.profiles import MOBILENET_V1, PROFILES
+from core.profiles import MOBILENET_V1, PROFILES, RESNET50
 from tests.conftest import _materialize
 from tests.fixtures.zoo_graphs import MOBILENET_VARIANTS, RESNET_VARIANTS
 
@@ -88,10 +88,8 @@ def _convert_and_compare(pb, model: str):
             images,
             tolerance=LAYER_TOL,
             quiet=True,
-            input_layout=extracted.input_layout,
         )
-        tf_batch = images.transpose(0, 3, 1, 2) if extracted.input_layout == "NCHW" else images
-        tf_logits = runner.logits(tf_batch)
+        tf_logits = runner.logits(images)
     return extracted, torch_model, result, (images, tf_logits)
 
 
@@ -169,6 +167,27 @@ def test_decomposed_statistics_are_recovered(request, tmp_path_factory):
         got = extracted.state_dict[f"features.5.depthwise.bn.{key}"].numpy()
         np.testing.assert_array_equal(got, weights[f"{scope}/{role}"])
     assert extracted.hyperparameters["bn_eps"] == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_nchw_input_graph_is_fed_nhwc_like_any_other(request, tmp_path_factory):
+    """Runner and eval's TF backend take NHWC even when the graph's placeholder is NCHW."""
+    from eval.backends import TFBackend
+
+    nchw = _zoo_pb(request, tmp_path_factory, "resnet50", "nchw-input")
+    nhwc = _zoo_pb(request, tmp_path_factory, "resnet50", "1000-classes")  # same weights
+    _, images = synthetic_images(RESNET50, count=IMAGES, seed=11)
+    u8 = np.random.default_rng(3).integers(0, 256, (IMAGES, 224, 224, 3), dtype=np.uint8)
+    logits = {}
+    for name, pb in (("nchw", nchw), ("nhwc", nhwc)):
+        with TFGraphRunner(pb, RESNET50) as runner:
+            logits[name] = runner.logits(images)
+        backend = TFBackend(pb, RESNET50)
+        logits[f"{name}-eval"] = backend.logits(u8)
+        backend.close()
+    for key in ("", "-eval"):
+        expected = logits[f"nhwc{key}"]
+        atol = REL_TOL * float(np.abs(expected).max())
+        np.testing.assert_allclose(logits[f"nchw{key}"], expected, rtol=0, atol=atol)
 
 
 # ----------------------------------------------------------------------------- errors
