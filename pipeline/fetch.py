@@ -47,6 +47,10 @@ PART_SUFFIX = ".part"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NOT_THE_MODEL_ADVICE = "check the URL (or save the real file there) and rerun"
+# --sha256 of pipeline.fetch and pipeline.run: one option, one meaning.
+SHA256_HELP = (
+    "expected sha256 of the file --checkpoint names (the .pb, or the .tgz), local or downloaded"
+)
 
 
 class NotTheModelError(UserError):
@@ -473,13 +477,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--out", required=True, help="folder to keep the checkpoint in")
-    parser.add_argument("--url", help="http(s)://, file:// URL or local path (default: MLPerf's)")
-    parser.add_argument("--sha256", help="expected sha256 of the file the URL names")
+    parser.add_argument(
+        "--checkpoint",
+        help="frozen graph .pb / MLPerf .tgz: an http(s):// or file:// URL or a local path "
+        "(default: MLPerf's)",
+    )
+    parser.add_argument("--sha256", help=SHA256_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
-    args = parser.parse_args(renamed_options(argv, {"--dest": "--out"}))
+    args = parser.parse_args(renamed_options(argv, {"--dest": "--out", "--url": "--checkpoint"}))
     configure_logging(args.quiet)
     path = fetch_checkpoint(
-        args.model, args.out, url=args.url, sha256=args.sha256, quiet=args.quiet
+        args.model, args.out, url=args.checkpoint, sha256=args.sha256, quiet=args.quiet
     )
     print(path)
     return 0

@@ -87,7 +87,7 @@ def run_model(model: str, checkpoint: Path, data_dir: Path, work_dir: Path):
     opts = RunOptions(
         model_name=model,
         work_dir=work_dir,
-        checkpoint=str(checkpoint),
+        checkpoint_source=str(checkpoint),
         data_dir=data_dir,
         backend="both",
         engine="auto",

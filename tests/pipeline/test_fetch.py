@@ -339,8 +339,11 @@ def test_file_url_and_local_pb(tmp_path):
 def test_cli_prints_path_and_reports_errors(tmp_path, capsys):
     local_pb = tmp_path / "g.pb"
     local_pb.write_bytes(b"graph")
-    argv = ["--model", "resnet50", "--out", str(tmp_path / "d"), "--url", str(local_pb)]
+    argv = ["--model", "resnet50", "--out", str(tmp_path / "d"), "--checkpoint", str(local_pb)]
     assert run_cli(main, argv + ["--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(local_pb)
+    # --url, the old spelling of --checkpoint, still works.
+    assert run_cli(main, [*argv[:-2], f"--url={local_pb}", "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(local_pb)
 
     assert run_cli(main, argv + ["--sha256", "2" * 64, "--quiet"]) == 1
@@ -490,3 +493,15 @@ def test_full_disk_while_extracting_keeps_the_good_archive(tmp_path, monkeypatch
     monkeypatch.undo()
     path = fetch_checkpoint("mobilenet_v1", tmp_path / "ckpt", url=str(archive), quiet=True)
     assert path.read_bytes() == graph
+
+
+def test_fetch_and_run_spell_the_checkpoint_options_alike(capsys):
+    from pipeline.run import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    fetch_help = " ".join(capsys.readouterr().out.split())
+    run_help = " ".join(build_parser().format_help().split())
+    sha256_help = "--sha256 SHA256 expected sha256 of the file --checkpoint names"
+    assert "--checkpoint CHECKPOINT" in fetch_help and "--url" not in fetch_help
+    assert sha256_help in fetch_help and sha256_help in run_help
