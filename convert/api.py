@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import pickle
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from core.files import (
     atomic_path,
     file_lock,
     sha256_file,
+    temporaries_of,
     write_text_atomic,
 )
 from core.profiles import MODEL_NAMES, get_profile
@@ -156,18 +156,13 @@ def _output_lock(out: Path, wait: bool) -> Iterator[None]:
 def remove_stale_outputs(out: str | os.PathLike) -> int:
     """Delete the temporaries a killed conversion left for ``out`` and its sidecar only.
 
-    ``atomic_path`` names them ``.NAME.XXXXXXXX.tmp``; other files' temporaries in the same
-    folder belong to other writers and stay. Call only while holding ``out``'s lock.
+    Other files' temporaries in the same folder belong to other writers and stay. Call
+    only while holding ``out``'s lock.
     """
-    out = Path(out)
-    removed = 0
-    for name in (out.name, sidecar_path(out).name):
-        pattern = re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}\.tmp")
-        for path in out.parent.glob(f".{name}.*.tmp"):
-            if pattern.fullmatch(path.name):
-                path.unlink(missing_ok=True)
-                removed += 1
-    return removed
+    stale = temporaries_of(out) + temporaries_of(sidecar_path(out))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def _convert_locked(profile, checkpoint, out, report, quiet, image_sources: dict | None):

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import re
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +38,29 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+# tempfile.mkstemp/mkdtemp name a file PREFIX + 8 random letters, digits or "_" + SUFFIX
+# (tests check atomic_path's real names against this), so atomic_path's temporaries are
+# ".NAME.XXXXXXXX.tmp". This one rule says which leftovers are whose.
+_TEMPORARY_NAME = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name whose atomic_path temporary ``name`` is, or None when it is none."""
+    match = _TEMPORARY_NAME.fullmatch(name)
+    return match["target"] if match else None
+
+
+def is_temporary_of(name: str, target: str) -> bool:
+    """Whether the file name ``name`` is an atomic_path temporary of the file name ``target``."""
+    return temporary_target(name) == target
+
+
+def temporaries_of(path: str | os.PathLike) -> list[Path]:
+    """The atomic_path temporaries of ``path`` beside it (left by writers that died)."""
+    path = Path(path)
+    return sorted(p for p in path.parent.glob(".*.tmp") if is_temporary_of(p.name, path.name))
 
 
 def _current_umask() -> int:
@@ -171,11 +195,11 @@ def _held_lock(lock_path: Path, guarded: Path, what: str, wait: bool) -> Iterato
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete the ``.NAME.XXXX.tmp`` files a killed writer left in ``folder``; return how many.
+    """Delete the atomic_path temporaries a killed writer left in ``folder``; return how many.
 
     Call it only while holding ``exclusive_lock(folder)``: then no live writer owns them.
     """
-    stale = list(Path(folder).glob(".*.tmp"))
+    stale = [p for p in Path(folder).glob(".*.tmp") if temporary_target(p.name) is not None]
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)

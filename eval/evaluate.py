@@ -28,7 +28,12 @@ import numpy as np
 from tqdm import tqdm
 
 from core.errors import UserError
-from core.files import check_output_dir, exclusive_lock, remove_stale_temporaries
+from core.files import (
+    check_output_dir,
+    exclusive_lock,
+    remove_stale_temporaries,
+    temporary_target,
+)
 from core.profiles import ModelProfile, get_profile
 from eval import distributed
 from eval.backends import Backend, check_model_inputs, make_backend, resolve_torch_device
@@ -277,7 +282,7 @@ def evaluate(
         out_dir = Path(out_dir)
         check_output_dir(out_dir)  # before the long work: a read-only --out is one sentence
         with exclusive_lock(out_dir, "output dir", wait=settings.wait):
-            remove_stale_outputs(out_dir)
+            remove_stale_run_files(out_dir)
             return _evaluate_into(out_dir, job)
     finally:
         distributed.shutdown(ctx)
@@ -348,13 +353,13 @@ def _predict(
     )
 
 
-def remove_stale_outputs(out_dir: Path) -> None:
+def remove_stale_run_files(out_dir: Path) -> None:
     """Delete the temporary files and LoadGen log folders a killed run left in ``out_dir``.
 
     Call only while holding ``out_dir``'s lock: then no live run owns them.
     """
     for stale in out_dir.glob(".*.tmp"):
-        if stale.is_dir():
+        if stale.is_dir() and temporary_target(stale.name) is not None:
             shutil.rmtree(stale, ignore_errors=True)
     if removed := remove_stale_temporaries(out_dir):
         log.info("removed %d temporary file(s) a killed run left in %s", removed, out_dir)

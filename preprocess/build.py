@@ -38,6 +38,7 @@ from core.files import (
     exclusive_lock,
     remove_stale_temporaries,
     save_npy_atomic,
+    temporary_target,
     write_text_atomic,
 )
 from core.profiles import ModelProfile, get_profile
@@ -275,9 +276,8 @@ def _check_cache_dir(cache_dir: Path, data_root: Path) -> None:
     if read_manifest(cache_dir) is not None or _journal_header(cache_dir)[0] is not None:
         return  # a cache, finished or not, that we wrote
     for entry in sorted(os.listdir(cache_dir)):
-        # Besides the lock, only ``.NAME.XXXX.tmp`` as core.files.atomic_path names them.
-        ours = entry.endswith(".tmp") and any(entry.startswith(f".{n}.") for n in OWN_NAMES)
-        if entry != LOCK_NAME and not ours:
+        # Besides the lock, only temporaries of our files, left by a killed build.
+        if entry != LOCK_NAME and temporary_target(entry) not in OWN_NAMES:
             raise UserError(
                 f"cache dir {cache_dir} holds {entry}, which preprocess did not write: "
                 f"choose an empty or new folder for the cache"

@@ -17,7 +17,10 @@ from core.files import (
     check_free_space,
     exclusive_lock,
     file_lock,
+    is_temporary_of,
     remove_stale_temporaries,
+    temporaries_of,
+    temporary_target,
     write_text_atomic,
 )
 
@@ -82,10 +85,23 @@ def test_file_lock_guards_one_file_not_its_folder(tmp_path):
 def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
     kept = tmp_path / "images.npy"
     kept.write_bytes(b"real")
-    (tmp_path / ".images.npy.abc123.tmp").write_bytes(b"half")
-    (tmp_path / ".manifest.json.x.tmp").write_bytes(b"half")
+    (tmp_path / ".images.npy.abc123de.tmp").write_bytes(b"half")
+    (tmp_path / ".manifest.json.x_9Yz0qW.tmp").write_bytes(b"half")
+    (tmp_path / ".notes.tmp").write_bytes(b"not a temporary atomic_path makes")
     assert remove_stale_temporaries(tmp_path) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "images.npy"]
+
+
+def test_temporaries_are_told_apart_by_the_name_atomic_path_gives_them(tmp_path):
+    target = tmp_path / "a.pth"
+    with atomic_path(target) as tmp:  # the real name, as mkstemp makes it
+        assert is_temporary_of(tmp.name, "a.pth") and temporaries_of(target) == [tmp]
+        assert not is_temporary_of(tmp.name, "pth") and not is_temporary_of(tmp.name, "a")
+    assert temporaries_of(target) == []
+    for name in [".a.pth.12345678.tmp.tmp", ".a.pth.short.tmp", ".b.pth.12345678.tmp"]:
+        assert not is_temporary_of(name, "a.pth"), name
+    assert temporary_target(".a.pth.backup.pth.abcd1234.tmp") == "a.pth.backup.pth"
+    assert temporary_target("a.pth") is None
 
 
 def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):

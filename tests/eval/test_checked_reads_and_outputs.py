@@ -232,3 +232,15 @@ def test_tf_backend_takes_the_label_offset_from_the_graphs_logits_width(width, o
     backend.runner.logits = lambda x: np.zeros((len(x), 2001 - width), dtype=np.float32)
     with pytest.raises(UserError, match=r"logits of shape \(2, \d+\), expected \(2, " + str(width)):
         backend.logits(crops)  # a width that changes between batches is refused
+
+
+def test_a_killed_runs_temporaries_in_out_are_removed_and_nothing_else(tmp_path):
+    from eval.evaluate import remove_stale_run_files
+
+    (tmp_path / ".loadgen.ab12cd34.tmp").mkdir()  # LoadGen's log folder, as mkdtemp names it
+    (tmp_path / ".loadgen.ab12cd34.tmp" / "mlperf_log_summary.txt").write_text("half")
+    (tmp_path / ".resume.npz.x_9Yz0qW.tmp").write_bytes(b"half")
+    (tmp_path / ".notes.tmp").mkdir()  # not a name a run gives its temporaries
+    (tmp_path / "results.json").write_text("{}")
+    remove_stale_run_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "results.json"]

@@ -67,6 +67,12 @@ def test_empty_new_or_own_folders_are_fine(data, tmp_path):
     (tmp_path / "empty" / "README").write_text("a note beside our cache is left alone")
     assert build_cache("resnet50", data, tmp_path / "empty", quiet=True).already_complete
     assert len(load_cache(tmp_path / "new" / "deeper", "resnet50")) == 4
+    killed = tmp_path / "killed"  # what a first build killed while writing leaves
+    killed.mkdir()
+    (killed / ".lock").write_text("")
+    (killed / ".manifest.json.ab12cd34.tmp").write_text("half")
+    assert build_cache("resnet50", data, killed, quiet=True).images == 4
+    assert not list(killed.glob("*.tmp"))
 
 
 @pytest.fixture

@@ -170,7 +170,7 @@ def test_kill_9_during_an_in_place_update_resumes_to_the_same_bytes(data, tmp_pa
         proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert json.loads((cache_dir / "manifest.json").read_text())["complete"] is False
-    stale = cache_dir / ".labels.npy.k1ll3d.tmp"  # what a kill inside atomic_path leaves
+    stale = cache_dir / ".labels.npy.k1ll3d00.tmp"  # what a kill inside atomic_path leaves
     stale.write_bytes(bytes(1000))
 
     rerun = subprocess.run(
