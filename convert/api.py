@@ -175,11 +175,12 @@ def _convert_locked(profile, checkpoint, out, report, quiet, image_sources: dict
     # Refuse a hostile graph at once, also when it will never be run here.
     outputs = _present(graph_def, [profile.logits_tensor, profile.probabilities_tensor])
     check_graph_ops(graph_def, outputs, str(checkpoint))
-    extracted = extract_weights(graph_def, profile, source=checkpoint.name)
+    extracted = extract_weights(graph_def, profile, source=str(checkpoint))
     layer_tensors = [layer.tf_tensor for layer in extracted.layer_tensors]
     check_graph_ops(graph_def, [extracted.logits_tensor, *layer_tensors], str(checkpoint))
     payload = _checkpoint_payload(profile, checkpoint, source_sha256, extracted)
-    torch_model, _ = module_from_payload(payload, out)  # exactly what loading will build
+    # Exactly what loading will build; out does not exist yet, so errors name the conversion.
+    torch_model = _module_from_fields(payload, f"the conversion of {checkpoint}")
     log.info(
         "read %d tensors from %s (%s, batch norm %s)",
         len(extracted.used_tensors),
@@ -338,7 +339,8 @@ def load_model(
 
 
 def module_from_payload(payload: Any, path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Check a converted model file's contents field by field and build its model."""
+    """Check a converted model file's contents field by field and build its model (eval
+    mode); return it and the file's fields but the tensors."""
     _check_format(payload, path)
     _check_field_types(payload, path)
     try:
@@ -350,25 +352,32 @@ def module_from_payload(payload: Any, path: Path) -> tuple[nn.Module, dict[str, 
             f"{path}'s contents do not match the digest recorded with them: the file was "
             f"altered after conversion; convert it again with {convert_command(path)}"
         )
+    module = _module_from_fields(payload, str(path))
+    record = {key: value for key, value in payload.items() if key != "state_dict"}
+    return module, record
+
+
+def _module_from_fields(payload: dict[str, Any], label: str) -> nn.Module:
+    """The model (eval mode) that a converted model's fields describe; ``label`` names their
+    origin (a file, or a conversion in progress) in the one-sentence errors."""
     model_name, num_classes = payload["model_name"], payload["num_classes"]
     if model_name not in MODEL_NAMES:
         raise UserError(
-            f"{path} names the model {model_name!r}; known models: {', '.join(MODEL_NAMES)}"
+            f"{label} names the model {model_name!r}; known models: {', '.join(MODEL_NAMES)}"
         )
     if num_classes < 1000 or payload["label_offset"] != num_classes - 1000:
         raise UserError(
-            f"{path} has num_classes {num_classes} and label_offset {payload['label_offset']}; "
+            f"{label} has num_classes {num_classes} and label_offset {payload['label_offset']}; "
             "a converted model has 1000 or more classes and label_offset = num_classes - 1000"
         )
     module = build_model(model_name, num_classes=num_classes)
-    _apply_epsilons(module, payload["bn_epsilons"], path)
+    _apply_epsilons(module, payload["bn_epsilons"], label)
     try:
         module.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, TypeError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
-        raise UserError(f"{path} does not hold a {model_name} state_dict ({first})") from None
-    record = {key: value for key, value in payload.items() if key != "state_dict"}
-    return module.eval(), record
+        raise UserError(f"{label} does not hold a {model_name} state_dict ({first})") from None
+    return module.eval()
 
 
 def _check_format(payload: Any, path: Path) -> None:
@@ -417,22 +426,22 @@ def _check_field_types(payload: dict[str, Any], path: Path) -> None:
                 )
 
 
-def _apply_epsilons(module: nn.Module, epsilons: dict[str, float], path: Path) -> None:
-    """Set every batch-norm layer's epsilon from the file: all of them, each exactly once.
+def _apply_epsilons(module: nn.Module, epsilons: dict[str, float], label: str) -> None:
+    """Set every batch-norm layer's epsilon from ``epsilons``: all of them, each exactly once.
 
-    The file is checked here (one UserError sentence naming it); ``apply_bn_eps`` sets them.
+    They are checked here (one UserError sentence naming ``label``); ``apply_bn_eps`` sets them.
     """
     layers = {name for name, m in module.named_modules() if _is_bn(m)}
     if set(epsilons) != layers:
         differ = sorted(set(epsilons) ^ layers)
         raise UserError(
-            f"{path}'s bn_epsilons do not name exactly the batch-norm layers of the model "
+            f"{label}'s bn_epsilons do not name exactly the batch-norm layers of the model "
             f"(first difference: {differ[0]!r})"
         )
     for name, eps in epsilons.items():
         # 0 is legitimate: a batch norm folded into its conv is an exact bias-only layer.
         if not (math.isfinite(eps) and eps >= 0):
-            raise UserError(f"{path} has batch-norm epsilon {eps!r} for {name}, not a float >= 0")
+            raise UserError(f"{label} has batch-norm epsilon {eps!r} for {name}, not a float >= 0")
     apply_bn_eps(module, epsilons)
 
 

@@ -103,6 +103,25 @@ def test_wrong_kernel_shape_is_named(resnet_graph_def, tmp_path, capsys):
     assert name in msg and "1000 classes" in msg
 
 
+def test_extraction_bug_is_reported_as_the_conversion_not_the_output(
+    mobilenet_v1_pb, tmp_path, capsys, monkeypatch
+):
+    """A state_dict the walker got wrong names the conversion, not the file not yet written."""
+    import convert.api
+
+    real = convert.api.extract_weights
+
+    def drops_a_weight(*args, **kwargs):
+        extracted = real(*args, **kwargs)
+        del extracted.state_dict["features.5.pointwise.conv.weight"]
+        return extracted
+
+    monkeypatch.setattr(convert.api, "extract_weights", drops_a_weight)
+    msg = _run(capsys, "mobilenet_v1", mobilenet_v1_pb, tmp_path)
+    assert f"the conversion of {mobilenet_v1_pb} does not hold a mobilenet_v1 state_dict" in msg
+    assert "model.pth" not in msg and "convert it again" not in msg
+
+
 def test_unused_weights_are_reported(resnet_graph_def):
     edited = tf.compat.v1.GraphDef()
     edited.CopyFrom(resnet_graph_def)
