@@ -140,7 +140,6 @@ _FOLDERS = {
     "Sqrt": lambda node, args: np.sqrt(args[0]),
     "Rsqrt": lambda node, args: _reciprocal(args[0], root=True),
     "Reciprocal": lambda node, args: _reciprocal(args[0]),
-    "Inv": lambda node, args: _reciprocal(args[0]),
     "Reshape": lambda node, args: args[0].reshape(_int_list(args[1])),
     "ExpandDims": lambda node, args: np.expand_dims(args[0], int(args[1].reshape(-1)[0])),
     "Squeeze": _squeeze,
@@ -173,7 +172,7 @@ class Graph:
     def _depends_on_placeholders(self) -> set[str]:
         """Names of the nodes whose value depends on a fed input (forward closure)."""
         dynamic: set[str] = set()
-        stack = [n.name for n in self.graph_def.node if n.op in ("Placeholder", "PlaceholderV2")]
+        stack = [n.name for n in self.graph_def.node if n.op == "Placeholder"]
         while stack:
             name = stack.pop()
             if name in dynamic:

@@ -218,3 +218,11 @@ def test_allowlist_holds_no_stateful_op():
     assert [op for op, definition in definitions.items() if definition is None] == []
     assert [op for op, definition in definitions.items() if definition.is_stateful] == []
     assert op_def_registry.get("WriteFile").is_stateful  # the check can fail
+
+
+def test_every_op_the_walkers_read_is_one_the_allowlist_admits():
+    """No dead entries: an op the folder or the walkers handle is never refused before."""
+    from convert.graph import FOLDABLE_OPS, IGNORED_CONSUMERS, PASS_THROUGH_OPS
+
+    handled = {*FOLDABLE_OPS, *PASS_THROUGH_OPS, *IGNORED_CONSUMERS, "Placeholder"}
+    assert sorted(handled - ALLOWED_OPS) == []
