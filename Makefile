@@ -67,7 +67,7 @@ bench-preprocess:
 # here into the git-ignored gpu-weights/ for it to use; gpu-check runs the check itself
 # (OUT: where gpu_check.json goes).
 gpu-weights:
-	$(PYTHON) -m benchmarks.gpu_weights --dir gpu-weights
+	$(PYTHON) -m benchmarks.gpu_weights --out gpu-weights
 
 OUT ?= $(WORK_DIR)/gpu-check-out
 gpu-check:

@@ -1,7 +1,7 @@
 """Preprocessing throughput: this project's cache build vs an MLPerf-style build.
 
 MLPerf's reference preprocesses in one process and writes one float32 ``.npy`` per image
-with ``np.save``. The project's build decodes in worker processes into one uint8 memmap.
+with ``np.save``. The project's build decodes in worker threads into one uint8 memmap.
 Both run here on the same generated ImageNet-sized JPEGs (page cache warmed first), and
 the script checks that the two caches hold the same floats.
 
@@ -21,7 +21,9 @@ import cv2
 import numpy as np
 
 from benchmarks.machine import cpu_description
+from core.cli import positive_int, run_cli
 from core.files import write_text_atomic
+from core.profiles import MODEL_NAMES
 from core.system import available_cores
 from preprocess import build_cache, load_cache, normalize
 from tests.fixtures.images import write_val_set
@@ -68,16 +70,18 @@ def print_result(result: dict) -> None:
           f"{result['ours_bytes_per_image']:>14.0f}")  # fmt: skip
     print(f"{'MLPerf-style (float32 .npy)':<28}{result['mlperf_style_img_per_s']:>10.1f}"
           f"{result['mlperf_style_bytes_per_image']:>14.0f}")  # fmt: skip
-    print(f"speedup {result['speedup']:.2f}x with {result['workers']} worker(s); "
+    print(f"speedup {result['speedup']:.2f}x with {result['workers']} thread(s); "
           "crops checked equal to MLPerf's floats")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=300, help="JPEGs to generate")
-    parser.add_argument("--model", default="resnet50", choices=("resnet50", "mobilenet_v1"))
-    parser.add_argument("--workers", type=int, default=None, help="default: all cores")
-    parser.add_argument("--repeats", type=int, default=2, help="best of N timings each")
+    parser.add_argument("--images", type=positive_int, default=300, help="JPEGs to generate")
+    parser.add_argument("--model", default="resnet50", choices=MODEL_NAMES)
+    parser.add_argument(
+        "--workers", type=positive_int, help="preprocessing threads (default: all cores)"
+    )
+    parser.add_argument("--repeats", type=positive_int, default=2, help="best of N timings each")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     return parser.parse_args(argv)
 
@@ -143,4 +147,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

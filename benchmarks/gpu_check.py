@@ -14,8 +14,9 @@ longer runs: tf32 and bf16 (CUDA), torchrun against the one-process run, the oth
 ``--engines`` and cuDNN autotuning.
 
 Each step is added to DIR/gpu_check.json as soon as it ends (a timeout still returns what
-finished) and logged to DIR/gpu_check.log. Exit status 1 when any comparison disagrees or
-a step failed. ``--device cpu --images 256 --engines eager`` rehearses it anywhere.
+finished) and logged to DIR/gpu_check.log. Exit status 1 when any comparison disagrees, a
+step failed or --device names CUDA that PyTorch cannot see (then nothing ran).
+``--device cpu --images 256 --engines eager`` rehearses it anywhere.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cli import positive_int, run_cli
+from core.errors import UserError
 from core.files import write_text_atomic
+from core.profiles import MODEL_NAMES
 
 log = logging.getLogger("gpu_check")
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("resnet50", "mobilenet_v1")
 CALIBRATION_CROPS = 32
 
 
@@ -241,13 +244,15 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="gpu_check.json/.log go here")
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu rehearses")
-    parser.add_argument("--images", type=int, default=50_000)
-    parser.add_argument("--unique", type=int, default=256, help="distinct generated JPEGs")
-    parser.add_argument("--subset", type=int, default=1024, help="images compared with the CPU")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--images", type=positive_int, default=50_000)
+    parser.add_argument("--unique", type=positive_int, default=256, help="distinct JPEGs")
+    parser.add_argument("--subset", type=positive_int, default=1024, help="compared with the CPU")
+    parser.add_argument(
+        "--workers", type=positive_int, default=os.cpu_count() or 1, help="preprocessing threads"
+    )
     parser.add_argument("--engines", default="eager,fast", help="engines checked on --device")
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--nproc", type=int, default=1, help="torchrun processes")
+    parser.add_argument("--models", default=",".join(MODEL_NAMES))
+    parser.add_argument("--nproc", type=positive_int, default=1, help="torchrun processes")
     parser.add_argument(
         "--weights-dir", type=Path, default=ROOT / "gpu-weights",
         help="where `make gpu-weights` put mobilenet_v1.pth",
@@ -260,8 +265,20 @@ def parse_args(argv):
     return args
 
 
+def require_device(device: str) -> None:
+    """A check that cannot run must not read as a pass: no CUDA is an error, not a no-op."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"this PyTorch ({torch.__version__}) sees no CUDA GPU, so nothing was checked: run "
+            "on a machine with one, or pass --device cpu to rehearse the check"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
@@ -269,11 +286,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(message)s",
         handlers=[logging.FileHandler(args.out / "gpu_check.log"), logging.StreamHandler()],
     )
-    import torch
-
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"gpu_check: this PyTorch ({torch.__version__}) sees no CUDA GPU; nothing to do")
-        return 0
     started = time.perf_counter()
     report = Report(args.out, {"environment": environment(args.device)})
     data = make_data(args.work_dir, args.images, args.unique)
@@ -298,4 +310,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -1,11 +1,11 @@
 """Convert MobileNet for the GPU check (``make gpu-weights``; needs TensorFlow).
 
-    python -m benchmarks.gpu_weights [--dir gpu-weights]
+    python -m benchmarks.gpu_weights [--out gpu-weights]
 
 The GPU check (benchmarks/gpu_check.py) is meant for a GPU machine that has no TensorFlow.
 This converts the MobileNet-v1 fixture graph (full size, MLPerf's node names, seeded
 weights) with ``python -m convert``, verified against TensorFlow, into
-DIR/mobilenet_v1.pth (17 MB), on a machine that has TensorFlow; copy DIR to the GPU
+OUT/mobilenet_v1.pth (17 MB), on a machine that has TensorFlow; copy OUT to the GPU
 machine (or keep it in the checkout there) and the check uses it. ResNet-50 is left out
 to keep the folder small enough to copy (its converted file is 102 MB): the check builds
 ResNet-50 weights on the GPU machine itself.
@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from core.cli import renamed_options, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = ROOT / "gpu-weights"
@@ -41,12 +43,16 @@ def make_gpu_weights(folder: Path) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where the .pth goes")
-    make_gpu_weights(parser.parse_args(argv).dir)
+    parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="where the .pth goes")
+    return parser.parse_args(renamed_options(argv, {"--dir": "--out"}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    make_gpu_weights(parse_args(argv).out)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

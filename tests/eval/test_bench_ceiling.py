@@ -39,3 +39,13 @@ def test_cpu_description_names_generation_and_vector_unit(tmp_path, monkeypatch)
     assert machine.cpu_description()["cpu"] == "Intel Xeon (family 6 model 143, AVX-512)"
     cpuinfo.write_text("model name\t: Some CPU\nflags\t: avx2\n")
     assert machine.cpu_description()["cpu"] == "Some CPU (AVX2)"
+
+
+def test_bench_preprocess_options(capsys):
+    from benchmarks.bench_preprocess import parse_args
+    from core.profiles import MODEL_NAMES
+
+    assert parse_args(["--model", MODEL_NAMES[-1]]).model == MODEL_NAMES[-1]
+    with pytest.raises(SystemExit):
+        parse_args(["--images", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks import gpu_check
@@ -63,3 +64,35 @@ def test_weights_from_the_gpu_weights_folder_are_used_as_they_are(tmp_path):
     # No cache exists: a converted file found in the folder needs no calibration crops.
     found = gpu_check.make_weights("mobilenet_v1", tmp_path / "no-cache", tmp_path, folder)
     assert found == {"weights": str(path), "source": "converted from the fixture graph"}
+
+
+def test_without_cuda_the_check_fails_in_one_sentence_instead_of_passing(
+    tmp_path, monkeypatch, capsys
+):
+    from core.cli import run_cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
+    assert run_cli(gpu_check.main, argv) == 1
+    captured = capsys.readouterr()
+    assert "passed" not in captured.out
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    assert "no CUDA GPU" in captured.err and "--device cpu" in captured.err
+    assert not (tmp_path / "out" / "gpu_check.json").exists()
+
+
+@pytest.mark.parametrize("option", ["--images", "--unique", "--subset", "--workers", "--nproc"])
+def test_counts_must_be_positive(tmp_path, capsys, option):
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--out", str(tmp_path), option, "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_gpu_weights_takes_out_and_still_the_old_dir(tmp_path, capsys):
+    from benchmarks import gpu_weights
+
+    assert gpu_weights.parse_args([]).out == gpu_weights.DEFAULT_DIR
+    assert gpu_weights.parse_args(["--out", "a"]).out == gpu_weights.parse_args(["--dir", "a"]).out
+    with pytest.raises(SystemExit):
+        gpu_weights.parse_args(["--help"])
+    assert "--dir" not in capsys.readouterr().out
