@@ -94,7 +94,7 @@ class BuildSummary(Record):
     cache_dir: Path
     images: int  # images in the finished cache
     processed: int  # images decoded by this run (0 when the cache was already up to date)
-    skipped: tuple[str, ...]  # unreadable files left out (--skip-bad)
+    skipped: tuple[str, ...]  # unreadable files left out (--skip-bad), as in the manifest
     seconds: float
     already_complete: bool
     fingerprint: str
@@ -110,11 +110,11 @@ class BuildSummary(Record):
                 f"preprocess {self.model_name}: {self.images} images already cached in "
                 f"{self.cache_dir}, nothing to do"
             )
-        skipped = f", skipped {len(self.skipped)} unreadable" if self.skipped else ""
+        left_out = f", skipped {len(self.skipped)} unreadable" if self.skipped else ""
         return (
             f"preprocess {self.model_name}: {self.images} images cached in {self.cache_dir} "
             f"({self._what_changed()}{self.processed} processed in {self.seconds:.1f} s, "
-            f"{self.images_per_second:.1f} img/s{skipped})"
+            f"{self.images_per_second:.1f} img/s{left_out})"
         )
 
     def _what_changed(self) -> str:
@@ -251,13 +251,13 @@ def build_config(profile: ModelProfile, listing: Listing) -> dict:
     }
 
 
-def _bad_images_error(listing: Listing, bad: list[tuple[int, str]], from_manifest=False):
-    index, reason = min(bad)
+def _unreadable_error(listing: Listing, unreadable: list[tuple[int, str]], left_out=False):
+    index, reason = min(unreadable)
     first = listing.root / listing.files[index]
-    how = "were left out of the cache by --skip-bad and " if from_manifest else ""
+    how = "were left out of the cache by --skip-bad and " if left_out else ""
     return UserError(
-        f"{len(bad)} listed image(s) {how}cannot be read, the first being {first} ({reason}): "
-        f"fix or remove them, or rerun with --skip-bad to leave them out",
+        f"{len(unreadable)} listed image(s) {how}cannot be read, the first being {first} "
+        f"({reason}): fix or remove them, or rerun with --skip-bad to leave them out",
         exit_code=2,
     )
 
@@ -390,9 +390,9 @@ class _Build:
     def _update(self, manifest: dict, previous: PreviousCache) -> BuildSummary:
         plan = make_plan(self.listing, self.signatures, previous, self.skip_bad)
         if plan.recheck:
-            still_bad = [(i, r) for i in plan.recheck if (r := self._unreadable(i)) is not None]
-            if still_bad:
-                raise _bad_images_error(self.listing, still_bad, from_manifest=True)
+            unreadable = [(i, r) for i in plan.recheck if (r := self._unreadable(i)) is not None]
+            if unreadable:
+                raise _unreadable_error(self.listing, unreadable, left_out=True)
             log.info("files left out by --skip-bad are readable now: adding them to the cache")
             plan.changes["added"] += len(plan.recheck)
         if plan.same_rows(previous):
@@ -409,7 +409,7 @@ class _Build:
         digests[reused] = previous.digests[plan.sources[reused]]
         in_place = (
             self.listing.files == previous.files
-            and not plan.kept_bad
+            and not plan.left_out
             and os.access(self.cache_dir / IMAGES_NAME, os.W_OK)
         )
         metadata = count * (PER_IMAGE_BYTES - CROP_BYTES)  # digests and signatures
@@ -422,7 +422,7 @@ class _Build:
             _copy_rows(self.cache_dir / IMAGES_NAME, partial, rows, plan.sources[rows])
         with open(self.cache_dir / JOURNAL_NAME, "a") as journal:
             journal.write("".join(f"{a} {b}\n" for a, b in _runs(reused)))
-        return self._crop_and_finish(reused, plan.kept_bad, plan.changes, previous.damage_text)
+        return self._crop_and_finish(reused, plan.left_out, plan.changes, previous.damage_text)
 
     def _start_partial(self, digests, needed_bytes: int, done: int, adopt_images: bool):
         """Create the partial files, then the journal that makes them resumable.
@@ -447,11 +447,11 @@ class _Build:
         files left out, images.npy's recorded stat after a move); often nothing at all."""
         kept = plan.kept
         labels = np.asarray(self.listing.labels, dtype=np.int64)[kept]
-        skipped = self._skipped_entries(sorted(plan.kept_bad.items()))
+        left_out = self._left_out_entries(sorted(plan.left_out.items()))
         fingerprint = content_fingerprint(self.config, previous.digests, labels, previous.files)
         unchanged = (
             fingerprint == manifest["fingerprint"]
-            and skipped == manifest.get("skipped")
+            and left_out == manifest.get("skipped")
             and np.array_equal(self.signatures[kept], previous.signatures)
             and manifest.get("listing_source") == self.listing.source
         )
@@ -461,10 +461,10 @@ class _Build:
             save_npy_atomic(self.cache_dir / LABELS_NAME, labels)
             save_npy_atomic(self.cache_dir / SIGNATURES_NAME, self.signatures[kept])
         if not unchanged or previous.images_stat != manifest.get("images_stat"):
-            self._write_manifest(len(labels), len(labels), skipped, fingerprint)
-        return self._summary(len(labels), skipped, fingerprint, already_complete=unchanged)
+            self._write_manifest(len(labels), len(labels), left_out, fingerprint)
+        return self._summary(len(labels), left_out, fingerprint, already_complete=unchanged)
 
-    def _write_manifest(self, count: int, done: int, skipped=(), fingerprint=None) -> None:
+    def _write_manifest(self, count: int, done: int, left_out=(), fingerprint=None) -> None:
         """Without ``fingerprint``: a build in progress. With it: the finished cache."""
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -472,7 +472,7 @@ class _Build:
             "listing_source": self.listing.source,
             "count": count,
             "done": done,
-            "skipped": list(skipped),
+            "skipped": list(left_out),  # the files --skip-bad left out
             "complete": fingerprint is not None,
             "fingerprint": fingerprint,
         }
@@ -480,21 +480,22 @@ class _Build:
             manifest["images_stat"] = file_stat(self.cache_dir / IMAGES_NAME)
         write_manifest(self.cache_dir, manifest)
 
-    def _skipped_entries(self, bad: list[tuple[int, str]]) -> list[dict]:
+    def _left_out_entries(self, left_out: list[tuple[int, str]]) -> list[dict]:
         files, signatures = self.listing.files, self.signatures
         return [
-            {"file": files[i], "reason": r, "signature": signatures[i].tolist()} for i, r in bad
+            {"file": files[i], "reason": r, "signature": signatures[i].tolist()}
+            for i, r in left_out
         ]
 
     def _summary(
-        self, count, skipped, fingerprint, processed=0, changes=None, already_complete=False
+        self, count, left_out, fingerprint, processed=0, changes=None, already_complete=False
     ):
         return BuildSummary(
             model_name=self.profile.name,
             cache_dir=self.cache_dir,
             images=count,
             processed=processed,
-            skipped=tuple(s["file"] for s in skipped),
+            skipped=tuple(s["file"] for s in left_out),
             seconds=time.perf_counter() - self.started,
             already_complete=already_complete,
             fingerprint=fingerprint,
@@ -503,30 +504,32 @@ class _Build:
 
     # -- cropping and finishing
 
-    def _crop_and_finish(self, finished, kept_bad=None, changes=None, damage_text=""):
-        """Crop every row not ``finished`` and not in ``kept_bad``, then finish the cache."""
-        kept_bad = kept_bad or {}
-        skip = finished.copy()
-        skip[list(kept_bad)] = True
-        tasks = _pending_tasks(skip, self.workers)
-        bad = self._run_tasks(tasks, initial=int(skip.sum()))
-        if bad and not self.skip_bad:
-            raise _bad_images_error(self.listing, bad)
-        bad = sorted(bad + list(kept_bad.items()))
-        skipped = self._skipped_entries(bad)
-        count, fingerprint = self._finish([i for i, _ in bad], skipped)
+    def _crop_and_finish(self, finished, left_out=None, changes=None, damage_text=""):
+        """Crop every row not ``finished`` and not ``left_out`` (index -> reason: left out
+        before and still), then finish the cache."""
+        left_out = left_out or {}
+        no_crop_needed = finished.copy()
+        no_crop_needed[list(left_out)] = True
+        tasks = _pending_tasks(no_crop_needed, self.workers)
+        unreadable = self._run_tasks(tasks, initial=int(no_crop_needed.sum()))
+        if unreadable and not self.skip_bad:
+            raise _unreadable_error(self.listing, unreadable)
+        left_out_rows = sorted(unreadable + list(left_out.items()))
+        entries = self._left_out_entries(left_out_rows)
+        count, fingerprint = self._finish([i for i, _ in left_out_rows], entries)
         if damage_text and read_damage(self.cache_dir)[0] == damage_text:
             (self.cache_dir / DAMAGED_NAME).unlink(missing_ok=True)  # those rows are redone
-        if skipped:
-            log.warning("left out %d unreadable image(s), listed in the manifest", len(skipped))
+        if entries:
+            log.warning("left out %d unreadable image(s), listed in the manifest", len(entries))
         processed = sum(stop - start for start, stop in tasks)
-        return self._summary(count, skipped, fingerprint, processed, changes)
+        return self._summary(count, entries, fingerprint, processed, changes)
 
     def _run_tasks(self, tasks: list[tuple[int, int]], initial: int) -> list[tuple[int, str]]:
-        """Run the tasks on worker threads, journaling finished ranges; return the bad files."""
-        bad: list[tuple[int, str]] = []
+        """Run the tasks on worker threads, journaling finished ranges; return the
+        (index, reason) of the files that cannot be read."""
+        unreadable: list[tuple[int, str]] = []
         if not tasks:
-            return bad
+            return unreadable
         workers = min(self.workers, len(tasks))
         todo = sum(stop - start for start, stop in tasks)
         name, cache_dir = self.profile.name, self.cache_dir
@@ -548,23 +551,23 @@ class _Build:
         )
         with bar, open(cache_dir / JOURNAL_NAME, "a") as journal:
 
-            def record(start: int, stop: int, chunk_bad: list) -> None:
+            def record(start: int, stop: int, chunk_unreadable: list) -> None:
                 good = np.ones(stop - start, dtype=bool)
-                good[[i - start for i, _ in chunk_bad]] = False
+                good[[i - start for i, _ in chunk_unreadable]] = False
                 journal.write("".join(f"{start + a} {start + b}\n" for a, b in _runs(good)))
                 journal.flush()  # one write(2) per task: survives a kill of this process
-                bad.extend(chunk_bad)
+                unreadable.extend(chunk_unreadable)
                 bar.update(stop - start)
 
             run_ranges(processor, tasks, workers, record)
         processor.flush()
-        return bad
+        return unreadable
 
-    def _finish(self, bad_indices: list[int], skipped: list[dict]) -> tuple[int, str]:
-        """Write digests, labels, names, signatures and the final images.npy (without
-        unreadable files), then the complete manifest; return (count, fingerprint)."""
+    def _finish(self, left_out_rows: list[int], entries: list[dict]) -> tuple[int, str]:
+        """Write digests, labels, names, signatures and the final images.npy (without the
+        rows left out), then the complete manifest; return (count, fingerprint)."""
         cache_dir = self.cache_dir
-        keep = np.setdiff1d(np.arange(len(self.listing)), np.asarray(bad_indices, dtype=np.int64))
+        keep = np.setdiff1d(np.arange(len(self.listing)), np.asarray(left_out_rows, dtype=np.int64))
         digests = np.load(cache_dir / PARTIAL_DIGESTS_NAME)[keep]
         labels = np.asarray(self.listing.labels, dtype=np.int64)[keep]
         names = [self.listing.files[i] for i in keep]
@@ -574,14 +577,14 @@ class _Build:
         save_npy_atomic(cache_dir / SIGNATURES_NAME, self.signatures[keep])
         write_text_atomic(cache_dir / FILES_NAME, "".join(f"{n}\n" for n in names))
         partial = cache_dir / PARTIAL_IMAGES_NAME
-        if bad_indices:
+        if left_out_rows:
             with atomic_path(cache_dir / IMAGES_NAME) as tmp:
                 _compact(partial, tmp, keep)
             partial.unlink()
         else:
             _fsync(partial)
             os.replace(partial, cache_dir / IMAGES_NAME)
-        self._write_manifest(len(keep), len(keep), skipped, fingerprint)
+        self._write_manifest(len(keep), len(keep), entries, fingerprint)
         _remove_partial(cache_dir)
         return len(keep), fingerprint
 

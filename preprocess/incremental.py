@@ -60,7 +60,7 @@ class PreviousCache:
     files: list[str]
     signatures: np.ndarray  # int64 (N, 4)
     digests: np.ndarray  # uint8 (N, 32)
-    skipped: dict[str, dict]  # file -> {"reason", "signature"} for files left out
+    left_out: dict[str, dict]  # file -> {"reason", "signature"}: left out by --skip-bad
     damaged: np.ndarray  # bool (N,): rows whose bytes no longer match their digest
     damage_text: str  # damaged.json as read, so the build removes only what it handled
     images_stat: dict  # images.npy's size and mtime now (to record if it only moved)
@@ -84,8 +84,8 @@ def load_previous(cache_dir: Path, manifest: dict, workers: int) -> PreviousCach
     damaged = _damaged_rows(entries, files, digests)
     if images_stat != manifest.get("images_stat"):
         damaged |= _verify_all(images, digests, workers, cache_dir)
-    skipped = {s["file"]: s for s in manifest.get("skipped", []) if "file" in s}
-    return PreviousCache(files, signatures, digests, skipped, damaged, damage_text, images_stat)
+    left_out = {s["file"]: s for s in manifest.get("skipped", []) if "file" in s}
+    return PreviousCache(files, signatures, digests, left_out, damaged, damage_text, images_stat)
 
 
 def _damaged_rows(entries: list[dict], files: list[str], digests: np.ndarray) -> np.ndarray:
@@ -125,18 +125,18 @@ def _verify_all(images: np.ndarray, digests: np.ndarray, workers: int, cache_dir
 @dataclass
 class Plan:
     """Per listed file: the old row to reuse (``sources[i] >= 0``), or -1 to crop it.
-    ``kept_bad`` holds files left out before and left out again (--skip-bad, unchanged)."""
+    ``left_out`` holds files left out before and left out again (--skip-bad, unchanged)."""
 
     sources: np.ndarray  # int64 (M,)
-    kept_bad: dict[int, str]  # listing index -> reason
+    left_out: dict[int, str]  # listing index -> reason
     recheck: list[int]  # left out before, unchanged, and --skip-bad not given
     changes: dict[str, int]  # how many files changed, were added or removed, rows damaged
 
     @property
     def kept(self) -> np.ndarray:
-        """bool (M,): listed files that get a row in the new cache (all but ``kept_bad``)."""
+        """bool (M,): listed files that get a row in the new cache (all but ``left_out``)."""
         mask = np.ones(len(self.sources), dtype=bool)
-        mask[list(self.kept_bad)] = False
+        mask[list(self.left_out)] = False
         return mask
 
     def same_rows(self, previous: PreviousCache) -> bool:
@@ -159,19 +159,19 @@ def make_plan(
     same[hits] = (signatures[hits] == previous.signatures[rows[hits]]).all(axis=1)
     damaged[hits] = same[hits] & previous.damaged[rows[hits]]
     sources = np.where(same & ~damaged, rows, -1)
-    kept_bad, recheck = {}, []
+    left_out, recheck = {}, []
     changed, added = int((present & ~same).sum()), 0
     for i in np.flatnonzero(~present).tolist():
-        left_out = previous.skipped.get(listing.files[i])
-        if left_out is None:
+        entry = previous.left_out.get(listing.files[i])
+        if entry is None:
             added += 1
-        elif left_out.get("signature") != signatures[i].tolist():
+        elif entry.get("signature") != signatures[i].tolist():
             changed += 1
         elif skip_bad:
-            kept_bad[i] = left_out.get("reason", "unreadable")
+            left_out[i] = entry.get("reason", "unreadable")
         else:
             recheck.append(i)
     listed = set(listing.files)
-    removed = sum(1 for name in [*previous.files, *previous.skipped] if name not in listed)
+    removed = sum(1 for name in [*previous.files, *previous.left_out] if name not in listed)
     changes = dict(changed=changed, added=added, removed=removed, damaged=int(damaged.sum()))
-    return Plan(sources, kept_bad, recheck, changes)
+    return Plan(sources, left_out, recheck, changes)

@@ -39,15 +39,15 @@ class RangeProcessor:
 
     def __call__(self, start: int, stop: int) -> list[tuple[int, str]]:
         """Process one range; return (index, reason) for the files that cannot be read."""
-        bad = []
+        unreadable = []
         for i in range(start, stop):
             bgr, reason = decode(os.path.join(self.root, self.files[i]))
             if bgr is None:
-                bad.append((i, reason))
+                unreadable.append((i, reason))
             else:
                 self.images[i] = crop_bgr_image(bgr, self.profile)
                 self.digests[i] = np.frombuffer(crop_digest(self.images[i]), dtype=np.uint8)
-        return bad
+        return unreadable
 
     def flush(self) -> None:
         self.images.flush()
@@ -71,7 +71,7 @@ def run_ranges(
     workers: int,
     on_result: Callable[[int, int, list], None],
 ) -> None:
-    """Run ``tasks`` on ``workers`` threads; ``on_result(start, stop, bad)`` runs in this
+    """Run ``tasks`` on ``workers`` threads; ``on_result(start, stop, unreadable)`` runs in this
     thread as each finishes. On an exception (Ctrl-C included) no new range starts."""
     if workers == 1:
         for start, stop in tasks:
