@@ -2,14 +2,14 @@
 
     python -m eval --model M --cache-dir CACHE (--weights W.pth | --backend tf --checkpoint PB)
                    [--batch-size B] [--device cpu|cuda] [--limit N] [--out DIR] [--wait]
-                   [--engine auto|eager|fast] [--precision fp32|tf32|bf16] [--quiet]
+                   [--engine auto|eager|fast[:NAME]] [--precision fp32|tf32|bf16] [--quiet]
     torchrun --nproc-per-node N -m eval ...   (one shard of the cache per process)
     python -m eval compare A.npy B.npy [--files CACHE_OR_NAMES] [--model M] [--strict]
 
 Evaluation writes DIR/results.json, predictions.npy and top5.npy (DIR defaults to
-results/<model>-<backend>) and prints a summary table. One run writes into DIR at a time: a
-second one exits with a sentence naming the first, or waits for it with --wait. Under
-torchrun rank 0 alone writes DIR (``eval.distributed``).
+results/<model>-<backend>, plus -<precision> unless fp32) and prints a summary table. One
+run writes into DIR at a time: a second one exits with a sentence naming the first, or
+waits for it with --wait. Under torchrun rank 0 alone writes DIR (``eval.distributed``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.errors import UserError
 from core.profiles import MODEL_NAMES
-from eval.options import BACKENDS, EvalSettings, add_evaluation_options
+from eval.options import BACKENDS, EvalSettings, add_evaluation_options, evaluation_name
 
 log = logging.getLogger("eval")
 
@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", help="converted PyTorch weights (.pth), torch backend")
     parser.add_argument("--checkpoint", help="the original frozen graph (.pb), tf backend")
     parser.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
-    parser.add_argument("--out", help="output directory (default: results/<model>-<backend>)")
+    parser.add_argument(
+        "--out",
+        help="output directory (default: results/<model>-<backend>, and -<precision> unless "
+        "fp32, e.g. results/resnet50-torch-bf16)",
+    )
     add_evaluation_options(parser)
     parser.add_argument(
         "--wait", action="store_true", help="wait for another run using --out to finish"
@@ -58,6 +62,11 @@ def check_backend_inputs(args: argparse.Namespace) -> None:
         raise UserError("--weights is for the torch backend; --backend tf takes --checkpoint")
 
 
+def default_out_dir(model_name: str, backend: str, precision: str) -> str:
+    """Where a run without --out writes: non-fp32 runs beside, not over, the fp32 one."""
+    return f"results/{model_name}-{evaluation_name(backend, precision)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:
@@ -67,11 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(renamed_options(argv, RENAMED_OPTIONS))
     configure_logging(args.quiet)
     check_backend_inputs(args)
+    settings = EvalSettings.from_options(args)
+    settings.check()
 
     from eval.evaluate import evaluate
 
-    out_dir = args.out or f"results/{args.model}-{args.backend}"
-    result = evaluate(args.model, args.cache_dir, EvalSettings.from_options(args), out_dir=out_dir)
+    out_dir = args.out or default_out_dir(args.model, args.backend, args.precision)
+    result = evaluate(args.model, args.cache_dir, settings, out_dir=out_dir)
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     log.info("wrote %s/results.json, predictions.npy, top5.npy", out_dir)

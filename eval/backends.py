@@ -152,20 +152,17 @@ class TorchBackend(Backend):
             u8 = self._torch.from_numpy(np.array(verify_images)).to(self.torch_device)
             with self._torch.inference_mode():
                 sample = self.normalize(u8).permute(0, 3, 1, 2).contiguous()
-        try:
-            return prepare_engine(
-                module,
-                engine,
-                device=self.torch_device,
-                batch_size=batch_size,
-                num_images=num_images,
-                verify_sample=sample,
-                copy_module=False,
-                model_name=self.profile.name,
-                precision=self.precision,
-            )
-        except ValueError as err:  # an unknown engine or precision, or a bad batch size
-            raise UserError(str(err)) from None
+        return prepare_engine(
+            module,
+            engine,
+            device=self.torch_device,
+            batch_size=batch_size,
+            num_images=num_images,
+            verify_sample=sample,
+            copy_module=False,
+            model_name=self.profile.name,
+            precision=self.precision,
+        )
 
     def normalize(self, u8_nhwc):
         """Float32 normalisation of a uint8 NHWC tensor on its own device (recipe order)."""
@@ -289,7 +286,9 @@ class TFBackend(Backend):
     def label_offset(self) -> int:
         """From the graph's logits width (1001 classes: 1, 1000 classes: 0)."""
         if self._label_offset is None:
-            raise RuntimeError("the label offset is known after the first logits call")
+            # No batch has run (a run restored whole from its journal): ask the graph with
+            # one blank crop; ``logits`` records the width, or refuses one it cannot use.
+            self.logits(np.zeros((1, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8))
         return self._label_offset
 
     def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
@@ -375,7 +374,7 @@ def make_backend(
         str(dev),
         weights_path=weights,
         engine=settings.engine,
-        batch_size=settings.batch_size,
+        batch_size=settings.resolved().batch_size,
         num_images=num_images,
         verify_images=verify_images,
         label_offset=record["label_offset"],

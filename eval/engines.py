@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.errors import UserError
 from core.files import write_text_atomic
 from eval.cpu_workers import (
     CoreWorkers,
@@ -53,7 +54,7 @@ from eval.cpu_workers import (
     single_threaded,
     worker_count,
 )
-from eval.options import ENGINES, PRECISIONS
+from eval.options import check_engine, check_precision
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +141,6 @@ class PreparedEngine:
             return self.forward(staging)[:rows].clone()
 
 
-def check_precision(precision: str, device_type: str) -> None:
-    """ValueError (one sentence) for an unknown precision or a CUDA-only one elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}"
-        )
-    if precision != "fp32" and device_type != "cuda":
-        raise ValueError(
-            f"--precision {precision} runs on CUDA only; on the {device_type} use fp32"
-        )
-
-
 def cudnn_autotune(num_images: int | None) -> tuple[bool, str]:
     """Whether cuDNN should time every algorithm per shape (benchmark mode), and why.
 
@@ -186,14 +175,9 @@ def choose_engine(
 ) -> tuple[str, str | None]:
     """Resolve ``engine`` to ``("eager" | "fast" | "fast:<builder>", why)``.
 
-    ``why`` is None unless a rule (not the caller) decided.
+    ``why`` is None unless a rule (not the caller) decided; an unknown engine is a UserError.
     """
-    if engine.startswith("fast:"):
-        if engine.removeprefix("fast:") not in FAST_BUILDERS:
-            known = ", ".join(f"fast:{name}" for name in FAST_BUILDERS)
-            raise ValueError(f"unknown fast engine {engine!r}: expected one of {known}")
-    elif engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    check_engine(engine)
     if precision != "fp32" and engine != "eager":
         return "eager", f"precision {precision}: eager (fast engines are verified in fp32)"
     if engine != "auto":
@@ -453,7 +437,6 @@ def prepare_engine(
     batch_size: int = 32,
     num_images: int | None = None,
     channels_last: bool | None = None,
-    verify: bool = True,
     verify_sample: torch.Tensor | None = None,
     copy_module: bool = True,
     model_name: str | None = None,
@@ -463,11 +446,11 @@ def prepare_engine(
     """Build the engine that runs ``module`` (a copy unless ``copy_module=False``).
 
     ``engine``: "eager", "fast", "fast:<builder>" or "auto" (module docstring). Fast
-    candidates must match eager on ``verify_sample`` (default: 8 synthetic images) unless
-    ``verify=False``. ``None``: the measured ``channels_last``; ``warmup`` on CUDA only.
+    candidates must match eager on ``verify_sample`` (default: VERIFY_IMAGES synthetic
+    images). ``None``: the measured ``channels_last``; ``warmup`` on CUDA only.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     start = time.perf_counter()
     device = torch.device(device)
     check_precision(precision, device.type)
@@ -481,7 +464,7 @@ def prepare_engine(
     )
     if chosen != "eager":
         with single_threaded() if prepared.workers else contextlib.nullcontext():
-            prepared = _build_fast(prepared, chosen, verify, verify_sample)
+            prepared = _build_fast(prepared, chosen, verify_sample)
         if prepared.is_fast:
             record_build_seconds(model_name, device.type, batch_size, time.perf_counter() - start)
     if device.type == "cuda" if warmup is None else warmup:
@@ -549,7 +532,7 @@ def _configure_device(device, batch_size, num_images, precision, notes):
 
 
 def _build_fast(
-    eager: PreparedEngine, chosen: str, verify: bool, verify_sample: torch.Tensor | None
+    eager: PreparedEngine, chosen: str, verify_sample: torch.Tensor | None
 ) -> PreparedEngine:
     """The first fast builder that builds and matches ``eager`` (run as it will run, through
     the CPU workers); else ``eager``, with the reasons in the notes."""
@@ -573,10 +556,9 @@ def _build_fast(
             problem = f"{name} failed to build ({type(err).__name__}: {first_line})"
         else:
             prepared = dataclasses.replace(eager, name=name, forward=forward, staging=example)
-            problem = check_against_eager(prepared, eager_module, sample) if verify else None
+            problem = check_against_eager(prepared, eager_module, sample)
             if problem is None:
-                if verify:
-                    notes.append(f"{name} verified against eager on {len(sample)} images")
+                notes.append(f"{name} verified against eager on {len(sample)} images")
                 return prepared
             problem = f"{name} disagrees with eager ({problem})"
         log.warning(problem)
@@ -614,10 +596,7 @@ def compare_logits(
 
 
 def check_against_eager(
-    prepared: PreparedEngine,
-    eager_module: nn.Module,
-    sample: torch.Tensor,
-    atol: float = VERIFY_ATOL,
+    prepared: PreparedEngine, eager_module: nn.Module, sample: torch.Tensor
 ) -> str | None:
     """Run ``sample`` through both; None if they agree (``compare_logits``), else why not."""
     try:
@@ -626,6 +605,6 @@ def check_against_eager(
             if prepared.channels_last:
                 eager_input = eager_input.contiguous(memory_format=torch.channels_last)
             expected = eager_module.eval()(eager_input)
-        return compare_logits(prepared(sample), expected, atol=atol)
+        return compare_logits(prepared(sample), expected)
     except Exception as err:
         return f"it raised {type(err).__name__}: {err}"

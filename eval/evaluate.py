@@ -263,7 +263,7 @@ def evaluate(
     """
     from preprocess import load_cache
 
-    settings = dataclasses.replace(settings or EvalSettings(), **changes)
+    settings = dataclasses.replace(settings or EvalSettings(), **changes).resolved()
     profile = get_profile(model_name)
     _check_settings(settings, out_dir)
     ctx = distributed.init_from_environment(settings.device)
@@ -290,16 +290,10 @@ def evaluate(
 
 def _check_settings(settings: EvalSettings, out_dir) -> None:
     """One sentence for settings that cannot work, before any work."""
-    from eval.engines import check_precision  # imports torch: not at module level
-
+    settings.check()
     _check_batch_size(settings.batch_size)
     if settings.loadgen is not None and out_dir is None:
         raise UserError("a LoadGen run needs an output directory for its logs")
-    device = settings.device
-    try:  # an unknown precision, or tf32/bf16 off CUDA
-        check_precision(settings.precision, "cuda" if device.startswith("cuda") else device)
-    except ValueError as err:
-        raise UserError(str(err)) from None
 
 
 def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:

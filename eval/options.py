@@ -2,24 +2,62 @@
 
 Light on purpose (no torch import), so ``--help`` stays instant; the modules that act on
 these values (engines, loadgen, backends) import the same constants. ``EvalSettings`` holds
-one run's values; both entry points build it with ``EvalSettings.from_options``.
+one run's values; both entry points build it with ``EvalSettings.from_options`` and refuse
+bad values with ``EvalSettings.check`` before any stage runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, fields, replace
 
 from core.cli import positive_int
+from core.errors import UserError
 
 BACKENDS = ("torch", "tf")
 ENGINES = ("auto", "eager", "fast")
+# The builders behind "fast:NAME" (``eval.engines.FAST_BUILDERS``), named here so the option
+# is checked without importing torch.
+FAST_BUILDER_NAMES = ("torchscript-freeze", "inductor", "torchscript-onednn")
 PRECISIONS = ("fp32", "tf32", "bf16")
 LOADGEN_MODES = ("accuracy", "performance")
 SCENARIOS = ("Offline", "SingleStream")
 # Default batch sizes: 32 measured best on the CPU; a GPU needs large batches to be busy.
 CPU_BATCH, CUDA_BATCH = 32, 256
+
+
+def evaluation_name(backend: str, precision: str) -> str:
+    """The name of one evaluation's folder: the backend, and the precision unless fp32.
+
+    Other precisions get their own folder beside the fp32 run (``torch-bf16`` next to
+    ``torch``), so they do not overwrite it and ``eval.reference`` finds it there.
+    """
+    return backend if precision == "fp32" else f"{backend}-{precision}"
+
+
+def check_engine(engine: str) -> None:
+    """UserError (one sentence) unless ``engine`` is one of ENGINES or ``fast:<builder>``."""
+    known = (*ENGINES, *(f"fast:{name}" for name in FAST_BUILDER_NAMES))
+    if engine not in known:
+        raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(known)}")
+
+
+def check_device(device: str) -> None:
+    """UserError unless ``device`` is written cpu, cuda or cuda:N (whether it exists is
+    ``eval.backends.resolve_torch_device``'s question)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+
+
+def check_precision(precision: str, device: str) -> None:
+    """UserError for an unknown precision, or a CUDA-only one on another device."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    device_type = device.split(":")[0]
+    if precision != "fp32" and device_type != "cuda":
+        raise UserError(f"--precision {precision} runs on CUDA only; on the {device_type} use fp32")
 
 
 def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +66,8 @@ def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         default="auto",
-        help="torch execution: eager, fast (frozen/compiled; fast:NAME picks one builder) or "
+        help="torch execution: eager, fast (frozen/compiled; fast:NAME picks one builder: "
+        f"{', '.join(FAST_BUILDER_NAMES)}) or "
         "auto (default: whichever should finish first on this device for this many images; "
         "why goes to engine_notes)",
     )
@@ -39,7 +78,7 @@ def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
         help="fp32 (default, TF32 off: the figure comparable with MLPerf's); tf32 or bf16 on "
         "CUDA only. A non-fp32 run records in results.json the share of its predictions equal "
         "to an fp32 run of the same model, cache and weights found in a sibling folder of "
-        "--out (e.g. results/resnet50-torch beside results/resnet50-bf16)",
+        "--out (e.g. results/resnet50-torch beside results/resnet50-torch-bf16)",
     )
     parser.add_argument(
         "--batch-size",
@@ -60,7 +99,7 @@ class EvalSettings:
     backend: str = "torch"
     weights: str | os.PathLike | None = None  # converted .pth, for the torch backend
     checkpoint: str | os.PathLike | None = None  # frozen graph .pb, for the tf backend
-    batch_size: int = CPU_BATCH
+    batch_size: int | None = None  # None: by device (``resolved``)
     device: str = "cpu"
     engine: str = "auto"
     precision: str = "fp32"
@@ -76,6 +115,18 @@ class EvalSettings:
         (its default where there is none), ``loadgen`` from --loadgen and --loadgen-mode."""
         values = {f.name: getattr(options, f.name, f.default) for f in fields(cls)}
         values["loadgen"] = options.loadgen_mode if options.loadgen else None
-        if not options.batch_size:
-            values["batch_size"] = CUDA_BATCH if options.device.startswith("cuda") else CPU_BATCH
-        return cls(**values)
+        return cls(**values).resolved()
+
+    def resolved(self) -> EvalSettings:
+        """These settings with the device's default batch size where none was given."""
+        if self.batch_size is not None:
+            return self
+        batch_size = CUDA_BATCH if self.device.startswith("cuda") else CPU_BATCH
+        return replace(self, batch_size=batch_size)
+
+    def check(self) -> None:
+        """One sentence for an unknown engine, a malformed device or a precision the device
+        cannot run; cheap (no torch), so entry points call it before any work."""
+        check_engine(self.engine)
+        check_device(self.device)
+        check_precision(self.precision, self.device)

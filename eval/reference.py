@@ -19,20 +19,15 @@ from eval.report import PREDICTIONS_FILE, RESULTS_FILE, Fp32Agreement
 log = logging.getLogger(__name__)
 
 
-def find_fp32_reference(out_dir: Path, results: dict) -> Path | None:
-    """A sibling folder of ``out_dir`` holding an fp32 run that this run can be checked on.
+def _newest_fp32_run(out_dir: Path, results: dict) -> tuple[Path, dict] | None:
+    """A sibling folder of ``out_dir`` holding an fp32 run that this run can be checked on,
+    with its parsed results.json.
 
     It must have results.json and predictions.npy for the same model, cache fingerprint
     and weights digest, precision fp32 (a results.json without a precision field counts as
     fp32: only backends that run fp32 alone leave it out) and at least as many images; the
     newest such folder wins.
     """
-    found = _newest_fp32_run(out_dir, results)
-    return found[0] if found else None
-
-
-def _newest_fp32_run(out_dir: Path, results: dict) -> tuple[Path, dict] | None:
-    """``find_fp32_reference``'s folder together with its parsed results.json."""
     here = Path(out_dir).resolve()
     candidates = []
     for path in here.parent.glob(f"*/{RESULTS_FILE}"):

@@ -27,8 +27,13 @@ from typing import Any
 from core.cli import configure_logging, positive_int, run_cli
 from core.files import check_output_dir, exclusive_lock, sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
-from eval.options import BACKENDS, CPU_BATCH, EvalSettings, add_evaluation_options
-from pipeline.fetch import SHA256_HELP, fetch_checkpoint
+from eval.options import (
+    BACKENDS,
+    CPU_BATCH,
+    EvalSettings,
+    add_evaluation_options,
+    evaluation_name,
+)
 from pipeline.stages import StageStamp
 
 log = logging.getLogger("pipeline.run")
@@ -44,7 +49,7 @@ VERIFY_IMAGES = 8
 class RunOptions:
     model_name: str
     work_dir: Path
-    checkpoint_source: str | None = None  # --checkpoint: a .pb / .tgz path or URL
+    checkpoint: str | None = None
     sha256: str | None = None
     data_dir: Path | None = None
     val_map: Path | None = None
@@ -93,11 +98,13 @@ class RunState:
 
 
 def stage_fetch(opts: RunOptions, state: RunState) -> None:
+    from pipeline.fetch import fetch_checkpoint
+
     dest = state.model_dir / "checkpoint"
     already_there = (dest / state.profile.checkpoint_filename).is_file()
     # Every source goes through fetch_checkpoint, so --sha256 is checked for a local file too.
     state.checkpoint = fetch_checkpoint(
-        opts.model_name, dest, url=opts.checkpoint_source, sha256=opts.sha256, quiet=opts.quiet
+        opts.model_name, dest, url=opts.checkpoint, sha256=opts.sha256, quiet=opts.quiet
     )
     if state.checkpoint.parent.resolve() != dest.resolve():
         state.ran["fetch"] = "skipped (local .pb, used in place)"
@@ -183,16 +190,6 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
         stamp.record(inputs, [results_path])
         did_work = True
     state.ran["evaluate"] = "ran" if did_work else "skipped (results up to date)"
-
-
-def evaluation_name(backend: str, precision: str) -> str:
-    """The name of one evaluation's folder (``eval-NAME``) and stamp (``evaluate-NAME``).
-
-    fp32 keeps the plain backend name; other precisions get their own folder beside it
-    (``eval-torch-bf16`` next to ``eval-torch``), so they do not overwrite the fp32 run
-    and eval finds that run there as their fp32 reference.
-    """
-    return backend if precision == "fp32" else f"{backend}-{precision}"
 
 
 def _backend_settings(
@@ -377,12 +374,8 @@ def _parse_stages(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.split("\n")[0])
     p.add_argument("--model", dest="model_name", required=True, choices=MODEL_NAMES)
-    p.add_argument(
-        "--checkpoint",
-        dest="checkpoint_source",
-        help="frozen graph .pb / MLPerf .tgz: a path or a URL (default: MLPerf's)",
-    )
-    p.add_argument("--sha256", help=SHA256_HELP)
+    p.add_argument("--checkpoint", help="frozen graph .pb / MLPerf .tgz: a path or a URL")
+    p.add_argument("--sha256", help="expected sha256 of the downloaded checkpoint")
     p.add_argument("--data-dir", type=Path, help="ImageNet val (default: built-in sample)")
     p.add_argument("--val-map", type=Path, help="val_map.txt outside the data dir")
     p.add_argument("--work-dir", type=Path, default=Path("work"))
@@ -411,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
+    EvalSettings.from_options(args).check()  # a bad engine, device or precision: before any stage
     # Every RunOptions field has a command-line option of the same name.
     run_pipeline(RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)}))
     return 0

@@ -244,3 +244,35 @@ def test_a_killed_runs_temporaries_in_out_are_removed_and_nothing_else(tmp_path)
     (tmp_path / "results.json").write_text("{}")
     remove_stale_run_files(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "results.json"]
+
+
+def test_a_tf_run_restored_whole_from_its_journal_still_knows_its_label_offset(tmp_path):
+    """Killed after its last journal save but before results.json: the rerun runs no batch."""
+    from core.profiles import get_profile
+    from eval.backends import TFBackend
+    from eval.journal import ResumeJournal
+    from eval.report import build_result
+
+    class FakeRunner:
+        calls: list[int] = []
+
+        def logits(self, x):
+            self.calls.append(len(x))
+            return np.zeros((len(x), 1001), dtype=np.float32)
+
+    checkpoint = tmp_path / "graph.pb"
+    checkpoint.write_bytes(b"frozen graph")
+    backend = TFBackend.__new__(TFBackend)  # the graph itself is replaced by FakeRunner
+    super(TFBackend, backend).__init__(get_profile("resnet50"), "cpu")
+    backend.runner, backend._label_offset = FakeRunner(), None
+    backend.checkpoint_path = checkpoint
+    cache = FakeCache(6, seed=4)
+    top5 = np.tile(np.arange(5, dtype=np.int64), (6, 1))
+    journal = ResumeJournal(tmp_path / "resume.npz", key="tf-run")
+    journal.save(top5, 6)  # every image was finished before the kill
+    outcome = run_evaluation(backend, cache, batch_size=4, quiet=True, journal=journal)
+    assert outcome.resumed_from == 6 and np.array_equal(outcome.top5, top5)
+    settings = EvalSettings(backend="tf", checkpoint=checkpoint, batch_size=4)
+    result = build_result(backend, outcome, cache, tmp_path, settings, 1)
+    assert result.label_offset == 1 and result.images == 6
+    assert FakeRunner.calls == [1]  # one blank crop asked the graph for its width

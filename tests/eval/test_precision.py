@@ -11,19 +11,20 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import UserError
 from core.profiles import get_profile
 from eval import engines
 from eval.backends import Backend, TorchBackend
 from eval.cpu_workers import WORKERS_ENV
 from eval.engines import (
-    check_precision,
     choose_engine,
     prefers_channels_last,
     prepare_engine,
     warmup_batch_sizes,
 )
 from eval.evaluate import run_evaluation
-from eval.reference import find_fp32_reference, fp32_agreement
+from eval.options import check_precision
+from eval.reference import fp32_agreement
 from tests.eval.fakes import FakeCache, ToyNet
 
 RESNET = get_profile("resnet50")
@@ -32,11 +33,12 @@ RESNET = get_profile("resnet50")
 def test_tf32_and_bf16_are_cuda_only():
     check_precision("fp32", "cpu")
     check_precision("bf16", "cuda")
+    check_precision("tf32", "cuda:1")
     with pytest.raises(
-        ValueError, match="^--precision tf32 runs on CUDA only; on the cpu use fp32$"
+        UserError, match="^--precision tf32 runs on CUDA only; on the cpu use fp32$"
     ):
         check_precision("tf32", "cpu")
-    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+    with pytest.raises(UserError, match="unknown precision 'fp16'"):
         check_precision("fp16", "cuda")
 
 
@@ -155,13 +157,11 @@ def test_a_bf16_run_finds_its_fp32_sibling_and_counts_equal_predictions(tmp_path
     write_run(tmp_path / "other-weights", "fp32", [9, 9, 9, 9], weights_sha256="x")
     write_run(tmp_path / "other-tf32", "tf32", [1, 2, 3, 4])
     mine = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w", "images": 4}
-    out = tmp_path / "resnet50-bf16"
-    assert find_fp32_reference(out, mine) == (tmp_path / "resnet50-torch").resolve()
+    out = tmp_path / "resnet50-torch-bf16"
     agreement = fp32_agreement(out, mine, np.array([1, 2, 0, 4]))
     assert agreement.equal_predictions == 3 and agreement.equal_share == 0.75
     assert agreement.top1 == 50.0 and agreement.dir == (tmp_path / "resnet50-torch").resolve()
     fewer = {**mine, "images": 5}  # a reference must cover every image of this run
-    assert find_fp32_reference(out, fewer) is None
     assert fp32_agreement(out, fewer, np.zeros(5, np.int64)) is None
 
 

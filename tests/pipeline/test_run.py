@@ -26,7 +26,7 @@ def first_run(mobilenet_v1_tgz, val_dir, tmp_path_factory):
     opts = RunOptions(
         model_name="mobilenet_v1",
         work_dir=work,
-        checkpoint_source=str(mobilenet_v1_tgz),
+        checkpoint=str(mobilenet_v1_tgz),
         data_dir=val_dir,
         backend="both",
         batch_size=4,
@@ -96,7 +96,7 @@ def test_missing_local_checkpoint(tmp_path, val_dir):
     opts = RunOptions(
         model_name="resnet50",
         work_dir=tmp_path,
-        checkpoint_source=str(tmp_path / "nope.pb"),
+        checkpoint=str(tmp_path / "nope.pb"),
         data_dir=val_dir,
         quiet=True,
     )
@@ -120,6 +120,8 @@ def test_stage_list_is_validated(capsys):
     ],
 )
 def test_both_entry_points_build_the_same_evaluation_settings(options):
+    from dataclasses import replace
+
     from eval.__main__ import build_parser as eval_parser
     from eval.options import EvalSettings
     from pipeline.run import build_parser as pipeline_parser
@@ -128,8 +130,7 @@ def test_both_entry_points_build_the_same_evaluation_settings(options):
     eval_args = eval_parser().parse_args([*model, "--cache-dir", "c", *options])
     pipeline_args = pipeline_parser().parse_args([*model, *options])
     from_eval = EvalSettings.from_options(eval_args)
-    # --checkpoint (a path or URL, for the fetch stage) is not the evaluation's checkpoint.
-    from_pipeline = EvalSettings.from_options(pipeline_args)
+    from_pipeline = replace(EvalSettings.from_options(pipeline_args), checkpoint=None)
     assert from_eval == from_pipeline
     batch = 7 if "--batch-size" in options else 256 if "--device" in options else 32
     assert from_eval.batch_size == batch
@@ -164,9 +165,8 @@ def test_local_pb_with_its_sha256_is_used_in_place(tmp_path):
     from core.files import sha256_file
 
     pb = _local_pb(tmp_path)
-    opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work",
-                      checkpoint_source=str(pb), sha256=sha256_file(pb), stages=("fetch",),
-                      quiet=True)  # fmt: skip
+    opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work", checkpoint=str(pb),
+                      sha256=sha256_file(pb), stages=("fetch",), quiet=True)  # fmt: skip
     state = run_pipeline(opts)
     assert state.checkpoint == pb
     assert state.ran["fetch"] == "skipped (local .pb, used in place)"
@@ -183,8 +183,8 @@ def test_batch_size_defaults_by_device():
 
 
 def test_non_fp32_runs_get_their_own_folder_beside_the_fp32_one(tmp_path):
-    from eval.reference import find_fp32_reference
-    from pipeline.run import evaluation_name
+    from eval.options import evaluation_name
+    from eval.reference import fp32_agreement
 
     assert evaluation_name("torch", "fp32") == "torch"
     assert evaluation_name("tf", "fp32") == "tf"
@@ -197,7 +197,8 @@ def test_non_fp32_runs_get_their_own_folder_beside_the_fp32_one(tmp_path):
     (fp32 / "results.json").write_text(json.dumps({**same, "precision": "fp32"}))
     np.save(fp32 / "predictions.npy", np.zeros(4, dtype=np.int64))
     bf16 = tmp_path / f"eval-{evaluation_name('torch', 'bf16')}"
-    assert find_fp32_reference(bf16, {**same, "precision": "bf16"}) == fp32.resolve()
+    found = fp32_agreement(bf16, {**same, "precision": "bf16"}, np.zeros(4, dtype=np.int64))
+    assert found.dir == fp32.resolve() and found.equal_predictions == 4
 
 
 @pytest.mark.parametrize(
@@ -208,9 +209,9 @@ def test_stages_run_up_to_the_last_named_one(tmp_path, val_dir, stages, expected
     from core.files import sha256_file
 
     pb = _local_pb(tmp_path)
-    opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work",
-                      checkpoint_source=str(pb), sha256=sha256_file(pb), data_dir=val_dir,
-                      workers=1, stages=stages, quiet=True)  # fmt: skip
+    opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work", checkpoint=str(pb),
+                      sha256=sha256_file(pb), data_dir=val_dir, workers=1, stages=stages,
+                      quiet=True)  # fmt: skip
     state = run_pipeline(opts)
     assert list(state.ran) == expected
     # Preprocessing needs no checkpoint: it is resolved only when fetch is asked for.
@@ -221,6 +222,28 @@ def test_stages_help_says_what_the_option_does():
     from pipeline.run import build_parser
 
     assert "up to the last named stage" in " ".join(build_parser().format_help().split())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--engine", "fsat"], "error: unknown engine 'fsat': expected one of auto, eager, fast"),
+        (["--precision", "bf16"], "error: --precision bf16 runs on CUDA only; on the cpu use fp32"),
+        (["--device", "gpu"], "error: unknown device 'gpu': use cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_evaluation_options_are_refused_before_any_stage(
+    tmp_path, val_dir, capsys, options, message
+):
+    from core.cli import run_cli
+
+    pb, work = _local_pb(tmp_path), tmp_path / "work"
+    argv = ["--model", "resnet50", "--checkpoint", str(pb), "--data-dir", str(val_dir),
+            "--work-dir", str(work), "--quiet", *options]  # fmt: skip
+    assert run_cli(main, argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not work.exists()  # no stage ran: nothing fetched, cropped or converted
 
 
 @pytest.mark.parametrize(("asked", "tf_batch"), [(None, 32), (7, 7)])
