@@ -357,7 +357,8 @@ class _Build:
         manifest = read_manifest(self.cache_dir)
         if force:
             log.info("--force: re-cropping every image into %s", self.cache_dir)
-        elif manifest and manifest.get("complete"):
+            return self._fresh()
+        if manifest and manifest.get("complete"):
             if manifest["config"] != self.config:
                 old = manifest["config"]
                 changed = sorted(k for k, v in self.config.items() if old.get(k) != v)
@@ -366,18 +367,22 @@ class _Build:
                     self.cache_dir,
                     ", ".join(changed) or "build settings",
                 )
-            elif (previous := load_previous(self.cache_dir, manifest, self.workers)) is not None:
-                return self._update(manifest, previous)
-        elif (finished := _read_journal(self.cache_dir, self.key, self.signatures)) is not None:
-            if finished.any():
-                log.info(
-                    "resuming: %d of %d images already done in %s",
-                    finished.sum(),
-                    len(finished),
-                    self.cache_dir,
-                )
-            return self._crop_and_finish(finished)
-        return self._fresh()
+                return self._fresh()
+            previous = load_previous(self.cache_dir, manifest, self.workers)
+            if previous is None:  # it cannot be trusted; load_previous said why
+                return self._fresh()
+            return self._update(manifest, previous)
+        finished = _read_journal(self.cache_dir, self.key, self.signatures)
+        if finished is None:  # no interrupted build of this listing and these settings
+            return self._fresh()
+        if finished.any():
+            log.info(
+                "resuming: %d of %d images already done in %s",
+                finished.sum(),
+                len(finished),
+                self.cache_dir,
+            )
+        return self._crop_and_finish(finished)
 
     def _fresh(self) -> BuildSummary:
         count = len(self.listing)
