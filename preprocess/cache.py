@@ -2,7 +2,7 @@
 
 Layout of a finished cache::
 
-    images.npy      uint8 (N, 224, 224, 3) RGB crops (MLPerf steps 1-3)
+    images.npy      uint8 (N, 224, 224, 3) RGB crops (steps 1-3 of ``recipes.py``)
     digests.npy     uint8 (N, 32): sha256 of each crop, computed when it was written
     labels.npy      int64 (N,)
     files.txt       N relative file names, in listing order

@@ -2,10 +2,16 @@
 
 The reference is MLPerf inference's ``vision/classification_and_detection/python/dataset.py``
 (``pre_process_vgg`` / ``pre_process_mobilenet``, with its ``resize_with_aspectratio`` and
-``center_crop``). ``crop_uint8`` does its uint8 steps (decode, BGR->RGB, resize, centre
-crop): its output is what the cache stores. ``normalize`` does the float32 arithmetic and is
-applied at load time. Together they equal MLPerf's functions bit for bit, because every
-float32 operation is done in the same order, with the same operand types, as the reference.
+``center_crop``). Its steps, as numbered throughout this package:
+
+1. decode the file with ``cv2.imread`` (uint8 BGR);
+2. convert BGR to RGB and resize the short side to 256 (the model's interpolation);
+3. centre-crop 224 x 224;
+4. normalize in float32 (vgg: subtract the means; mobilenet: scale to [-1, 1]).
+
+``crop_uint8`` does steps 1-3: its output is what the cache stores. ``normalize`` does step
+4 at load time. Together they equal MLPerf's functions bit for bit, because every float32
+operation is done in the same order, with the same operand types, as the reference.
 """
 
 from __future__ import annotations

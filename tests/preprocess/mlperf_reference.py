@@ -1,7 +1,7 @@
 """An independent, straight-line transcription of MLPerf's preprocessing (MLPERF_FACTS.md).
 
 Deliberately does not import the ``preprocess`` package: the tests compare the package
-against this, so a shared bug cannot hide.
+against this, so a shared bug cannot hide. Steps are numbered as in ``preprocess/recipes.py``.
 """
 
 from __future__ import annotations
