@@ -134,7 +134,8 @@ def find_archive_member(tar: tarfile.TarFile, member: str, archive) -> tarfile.T
                 raise UserError(f"member {info.name!r} of {archive} is not a regular file")
             return info
         if posixpath.basename(name) == member:
-            # Same file name somewhere else: refuse paths that leave the archive's folder.
+            # Same file name elsewhere: never returned (only an exact match is), so this only
+            # changes the error, to name the hostile path (and it ends the search there).
             if name.startswith(("/", "../")) or name == "..":
                 raise UserError(
                     f"refusing member {info.name!r} of {archive}: its path leaves the archive"

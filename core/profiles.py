@@ -26,7 +26,9 @@ class ModelProfile:
     input_tensor: str
     logits_tensor: str
     probabilities_tensor: str
-    # Classes: 1001 with index 0 = "background", so label = argmax - label_offset.
+    # Classes: MLPerf's graphs have 1001 (index 0 = "background"), so label = argmax -
+    # label_offset. Only a first guess: the converter reads the classifier's shape (1001
+    # or 1000) and records what it found, and a converted model's readers use that.
     num_classes: int
     label_offset: int
     # MLPerf's published accuracy on the 50,000 ImageNet validation images, in percent.
