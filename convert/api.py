@@ -89,7 +89,7 @@ class ConversionRecord(Record):
     source_file: str
     source_sha256: str
     content_sha256: str
-    graph: dict[str, Any]  # data format, input layout, batch-norm form, tensor names
+    graph: dict[str, Any]  # data format, input layout, batch-norm encoding, tensor names
     verification: VerificationResult | None
     ignored_tensors: list[str]
     file_sha256: str = ""  # of the .pth, set once it is written
@@ -186,7 +186,7 @@ def _convert_locked(profile, checkpoint, out, report, quiet, image_sources: dict
         len(extracted.used_tensors),
         checkpoint.name,
         extracted.data_format,
-        extracted.bn_form,
+        extracted.bn_encoding_summary,
     )
     verification = None
     if image_sources is not None:
@@ -243,7 +243,7 @@ def _conversion_record(payload: dict[str, Any], extracted, verification, out: Pa
         graph={
             "data_format": extracted.data_format,
             "input_layout": extracted.input_layout,
-            "batch_norm": extracted.bn_form,
+            "batch_norm": extracted.bn_encoding_summary,
             "batch_norm_layers": extracted.bn_encoding_counts,
             "input_tensor": extracted.input_tensor,
             "logits_tensor": extracted.logits_tensor,

@@ -51,16 +51,16 @@ class BatchNormParams:
     variance: np.ndarray
     epsilon: float
     output: str  # node whose output 0 is the normalised tensor
-    form: str  # the encoding: "fused", "decomposed", ... (see above)
+    encoding: str  # "fused", "decomposed", ... (see above)
     tensors: dict[str, str] = field(default_factory=dict)  # role -> TF constant name
 
 
 @dataclass
 class _Step:
-    """One per-channel affine op on the data path: ``x <op> value``."""
+    """One per-channel affine op on the data path: ``x <kind> value``."""
 
     node: str
-    op: str  # "mul", "add", "sub", "div" or "fused"
+    kind: str  # "mul", "add", "sub", "div" or "fused", whichever TF op spells it
     value: np.ndarray  # per-channel vector
     source: str  # readable name of the constant operand
 
@@ -116,7 +116,7 @@ def affine_chain(graph: Graph, x: str, channels: int, fmt: str) -> list[_Step]:
             return steps
         steps.append(step)
         x = consumers[0].name
-        if step.op == "fused":
+        if step.kind == "fused":
             return steps  # a fused batch norm is a whole layer; what follows is the next op
 
 
@@ -129,7 +129,7 @@ def batch_norm_after(graph: Graph, conv: str, channels: int, fmt: str) -> BatchN
             f"{graph.source}: after conv {conv} expected a batch norm (a fused batch-norm op, "
             f"a per-channel multiply and add, or a per-channel bias), but found {found}"
         )
-    kinds = [s.op for s in steps]
+    kinds = [s.kind for s in steps]
     if kinds == ["fused"]:
         return _fused(graph, graph.nodes[steps[0].node], channels)
     if kinds == ["add"]:  # optimize_for_inference folded the batch norm into the conv
@@ -166,12 +166,12 @@ def _fused(graph: Graph, node, channels: int) -> BatchNormParams:
         # 1e-4: the op's registered default
         epsilon=float(node.attr["epsilon"].f) if "epsilon" in node.attr else 1e-4,
         output=node.name,
-        form="fused",
+        encoding="fused",
         tensors=names,
     )
 
 
-def _identity_norm(scale, shift, output: str, form: str, tensors) -> BatchNormParams:
+def _identity_norm(scale, shift, output: str, encoding: str, tensors) -> BatchNormParams:
     channels = shift.size
     return BatchNormParams(
         gamma=np.asarray(scale, np.float32),
@@ -180,14 +180,14 @@ def _identity_norm(scale, shift, output: str, form: str, tensors) -> BatchNormPa
         variance=np.ones(channels, np.float32),
         epsilon=0.0,
         output=output,
-        form=form,
+        encoding=encoding,
         tensors=tensors,
     )
 
 
 def _scale_shift(graph: Graph, steps: list[_Step], channels: int, fmt: str) -> BatchNormParams:
     mul, add = steps
-    shift = -add.value if add.op == "sub" else add.value
+    shift = -add.value if add.kind == "sub" else add.value
     recovered = _recover_statistics(graph, mul, add, shift, channels, fmt)
     if recovered is not None:
         return recovered
@@ -201,17 +201,17 @@ def _composed(graph: Graph, steps: list[_Step], channels: int) -> BatchNormParam
     shift = np.zeros(channels, np.float64)
     for step in steps:
         v = step.value.astype(np.float64)
-        if step.op == "fused":
+        if step.kind == "fused":
             bn = _fused(graph, graph.nodes[step.node], channels)
             v = bn.gamma.astype(np.float64) / np.sqrt(bn.variance.astype(np.float64) + bn.epsilon)
             shift = shift * v + (bn.beta - bn.mean.astype(np.float64) * v)
             scale = scale * v
-        elif step.op == "mul":
+        elif step.kind == "mul":
             scale, shift = scale * v, shift * v
-        elif step.op == "div":
+        elif step.kind == "div":
             scale, shift = scale / v, shift / v
         else:
-            shift = shift + v if step.op == "add" else shift - v
+            shift = shift + v if step.kind == "add" else shift - v
     tensors = {"gamma": "+".join(s.source for s in steps)}
     return _identity_norm(scale, shift, steps[-1].node, "affine", tensors)
 
@@ -276,7 +276,7 @@ def _recover_statistics(graph, mul: _Step, add: _Step, shift, channels, fmt):
             variance=var,
             epsilon=float(eps),
             output=add.node,
-            form="decomposed",
+            encoding="decomposed",
             tensors={k: v for k, v in names.items() if v},
         )
     return None

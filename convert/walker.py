@@ -76,7 +76,7 @@ class ExtractedWeights:
     state_dict: dict[str, torch.Tensor]
     hyperparameters: dict[str, Any]  # registry.build_model kwargs
     data_format: str
-    bn_form: str  # the encodings found, sorted and joined by "+" (e.g. "fused")
+    bn_encoding_summary: str  # the encodings found, sorted and joined by "+" (e.g. "fused")
     layer_tensors: list[LayerTensor]
     input_tensor: str
     logits_tensor: str
@@ -369,10 +369,10 @@ class Walker:
             ("running_mean", bn.mean, "moving_mean"),
             ("running_var", bn.variance, "moving_variance"),
         ):
-            self.put(f"{prefix}.{key}", value, bn.tensors.get(role, f"{bn.output} ({bn.form})"))
+            self.put(f"{prefix}.{key}", value, bn.tensors.get(role, f"{bn.output} ({bn.encoding})"))
         self.eps[prefix] = bn.epsilon
-        self.encodings[prefix] = bn.form
-        self._block_encodings.append(bn.form)
+        self.encodings[prefix] = bn.encoding
+        self._block_encodings.append(bn.encoding)
 
     def put_classifier(self, prefix: str, head: Classifier, as_conv: bool) -> None:
         """(in, classes) kernel -> Linear (classes, in) or 1x1 Conv2d (classes, in, 1, 1)."""
@@ -423,7 +423,7 @@ class Walker:
             state_dict=self.state,
             hyperparameters=hyper,
             data_format=self.data_format or "NHWC",
-            bn_form="+".join(sorted(counts)),
+            bn_encoding_summary="+".join(sorted(counts)),
             layer_tensors=self.layers,
             input_tensor=input_tensor,
             logits_tensor=logits_tensor,

@@ -114,7 +114,7 @@ def test_load_needs_only_the_pth(resnet_cli, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("fixture", "model", "bn_form", "data_format"),
+    ("fixture", "model", "bn_encoding", "data_format"),
     [
         ("resnet50_decomposed_pb", "resnet50", "decomposed", "NHWC"),
         ("resnet50_batch1_pb", "resnet50", "fused", "NHWC"),
@@ -126,11 +126,11 @@ def test_load_needs_only_the_pth(resnet_cli, tmp_path):
     ],
 )
 def test_every_fixture_converts_within_tolerance(
-    request, fixture, model, bn_form, data_format, tmp_path
+    request, fixture, model, bn_encoding, data_format, tmp_path
 ):
     checkpoint = request.getfixturevalue(fixture)
     converted = convert_checkpoint(model, checkpoint, tmp_path / "m.pth", quiet=True)
-    assert converted.graph["batch_norm"] == bn_form
+    assert converted.graph["batch_norm"] == bn_encoding
     assert converted.graph["data_format"] == data_format
     _assert_accepted(converted.verification.summary())
     expected_eps = 1e-3 if model == "mobilenet_v1" else 1.001e-5

@@ -111,7 +111,7 @@ def test_zoo_variant_converts_and_matches_tensorflow(request, tmp_path_factory, 
     encoding, data_format, input_layout, classes = EXPECTED[(model, variant)]
     extracted, torch_model, result, (images, tf_logits) = _convert_and_compare(pb, model)
 
-    assert extracted.bn_form == encoding
+    assert extracted.bn_encoding_summary == encoding
     assert set(extracted.bn_encodings.values()) == {encoding}
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in torch_model.modules())
     assert extracted.bn_encoding_counts == {encoding: n_bn}
