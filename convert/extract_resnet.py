@@ -76,7 +76,7 @@ def _stem(w: Walker, x: str) -> str:
     relu = w.graph.next_op(bn.output, ("Relu",), "the stem Relu")
     w.add_layer("stem (conv1/bn1/relu)", "relu", relu.name)
     pool = w.graph.next_op(relu.name, ("MaxPool",), "the stem max-pool")
-    ksize, strides = w.stride_of(pool, "ksize"), w.stride_of(pool)
+    ksize, strides = w.spatial_pair(pool, "ksize"), w.spatial_pair(pool, "strides")
     padding = w.graph.attr_str(pool, "padding")
     if ksize != (3, 3) or strides != (2, 2) or padding != "SAME":
         raise UserError(

@@ -111,7 +111,7 @@ class Walker:
         self.encodings: dict[str, str] = {}
         self._block_encodings: list[str] = []
         self.data_format: str | None = None
-        self.input_layout = "NHWC"
+        self.input_layout: str | None = None  # None until the input's consumers decide it
         self.layers: list[LayerTensor] = []
 
     @property
@@ -147,8 +147,7 @@ class Walker:
                 )
             self.input_layout = "NHWC"
             return transpose.name
-        self.input_layout = ""  # decided by the first conv's data format
-        return name
+        return name  # input_layout stays None: the first conv's data format decides it
 
     # ---------------------------------------------------------------- ops
 
@@ -158,7 +157,8 @@ class Walker:
             raise UserError(f"{self.source}: {node.name} ({node.op}) uses data_format {fmt}")
         if self.data_format is None:
             self.data_format = fmt
-            self.input_layout = self.input_layout or fmt
+            if self.input_layout is None:
+                self.input_layout = fmt
         elif fmt != self.data_format:
             raise UserError(
                 f"{self.source}: {node.name} ({node.op}) computes in {fmt} but earlier layers "
@@ -166,7 +166,8 @@ class Walker:
             )
         return fmt
 
-    def stride_of(self, node, key: str = "strides") -> tuple[int, int]:
+    def spatial_pair(self, node, key: str) -> tuple[int, int]:
+        """The (height, width) entries of a 4-element attribute such as strides or ksize."""
         values = self.graph.attr_ints(node, key)
         if len(values) != 4:
             raise UserError(f"{self.source}: {node.name} ({node.op}) has no 4-element {key}")
@@ -212,7 +213,7 @@ class Walker:
             node=node.name,
             kernel=kernel,
             kernel_tensor=kernel_name,
-            stride=self.stride_of(node),
+            stride=self.spatial_pair(node, "strides"),
             padding=self.graph.attr_str(node, "padding"),
             explicit_pad=explicit_pad,
             depthwise=node.op == "DepthwiseConv2dNative",
@@ -264,7 +265,7 @@ class Walker:
                     f"height and width axes were expected"
                 )
             return pool
-        ksize = self.stride_of(pool, "ksize")
+        ksize = self.spatial_pair(pool, "ksize")
         if ksize != (size, size) or self.graph.attr_str(pool, "padding") != "VALID":
             raise UserError(
                 f"{self.source}: {pool.name} (AvgPool) is {ksize} "
@@ -312,10 +313,11 @@ class Walker:
                 kernel = kernel.T
         else:
             self._check_format(node)
-            if kernel.shape[:2] != (1, 1) or self.stride_of(node) != (1, 1):
+            strides = self.spatial_pair(node, "strides")
+            if kernel.shape[:2] != (1, 1) or strides != (1, 1):
                 raise UserError(
                     f"{self.source}: {node.name} (Conv2D) has a {kernel.shape[:2]} kernel "
-                    f"with strides {self.stride_of(node)}, where a 1x1 classifier was expected"
+                    f"with strides {strides}, where a 1x1 classifier was expected"
                 )
             kernel = kernel.reshape(kernel.shape[2:])
         if kernel.ndim != 2 or kernel.shape[0] != in_features:
@@ -433,5 +435,5 @@ class Walker:
             num_classes=self.num_classes,
             bn_encodings=dict(self.encodings),
             bn_encoding_counts=dict(sorted(counts.items())),
-            input_layout=self.input_layout or self.data_format or "NHWC",
+            input_layout=self.input_layout or "NHWC",
         )
