@@ -61,7 +61,7 @@ def _block(w: Walker, x: str, block: str):
             f"a 3-conv main branch and a 1-conv or identity shortcut"
         )
     add = main[0].add
-    if shortcut and shortcut[0].add.name != add.name or (not shortcut and add not in direct_adds):
+    if (shortcut and shortcut[0].add.name != add.name) or (not shortcut and add not in direct_adds):
         raise UserError(
             f"{w.source}: the branches of block {block} do not meet in one Add (the main "
             f"branch ends in {add.name} ({add.op}))"
@@ -87,11 +87,20 @@ def _stem(w: Walker, x: str) -> str:
     return pool.name
 
 
+def _layer_name(index: int) -> str:
+    """The PyTorch name of ResNet-50's bottleneck number ``index`` (from 0), e.g. "layer2.1"."""
+    for stage, count in enumerate(resnet_arch.STAGE_BLOCKS, start=1):
+        if index < count:
+            return f"layer{stage}.{index}"
+        index -= count
+    return f"bottleneck {sum(resnet_arch.STAGE_BLOCKS) + index + 1} (past layer4)"
+
+
 def _read_stages(w: Walker, x: str) -> tuple[list, str]:
     """Blocks until the global pool; a projection shortcut starts a new stage."""
     stages: list[list] = []
     while not any(c.op in ("Mean", "AvgPool") for c in w.graph.data_consumers(x)):
-        main, shortcut, relu = _block(w, x, f"block {sum(map(len, stages)) + 1}")
+        main, shortcut, relu = _block(w, x, _layer_name(sum(map(len, stages))))
         if shortcut is not None or not stages:
             stages.append([])
         stages[-1].append((main, shortcut, relu))

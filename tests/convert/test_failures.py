@@ -103,6 +103,17 @@ def test_wrong_kernel_shape_is_named(resnet_graph_def, tmp_path, capsys):
     assert name in msg and "1000 classes" in msg
 
 
+def test_bad_bottleneck_is_named_as_its_pytorch_layer(resnet_graph_def, tmp_path, capsys):
+    """Reading a block and storing it report the same name: layer2.1 is the 5th bottleneck."""
+    edited = tf.compat.v1.GraphDef()
+    edited.CopyFrom(resnet_graph_def)
+    nodes = {n.name: n for n in edited.node}
+    conv2, conv3 = (nodes[f"resnet_model/conv2d_{i}/Conv2D"] for i in (16, 17))
+    conv3.input[0] = conv2.input[0]  # layer2.1's conv3 reads conv1's Relu: conv2 is skipped
+    msg = _run(capsys, "resnet50", _write(edited, tmp_path / "edited.pb"), tmp_path)
+    assert "the next conv of layer2.1" in msg and "block 5" not in msg
+
+
 def test_extraction_bug_is_reported_as_the_conversion_not_the_output(
     mobilenet_v1_pb, tmp_path, capsys, monkeypatch
 ):
