@@ -26,7 +26,8 @@ from core.files import GZIP_MAGIC, find_archive_member, is_archive_name
 
 ADD_OPS = ("Add", "AddV2")
 PASS_THROUGH_OPS = ("Identity", "StopGradient", "Snapshot")
-# Ops that carry no value of their own: the walkers step over them on the data path.
+# Consumers that read only a tensor's shape, not its values: the walkers step over them
+# when following the data path.
 IGNORED_CONSUMERS = ("Shape",)
 
 
@@ -207,7 +208,7 @@ class Graph:
         return [k for k, i in enumerate(self.data_inputs(node)) if self.is_constant(i)]
 
     def consumers(self, name: str) -> list:
-        """Nodes that read ``name``, looking through Identity nodes (which are skipped)."""
+        """Nodes that read ``name``, looking through (and skipping) PASS_THROUGH_OPS nodes."""
         result = []
         for c in self._consumers.get(node_name(name), []):
             consumer = self.nodes[c]
