@@ -38,7 +38,7 @@ class LayerDiff(Record):
     shape: list[int]
     max_abs_diff: float
     max_rel_diff: float  # max |diff| / max |TF activation| of the layer
-    passed: bool
+    within_tolerance: bool  # a lead to where a difference starts; only the logits decide
     encoding: str = ""  # batch-norm encoding(s) the converter found in this block
 
 
@@ -74,7 +74,7 @@ class VerificationResult(Record):
 
     def table(self) -> str:
         """The per-layer comparison as an aligned text table."""
-        header = ("layer", "TF tensor", "batch norm", "shape", "max|diff|", "max rel", "ok")
+        header = ("layer", "TF tensor", "batch norm", "shape", "max|diff|", "max rel", "tolerance")
         rows = [header] + [
             (
                 r.layer,
@@ -83,7 +83,7 @@ class VerificationResult(Record):
                 "x".join(map(str, r.shape)),
                 f"{r.max_abs_diff:.3g}",
                 f"{r.max_rel_diff:.3g}",
-                "ok" if r.passed else "FAIL",
+                "ok" if r.within_tolerance else "over",
             )
             for r in self.layers
         ]
@@ -101,6 +101,10 @@ class VerificationResult(Record):
         )
         if self.first_failing_layer:
             lines.append(f"first layer over tolerance: {self.first_failing_layer}")
+        lines.append(
+            "only the logits and their top-1/top-5 decide the result; a layer over tolerance "
+            "shows where a difference starts"
+        )
         return "\n".join(lines)
 
 
@@ -298,7 +302,7 @@ def _logit_failures(
 ) -> list[str]:
     """The reasons the logits fail: too far apart, or top-1/top-5 differing on some image."""
     failures = []
-    if not logits_row.passed:
+    if not logits_row.within_tolerance:
         failures.append(
             f"logits differ by {logits_row.max_rel_diff:.3g} relative to their magnitude "
             f"(tolerance {tolerance:g})"
@@ -347,7 +351,7 @@ def compare_layers(
         logits_max_rel_diff=logits_row.max_rel_diff,
         top1_agreement=sum(i.top1_agree for i in image_rows) / count,
         top5_agreement=sum(i.top5_agree for i in image_rows) / count,
-        first_failing_layer=next((r.layer for r in rows if not r.passed), None),
+        first_failing_layer=next((r.layer for r in rows if not r.within_tolerance), None),
         failures=failures,
         layers=rows,
         images=image_rows,

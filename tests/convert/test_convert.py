@@ -75,7 +75,7 @@ def test_cli_writes_model_file_sidecar_and_report(resnet_cli, resnet50_pb):
     rows = {row["layer"]: row for row in report["verification"]["layers"]}
     assert rows["layer4.2"]["tf_tensor"] == "resnet_model/Relu_48"
     assert rows["layer4.2"]["shape"] == [2048, 7, 7]
-    assert all(row["passed"] for row in rows.values())
+    assert all(row["within_tolerance"] for row in rows.values())
     assert len(report["verification"]["images"]) == 4
     assert report["tensors"]["layer1.0.conv1.weight"].startswith("resnet_model/conv2d")
 
