@@ -28,7 +28,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--verify-images", metavar="DIR", help="verify on these image files")
-    source.add_argument("--cache-dir", metavar="CACHE", help="verify on a preprocess cache")
+    source.add_argument(
+        "--cache-dir",
+        metavar="CACHE",
+        help="a preprocess cache (python -m preprocess) whose images the TF comparison uses "
+        "in place of synthetic ones; only read, never written",
+    )
     parser.add_argument(
         "--verify-limit",
         type=positive_int,

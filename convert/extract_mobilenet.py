@@ -7,11 +7,11 @@ norm -> ReLU6 -> 1x1 conv -> batch norm -> ReLU6), a global average pool and a c
 
 from __future__ import annotations
 
+from core.profiles import CROP_SIZE
+
 from .graph import tensor_name
 from .models import mobilenet_v1 as mobilenet_arch
 from .walker import ExtractedWeights, Walker
-
-INPUT_SIZE = 224  # explicit Pad + VALID is checked against SAME's pads at this input size
 
 
 def _conv_bn_relu6(
@@ -28,7 +28,7 @@ def _conv_bn_relu6(
 def extract_mobilenet_v1(w: Walker) -> ExtractedWeights:
     input_name = w.input_node()
     x = w.skip_layout_transpose(input_name)
-    size = INPUT_SIZE
+    size = CROP_SIZE  # explicit Pad + VALID is checked against SAME's pads at this input size
     x = _conv_bn_relu6(w, x, "features.0", "features.0", stride=2, size=size, depthwise=False)
     size = -(-size // 2)
     w.add_layer("features.0", "features.0", x)

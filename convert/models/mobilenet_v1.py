@@ -72,7 +72,8 @@ class MobileNetV1(nn.Module):
             layers.append(DepthwiseSeparable(in_channels, out_channels, stride, bn_eps))
             in_channels = out_channels
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AvgPool2d(7)  # TF: AvgPool 7x7 VALID
+        # TF: AvgPool 7x7 VALID, the whole 7x7 map only for a 224x224 (CROP_SIZE) input
+        self.avgpool = nn.AvgPool2d(7)
         self.classifier = nn.Conv2d(in_channels, num_classes, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
