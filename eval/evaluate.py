@@ -40,12 +40,16 @@ from eval.backends import Backend, check_model_inputs, make_backend, resolve_tor
 from eval.journal import ResumeJournal, journal_key
 from eval.loadgen_pass import run_loadgen_pass
 from eval.metrics import TOP_K, AccuracyCounter
-from eval.options import EvalSettings
+from eval.options import VERIFY_IMAGES, EvalSettings
 from eval.reference import fp32_agreement
 from eval.report import EvalResult, build_result, write_outputs
 from eval.shards import CacheShard, gather_outcome
 
 log = logging.getLogger(__name__)
+
+# Batch buffers beyond one per reader thread: one the backend is working on, one just
+# filled and waiting, so neither the readers nor the backend wait for each other.
+SPARE_BUFFERS = 2
 
 
 @dataclass
@@ -122,7 +126,9 @@ def run_evaluation(
     counter = AccuracyCounter()
     first = _restore_from_journal(journal, top5, labels, counter, count)
     readers = max(1, backend.reader_threads)
-    buffers = [backend.allocate_batch(min(batch_size, count)) for _ in range(readers + 2)]
+    buffers = [
+        backend.allocate_batch(min(batch_size, count)) for _ in range(readers + SPARE_BUFFERS)
+    ]
     wall_start = time.perf_counter()
     bar = tqdm(
         total=count,
@@ -236,12 +242,7 @@ class _Job:
     cache_dir: str | os.PathLike
     settings: EvalSettings
     ctx: distributed.DistContext
-
-    @property
-    def count(self) -> int:
-        """Images to evaluate, over all ranks: the cache's, or the first ``limit``."""
-        limit = self.settings.limit
-        return len(self.cache) if limit is None else min(limit, len(self.cache))
+    count: int  # images to evaluate over all ranks: the cache's, or the first ``limit``
 
 
 def evaluate(
@@ -273,7 +274,9 @@ def evaluate(
         device, quiet = distributed.device_for_rank(settings.device, ctx), not ctx.is_main
         settings = dataclasses.replace(settings, device=device, quiet=settings.quiet or quiet)
         # Cheap checks first: a typo in a path leaves no output folder behind.
-        job = _Job(profile, load_cache(Path(cache_dir), profile), cache_dir, settings, ctx)
+        cache = load_cache(Path(cache_dir), profile)
+        count = _images_to_evaluate(cache, settings.batch_size, settings.limit)
+        job = _Job(profile, cache, cache_dir, settings, ctx, count)
         check_model_inputs(settings)
         if settings.backend == "torch":
             resolve_torch_device(settings.device)  # a missing GPU, before any output
@@ -300,7 +303,7 @@ def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
     """The evaluation itself; the caller holds ``out_dir``'s lock when there is one."""
     settings, cache = job.settings, job.cache
     first, last = distributed.shard_bounds(job.count, job.ctx.rank, job.ctx.world_size)
-    verify_images = cache.read(0, min(job.count, 8))
+    verify_images = cache.read(0, min(job.count, VERIFY_IMAGES))
     with make_backend(
         job.profile, settings, num_images=last - first, verify_images=verify_images
     ) as backend:
@@ -322,29 +325,24 @@ def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
 def _predict(
     backend: Backend, job: _Job, out_dir: Path | None, shard: CacheShard
 ) -> EvaluationOutcome | None:
-    """Every image's top-5: from this process alone, or gathered from every rank on rank 0.
+    """Every image's top-5: this process's ``shard`` (all ``job.count`` images when it runs
+    alone), gathered from every rank on rank 0 under torchrun; None on the other ranks.
 
-    None on the other ranks. One process keeps a resume journal in ``out_dir``.
+    A single process keeps a resume journal in ``out_dir``.
     """
     settings = job.settings
-    if job.ctx.distributed:  # an empty shard (fewer images than ranks) has an empty outcome
-        outcome = EvaluationOutcome(np.empty((0, TOP_K), np.int64), AccuracyCounter(), 0.0, 0.0)
-        if len(shard):
-            outcome = run_evaluation(
-                backend, shard, batch_size=settings.batch_size, quiet=settings.quiet
-            )
-        return gather_outcome(outcome, job.cache, job.count, job.ctx)
     journal = None
-    if out_dir is not None:
+    if out_dir is not None and not job.ctx.distributed:
         journal = ResumeJournal(out_dir / "resume.npz", journal_key(backend, job.cache, job.count))
-    return run_evaluation(
-        backend,
-        job.cache,
-        batch_size=settings.batch_size,
-        limit=settings.limit,
-        quiet=settings.quiet,
-        journal=journal,
-    )
+    # A rank may get an empty shard (fewer images than ranks): an empty outcome.
+    outcome = EvaluationOutcome(np.empty((0, TOP_K), np.int64), AccuracyCounter(), 0.0, 0.0)
+    if len(shard):
+        outcome = run_evaluation(
+            backend, shard, batch_size=settings.batch_size, quiet=settings.quiet, journal=journal
+        )
+    if job.ctx.distributed:
+        return gather_outcome(outcome, job.cache, job.count, job.ctx)
+    return outcome
 
 
 def remove_stale_run_files(out_dir: Path) -> None:

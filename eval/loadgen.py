@@ -301,13 +301,15 @@ def run_loadgen(
 def _check_run_arguments(images, labels, mode: str, scenario: str, batch_size: int) -> int:
     """Reject bad options and mismatched inputs in one sentence; return the sample count."""
     if mode not in LOADGEN_MODES:
-        raise UserError(f"unknown LoadGen mode {mode!r}: choose one of {', '.join(LOADGEN_MODES)}")
+        raise UserError(
+            f"unknown LoadGen mode {mode!r}: expected one of {', '.join(LOADGEN_MODES)}"
+        )
     if scenario not in SCENARIOS:
         raise UserError(
-            f"unknown LoadGen scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}"
+            f"unknown LoadGen scenario {scenario!r}: expected one of {', '.join(SCENARIOS)}"
         )
     if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, not {batch_size}")
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
     num_samples = len(images)
     if num_samples == 0:
         raise UserError("there are no images to run LoadGen on")

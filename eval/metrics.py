@@ -1,8 +1,9 @@
-"""Top-1 / top-5 accuracy over 1001-way logits, with the model's label offset.
+"""Top-1 / top-5 accuracy over logits of 1001 or 1000 classes, with the label offset.
 
-The frozen graphs have 1001 classes, index 0 being "background", so an ImageNet label
-(0..999) is ``class index - profile.label_offset``. The offset is always passed in from
-the model profile, never assumed.
+MLPerf's frozen graphs have 1001 classes, index 0 being "background", so an ImageNet label
+(0..999) is ``class index - label_offset``: 1 for those, 0 for a 1000-class graph. The
+offset is always passed in (backends take it from the converted checkpoint's record or the
+graph's logits width), never assumed here.
 
 Ranking rule: classes are ordered by descending logit and ties go to the lower class
 index, which is what TensorFlow's ``ArgMax`` and ``np.argmax`` return for the top-1.

@@ -26,6 +26,9 @@ LOADGEN_MODES = ("accuracy", "performance")
 SCENARIOS = ("Offline", "SingleStream")
 # Default batch sizes: 32 measured best on the CPU; a GPU needs large batches to be busy.
 CPU_BATCH, CUDA_BATCH = 32, 256
+# Real crops a fast engine must match eager on before it runs: enough rows to catch a wrong
+# kernel or layout, few enough to cost a fraction of a second.
+VERIFY_IMAGES = 8
 
 
 def evaluation_name(backend: str, precision: str) -> str:

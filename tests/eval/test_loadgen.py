@@ -196,10 +196,13 @@ def test_invalid_arguments_are_user_errors(dataset, tmp_path):
     model = FakeModel(labels, right)
     with pytest.raises(UserError, match="50 images but 49 labels"):
         run_loadgen(images, labels[:49], model, tmp_path / "a", quiet=True)
-    with pytest.raises(UserError, match="unknown LoadGen scenario"):
+    expected = "unknown LoadGen scenario 'Server': expected one of Offline, SingleStream"
+    with pytest.raises(UserError, match=f"^{expected}$"):
         run_loadgen(images, labels, model, tmp_path / "a", scenario="Server", quiet=True)
-    with pytest.raises(UserError, match="unknown LoadGen mode"):
+    with pytest.raises(UserError, match="^unknown LoadGen mode 'fast': expected one of "):
         run_loadgen(images, labels, model, tmp_path / "a", mode="fast", quiet=True)
+    with pytest.raises(UserError, match="^batch size must be at least 1, got 0$"):
+        run_loadgen(images, labels, model, tmp_path / "a", batch_size=0, quiet=True)
 
 
 # Run in a child process so that a regression that hangs LoadGen fails the test on the

@@ -74,6 +74,19 @@ def test_build_seconds_are_recorded_beside_the_compile_cache(monkeypatch, tmp_pa
     assert engines.recorded_build_seconds("resnet50", "cuda", 128) is None
 
 
+def test_only_inductor_builds_are_recorded_as_a_warm_compile_cache(monkeypatch, tmp_path):
+    """The record stands for inductor's on-disk cache: other builders leave none there."""
+    monkeypatch.setattr(engines, "_build_record_path", lambda: tmp_path / "builds.json")
+    monkeypatch.setitem(engines.FAST_BUILDERS, "inductor", lambda module, example: module)
+    net = ToyNet(seed=2)
+    freeze = prepare_engine(net, "fast:torchscript-freeze", batch_size=2, model_name="resnet50")
+    assert freeze.name == "fast:torchscript-freeze"
+    assert engines.recorded_build_seconds("resnet50", "cpu", 2) is None
+    inductor = prepare_engine(net, "fast:inductor", batch_size=2, model_name="resnet50")
+    assert inductor.name == "fast:inductor"
+    assert engines.recorded_build_seconds("resnet50", "cpu", 2) is not None
+
+
 def test_warmup_shapes_are_the_full_batch_and_the_tail():
     assert warmup_batch_sizes(50_000, 256) == [256, 80]
     assert warmup_batch_sizes(512, 256) == [256]
