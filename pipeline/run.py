@@ -34,6 +34,7 @@ from eval.options import (
     add_evaluation_options,
     evaluation_name,
 )
+from pipeline.fetch import SHA256_HELP, fetch_checkpoint
 from pipeline.stages import StageStamp
 
 log = logging.getLogger("pipeline.run")
@@ -49,7 +50,7 @@ VERIFY_IMAGES = 8
 class RunOptions:
     model_name: str
     work_dir: Path
-    checkpoint: str | None = None
+    checkpoint_source: str | None = None  # --checkpoint: a .pb / .tgz path or URL
     sha256: str | None = None
     data_dir: Path | None = None
     val_map: Path | None = None
@@ -98,13 +99,11 @@ class RunState:
 
 
 def stage_fetch(opts: RunOptions, state: RunState) -> None:
-    from pipeline.fetch import fetch_checkpoint
-
     dest = state.model_dir / "checkpoint"
     already_there = (dest / state.profile.checkpoint_filename).is_file()
     # Every source goes through fetch_checkpoint, so --sha256 is checked for a local file too.
     state.checkpoint = fetch_checkpoint(
-        opts.model_name, dest, url=opts.checkpoint, sha256=opts.sha256, quiet=opts.quiet
+        opts.model_name, dest, url=opts.checkpoint_source, sha256=opts.sha256, quiet=opts.quiet
     )
     if state.checkpoint.parent.resolve() != dest.resolve():
         state.ran["fetch"] = "skipped (local .pb, used in place)"
@@ -374,8 +373,12 @@ def _parse_stages(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.split("\n")[0])
     p.add_argument("--model", dest="model_name", required=True, choices=MODEL_NAMES)
-    p.add_argument("--checkpoint", help="frozen graph .pb / MLPerf .tgz: a path or a URL")
-    p.add_argument("--sha256", help="expected sha256 of the downloaded checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        dest="checkpoint_source",
+        help="frozen graph .pb / MLPerf .tgz: a path or a URL (default: MLPerf's)",
+    )
+    p.add_argument("--sha256", help=SHA256_HELP)
     p.add_argument("--data-dir", type=Path, help="ImageNet val (default: built-in sample)")
     p.add_argument("--val-map", type=Path, help="val_map.txt outside the data dir")
     p.add_argument("--work-dir", type=Path, default=Path("work"))

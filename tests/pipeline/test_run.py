@@ -26,7 +26,7 @@ def first_run(mobilenet_v1_tgz, val_dir, tmp_path_factory):
     opts = RunOptions(
         model_name="mobilenet_v1",
         work_dir=work,
-        checkpoint=str(mobilenet_v1_tgz),
+        checkpoint_source=str(mobilenet_v1_tgz),
         data_dir=val_dir,
         backend="both",
         batch_size=4,
@@ -96,7 +96,7 @@ def test_missing_local_checkpoint(tmp_path, val_dir):
     opts = RunOptions(
         model_name="resnet50",
         work_dir=tmp_path,
-        checkpoint=str(tmp_path / "nope.pb"),
+        checkpoint_source=str(tmp_path / "nope.pb"),
         data_dir=val_dir,
         quiet=True,
     )
@@ -120,8 +120,6 @@ def test_stage_list_is_validated(capsys):
     ],
 )
 def test_both_entry_points_build_the_same_evaluation_settings(options):
-    from dataclasses import replace
-
     from eval.__main__ import build_parser as eval_parser
     from eval.options import EvalSettings
     from pipeline.run import build_parser as pipeline_parser
@@ -130,7 +128,8 @@ def test_both_entry_points_build_the_same_evaluation_settings(options):
     eval_args = eval_parser().parse_args([*model, "--cache-dir", "c", *options])
     pipeline_args = pipeline_parser().parse_args([*model, *options])
     from_eval = EvalSettings.from_options(eval_args)
-    from_pipeline = replace(EvalSettings.from_options(pipeline_args), checkpoint=None)
+    # --checkpoint (a path or URL, for the fetch stage) is not the evaluation's checkpoint.
+    from_pipeline = EvalSettings.from_options(pipeline_args)
     assert from_eval == from_pipeline
     batch = 7 if "--batch-size" in options else 256 if "--device" in options else 32
     assert from_eval.batch_size == batch
@@ -165,8 +164,9 @@ def test_local_pb_with_its_sha256_is_used_in_place(tmp_path):
     from core.files import sha256_file
 
     pb = _local_pb(tmp_path)
-    opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work", checkpoint=str(pb),
-                      sha256=sha256_file(pb), stages=("fetch",), quiet=True)  # fmt: skip
+    opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work",
+                      checkpoint_source=str(pb), sha256=sha256_file(pb), stages=("fetch",),
+                      quiet=True)  # fmt: skip
     state = run_pipeline(opts)
     assert state.checkpoint == pb
     assert state.ran["fetch"] == "skipped (local .pb, used in place)"
@@ -209,9 +209,9 @@ def test_stages_run_up_to_the_last_named_one(tmp_path, val_dir, stages, expected
     from core.files import sha256_file
 
     pb = _local_pb(tmp_path)
-    opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work", checkpoint=str(pb),
-                      sha256=sha256_file(pb), data_dir=val_dir, workers=1, stages=stages,
-                      quiet=True)  # fmt: skip
+    opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work",
+                      checkpoint_source=str(pb), sha256=sha256_file(pb), data_dir=val_dir,
+                      workers=1, stages=stages, quiet=True)  # fmt: skip
     state = run_pipeline(opts)
     assert list(state.ran) == expected
     # Preprocessing needs no checkpoint: it is resolved only when fetch is asked for.
