@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from core.cli import configure_logging, positive_int, run_cli
-from core.files import check_output_dir, exclusive_lock, sha256_file, write_text_atomic
+from core.files import (
+    check_output_dir,
+    exclusive_lock,
+    sha256_file,
+    temporaries_of,
+    write_text_atomic,
+)
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 from eval.options import (
     BACKENDS,
@@ -261,7 +267,7 @@ def run_pipeline(opts: RunOptions) -> RunState:
     check_output_dir(state.model_dir, "--work-dir")  # one sentence before any work
     with exclusive_lock(state.model_dir, "work dir", wait=opts.wait):
         # Only the summary's own leftovers: each stage cleans its outputs under its own lock.
-        for stale in state.model_dir.glob(".results.json.*.tmp"):
+        for stale in temporaries_of(state.model_dir / "results.json"):
             stale.unlink(missing_ok=True)
         _run_stages(opts, state)
     return state
