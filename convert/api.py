@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -294,7 +295,7 @@ def load_checkpoint(
     path: str | os.PathLike, *, expected_model: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a converted model from its ``.pth`` alone; return it (eval mode) and its record
-    (the file's fields but the tensors).
+    (the file's fields but the tensors, plus ``file_sha256``: the digest of the bytes loaded).
 
     Any file this converter did not write (an older bare state_dict, an unknown field, a
     wrong type, altered tensors, a truncated or non-PyTorch file) is one UserError sentence;
@@ -304,13 +305,18 @@ def load_checkpoint(
     if not path.is_file():
         raise UserError(f"converted model {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()  # read once: the digest below describes what was loaded
+    except OSError as err:
+        raise UserError(f"cannot read converted model {path} ({err.strerror or err})") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged or foreign files
         raise UserError(
             f"cannot load {path}: it is not a converted model file or it is truncated "
             f"({_load_failure(err)})"
         ) from None
     module, record = module_from_payload(payload, path)
+    record["file_sha256"] = hashlib.sha256(data).hexdigest()
     if expected_model is not None and record["model_name"] != expected_model:
         raise UserError(
             f"{path} holds a converted {record['model_name']} model, not {expected_model}"

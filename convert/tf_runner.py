@@ -20,7 +20,7 @@ import numpy as np
 from core.errors import UserError
 from core.profiles import ModelProfile, as_profile
 
-from .graph import _quiet_tensorflow, node_name, read_graph_def, tensor_name
+from .graph import _quiet_tensorflow, node_name, read_frozen_graph, tensor_name
 from .safety import check_graph_ops
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,12 @@ class TFGraphRunner:
         logits_tensor: str | None = None,
     ):
         self.profile = as_profile(profile)
+        # The sha256 of the bytes parsed, when this runner read them (None for a graph_def).
+        self.source_sha256: str | None = None
         if graph_def is None:
-            graph_def = read_graph_def(checkpoint_path, self.profile.archive_member)
+            graph_def, self.source_sha256 = read_frozen_graph(
+                checkpoint_path, self.profile.archive_member
+            )
         self.source = str(checkpoint_path)
         self.input_name = node_name(input_tensor or self.profile.input_tensor)
         self.logits_tensor = tensor_name(logits_tensor or self.profile.logits_tensor)

@@ -118,6 +118,7 @@ class TorchBackend(Backend):
         verify_images: np.ndarray | None = None,
         label_offset: int | None = None,
         precision: str = "fp32",
+        weights_sha256: str | None = None,
     ):
         import torch
 
@@ -127,6 +128,7 @@ class TorchBackend(Backend):
         self._torch = torch
         self.torch_device = resolve_torch_device(device)
         self.weights_path = Path(weights_path) if weights_path is not None else None
+        self._weights_sha256 = weights_sha256  # of the bytes the module was loaded from
         self._pinned: list = []  # keeps the pinned tensors behind allocate_batch alive
         # Normalisation constants live on the device as float32 tensors, like the float32
         # numpy operands of the CPU recipe. Dividing by a device tensor (not a Python
@@ -270,8 +272,10 @@ class TorchBackend(Backend):
 
     @functools.cached_property
     def weights_sha256(self) -> str:
-        """Hashed once: results.json and the resume journal both name the weights by it."""
-        return sha256_file(self.weights_path)
+        """What results.json and the resume journal name the weights by: the digest of the
+        bytes loaded when the caller has it (a file replaced mid-run cannot change it), else
+        the file's, hashed once."""
+        return self._weights_sha256 or sha256_file(self.weights_path)
 
 
 class TFBackend(Backend):
@@ -316,9 +320,10 @@ class TFBackend(Backend):
             "checkpoint_sha256": self.checkpoint_sha256,
         }
 
-    @functools.cached_property
+    @property
     def checkpoint_sha256(self) -> str:
-        return sha256_file(self.checkpoint_path)
+        """The digest of the bytes the runner parsed, not of the file as it is now."""
+        return self.runner.source_sha256
 
 
 def check_logits_shape(logits, batch: int, num_classes: int, what: str) -> None:
@@ -386,6 +391,7 @@ def make_backend(
         verify_images=verify_images,
         label_offset=record["label_offset"],
         precision=settings.precision,
+        weights_sha256=record["file_sha256"],
     )
 
 

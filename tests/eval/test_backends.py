@@ -114,7 +114,10 @@ class RecordingRunner:
     """Stands in for convert.tf_runner.TFGraphRunner: records what the graph would get."""
 
     def __init__(self, checkpoint_path, profile):
+        import hashlib
+
         self.checkpoint_path, self.profile = checkpoint_path, profile
+        self.source_sha256 = hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()
         self.inputs = []
 
     def logits(self, nhwc_float32):
@@ -143,3 +146,27 @@ def test_tf_backend_feeds_the_cpu_recipe_to_the_graph(tmp_path, monkeypatch):
     assert info["checkpoint_sha256"] == __import__("hashlib").sha256(b"graph").hexdigest()
     with pytest.raises(UserError, match="runs on the CPU only"):
         make_backend(get_profile("mobilenet_v1"), replace(settings, device="cuda"))
+
+
+def test_recorded_digests_are_of_the_files_as_loaded_not_as_replaced(tmp_path, mobilenet_v1_pb):
+    """A model file replaced while a run holds it cannot change the digest results.json
+    and the resume journal name: they describe the bytes the backend actually loaded."""
+    import hashlib
+    import shutil
+
+    weights = save_converted(seeded_model("mobilenet_v1"), "mobilenet_v1", tmp_path / "m.pth")
+    loaded = hashlib.sha256(weights.read_bytes()).hexdigest()
+    torch_backend = make_backend(
+        get_profile("mobilenet_v1"), EvalSettings(weights=weights, engine="eager")
+    )
+    weights.write_bytes(b"replaced after loading")
+    assert torch_backend.describe()["weights_sha256"] == loaded
+
+    graph = tmp_path / "graph.pb"
+    shutil.copyfile(mobilenet_v1_pb, graph)
+    parsed = hashlib.sha256(graph.read_bytes()).hexdigest()
+    with make_backend(
+        get_profile("mobilenet_v1"), EvalSettings(backend="tf", checkpoint=graph)
+    ) as tf_backend:
+        graph.write_bytes(b"replaced after parsing")
+        assert tf_backend.describe()["checkpoint_sha256"] == parsed

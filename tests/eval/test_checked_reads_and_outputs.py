@@ -255,6 +255,7 @@ def test_a_tf_run_restored_whole_from_its_journal_still_knows_its_label_offset(t
 
     class FakeRunner:
         calls: list[int] = []
+        source_sha256 = "digest of the graph as parsed"
 
         def logits(self, x):
             self.calls.append(len(x))

@@ -5,10 +5,12 @@ returning ``ToyNet``), so these tests cover the cache, CLI, errors and outputs o
 real converter and TF reference are exercised in test_backends_agree.py.
 """
 
+import hashlib
 import json
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,7 +42,12 @@ def toy_convert(monkeypatch, tmp_path):
     weights.write_bytes(b"toy weights")
     fake = types.ModuleType("convert.api")
     record = {"model_name": "resnet50", "num_classes": 1001, "label_offset": 1}
-    fake.load_checkpoint = lambda path, expected_model=None: (ToyNet(seed=3).eval(), dict(record))
+
+    def load_checkpoint(path, expected_model=None):  # the real one's record: + file_sha256
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return ToyNet(seed=3).eval(), {**record, "file_sha256": digest}
+
+    fake.load_checkpoint = load_checkpoint
     monkeypatch.setitem(sys.modules, "convert.api", fake)
     return weights
 
