@@ -88,7 +88,9 @@ def _umask_by_setting_it() -> int:
 
 
 # Without /proc, the umask is read the only other way, once, while the module loads.
-_UMASK_AT_IMPORT = _umask_from_proc() or _umask_by_setting_it()
+_UMASK_AT_IMPORT = _umask_from_proc()
+if _UMASK_AT_IMPORT is None:  # (a umask of 0 is a value, not a missing one)
+    _UMASK_AT_IMPORT = _umask_by_setting_it()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
