@@ -28,6 +28,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def check_at_least_one(value: int | None, name: str) -> None:
+    """One UserError sentence for a count below 1 (None: not given, nothing to check): the
+    library-level twin of ``positive_int``, for callers that do not come through argparse."""
+    if value is not None and value < 1:
+        raise UserError(f"{name} must be at least 1, got {value}")
+
+
 def renamed_options(argv: list[str] | None, renamed: dict[str, str]) -> list[str]:
     """``argv`` with old option spellings replaced by their new names (``--old=x`` too).
 

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.errors import UserError
+from core.cli import check_at_least_one
 from core.files import write_text_atomic
 from eval.cpu_workers import (
     CoreWorkers,
@@ -454,8 +454,7 @@ def prepare_engine(
     candidates must match eager on ``verify_sample`` (default: VERIFY_IMAGES synthetic
     images). ``None``: the measured ``channels_last``; ``warmup`` on CUDA only.
     """
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    check_at_least_one(batch_size, "--batch-size")
     start = time.perf_counter()
     device = torch.device(device)
     check_precision(precision, device.type)

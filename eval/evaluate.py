@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from core.cli import check_at_least_one
 from core.errors import UserError
 from core.files import (
     check_output_dir,
@@ -156,9 +157,8 @@ def run_evaluation(
 
 def _images_to_evaluate(cache, batch_size: int, limit: int | None) -> int:
     """Check the options against the cache; return how many images to evaluate."""
-    _check_batch_size(batch_size)
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be at least 1, got {limit}")
+    check_at_least_one(batch_size, "--batch-size")
+    check_at_least_one(limit, "--limit")
     total = len(cache)
     if total == 0:
         raise UserError("the cache holds no images")
@@ -166,12 +166,6 @@ def _images_to_evaluate(cache, batch_size: int, limit: int | None) -> int:
     if limit is not None and limit > total:
         log.info("--limit %d is more than the %d cached images: evaluating all", limit, total)
     return count
-
-
-def _check_batch_size(batch_size: int) -> None:
-    """Checked by ``evaluate`` before any work, and by ``run_evaluation`` for other callers."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
 
 
 def _restore_from_journal(
@@ -294,7 +288,7 @@ def evaluate(
 def _check_settings(settings: EvalSettings, out_dir) -> None:
     """One sentence for settings that cannot work, before any work."""
     settings.check()
-    _check_batch_size(settings.batch_size)
+    check_at_least_one(settings.batch_size, "--batch-size")
     if settings.loadgen is not None and out_dir is None:
         raise UserError("a LoadGen run needs an output directory for its logs")
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from core.cli import check_at_least_one
 from core.errors import UserError
 from core.records import Record
 from eval.accuracy_imagenet import score_accuracy_log
@@ -308,8 +309,7 @@ def _check_run_arguments(images, labels, mode: str, scenario: str, batch_size: i
         raise UserError(
             f"unknown LoadGen scenario {scenario!r}: expected one of {', '.join(SCENARIOS)}"
         )
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    check_at_least_one(batch_size, "batch size")
     num_samples = len(images)
     if num_samples == 0:
         raise UserError("there are no images to run LoadGen on")

@@ -30,6 +30,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from core.cli import check_at_least_one
 from core.errors import UserError
 from core.files import (
     LOCK_NAME,
@@ -322,8 +323,7 @@ def build_cache(
     started = time.perf_counter()
     profile = get_profile(model_name)
     workers = available_cores() if workers is None else workers
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    check_at_least_one(workers, "--workers")
     listing = list_dataset(data_dir, val_map=val_map, limit=limit)
     cache_dir = Path(cache_dir)
     _check_cache_dir(cache_dir, listing.root)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from core.cli import check_at_least_one
 from core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,7 @@ def list_dataset(
     root = Path(data_dir)
     if not root.is_dir():
         raise UserError(f"data dir {root} does not exist or is not a folder")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be at least 1, got {limit}")
+    check_at_least_one(limit, "--limit")
     if val_map is not None:
         val_map_path = Path(val_map)
         if not val_map_path.is_file():

@@ -91,3 +91,15 @@ def test_bench_fixture_folder_that_cannot_be_made_is_one_sentence(tmp_path):
     last_line = out.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"error: cannot create the fixture folder {blocker / 'x'}")
     assert "Traceback" not in out.stderr
+
+
+def test_check_at_least_one_names_the_option_and_the_value():
+    from core.cli import check_at_least_one
+    from core.errors import UserError
+
+    check_at_least_one(1, "--limit")
+    check_at_least_one(None, "--limit")  # not given: nothing to check
+    with pytest.raises(UserError, match=r"^--limit must be at least 1, got 0$"):
+        check_at_least_one(0, "--limit")
+    with pytest.raises(UserError, match=r"^--workers must be at least 1, got -2$"):
+        check_at_least_one(-2, "--workers")
