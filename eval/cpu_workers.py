@@ -14,12 +14,12 @@ import contextlib
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from core.system import available_cores
+from core.system import available_cores, temporarily
 
 # Images each worker runs per call: small enough that one image's activations stay in the
 # core's cache between layers, large enough to amortise a call (2-4 measured best).
@@ -48,15 +48,9 @@ def chunk_images(batch_size: int, workers: int) -> int:
     return max(1, min(CHUNK_IMAGES, math.ceil(batch_size / workers)))
 
 
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
+def single_threaded() -> contextlib.AbstractContextManager[None]:
     """One intra-op thread while inside (inductor bakes the count into what it compiles)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return temporarily(torch.get_num_threads, torch.set_num_threads, 1)
 
 
 class CoreWorkers:

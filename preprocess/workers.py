@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from core.profiles import ModelProfile
+from core.system import temporarily
 from preprocess.cache import PARTIAL_DIGESTS_NAME, PARTIAL_IMAGES_NAME, crop_digest
 from preprocess.dataset import Listing
 from preprocess.recipes import crop_bgr_image, decode
@@ -54,15 +55,9 @@ class RangeProcessor:
         self.digests.flush()
 
 
-@contextlib.contextmanager
-def single_threaded_opencv() -> Iterator[None]:
+def single_threaded_opencv() -> contextlib.AbstractContextManager[None]:
     """One OpenCV thread per call while our own threads run; restores the caller's setting."""
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(previous)
+    return temporarily(cv2.getNumThreads, cv2.setNumThreads, 1)
 
 
 def run_ranges(
