@@ -36,11 +36,8 @@ def check_at_least_one(value: int | None, name: str) -> None:
 
 
 def renamed_options(argv: list[str] | None, renamed: dict[str, str]) -> list[str]:
-    """``argv`` with old option spellings replaced by their new names (``--old=x`` too).
-
-    Old spellings keep working for scripts written against an earlier release, without
-    showing in ``--help``; each use logs a warning naming the new spelling.
-    """
+    """``argv`` with old option spellings (``--old=x`` too), which scripts may still use but
+    ``--help`` does not show, replaced by their new names; each use logs a warning."""
     argv = list(sys.argv[1:] if argv is None else argv)
     for i, arg in enumerate(argv):
         name, sep, value = arg.partition("=")
@@ -51,10 +48,8 @@ def renamed_options(argv: list[str] | None, renamed: dict[str, str]) -> list[str
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a stage's ``main``; turn UserError into one sentence on stderr and its exit code.
-
-    Ctrl-C exits with 130 and a short note instead of a traceback.
-    """
+    """Run a stage's ``main``; UserError becomes one sentence on stderr and its exit code,
+    Ctrl-C exit code 130 and a short note, not a traceback."""
     try:
         return int(main(argv) or 0)
     except UserError as err:

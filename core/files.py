@@ -52,15 +52,10 @@ def temporary_target(name: str) -> str | None:
     return match["target"] if match else None
 
 
-def is_temporary_of(name: str, target: str) -> bool:
-    """Whether the file name ``name`` is an atomic_path temporary of the file name ``target``."""
-    return temporary_target(name) == target
-
-
 def temporaries_of(path: str | os.PathLike) -> list[Path]:
     """The atomic_path temporaries of ``path`` beside it (left by writers that died)."""
     path = Path(path)
-    return sorted(p for p in path.parent.glob(".*.tmp") if is_temporary_of(p.name, path.name))
+    return sorted(p for p in path.parent.glob(".*.tmp") if temporary_target(p.name) == path.name)
 
 
 def _current_umask() -> int:
@@ -81,16 +76,12 @@ def _umask_from_proc() -> int | None:
     return None
 
 
-def _umask_by_setting_it() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# Without /proc, the umask is read the only other way, once, while the module loads.
+# Without /proc, the umask is read the only other way, by setting it, once while the module
+# loads (a umask of 0 is a value, not a missing one).
 _UMASK_AT_IMPORT = _umask_from_proc()
-if _UMASK_AT_IMPORT is None:  # (a umask of 0 is a value, not a missing one)
-    _UMASK_AT_IMPORT = _umask_by_setting_it()
+if _UMASK_AT_IMPORT is None:
+    _UMASK_AT_IMPORT = os.umask(0)
+    os.umask(_UMASK_AT_IMPORT)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -106,10 +97,10 @@ def save_npy_atomic(path: str | os.PathLike, array) -> None:
         np.save(f, array)
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
+        while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 

@@ -1,8 +1,5 @@
-"""What each MLPerf model needs, in one place.
-
-Every stage (preprocess, convert, eval, the runner) looks models up here, so a fact such
-as "label = argmax - 1" or "resnet50 uses INTER_AREA" is written exactly once.
-"""
+"""What each MLPerf model needs, in one place, so a fact such as "label = argmax - 1" or
+"resnet50 uses INTER_AREA" is written exactly once."""
 
 from __future__ import annotations
 

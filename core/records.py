@@ -1,9 +1,5 @@
-"""One way for every result type to become JSON.
-
-Stages return dataclasses (a conversion, an evaluation, a LoadGen run, a verification);
-each inherits ``Record`` so ``to_json()`` means the same everywhere: a dict of plain JSON
-values, with paths as strings and numpy scalars and arrays as Python numbers and lists.
-"""
+"""One way for every result dataclass to become JSON: paths as strings, numpy scalars and
+arrays as Python numbers and lists."""
 
 from __future__ import annotations
 
@@ -32,11 +28,8 @@ def json_value(value: Any) -> Any:
 
 
 class Record:
-    """Mixin for result dataclasses: ``to_json()`` gives every field as plain JSON values.
-
-    A subclass leaves out fields that are not results (a model, raw arrays) by naming them
-    in ``_not_json``.
-    """
+    """Mixin for result dataclasses: ``to_json()`` gives every field as plain JSON values,
+    except those (a model, raw arrays) a subclass names in ``_not_json``."""
 
     _not_json: tuple[str, ...] = ()
 
