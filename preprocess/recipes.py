@@ -27,25 +27,20 @@ from core.profiles import CROP_SIZE, SHORT_SIDE, VGG_MEANS_RGB, ModelProfile, as
 
 INTERPOLATION_FLAGS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
-# Same dtype and values as the reference's ``np.array([...], dtype=np.float32)``.
-_VGG_MEANS_F32 = np.array(VGG_MEANS_RGB, dtype=np.float32)
 
-
-def resized_size(height: int, width: int, short_side: int = SHORT_SIDE) -> tuple[int, int]:
-    """Return cv2's ``(width, height)`` with the short side at ``short_side``.
-
-    Python ``int()`` truncation on a float quotient, exactly as MLPerf computes it.
-    """
+def resized_size(height: int, width: int) -> tuple[int, int]:
+    """cv2's ``(width, height)`` with the short side at 256: Python ``int()`` truncation on a
+    float quotient, exactly as MLPerf computes it."""
     if height > width:
-        return short_side, int(short_side * height / width)
-    return int(short_side * width / height), short_side
+        return SHORT_SIDE, int(SHORT_SIDE * height / width)
+    return int(SHORT_SIDE * width / height), SHORT_SIDE
 
 
-def center_crop(img: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
-    """MLPerf's centre crop: ``int((d - size) / 2)`` to ``int((d + size) / 2)`` per axis."""
+def center_crop(img: np.ndarray) -> np.ndarray:
+    """MLPerf's centre crop: ``int((d - 224) / 2)`` to ``int((d + 224) / 2)`` per axis."""
     height, width = img.shape[:2]
-    top, bottom = int((height - size) / 2), int((height + size) / 2)
-    left, right = int((width - size) / 2), int((width + size) / 2)
+    top, bottom = int((height - CROP_SIZE) / 2), int((height + CROP_SIZE) / 2)
+    left, right = int((width - CROP_SIZE) / 2), int((width + CROP_SIZE) / 2)
     return img[top:bottom, left:right]
 
 
@@ -104,7 +99,7 @@ def normalize(u8_batch: np.ndarray, profile: ModelProfile | str) -> np.ndarray:
     recipe = profile.recipe
     out = np.array(u8_batch, dtype=np.float32)  # always a fresh, writable array
     if recipe == "vgg":
-        out -= _VGG_MEANS_F32
+        out -= np.array(VGG_MEANS_RGB, dtype=np.float32)
     elif recipe == "mobilenet":
         out /= np.float32(255.0)
         out -= np.float32(0.5)

@@ -9,7 +9,6 @@ killed. Each thread writes disjoint rows of the shared memmap.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 from collections.abc import Callable
@@ -24,8 +23,6 @@ from core.system import temporarily
 from preprocess.cache import PARTIAL_DIGESTS_NAME, PARTIAL_IMAGES_NAME, crop_digest
 from preprocess.dataset import Listing
 from preprocess.recipes import crop_bgr_image, decode
-
-TASKS_PER_WORKER = 2  # in flight at once, so no thread waits for its next range
 
 
 class RangeProcessor:
@@ -55,11 +52,6 @@ class RangeProcessor:
         self.digests.flush()
 
 
-def single_threaded_opencv() -> contextlib.AbstractContextManager[None]:
-    """One OpenCV thread per call while our own threads run; restores the caller's setting."""
-    return temporarily(cv2.getNumThreads, cv2.setNumThreads, 1)
-
-
 def run_ranges(
     process: Callable[[int, int], list],
     tasks: list[tuple[int, int]],
@@ -73,14 +65,16 @@ def run_ranges(
             on_result(start, stop, process(start, stop))
         return
     pending, running = iter(tasks), {}
-    with single_threaded_opencv(), ThreadPoolExecutor(workers, "preprocess") as pool:
+    # One OpenCV thread per call while our own threads run; the caller's setting comes back.
+    one_opencv_thread = temporarily(cv2.getNumThreads, cv2.setNumThreads, 1)
+    with one_opencv_thread, ThreadPoolExecutor(workers, "preprocess") as pool:
 
         def submit(count: int) -> None:
             for task in itertools.islice(pending, count):
                 running[pool.submit(process, *task)] = task
 
         try:
-            submit(workers * TASKS_PER_WORKER)
+            submit(workers * 2)  # two in flight per thread: none waits for its next range
             while running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
