@@ -1,17 +1,14 @@
 """Build a cache: decode and crop in worker threads, straight into a memory-mapped file.
 
-One writer at a time: the whole build holds the cache dir's lock.
+The whole build holds the cache dir's lock. Every run stats the listed files (see
+``incremental.py``) and re-crops only changed files, files new to the listing and damaged
+rows, in place in ``images.npy`` (renamed to the partial file) when the rows stay the same,
+otherwise into a new partial file the reused crops are copied to.
 
-Incremental: every run stats the listed files (see ``incremental.py``) and re-crops only
-the files whose signature changed, files new to the listing, and rows found damaged;
-other crops are reused. When the rows stay the same, the work happens in place in the
-existing ``images.npy`` (renamed to the partial file while it is rewritten); otherwise the
-reused crops are copied into a new partial file.
-
-Resuming: every finished range of rows is appended to ``journal.txt`` after its crops and
-digests are in the shared file mappings, so a ``kill -9`` loses nothing that the journal
-claims. A rerun skips journaled rows whose file kept its signature; a different recipe,
-OpenCV, data dir or listing starts over and says so.
+Each finished range of rows is appended to ``journal.txt`` after its crops and digests are
+in the shared mappings, so a ``kill -9`` loses nothing the journal claims: a rerun skips
+journaled rows whose file kept its signature. A different recipe, OpenCV, data dir or
+listing starts over and says so.
 """
 
 from __future__ import annotations
@@ -67,7 +64,6 @@ from preprocess.cache import (
     file_stat,
     read_damage,
     read_manifest,
-    write_manifest,
 )
 from preprocess.dataset import Listing, list_dataset
 from preprocess.incremental import (
@@ -395,7 +391,8 @@ class _Build:
     def _update(self, manifest: dict, previous: PreviousCache) -> BuildSummary:
         plan = make_plan(self.listing, self.signatures, previous, self.skip_bad)
         if plan.recheck:
-            unreadable = [(i, r) for i in plan.recheck if (r := self._unreadable(i)) is not None]
+            root, files = self.listing.root, self.listing.files
+            unreadable = [(i, r) for i in plan.recheck if (r := decode(str(root / files[i]))[1])]
             if unreadable:
                 raise _unreadable_error(self.listing, unreadable, left_out=True)
             log.info("files left out by --skip-bad are readable now: adding them to the cache")
@@ -403,9 +400,6 @@ class _Build:
         if plan.same_rows(previous):
             return self._same_crops(manifest, previous, plan)
         return self._rebuild_from(previous, plan)
-
-    def _unreadable(self, index: int) -> str | None:
-        return decode(str(self.listing.root / self.listing.files[index]))[1]
 
     def _rebuild_from(self, previous: PreviousCache, plan: Plan) -> BuildSummary:
         count = len(self.listing)
@@ -483,7 +477,7 @@ class _Build:
         }
         if fingerprint is not None:
             manifest["images_stat"] = file_stat(self.cache_dir / IMAGES_NAME)
-        write_manifest(self.cache_dir, manifest)
+        write_text_atomic(self.cache_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
     def _left_out_entries(self, left_out: list[tuple[int, str]]) -> list[dict]:
         files, signatures = self.listing.files, self.signatures

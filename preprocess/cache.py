@@ -53,8 +53,6 @@ OWN_NAMES = frozenset(
 )
 CROP_SHAPE = (CROP_SIZE, CROP_SIZE, 3)
 DIGEST_SIZE = 32
-# Where the data lives, not what it is: left out of the content fingerprint.
-_LOCATION_KEYS = ("data_dir", "listing_source")
 
 
 def config_key(config: dict) -> str:
@@ -75,7 +73,7 @@ def content_fingerprint(
     """Identity of a cache's content: recipe/OpenCV config, every crop's digest, every
     label and file name, in order. Moving the data elsewhere does not change it."""
     h = hashlib.sha256()
-    recipe = {k: v for k, v in config.items() if k not in _LOCATION_KEYS}
+    recipe = {k: v for k, v in config.items() if k != "data_dir"}  # where, not what
     h.update(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode())
     h.update(np.ascontiguousarray(digests, dtype=np.uint8).tobytes())
     h.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
@@ -97,10 +95,6 @@ def read_manifest(cache_dir: Path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return manifest if ours else None
-
-
-def write_manifest(cache_dir: Path, manifest: dict) -> None:
-    write_text_atomic(cache_dir / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- damage records

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.cache import (
-    FORMAT_VERSION,
     IMAGES_NAME,
     SIGNATURES_NAME,
     crop_digest,
@@ -44,10 +43,9 @@ def stat_listing(listing: Listing) -> np.ndarray:
         for name in listing.files:
             try:
                 st = os.stat(name, dir_fd=root_fd)
+                rows.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
             except OSError:
                 rows.append((-1,) * SIGNATURE_WIDTH)
-                continue
-            rows.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     finally:
         os.close(root_fd)
     return np.array(rows, dtype=np.int64).reshape(len(rows), SIGNATURE_WIDTH)
@@ -68,10 +66,9 @@ class PreviousCache:
 
 def load_previous(cache_dir: Path, manifest: dict, workers: int) -> PreviousCache | None:
     """The finished cache in ``cache_dir`` as a PreviousCache, or None if it cannot be
-    trusted (files missing, or digests/labels/names not those the manifest names)."""
+    trusted (files missing, or digests/labels/names not those the manifest names). Its
+    layout is the current one: the caller compared its config, which holds the version."""
     try:
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError("has an older layout")
         images, _, files, digests = read_arrays(cache_dir, manifest)
         signatures = np.load(cache_dir / SIGNATURES_NAME)
         if signatures.shape != (len(files), SIGNATURE_WIDTH):
@@ -114,7 +111,7 @@ def _verify_all(images: np.ndarray, digests: np.ndarray, workers: int, cache_dir
             for i, row in enumerate(rows, start)
         ]
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         parts = pool.map(check, range(0, len(images), 256))
         damaged = np.array([bad for part in parts for bad in part], dtype=bool)
     if damaged.any():
