@@ -397,7 +397,8 @@ class _Build:
                 raise _unreadable_error(self.listing, unreadable, left_out=True)
             log.info("files left out by --skip-bad are readable now: adding them to the cache")
             plan.changes["added"] += len(plan.recheck)
-        if plan.same_rows(previous):
+        # The new rows are the old ones, in the same order: no crop moves.
+        if np.array_equal(plan.sources[plan.kept], np.arange(len(previous.files))):
             return self._same_crops(manifest, previous, plan)
         return self._rebuild_from(previous, plan)
 
@@ -424,10 +425,8 @@ class _Build:
         return self._crop_and_finish(reused, plan.left_out, plan.changes, previous.damage_text)
 
     def _start_partial(self, digests, needed_bytes: int, done: int, adopt_images: bool):
-        """Create the partial files, then the journal that makes them resumable.
-
-        ``adopt_images``: the finished images.npy becomes the partial file (rows unchanged).
-        """
+        """Create the partial files (``adopt_images``: the finished images.npy becomes one, its
+        rows unchanged), then the journal that makes them resumable."""
         cache_dir, count = self.cache_dir, len(self.listing)
         _remove_partial(cache_dir)
         check_free_space(cache_dir, needed_bytes, f"{count} crops")

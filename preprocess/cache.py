@@ -193,9 +193,8 @@ def load_cache(cache_dir: str | os.PathLike, profile: ModelProfile | str) -> Pre
     built_for = manifest["config"]["recipe"].get("model")
     if built_for != profile.name:
         raise UserError(f"the cache at {cache_dir} was built for {built_for}, not {profile.name}")
-    count = manifest.get("count")
     if not manifest.get("complete"):
-        done = manifest.get("done", 0)
+        done, count = manifest.get("done", 0), manifest.get("count")
         raise UserError(
             f"the cache at {cache_dir} is incomplete ({done} of {count} images done): "
             f"rerun the same preprocess command to finish it"
@@ -207,15 +206,9 @@ def load_cache(cache_dir: str | os.PathLike, profile: ModelProfile | str) -> Pre
     except ValueError as err:
         raise UserError(f"the cache at {cache_dir} {err}: {rerun}") from None
     _warn_if_opencv_changed(manifest)
+    fingerprint = manifest["fingerprint"]
     return PreprocessedCache(
-        cache_dir=cache_dir,
-        profile=profile,
-        images=images,
-        labels=labels,
-        files=files,
-        manifest=manifest,
-        fingerprint=manifest["fingerprint"],
-        digests=digests,
+        cache_dir, profile, images, labels, files, manifest, fingerprint, digests
     )
 
 

@@ -136,10 +136,6 @@ class Plan:
         mask[list(self.left_out)] = False
         return mask
 
-    def same_rows(self, previous: PreviousCache) -> bool:
-        """True when the new cache's rows are the old ones, in the same order."""
-        return np.array_equal(self.sources[self.kept], np.arange(len(previous.files)))
-
 
 def make_plan(
     listing: Listing, signatures: np.ndarray, previous: PreviousCache, skip_bad: bool
