@@ -1,15 +1,10 @@
 """Inference backends: uint8 NHWC crops in, float32 logits ``(N, num_classes)`` out.
 
-A backend owns everything between the cache and the logits (normalisation, device
-transfer, the model call), so the evaluation loop and the LoadGen pass only ever see
-``Backend.submit``/``collect`` and ``Backend.logits``:
-
-- ``TorchBackend``: a converted ``nn.Module`` (input NCHW float32). The float32
-  normalisation runs on the backend's device with the same float32 operations, in the
-  same order, as ``preprocess.recipes.normalize``; on CUDA this is checked over every
-  possible uint8 input value when the backend starts.
-- ``TFBackend``: the original frozen graph through ``convert.tf_runner.TFGraphRunner``,
-  fed ``preprocess.recipes.normalize`` output: the reference to compare against.
+A backend owns normalisation, device transfer and the model call; the evaluation loop and
+the LoadGen pass only see ``submit``/``collect`` and ``logits``. ``TorchBackend`` runs a
+converted module (its device normalisation checked bit for bit against
+``preprocess.recipes.normalize`` on CUDA); ``TFBackend`` runs the original frozen graph on
+the recipe's output: the reference to compare against.
 """
 
 from __future__ import annotations
@@ -51,11 +46,12 @@ class Backend(ABC):
     def __init__(self, profile: ModelProfile, device: str):
         self.profile = profile
         self.device = device
+        self._label_offset = profile.label_offset
 
     @property
     def label_offset(self) -> int:
         """label = argmax - label_offset: 1 for a 1001-class head with background, else 0."""
-        return self.profile.label_offset
+        return self._label_offset
 
     @abstractmethod
     def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
@@ -123,8 +119,8 @@ class TorchBackend(Backend):
         import torch
 
         super().__init__(profile, device)
-        # From the checkpoint's own record (num_classes - 1000); the profile's as a default.
-        self._label_offset = self.profile.label_offset if label_offset is None else label_offset
+        if label_offset is not None:  # the checkpoint's own record (num_classes - 1000)
+            self._label_offset = label_offset
         self._torch = torch
         self.torch_device = resolve_torch_device(device)
         self.weights_path = Path(weights_path) if weights_path is not None else None
@@ -195,10 +191,6 @@ class TorchBackend(Backend):
                 f"float32 normalisation on {self.torch_device} does not match the CPU recipe "
                 "bit for bit; evaluate with --device cpu"
             )
-
-    @property
-    def label_offset(self) -> int:
-        return self._label_offset
 
     def allocate_batch(self, batch_size: int) -> np.ndarray:
         if self.torch_device.type != "cuda":
@@ -317,13 +309,9 @@ class TFBackend(Backend):
         return {
             "device_name": "cpu",
             "checkpoint": os.fspath(self.checkpoint_path),
-            "checkpoint_sha256": self.checkpoint_sha256,
+            # The digest of the bytes the runner parsed, not of the file as it is now.
+            "checkpoint_sha256": self.runner.source_sha256,
         }
-
-    @property
-    def checkpoint_sha256(self) -> str:
-        """The digest of the bytes the runner parsed, not of the file as it is now."""
-        return self.runner.source_sha256
 
 
 def check_logits_shape(logits, batch: int, num_classes: int, what: str) -> None:
@@ -368,8 +356,7 @@ def make_backend(
 ) -> Backend:
     """Build the backend ``settings`` name, with one-sentence errors for missing inputs.
 
-    ``settings``' engine, batch size and precision, ``num_images`` and ``verify_images``
-    (uint8 crops the fast engine is checked on) only concern the torch backend.
+    ``num_images`` and ``verify_images`` (crops a fast engine is checked on): torch only.
     """
     check_model_inputs(settings)
     if settings.backend == "tf":

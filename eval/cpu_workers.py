@@ -10,7 +10,6 @@ engine and 1.9x with eager (README, "Measured so far": the ``@intra-op`` rows of
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -19,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from core.system import available_cores, temporarily
+from core.system import available_cores
 
 # Images each worker runs per call: small enough that one image's activations stay in the
 # core's cache between layers, large enough to amortise a call (2-4 measured best).
@@ -46,11 +45,6 @@ def worker_count(batch_size: int) -> int:
 def chunk_images(batch_size: int, workers: int) -> int:
     """Rows per engine call so that a full batch gives every worker work."""
     return max(1, min(CHUNK_IMAGES, math.ceil(batch_size / workers)))
-
-
-def single_threaded() -> contextlib.AbstractContextManager[None]:
-    """One intra-op thread while inside (inductor bakes the count into what it compiles)."""
-    return temporarily(torch.get_num_threads, torch.set_num_threads, 1)
 
 
 class CoreWorkers:

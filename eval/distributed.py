@@ -1,14 +1,10 @@
-"""One evaluation spread over several processes started by PyTorch's own launcher.
+"""One evaluation spread over the processes ``torchrun --nproc-per-node N -m eval ...`` starts.
 
-    torchrun --nproc-per-node N -m eval --model M --cache-dir CACHE --weights W.pth ...
-    python -m torch.distributed.run --nproc-per-node N -m eval ...
-
-``init_from_environment`` joins the group torchrun describes in the environment (NCCL on
-CUDA, gloo on the CPU). Each rank evaluates one contiguous shard (``shard_bounds``: nothing
-is padded, so unlike ``DistributedSampler`` no image is counted twice); rank 0 gathers the
-top-5 labels in rank order, so its predictions are those of one process, and alone writes.
-
-Without WORLD_SIZE (or with WORLD_SIZE=1) everything here is a no-op single process.
+``init_from_environment`` joins the group torchrun describes (NCCL on CUDA, gloo on the
+CPU). Each rank evaluates one contiguous ``CacheShard`` (``shard_bounds``: nothing is
+padded, so unlike ``DistributedSampler`` no image is counted twice); rank 0 gathers the
+top-5 labels in rank order (``gather_outcome``), so its predictions are those of one
+process, and alone writes. Without WORLD_SIZE > 1 everything here is a single process.
 """
 
 from __future__ import annotations
@@ -16,11 +12,16 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.errors import UserError
+from eval.metrics import AccuracyCounter
+
+if TYPE_CHECKING:
+    from eval.evaluate import EvaluationOutcome
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    backend: str | None = None  # "gloo" or "nccl" when a group was joined
 
     @property
     def is_main(self) -> bool:
@@ -88,7 +88,7 @@ def init_from_environment(device: str) -> DistContext:
                 f"({first}); start it with torchrun --nproc-per-node N -m eval ..."
             ) from None
     log.info("rank %d of %d joined the %s group", rank, world_size, backend)
-    return DistContext(rank, world_size, local_rank, backend)
+    return DistContext(rank, world_size, local_rank)
 
 
 def shutdown(ctx: DistContext) -> None:
@@ -113,20 +113,50 @@ def shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
-def gather_to_main(value, ctx: DistContext) -> list | None:
-    """Every rank's ``value`` (picklable) in rank order on rank 0; None on the others."""
-    if not ctx.distributed:
-        return [value]
-    import torch.distributed as dist
-
-    gathered = [None] * ctx.world_size if ctx.is_main else None
-    dist.gather_object(value, gathered, dst=0)
-    return gathered
-
-
 def join_shards(shards: list[np.ndarray], count: int) -> np.ndarray:
     """Concatenate per-rank top-5 arrays (rank order) and check they cover ``count`` rows."""
     joined = np.concatenate(shards, axis=0)
     if len(joined) != count:
         raise RuntimeError(f"the ranks returned {len(joined)} predictions for {count} images")
     return joined
+
+
+class CacheShard:
+    """Images ``start:stop`` of a cache, indexed from 0 (one rank's share)."""
+
+    def __init__(self, cache, start: int, stop: int):
+        self.cache, self.start, self.stop = cache, start, stop
+        self.labels = cache.labels[start:stop]
+        self.fingerprint = getattr(cache, "fingerprint", None)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        return self.cache.read(self.start + start, self.start + stop, out=out)
+
+
+def gather_outcome(
+    outcome: EvaluationOutcome, cache, count: int, ctx: DistContext
+) -> EvaluationOutcome | None:
+    """Rank 0: every rank's top-5 in rank order, scored over all ``count`` images; None on
+    the other ranks."""
+    import torch.distributed as dist
+
+    gathered = [None] * ctx.world_size if ctx.is_main else None
+    mine = (outcome.top5, outcome.inference_seconds, outcome.wall_seconds)
+    dist.gather_object(mine, gathered, dst=0)
+    if gathered is None:
+        return None
+    top5 = join_shards([shard for shard, _, _ in gathered], count)
+    counter = AccuracyCounter()
+    counter.update(top5, np.asarray(cache.labels[:count], dtype=np.int64))
+    # The ranks run side by side: the slowest one is the run's time.
+    return replace(
+        outcome,
+        top5=top5,
+        counter=counter,
+        inference_seconds=max(seconds for _, seconds, _ in gathered),
+        wall_seconds=max(wall for _, _, wall in gathered),
+        resumed_from=0,
+    )

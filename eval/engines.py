@@ -1,30 +1,15 @@
 """Inference engines for the converted models: eager PyTorch or a faster frozen graph.
 
-``prepare_engine(module, "auto"|"eager"|"fast"|"fast:<builder>", ...)`` returns a
-``PreparedEngine``: a callable ``NCHW float32 -> logits [N, classes]`` that records which
-engine really runs (``.name``), what it cost to build (``.setup_seconds``) and why
-(``.notes``).
-
-The fast builders stay float32; they are tried in order (``FAST_BUILDER_ORDER``, on CUDA
-``CUDA_FAST_BUILDER_ORDER``) and the first that builds and matches eager on a sample batch
-(``compare_logits``) runs, else eager:
-
-- "torchscript-onednn" (CPU only): the frozen TorchScript graph run by the oneDNN Graph
-  fuser, which hands whole conv + ReLU6 chains to oneDNN as TensorFlow does.
-- "inductor": ``torch.compile`` with freezing; needs a C++ compiler, builds in 10-60 s.
-- "torchscript-freeze": ``torch.jit.trace`` + ``torch.jit.freeze``.
-
-A fast engine runs a copy of the model with its TF-SAME pads folded into the convolutions
-(``fold_same_padding``), always at the batch shape it was built for (a smaller batch is
-zero-padded, a larger one split), so nothing is ever re-traced or recompiled. On the CPU
-every engine runs one single-threaded worker per core (``eval.cpu_workers``).
-
-"auto" picks what should finish first: on the CPU fast from ``AUTO_MIN_IMAGES`` images; on
-CUDA by estimated time (``CUDA_RATES``, with the recorded build time when inductor's cache
-is warm). tf32 and bf16 (CUDA only) always run eager: the fast engines are verified to
-float32 noise only. Memory format: channels-last, except fp32 ResNet-50 on CUDA, where NCHW
-measured faster. On CUDA setup also runs each batch shape once (lazy init, cuDNN autotune),
-so the run's images/s is steady state.
+``prepare_engine`` returns a ``PreparedEngine``: ``NCHW float32 -> logits``, recording the
+engine that really runs (``.name``), its build cost and why it was chosen (``.notes``).
+"fast" tries the float32 builders in ``FAST_BUILDER_ORDER`` (``CUDA_FAST_BUILDER_ORDER``)
+and runs the first that builds and matches eager on a sample (``compare_logits``), else
+eager. A fast engine runs a copy with its TF-SAME pads folded into the convolutions, always
+at the batch shape it was built for (smaller batches zero-padded, larger ones split), so
+nothing is re-traced. "auto" picks what should finish first (by image count on the CPU, by
+estimated time on CUDA); tf32 and bf16 (CUDA only) always run eager. Channels-last except
+fp32 ResNet-50 on CUDA (NCHW measured faster); on the CPU one single-threaded worker per
+core (``eval.cpu_workers``); on CUDA setup runs each batch shape once.
 """
 
 from __future__ import annotations
@@ -47,13 +32,8 @@ from torch import nn
 
 from core.cli import check_at_least_one
 from core.files import write_text_atomic
-from eval.cpu_workers import (
-    CoreWorkers,
-    chunk_images,
-    cores_for_this_process,
-    single_threaded,
-    worker_count,
-)
+from core.system import temporarily
+from eval.cpu_workers import CoreWorkers, chunk_images, cores_for_this_process, worker_count
 from eval.options import VERIFY_IMAGES, check_engine, check_precision
 
 log = logging.getLogger(__name__)
@@ -79,18 +59,11 @@ CUDNN_AUTOTUNE_MIN_IMAGES = 200_000
 CACHED_BUILDER = "fast:inductor"
 BUILD_RECORD_FILE = "mlperf-port-fast-builds.json"
 
-# Exactness budget of a fast engine against the eager module (float32 noise is ~1e-6).
-VERIFY_ATOL = 1e-4
-VERIFY_TOPK = 5
-
 
 @dataclass
 class PreparedEngine:
-    """A ready-to-run inference callable: ``engine(nchw_float32) -> logits``.
-
-    ``name`` is the engine that actually runs ("eager" or "fast:torchscript-freeze"),
-    ``setup_seconds`` its one-time cost, ``notes`` why it was chosen or why it fell back.
-    """
+    """``engine(nchw_float32) -> logits``; ``name`` is the engine that actually runs
+    ("eager", "fast:inductor", ...), ``notes`` why it was chosen or why it fell back."""
 
     name: str
     setup_seconds: float
@@ -103,7 +76,6 @@ class PreparedEngine:
     # see a new input (a padded or inference-mode tensor would recompile).
     staging: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
-    precision: str = "fp32"
     # CPU: one single-threaded worker per core, each running its own chunks of the batch;
     # None runs every call on this thread with intra-op threads.
     workers: CoreWorkers | None = None
@@ -467,7 +439,9 @@ def prepare_engine(
         eager_module, device, batch_size, num_images, channels_last, precision, notes
     )
     if chosen != "eager":
-        with single_threaded() if prepared.workers else contextlib.nullcontext():
+        # Built for single-threaded workers: inductor bakes the thread count into its code.
+        one_thread = temporarily(torch.get_num_threads, torch.set_num_threads, 1)
+        with one_thread if prepared.workers else contextlib.nullcontext():
             prepared = _build_fast(prepared, chosen, verify_sample)
         if prepared.name == CACHED_BUILDER:  # the record stands for this builder's cache
             record_build_seconds(model_name, device.type, batch_size, time.perf_counter() - start)
@@ -504,7 +478,6 @@ def _eager_engine(module, device, batch_size, num_images, channels_last, precisi
         channels_last=channels_last,
         forward=forward,
         notes=notes,
-        precision=precision,
         workers=workers,
     )
 
@@ -575,13 +548,13 @@ def _build_fast(
 
 
 def compare_logits(
-    fast: torch.Tensor, eager: torch.Tensor, atol: float = VERIFY_ATOL, topk: int = VERIFY_TOPK
+    fast: torch.Tensor, eager: torch.Tensor, atol: float = 1e-4, topk: int = 5
 ) -> str | None:
     """Return None if ``fast`` matches ``eager``, else one sentence saying how it differs.
 
-    Match: max |difference| <= ``atol`` scaled by the logit magnitude when that exceeds 1
-    (float32 rounding grows with the values, as in convert's TF check), and per row the same
-    top-1 class and the same set of top-k classes.
+    Match (float32 noise is ~1e-6): max |difference| <= ``atol`` scaled by the logit
+    magnitude when that exceeds 1 (float32 rounding grows with the values, as in convert's
+    TF check), and per row the same top-1 class and the same set of top-k classes.
     """
     if fast.shape != eager.shape:
         return f"logits shape {tuple(fast.shape)} differs from eager {tuple(eager.shape)}"

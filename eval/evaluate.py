@@ -1,13 +1,10 @@
-"""Batches from the uint8 cache -> backend logits -> predictions and top-1/top-5.
+"""Batches from the uint8 cache -> backend -> top-5 labels, top-1/top-5 and results.
 
-``evaluate`` builds the backend from file paths and writes the results;
-``run_evaluation`` is the loop over any ``Backend`` and any cache-like object
-(``.read(start, stop, out=None)``, ``.labels``, ``len()``).
-
-Crops are only read through ``cache.read``, which checks each against its build-time
-digest: a damaged cache ends in one sentence, never in a number. Reader threads fill the
-next batches while the backend works on the current one; ``images_per_second`` counts only
-the time inside ``Backend.submit`` and ``Backend.collect`` (engines warm up while built).
+``evaluate`` builds the backend from file paths and writes the results; ``run_evaluation``
+is the loop over any ``Backend`` and any cache-like object (``.read(start, stop,
+out=None)``, ``.labels``, ``len()``). Crops are only read through ``cache.read``, which
+checks each against its build-time digest: a damaged cache ends in one sentence, never in
+a number. Reader threads fill the next batches while the backend works on the current one.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +41,6 @@ from eval.metrics import TOP_K, AccuracyCounter
 from eval.options import VERIFY_IMAGES, EvalSettings
 from eval.reference import fp32_agreement
 from eval.report import EvalResult, build_result, write_outputs
-from eval.shards import CacheShard, gather_outcome
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +127,10 @@ def run_evaluation(
         backend.allocate_batch(min(batch_size, count)) for _ in range(readers + SPARE_BUFFERS)
     ]
     wall_start = time.perf_counter()
-    bar = tqdm(
-        total=count,
-        unit="img",
-        desc=f"{backend.profile.name} [{backend.name}]",
-        disable=quiet,
-        dynamic_ncols=True,
-    )
-    bar.update(first)
-    with bar:
+    desc = f"{backend.profile.name} [{backend.name}]"
+    with tqdm(
+        total=count, initial=first, unit="img", desc=desc, disable=quiet, dynamic_ncols=True
+    ) as bar:
         loop = _InferenceLoop(backend, top5, labels, counter, bar, journal)
         start = first
         for batch in _read_batches(cache, count, batch_size, buffers, first, readers):
@@ -185,6 +176,7 @@ def _restore_from_journal(
     return first
 
 
+@dataclass
 class _InferenceLoop:
     """Submits batches to the backend and fetches their top-5 every ``collect_every`` batches.
 
@@ -192,15 +184,14 @@ class _InferenceLoop:
     ``Backend.collect``, never the cache reads.
     """
 
-    def __init__(self, backend: Backend, top5, labels, counter, bar: tqdm, journal) -> None:
-        self.backend = backend
-        self.top5 = top5
-        self.labels = labels
-        self.counter = counter
-        self.bar = bar
-        self.journal = journal
-        self.pending: list[tuple[int, int, object]] = []  # (start, stop, handle) not yet fetched
-        self.inference_seconds = 0.0
+    backend: Backend
+    top5: np.ndarray
+    labels: np.ndarray
+    counter: AccuracyCounter
+    bar: tqdm
+    journal: ResumeJournal | None
+    pending: list = field(default_factory=list)  # (start, stop, handle) not yet fetched
+    inference_seconds: float = 0.0
 
     def submit(self, start: int, batch: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -251,10 +242,9 @@ def evaluate(
 
     Keyword arguments change single ``settings``, e.g. ``evaluate("resnet50", "cache",
     weights="model.pth", batch_size=64)``. With ``out_dir``, writes results.json,
-    predictions.npy and top5.npy there atomically, holding the folder's lock; a LoadGen
-    pass logs into ``out_dir/loadgen``, and a non-fp32 run is compared with an fp32 run
-    beside it (``eval.reference``). Under torchrun every rank evaluates its shard and rank
-    0 alone writes and returns the result (other ranks return None; no resume journal).
+    predictions.npy and top5.npy there atomically, holding the folder's lock (LoadGen logs
+    go to ``out_dir/loadgen``). Under torchrun every rank evaluates its shard and rank 0
+    alone writes and returns the result (other ranks return None; no resume journal).
     """
     from preprocess import load_cache
 
@@ -301,7 +291,7 @@ def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
     with make_backend(
         job.profile, settings, num_images=last - first, verify_images=verify_images
     ) as backend:
-        outcome = _predict(backend, job, out_dir, CacheShard(cache, first, last))
+        outcome = _predict(backend, job, out_dir, distributed.CacheShard(cache, first, last))
         if outcome is None:  # not rank 0: rank 0 reports
             return None
         result = build_result(backend, outcome, cache, job.cache_dir, settings, job.ctx.world_size)
@@ -317,7 +307,7 @@ def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
 
 
 def _predict(
-    backend: Backend, job: _Job, out_dir: Path | None, shard: CacheShard
+    backend: Backend, job: _Job, out_dir: Path | None, shard: distributed.CacheShard
 ) -> EvaluationOutcome | None:
     """Every image's top-5: this process's ``shard`` (all ``job.count`` images when it runs
     alone), gathered from every rank on rank 0 under torchrun; None on the other ranks.
@@ -335,7 +325,7 @@ def _predict(
             backend, shard, batch_size=settings.batch_size, quiet=settings.quiet, journal=journal
         )
     if job.ctx.distributed:
-        return gather_outcome(outcome, job.cache, job.count, job.ctx)
+        return distributed.gather_outcome(outcome, job.cache, job.count, job.ctx)
     return outcome
 
 

@@ -1,14 +1,10 @@
 """MLPerf LoadGen runs over the preprocessed uint8 cache.
 
-LoadGen drives a system under test (SUT) through a query sample library (QSL). As in
-MLPerf's reference, the QSL loads the samples LoadGen asks for into memory (through the
-cache's digest-checked reader) and the SUT answers each with its predicted label as one
-little-endian float32. Accuracy runs are scored with ``eval.accuracy_imagenet``;
-performance runs are summarised from LoadGen's detail log.
-
-LoadGen logs into a temporary folder beside ``out_dir``, moved into ``out_dir`` only after
-a successful run, ``accuracy.txt`` and ``loadgen_result.json`` last: those two never
-describe a failed run.
+As in MLPerf's reference, the query sample library loads the samples LoadGen asks for
+(through the cache's digest-checked reader) and the SUT answers each with its predicted
+label as one little-endian float32. LoadGen logs into a temporary folder beside
+``out_dir``, moved in only after a successful run, ``accuracy.txt`` and
+``loadgen_result.json`` last: those two never describe a failed run.
 """
 
 from __future__ import annotations
@@ -36,9 +32,6 @@ from eval.options import LOADGEN_MODES, SCENARIOS
 
 log = logging.getLogger(__name__)
 
-ACCURACY_LOG = "mlperf_log_accuracy.json"
-DETAIL_LOG = "mlperf_log_detail.txt"
-TRACE_LOG = "mlperf_log_trace.json"
 ACCURACY_TXT = "accuracy.txt"
 RESULT_JSON = "loadgen_result.json"
 # Files that describe a finished run: removed before a run, written last after it.
@@ -181,9 +174,6 @@ class _CacheSUT:
         del answers
         self.bar.update(len(queries))
 
-    def flush_queries(self) -> None:
-        pass
-
 
 def estimate_samples_per_second(
     images, predict_labels: PredictLabels, batch_size: int, repeats: int = 2
@@ -247,7 +237,7 @@ def _publish(tmp_dir: Path, out_dir: Path, result: LoadgenResult) -> None:
     names = sorted(p.name for p in tmp_dir.iterdir() if p.name not in MARKER_FILES)
     for name in [*names, *(m for m in MARKER_FILES if (tmp_dir / m).exists())]:
         src = tmp_dir / name
-        if name == TRACE_LOG and src.stat().st_size == 0:
+        if name == "mlperf_log_trace.json" and src.stat().st_size == 0:
             continue  # tracing is off; LoadGen still creates the empty file
         os.replace(src, out_dir / name)
 
@@ -287,7 +277,9 @@ def run_loadgen(
     settings = _test_settings(lg, mode, scenario, min_duration_s, min_query_count, target_qps)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        bar = _progress_bar(num_samples, mode, scenario, quiet)
+        # Counts answered samples; the total is known only in accuracy mode.
+        total = num_samples if mode == "accuracy" else None
+        bar = tqdm(total=total, desc=f"loadgen {scenario} {mode}", unit="img", disable=quiet)
         sut_impl = _CacheSUT(lg, images, predict_labels, batch_size, bar)
         with bar:
             _run_test(lg, sut_impl, num_samples, performance_sample_count, settings, tmp_dir)
@@ -318,21 +310,11 @@ def _check_run_arguments(images, labels, mode: str, scenario: str, batch_size: i
     return num_samples
 
 
-def _progress_bar(num_samples: int, mode: str, scenario: str, quiet: bool) -> tqdm:
-    """A bar counting answered samples; its total is known only in accuracy mode."""
-    return tqdm(
-        total=num_samples if mode == "accuracy" else None,
-        desc=f"loadgen {scenario} {mode}",
-        unit="img",
-        disable=quiet,
-    )
-
-
 def _summarise_run(
     tmp_dir: Path, out_dir: Path, labels, mode: str, scenario: str, num_samples: int
 ) -> LoadgenResult:
     """Build the result from LoadGen's logs in tmp_dir; accuracy mode also writes accuracy.txt."""
-    detail, loadgen_errors = _parse_detail_log(tmp_dir / DETAIL_LOG)
+    detail, loadgen_errors = _parse_detail_log(tmp_dir / "mlperf_log_detail.txt")
     result = LoadgenResult(
         mode=mode,
         scenario=scenario,
@@ -351,7 +333,7 @@ def _summarise_run(
 
 def _add_accuracy(result: LoadgenResult, tmp_dir: Path, labels) -> None:
     """Score the accuracy log against labels; every sample must have been answered."""
-    score = score_accuracy_log(tmp_dir / ACCURACY_LOG, np.asarray(labels))
+    score = score_accuracy_log(tmp_dir / "mlperf_log_accuracy.json", np.asarray(labels))
     if score.total != result.num_samples:
         raise UserError(
             f"LoadGen answered {score.total} of {result.num_samples} samples in accuracy mode"
@@ -402,7 +384,7 @@ def _run_test(
     if performance_sample_count is None:
         performance_sample_count = min(num_samples, DEFAULT_PERFORMANCE_SAMPLE_COUNT)
     performance_sample_count = max(1, min(performance_sample_count, num_samples))
-    sut = lg.ConstructSUT(sut_impl.issue_queries, sut_impl.flush_queries)
+    sut = lg.ConstructSUT(sut_impl.issue_queries, lambda: None)  # nothing held back to flush
     try:
         qsl = lg.ConstructQSL(
             num_samples, performance_sample_count, sut_impl.load_samples, sut_impl.unload_samples

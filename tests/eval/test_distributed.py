@@ -13,8 +13,7 @@ import torch
 
 import eval as eval_stage
 from benchmarks.seeded_weights import save_converted, seeded_model
-from eval.distributed import DistContext, device_for_rank, join_shards, shard_bounds
-from eval.shards import CacheShard
+from eval.distributed import CacheShard, DistContext, device_for_rank, join_shards, shard_bounds
 from preprocess import build_cache
 from tests.eval.fakes import FakeCache
 from tests.fixtures.images import write_val_set
@@ -52,7 +51,7 @@ def test_join_shards_refuses_a_missing_image():
 
 
 def test_cuda_means_the_local_gpu_under_torchrun():
-    ctx = DistContext(rank=3, world_size=4, local_rank=1, backend="nccl")
+    ctx = DistContext(rank=3, world_size=4, local_rank=1)
     assert device_for_rank("cuda", ctx) == "cuda:1"
     assert device_for_rank("cuda:0", ctx) == "cuda:0"  # an explicit index is kept
     assert device_for_rank("cuda", DistContext()) == "cuda"
