@@ -97,9 +97,6 @@ def read_manifest(cache_dir: Path) -> dict | None:
     return manifest if ours else None
 
 
-# ---------------------------------------------------------------- damage records
-
-
 def read_damage(cache_dir: Path) -> tuple[str, list[dict]]:
     """(raw text, entries) of ``damaged.json``; ("", []) when there is none or it is unreadable."""
     try:
@@ -120,9 +117,6 @@ def record_damage(cache_dir: Path, entries: list[dict]) -> bool:
         log.warning("cannot record the damaged rows in %s: %s", cache_dir, err)
         return False
     return True
-
-
-# ---------------------------------------------------------------- reading
 
 
 @dataclass

@@ -67,8 +67,7 @@ def read_val_map(val_map: Path, root: Path) -> Listing:
 
 def _parse_val_map_line(val_map: Path, number: int, line: str) -> tuple[str, int]:
     parts = line.strip().rsplit(None, 1)
-    digits = parts[-1][1:] if parts[-1][:1] in "+-" else parts[-1]
-    if len(parts) != 2 or not (digits.isascii() and digits.isdigit()):
+    if len(parts) != 2 or not re.fullmatch(r"[+-]?[0-9]+", parts[1]):
         raise UserError(
             f"{val_map} line {number} is not 'relative/path label': {line.strip()[:80]!r}"
         )
