@@ -1,9 +1,7 @@
 """Evaluation stage: batched inference over the preprocessed cache, top-1/top-5, results.
 
-``python -m eval --model M --cache-dir DIR --weights W.pth`` (or ``--backend tf --checkpoint
-PB``) evaluates; ``python -m eval compare A.npy B.npy`` compares two predictions files.
-Python API: ``eval.evaluate(model_name, cache_dir, EvalSettings(...), out_dir=...)``, which
-returns an ``EvalResult``, and ``eval.compare.compare_predictions(a, b)``.
+Python API: ``eval.evaluate(model_name, cache_dir, EvalSettings(...), out_dir=...)`` returns
+an ``EvalResult``; ``eval.compare.compare_predictions(a, b)``. CLI: ``python -m eval``.
 """
 
 from eval.evaluate import evaluate

@@ -1,15 +1,11 @@
 """``python -m eval``: evaluate a model over a preprocessed cache, or compare predictions.
 
     python -m eval --model M --cache-dir CACHE (--weights W.pth | --backend tf --checkpoint PB)
-                   [--batch-size B] [--device cpu|cuda] [--limit N] [--out DIR] [--wait]
-                   [--engine auto|eager|fast[:NAME]] [--precision fp32|tf32|bf16] [--quiet]
     torchrun --nproc-per-node N -m eval ...   (one shard of the cache per process)
     python -m eval compare A.npy B.npy [--files CACHE_OR_NAMES] [--model M] [--strict]
 
-Evaluation writes DIR/results.json, predictions.npy and top5.npy (DIR defaults to
-results/<model>-<backend>, plus -<precision> unless fp32) and prints a summary table. One
-run writes into DIR at a time: a second one exits with a sentence naming the first, or
-waits for it with --wait. Under torchrun rank 0 alone writes DIR (``eval.distributed``).
+Writes DIR/results.json, predictions.npy and top5.npy and prints a summary table; one run
+writes into DIR at a time (a second one refuses, or waits with --wait).
 """
 
 from __future__ import annotations

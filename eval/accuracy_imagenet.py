@@ -1,18 +1,10 @@
 """Score a LoadGen accuracy log the way MLPerf's ImageNet accuracy tool does.
 
-``mlperf_log_accuracy.json`` is a JSON list of ``{"seq_id", "qsl_idx", "data"}`` entries,
-``data`` being the hex of the SUT's response bytes. For ImageNet the response is the
-predicted label (argmax - offset) as one little-endian float32; it is right when it equals
-the label of line ``qsl_idx`` of ``val_map.txt``. A sample answered twice counts once (the
-first answer), so ``total`` is the number of distinct ``qsl_idx``.
-
-Standalone::
-
-    python -m eval.accuracy_imagenet --mlperf-accuracy-file out/mlperf_log_accuracy.json \\
-        --val-map imagenet/val_map.txt        # or: --cache-dir work/resnet50/cache
-
-Scoring needs only numpy (it imports no LoadGen, torch or other eval modules); reading
-labels borrows the preprocess stage's val_map parser and cache layout.
+Each entry of ``mlperf_log_accuracy.json`` holds ``qsl_idx`` and ``data``, the hex of the
+response: the predicted label as one little-endian float32. It is right when it equals
+line ``qsl_idx`` of ``val_map.txt``; a sample answered twice counts once (its first answer).
+Standalone: ``python -m eval.accuracy_imagenet --mlperf-accuracy-file LOG (--val-map
+val_map.txt | --cache-dir CACHE)``. Scoring needs only numpy (no LoadGen, torch or eval).
 """
 
 from __future__ import annotations
@@ -42,7 +34,6 @@ class AccuracyScore:
 
     @property
     def top1(self) -> float:
-        """Top-1 accuracy in percent (0 when nothing was scored)."""
         return 100.0 * self.good / self.total if self.total else 0.0
 
     def line(self) -> str:
@@ -72,8 +63,7 @@ def read_accuracy_log(path: str | os.PathLike) -> list[dict]:
 def score_accuracy_log(
     path: str | os.PathLike, labels: np.ndarray, dtype: str = "float32"
 ) -> AccuracyScore:
-    """Score an ``mlperf_log_accuracy.json`` against labels indexed by qsl_idx: right when
-    ``data[0] == labels[qsl_idx]``, counting the first answer of each sample."""
+    """Score an ``mlperf_log_accuracy.json`` against labels indexed by qsl_idx."""
     entries = read_accuracy_log(path)
     labels = np.asarray(labels)
     seen: set[int] = set()

@@ -1,15 +1,10 @@
 """Agreement between two predictions files (for example the torch and tf backends).
 
-Usage (both spellings are the same command)::
-
-    python -m eval compare A B [--files CACHE_DIR|NAMES.txt] [--model M] [--strict]
-    python -m eval.compare A B [...]
-
-``A`` and ``B`` are ``predictions.npy`` files or ``python -m eval`` output directories.
-Prints the agreement and one line per differing image: its index in cache order, both
-labels, and its file name with ``--files`` (a cache directory, whose model ``--model``
-names or is detected, or a text file of names in cache order). Exit status 0 even when
-predictions differ, unless ``--strict`` (then 1); unusable inputs exit 1 with one sentence.
+``python -m eval compare A B [--files CACHE_DIR|NAMES.txt] [--model M] [--strict]`` (or
+``python -m eval.compare``): ``A`` and ``B`` are ``predictions.npy`` files or eval output
+folders. Prints the agreement and one line per differing image (index in cache order, both
+labels, its file name with ``--files``). Exit status 1 only with ``--strict`` and a
+difference, or for unusable inputs (one sentence).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class EvaluationOutcome:
 
     @property
     def predictions(self) -> np.ndarray:
-        """int64 (N,): the predicted label (class index - offset), i.e. the top-5's first."""
+        """int64 (N,): the predicted label, the top-5's first."""
         return self.top5[:, 0]
 
     @property
@@ -118,10 +118,12 @@ def run_evaluation(
     """
     count = _images_to_evaluate(cache, batch_size, limit)
     labels = np.asarray(cache.labels[:count], dtype=np.int64)
-
     top5 = np.empty((count, TOP_K), dtype=np.int64)
     counter = AccuracyCounter()
-    first = _restore_from_journal(journal, top5, labels, counter, count)
+    first = journal.restore(top5, count) if journal is not None else 0
+    if first:  # the journal's last save: those images are not run again
+        counter.update(top5[:first], labels[:first])
+        log.info("resuming %s: %d of %d images already evaluated", journal.path, first, count)
     readers = max(1, backend.reader_threads)
     buffers = [
         backend.allocate_batch(min(batch_size, count)) for _ in range(readers + SPARE_BUFFERS)
@@ -157,23 +159,6 @@ def _images_to_evaluate(cache, batch_size: int, limit: int | None) -> int:
     if limit is not None and limit > total:
         log.info("--limit %d is more than the %d cached images: evaluating all", limit, total)
     return count
-
-
-def _restore_from_journal(
-    journal: ResumeJournal | None,
-    top5: np.ndarray,
-    labels: np.ndarray,
-    counter: AccuracyCounter,
-    count: int,
-) -> int:
-    """Fill top5 and counter from the journal's last save; return the first image to run."""
-    if journal is None:
-        return 0
-    first = journal.restore(top5, count)
-    if first:
-        counter.update(top5[:first], labels[:first])
-        log.info("resuming %s: %d of %d images already evaluated", journal.path, first, count)
-    return first
 
 
 @dataclass
@@ -309,11 +294,8 @@ def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
 def _predict(
     backend: Backend, job: _Job, out_dir: Path | None, shard: distributed.CacheShard
 ) -> EvaluationOutcome | None:
-    """Every image's top-5: this process's ``shard`` (all ``job.count`` images when it runs
-    alone), gathered from every rank on rank 0 under torchrun; None on the other ranks.
-
-    A single process keeps a resume journal in ``out_dir``.
-    """
+    """Every image's top-5: ``shard`` alone (with a resume journal in ``out_dir``), or under
+    torchrun every rank's, gathered on rank 0 (None on the other ranks)."""
     settings = job.settings
     journal = None
     if out_dir is not None and not job.ctx.distributed:

@@ -1,8 +1,4 @@
-"""The resume journal: a long evaluation killed part-way continues from its last save.
-
-``ResumeJournal`` saves the top-5 labels finished so far every few seconds; ``journal_key``
-names what was being evaluated, so a journal left by any other run is ignored.
-"""
+"""The resume journal: a long evaluation killed part-way continues from its last save."""
 
 from __future__ import annotations
 
@@ -20,8 +16,8 @@ from core.files import atomic_path
 class ResumeJournal:
     """The top-5 labels of the images finished so far, saved atomically every few seconds.
 
-    ``key`` names what was being evaluated (backend, weights or checkpoint digest, cache
-    fingerprint, image count): a journal from any other run is ignored, never reused.
+    ``key`` (``journal_key``) names what was being evaluated: a journal from any other run
+    is ignored, never reused.
     """
 
     def __init__(self, path: Path, key: str, every_seconds: float = 20.0):

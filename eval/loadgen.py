@@ -175,20 +175,16 @@ class _CacheSUT:
         self.bar.update(len(queries))
 
 
-def estimate_samples_per_second(
-    images, predict_labels: PredictLabels, batch_size: int, repeats: int = 2
-) -> float:
-    """Time gathering and predicting one batch (after a warm-up call) to size an Offline query.
-
-    Capped at MAX_ESTIMATED_SAMPLES_PER_SECOND, which the SUT's own overhead cannot exceed.
-    """
+def estimate_samples_per_second(images, predict_labels: PredictLabels, batch_size: int) -> float:
+    """Time gathering and predicting one batch twice (after a warm-up call) to size an
+    Offline query; capped at MAX_ESTIMATED_SAMPLES_PER_SECOND."""
     count = min(batch_size, len(images))
     predict_labels(np.ascontiguousarray(images[:count]))  # warm-up: allocation, thread pools
     start = time.perf_counter()
-    for _ in range(repeats):
+    for _ in range(2):
         predict_labels(np.ascontiguousarray(images[np.arange(count)]))
     elapsed = max(time.perf_counter() - start, 1e-9)
-    return min(repeats * count / elapsed, MAX_ESTIMATED_SAMPLES_PER_SECOND)
+    return min(2 * count / elapsed, MAX_ESTIMATED_SAMPLES_PER_SECOND)
 
 
 def _parse_detail_log(path: Path) -> tuple[dict[str, Any], list[str]]:
@@ -220,10 +216,8 @@ def _test_settings(
     settings.mode = lg.TestMode.AccuracyOnly if mode == "accuracy" else lg.TestMode.PerformanceOnly
     settings.min_duration_ms = max(1, round(min_duration_s * 1000))
     settings.min_query_count = min_query_count
-    if target_qps is not None:
-        # Offline: LoadGen issues ~1.1 x target_qps x min_duration samples in its one query.
-        # SingleStream: it pre-generates min_duration / expected latency queries; the default
-        # (1 ms) is shorter than any real model's latency, so only an explicit target is used.
+    if target_qps is not None:  # Offline performance runs only
+        # LoadGen issues ~1.1 x target_qps x min_duration samples in its one query.
         settings.offline_expected_qps = float(target_qps)
         settings.single_stream_expected_latency_ns = max(1, round(1e9 / target_qps))
     return settings
@@ -251,10 +245,8 @@ def run_loadgen(
     mode: str = "accuracy",
     scenario: str = "Offline",
     batch_size: int = 32,
-    performance_sample_count: int | None = None,
     min_duration_s: float = 2.0,
     min_query_count: int = 64,
-    target_qps: float | None = None,
     quiet: bool = False,
 ) -> LoadgenResult:
     """Run MLPerf LoadGen over ``images`` (N x 224 x 224 x 3 uint8) and write its logs.
@@ -262,8 +254,8 @@ def run_loadgen(
     ``predict_labels(u8_batch)`` returns one ImageNet label (offset already applied) per
     image. "accuracy" issues every sample once and scores the log against ``labels``;
     "performance" measures samples/s and latencies over a short run (often INVALID by
-    MLPerf's rules; the result says so), an Offline one sized by timing one batch unless
-    ``target_qps`` is given. predict_labels' errors are re-raised after LoadGen shut down.
+    MLPerf's rules; the result says so), an Offline one sized by timing one batch.
+    predict_labels' errors are re-raised after LoadGen shut down.
     """
     num_samples = _check_run_arguments(images, labels, mode, scenario, batch_size)
     lg = _import_loadgen()
@@ -271,7 +263,8 @@ def run_loadgen(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for name in MARKER_FILES:  # a failed run must not leave an older result looking current
         (out_dir / name).unlink(missing_ok=True)
-    if mode == "performance" and scenario == "Offline" and target_qps is None:
+    target_qps = None
+    if mode == "performance" and scenario == "Offline":
         target_qps = estimate_samples_per_second(images, predict_labels, batch_size)
         log.info("Offline target set to the measured %.1f samples/s", target_qps)
     settings = _test_settings(lg, mode, scenario, min_duration_s, min_query_count, target_qps)
@@ -282,7 +275,7 @@ def run_loadgen(
         bar = tqdm(total=total, desc=f"loadgen {scenario} {mode}", unit="img", disable=quiet)
         sut_impl = _CacheSUT(lg, images, predict_labels, batch_size, bar)
         with bar:
-            _run_test(lg, sut_impl, num_samples, performance_sample_count, settings, tmp_dir)
+            _run_test(lg, sut_impl, num_samples, settings, tmp_dir)
         result = _summarise_run(tmp_dir, out_dir, labels, mode, scenario, num_samples)
         _publish(tmp_dir, out_dir, result)
     finally:
@@ -371,19 +364,15 @@ def _add_performance(result: LoadgenResult, detail: dict[str, Any], scenario: st
         log.warning("LoadGen called this run INVALID: %s", "; ".join(result.invalid_reasons))
 
 
-def _run_test(
-    lg, sut_impl: _CacheSUT, num_samples, performance_sample_count, settings, tmp_dir: Path
-):
+def _run_test(lg, sut_impl: _CacheSUT, num_samples: int, settings, tmp_dir: Path) -> None:
     """Construct the SUT and QSL, run the test with its logs in tmp_dir, destroy both; then
     re-raise what the SUT caught."""
     log_settings = lg.LogSettings()
     log_settings.log_output.outdir = str(tmp_dir)
     log_settings.log_output.copy_summary_to_stdout = False
     log_settings.enable_trace = False
-    # Samples held in memory: MLPerf's count by default, always between 1 and N.
-    if performance_sample_count is None:
-        performance_sample_count = min(num_samples, DEFAULT_PERFORMANCE_SAMPLE_COUNT)
-    performance_sample_count = max(1, min(performance_sample_count, num_samples))
+    # Samples held in memory: MLPerf's count, or all N when fewer.
+    performance_sample_count = min(num_samples, DEFAULT_PERFORMANCE_SAMPLE_COUNT)
     sut = lg.ConstructSUT(sut_impl.issue_queries, lambda: None)  # nothing held back to flush
     try:
         qsl = lg.ConstructQSL(

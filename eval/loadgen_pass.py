@@ -1,8 +1,4 @@
-"""The LoadGen pass of an evaluation: the cached crops served to MLPerf LoadGen's queries.
-
-``CacheCrops`` adapts the cache to the array LoadGen's harness indexes; ``run_loadgen_pass``
-answers the queries with an already built backend.
-"""
+"""The LoadGen pass of an evaluation: the cached crops served to MLPerf LoadGen's queries."""
 
 from __future__ import annotations
 
@@ -39,10 +35,7 @@ class CacheCrops:
         if isinstance(key, (int, np.integer)):
             return self[np.array([key])][0]
         if isinstance(key, slice):
-            start, stop, step = key.indices(self.count)
-            if step == 1:
-                return self.cache.read(start, max(start, stop))
-            key = np.arange(start, stop, step)
+            key = np.arange(*key.indices(self.count))
         indices = np.asarray(key, dtype=np.int64).reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= self.count):
             raise IndexError(f"crop index out of range 0..{self.count - 1}")

@@ -1,9 +1,7 @@
 """The evaluation options, defined once for ``python -m eval`` and ``python -m pipeline.run``.
 
-Light on purpose (no torch import), so ``--help`` stays instant; the modules that act on
-these values (engines, loadgen, backends) import the same constants. ``EvalSettings`` holds
-one run's values; both entry points build it with ``EvalSettings.from_options`` and refuse
-bad values with ``EvalSettings.check`` before any stage runs.
+Light on purpose (no torch import), so ``--help`` stays instant. Both entry points build
+``EvalSettings`` with ``from_options`` and refuse bad values with ``check`` before any work.
 """
 
 from __future__ import annotations
@@ -32,11 +30,8 @@ VERIFY_IMAGES = 8
 
 
 def evaluation_name(backend: str, precision: str) -> str:
-    """The name of one evaluation's folder: the backend, and the precision unless fp32.
-
-    Other precisions get their own folder beside the fp32 run (``torch-bf16`` next to
-    ``torch``), so they do not overwrite it and ``eval.reference`` finds it there.
-    """
+    """One evaluation's folder name: the backend, plus the precision unless fp32, so a
+    ``torch-bf16`` run sits beside (not over) ``torch``, where ``eval.reference`` finds it."""
     return backend if precision == "fp32" else f"{backend}-{precision}"
 
 
@@ -45,13 +40,6 @@ def check_engine(engine: str) -> None:
     known = (*ENGINES, *(f"fast:{name}" for name in FAST_BUILDER_NAMES))
     if engine not in known:
         raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(known)}")
-
-
-def check_device(device: str) -> None:
-    """UserError unless ``device`` is written cpu, cuda or cuda:N (whether it exists is
-    ``eval.backends.resolve_torch_device``'s question)."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
 
 
 def check_precision(precision: str, device: str) -> None:
@@ -131,5 +119,7 @@ class EvalSettings:
         """One sentence for an unknown engine, a malformed device or a precision the device
         cannot run; cheap (no torch), so entry points call it before any work."""
         check_engine(self.engine)
-        check_device(self.device)
+        # Only the spelling: whether the device exists is resolve_torch_device's question.
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise UserError(f"unknown device {self.device!r}: use cpu, cuda or cuda:N")
         check_precision(self.precision, self.device)
