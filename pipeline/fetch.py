@@ -1,17 +1,12 @@
 """Fetch MLPerf's frozen graph for a model: resumable download, integrity record, safe unpack.
 
-``fetch_checkpoint("resnet50", "work/checkpoints")`` returns the path of the frozen ``.pb``.
-The source is the profile's URL unless ``url=`` names another one (``http(s)://``,
-``file://`` or a local path). Of a ``.tgz`` (MobileNet-v1) only the frozen graph member is
-extracted, under ``profile.checkpoint_filename``.
-
-Integrity: every file written into ``dest_dir`` gets a sidecar ``<file>.sha256.json`` (size,
-sha256); later runs re-hash the file, refuse one that changed and use a matching one without
-network access. A digest is recorded only once the file parsed as the expected model; one
-that does not (an HTML error page, say) is moved to ``<file>.rejected`` with nothing
-recorded, so the real file is accepted later. ``sha256=`` pins the digest of the file the
-source names (the ``.pb``, or the ``.tgz``). A local ``.pb`` is returned where it is; of a
-local ``.tgz`` only the member is extracted.
+``fetch_checkpoint(model, dest_dir, url=..., sha256=...)`` returns the frozen ``.pb``'s path;
+the source is the profile's URL or ``url`` (``http(s)://``, ``file://`` or a local path). A
+local ``.pb`` is used in place; of a ``.tgz`` only the graph member is extracted. Each file
+written into ``dest_dir`` gets a sidecar ``<file>.sha256.json`` (size, sha256): later runs
+refuse a changed file and reuse a matching one offline. A digest is recorded only once the
+file parsed as the model; one that did not (an HTML error page, say) is moved to
+``<file>.rejected``. ``sha256`` pins the file the source names (the ``.pb`` or the ``.tgz``).
 """
 
 from __future__ import annotations
@@ -43,10 +38,7 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30.0  # also bounds each read: a stalled server ends in a resumable error
 CHUNK_SIZE = 1 << 20
-PART_SUFFIX = ".part"
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-_NOT_THE_MODEL_ADVICE = "check the URL (or save the real file there) and rerun"
 # --sha256 of pipeline.fetch and pipeline.run: one option, one meaning.
 SHA256_HELP = (
     "expected sha256 of the file --checkpoint names (the .pb, or the .tgz), local or downloaded"
@@ -121,7 +113,7 @@ def _normalise_pin(sha256: str | None) -> str | None:
     if sha256 is None:
         return None
     pin = sha256.strip().lower()
-    if not _SHA256_RE.match(pin):
+    if not re.fullmatch(r"[0-9a-f]{64}", pin):
         raise UserError(f"--sha256 must be 64 hexadecimal characters, got {sha256!r}")
     return pin
 
@@ -203,7 +195,9 @@ def _check_against_record(path: Path, record: dict, digest: str) -> None:
         )
 
 
-def _set_aside(path: Path, why: str, advice: str = _NOT_THE_MODEL_ADVICE) -> UserError:
+def _set_aside(
+    path: Path, why: str, advice: str = "check the URL (or save the real file there) and rerun"
+) -> UserError:
     """Rename a file that must not be trusted to ``<file>.rejected`` and drop its record."""
     rejected = path.with_name(path.name + ".rejected")
     os.replace(path, rejected)
@@ -280,9 +274,8 @@ def check_is_model(path: Path, profile: ModelProfile, shown: str | None = None) 
     from convert.graph import node_name, read_graph_def
 
     shown = shown or str(path)
-    looks = _looks_like(path)
-    if looks is not None:
-        raise NotTheModelError(f"{shown} is not a TensorFlow frozen graph (it looks like {looks})")
+    if plainly_not := _plainly_not_a_graph(path, shown):
+        raise plainly_not
     try:
         graph_def = read_graph_def(path)
     except UserError as err:
@@ -296,19 +289,21 @@ def check_is_model(path: Path, profile: ModelProfile, shown: str | None = None) 
             )
 
 
-def _looks_like(path: Path) -> str | None:
-    """What a file that is plainly not a binary graph looks like, from its first bytes."""
+def _plainly_not_a_graph(path: Path, shown: str) -> NotTheModelError | None:
+    """Say what a file plainly not a binary graph looks like, judged by its first bytes."""
     with open(path, "rb") as f:
         head = f.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in head:
-        return "an HTML page"
-    if head.startswith(b"<"):
-        return "an XML document"
-    if head.startswith((b"{", b"[")):
-        return "a JSON document"
-    if not head:
-        return "an empty file"
-    return None
+    if head.startswith((b"<!doctype html", b"<head", b"<body")) or b"<html" in head:
+        looks = "an HTML page"
+    elif head.startswith(b"<"):
+        looks = "an XML document"
+    elif head.startswith((b"{", b"[")):
+        looks = "a JSON document"
+    elif not head:
+        looks = "an empty file"
+    else:
+        return None
+    return NotTheModelError(f"{shown} is not a TensorFlow frozen graph (it looks like {looks})")
 
 
 # ---------------------------------------------------------------- download
@@ -316,7 +311,7 @@ def _looks_like(path: Path) -> str | None:
 
 def _download(url: str, dest: Path, pin: str | None, *, quiet: bool) -> None:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming a previous partial file."""
-    part = dest.with_name(dest.name + PART_SUFFIX)
+    part = dest.with_name(dest.name + ".part")
     for _attempt in range(2):
         offset = part.stat().st_size if part.exists() else 0
         headers = {"User-Agent": "mlperf-port"}
@@ -385,7 +380,7 @@ def _stream(response, part: Path, start: int, total: int | None, url: str, *, qu
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        desc=part.name.removesuffix(PART_SUFFIX),
+        desc=part.stem,
         disable=quiet,
         leave=False,
     )
@@ -456,12 +451,7 @@ def _extract(
 
 def _unreadable_archive(archive: Path, err: Exception) -> UserError:
     logger.debug("reading %s failed: %s", archive, err)
-    looks = _looks_like(archive)
-    if looks is not None:
-        return NotTheModelError(
-            f"{archive} is not a TensorFlow frozen graph (it looks like {looks})"
-        )
-    return UserError(
+    return _plainly_not_a_graph(archive, str(archive)) or UserError(
         f"{archive} is not a readable .tgz archive (corrupt or truncated); delete it and "
         "rerun to fetch it again"
     )

@@ -2,21 +2,18 @@
 
     python -m pipeline.run --model resnet50 [--checkpoint PATH|URL] [--data-dir DIR] ...
 
-Stages: fetch → preprocess → convert (verified against TensorFlow) → evaluate. Each stage
-records its inputs (pipeline.stages.StageStamp), so a rerun redoes only what changed:
-preprocess always runs but re-crops only changed, added or vanished files; convert is keyed
-on the checkpoint's sha256 and the converter's source; evaluate on the cache's fingerprint,
-the weights' (or graph's) sha256 and the options that change the numbers.
+Stages: fetch → preprocess → convert (verified against TensorFlow) → evaluate. A rerun redoes
+only what changed: preprocess re-crops only changed, added or vanished files; convert and
+evaluate are skipped while their stamps (pipeline.stages) record the same inputs.
 
-One run at a time per work dir: the run holds W/<model>/.lock; a second one exits with a
-sentence naming the holder, or waits with --wait. Across several GPUs, run the evaluate
-stage with ``torchrun ... -m eval`` on what the earlier stages left in the work dir (this
-runner is one process: its stages are not meant to run once per rank).
+One run at a time per work dir (W/<model>/.lock; --wait waits for it). Across several GPUs,
+run ``torchrun ... -m eval`` on what the earlier stages left: this runner is one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import time
@@ -48,8 +45,6 @@ log = logging.getLogger("pipeline.run")
 STAGES = ("fetch", "preprocess", "convert", "evaluate")
 # --backend: one of the evaluation backends, or "both" for all of them.
 BACKEND_RUNS = {**{name: (name,) for name in BACKENDS}, "both": BACKENDS}
-# How many cached images the convert stage verifies layer by layer against TensorFlow.
-VERIFY_IMAGES = 8
 
 
 @dataclass
@@ -147,6 +142,7 @@ def stage_preprocess(opts: RunOptions, state: RunState) -> None:
 
 def stage_convert(opts: RunOptions, state: RunState) -> None:
     weights = state.model_dir / "model.pth"
+    outputs = [weights, weights.with_suffix(".json")]
     stamp = StageStamp(state.model_dir / "stages", "convert")
     # The weights depend only on the checkpoint and the converter: new data does not redo
     # the conversion (the report names the images it was verified on).
@@ -155,7 +151,7 @@ def stage_convert(opts: RunOptions, state: RunState) -> None:
         "converter": _package_digest("convert", "core"),
     }
     state.weights = weights
-    if not opts.force and stamp.is_current(inputs, [weights, weights.with_suffix(".json")]):
+    if not opts.force and stamp.is_current(inputs, outputs):
         state.ran["convert"] = "skipped (checkpoint unchanged)"
         return
     from convert import convert_checkpoint  # imports torch: only when converting
@@ -166,11 +162,11 @@ def stage_convert(opts: RunOptions, state: RunState) -> None:
         state.checkpoint,
         weights,
         verify_cache=state.cache_dir,
-        verify_limit=VERIFY_IMAGES,
+        verify_limit=8,  # cached images verified layer by layer against TensorFlow
         report=state.model_dir / "conversion_report.json",
         quiet=opts.quiet,
     )
-    stamp.record(inputs, [weights, weights.with_suffix(".json")])
+    stamp.record(inputs, outputs)
     state.ran["convert"] = "ran"
 
 
@@ -242,8 +238,6 @@ STAGE_FUNCTIONS = {
 
 def _package_digest(*packages: str) -> str:
     """A digest of packages' source, so a change in the converter redoes conversion."""
-    import hashlib
-
     project = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for package in packages:
@@ -269,7 +263,13 @@ def run_pipeline(opts: RunOptions) -> RunState:
         # Only the summary's own leftovers: each stage cleans its outputs under its own lock.
         for stale in temporaries_of(state.model_dir / "results.json"):
             stale.unlink(missing_ok=True)
-        _run_stages(opts, state)
+        for stage in stages_to_run(opts.stages):
+            start = time.perf_counter()
+            STAGE_FUNCTIONS[stage](opts, state)
+            seconds = time.perf_counter() - start
+            log.info("%s: %s in %.1f s", stage, state.ran.get(stage, "ran"), seconds)
+        if state.results:
+            write_summary(opts, state)
     return state
 
 
@@ -280,16 +280,6 @@ def stages_to_run(requested: tuple[str, ...]) -> tuple[str, ...]:
     if needed[-1] == "preprocess" and "fetch" not in requested:
         needed = needed[1:]
     return needed
-
-
-def _run_stages(opts: RunOptions, state: RunState) -> None:
-    for stage in stages_to_run(opts.stages):
-        start = time.perf_counter()
-        STAGE_FUNCTIONS[stage](opts, state)
-        seconds = time.perf_counter() - start
-        log.info("%s: %s in %.1f s", stage, state.ran.get(stage, "ran"), seconds)
-    if state.results:
-        write_summary(opts, state)
 
 
 def combined_results(opts: RunOptions, state: RunState) -> dict[str, Any]:

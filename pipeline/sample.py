@@ -1,11 +1,9 @@
 """The built-in sample: a few real photographs with unambiguous ImageNet classes.
 
-The pipeline runs on it when the user gives no ``--data-dir``, so a first run shows real
-predictions without ImageNet. It reads only the committed files under ``pipeline/sample/``
-(MLPerf layout: JPEGs plus ``val_map.txt``); scikit-image is needed only to rebuild them
-with ``python -m pipeline.sample --regenerate``, which makes their provenance checkable.
-
-Labels use MLPerf's numbering: 0..999, the index of the synset in sorted ILSVRC2012 order.
+The pipeline runs on it when given no ``--data-dir``, reading only the committed files under
+``pipeline/sample/`` (MLPerf layout and labels: 0..999 in sorted ILSVRC2012 synset order).
+``python -m pipeline.sample --regenerate`` rebuilds them from scikit-image, so their
+provenance is checkable.
 """
 
 from __future__ import annotations
@@ -170,17 +168,17 @@ def regenerate(dest: str | Path | None = None) -> list[Path]:
 
 
 def _readme(opencv_version: str, skimage_version: str) -> str:
-    rows = "\n".join(
-        f"| `{image.file}` | {image.label} | `{image.synset}` | {image.class_name} | "
-        f"`skimage.data.{image.source}()`"
-        + (
-            f" rows {image.crop[0]}:{image.crop[1]}, cols {image.crop[2]}:{image.crop[3]}"
-            if image.crop
-            else ""
+    lines = []
+    for image in SAMPLE_IMAGES:
+        crop = ""
+        if image.crop:
+            top, bottom, left, right = image.crop
+            crop = f" rows {top}:{bottom}, cols {left}:{right}"
+        lines.append(
+            f"| `{image.file}` | {image.label} | `{image.synset}` | {image.class_name} | "
+            f"`skimage.data.{image.source}()`{crop} | {image.subject} | {image.license} |"
         )
-        + f" | {image.subject} | {image.license} |"
-        for image in SAMPLE_IMAGES
-    )
+    rows = "\n".join(lines)
     header = (
         f"| file | label | synset | class | source (scikit-image {skimage_version}) "
         "| subject | license (as scikit-image documents it) |"

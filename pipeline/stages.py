@@ -1,9 +1,7 @@
-"""Stage stamps: what a stage's last successful run consumed, so a rerun can skip it.
+"""Stage stamps: the inputs a stage's last successful run consumed, so a rerun can skip it.
 
-A stamp is a small JSON file holding the stage's inputs (paths, digests, options). A stage
-is up to date when its stamp exists, records the same inputs, and its outputs still exist.
-Stamps are written atomically and only after the stage finished, so a killed run never
-leaves a stamp that claims work was done.
+A stamp is written atomically and only after the stage finished, so a killed run never
+leaves one that claims work was done.
 """
 
 from __future__ import annotations
