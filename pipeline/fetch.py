@@ -185,16 +185,6 @@ def _record(path: Path, *, source: str, digest: str | None = None, **extra) -> N
         tmp.write_text(json.dumps({**record, **extra}, indent=2) + "\n")
 
 
-def _check_against_record(path: Path, record: dict, digest: str) -> None:
-    size = path.stat().st_size
-    if size != record["size"] or digest != record["sha256"]:
-        raise UserError(
-            f"{path} changed on disk since it was fetched ({size} bytes, sha256 {digest}; "
-            f"recorded {record['size']} bytes, sha256 {record['sha256']}): delete it and "
-            f"{_sidecar(path).name} and rerun to fetch it again"
-        )
-
-
 def _set_aside(
     path: Path, why: str, advice: str = "check the URL (or save the real file there) and rerun"
 ) -> UserError:
@@ -207,10 +197,14 @@ def _set_aside(
 
 def _verify_against_record(path: Path, pin: str | None) -> str:
     """Check a file in dest_dir against its record (if any) and the pin; return its sha256."""
-    digest = sha256_file(path)
+    digest, size = sha256_file(path), path.stat().st_size
     record = _read_record(path)
-    if record is not None:
-        _check_against_record(path, record, digest)
+    if record is not None and (size != record["size"] or digest != record["sha256"]):
+        raise UserError(
+            f"{path} changed on disk since it was fetched ({size} bytes, sha256 {digest}; "
+            f"recorded {record['size']} bytes, sha256 {record['sha256']}): delete it and "
+            f"{_sidecar(path).name} and rerun to fetch it again"
+        )
     if pin and digest != pin:
         why = f"{path} has sha256 {digest} but --sha256 expects {pin}"
         raise _set_aside(path, why, "check the URL and the pinned digest, then rerun")
@@ -253,7 +247,7 @@ def _extracted_is_current(
         archive_sha = archive_record["sha256"] if archive_record else sha256_file(archive)
     if archive_sha is not None and recorded_archive != archive_sha:
         return False
-    _check_against_record(final, record, sha256_file(final))
+    _verify_against_record(final, None)
     return True
 
 
@@ -385,7 +379,7 @@ def _stream(response, part: Path, start: int, total: int | None, url: str, *, qu
         leave=False,
     )
     try:
-        with open(part, "r+b" if start else "wb") as out:
+        with bar, open(part, "r+b" if start else "wb") as out:
             out.seek(start)
             out.truncate()
             while chunk := response.read(CHUNK_SIZE):
@@ -396,8 +390,6 @@ def _stream(response, part: Path, start: int, total: int | None, url: str, *, qu
         if getattr(err, "errno", None) in _DISK_FULL:
             raise  # fetch_checkpoint says so; the partial file stays for the rerun
         raise _interrupted(url, part, received, total, str(err)) from None
-    finally:
-        bar.close()
     if total is not None and received != total:
         raise _interrupted(url, part, received, total, "the connection closed early")
 
