@@ -22,7 +22,7 @@ from core.files import sha256_file
 from core.profiles import CROP_SIZE, VGG_MEANS_RGB, ModelProfile
 from core.system import available_cores
 from eval.metrics import TOP_K, labels_from_classes, top_k_classes
-from eval.options import BACKENDS, EvalSettings
+from eval.options import BACKENDS, EvalSettings, check_choice
 from preprocess.recipes import normalize
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,8 @@ class Backend(ABC):
     reader_threads: int = 1
 
     def submit(self, u8_nhwc: np.ndarray):
-        """Start one batch; ``collect`` turns the returned handles into top-5 labels.
-
-        The buffer may be refilled once this returns. The default is synchronous: the
-        handle already is the int64 ``(N, 5)`` labels (best first, ties to the lower class).
-        """
+        """Start one batch (its buffer may be refilled once this returns); ``collect`` turns
+        the handles into top-5 labels. By default the handle already is those labels."""
         logits = self.logits(u8_nhwc)
         return labels_from_classes(top_k_classes(logits, TOP_K), self.label_offset)
 
@@ -182,8 +179,7 @@ class TorchBackend(Backend):
 
     def check_normalization(self) -> None:
         """Fail unless the device normalisation equals the CPU recipe for all 256 values."""
-        values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3))
-        values = np.ascontiguousarray(values)
+        values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
         expected = normalize(values, self.profile)
         got = self.normalize(self._torch.from_numpy(values).to(self.torch_device)).cpu().numpy()
         if not np.array_equal(got.view(np.uint32), expected.view(np.uint32)):
@@ -214,10 +210,8 @@ class TorchBackend(Backend):
             return order[:, :TOP_K] - self.label_offset
 
     def _forward(self, u8_nhwc: np.ndarray):
-        """The model's logits on the device for one uint8 NHWC batch, shape-checked.
-
-        Call inside ``inference_mode``. The host buffer may be refilled once this returns.
-        """
+        """The device logits of one uint8 NHWC batch, shape-checked; call inside
+        ``inference_mode``. The host buffer may be refilled once this returns."""
         if not u8_nhwc.flags.writeable:  # a read-only memmap slice: torch wants writable
             u8_nhwc = np.array(u8_nhwc)
         u8 = self._to_device(self._torch.from_numpy(u8_nhwc))
@@ -385,14 +379,13 @@ def make_backend(
 def check_model_inputs(settings: EvalSettings) -> None:
     """The model file the backend needs exists: checked before any output folder is made."""
     backend, weights, checkpoint = settings.backend, settings.weights, settings.checkpoint
+    check_choice("backend", backend, BACKENDS)
     if backend == "torch":
         if weights is None:
             raise UserError("the torch backend needs --weights (a converted .pth file)")
         if not Path(weights).is_file():
             raise UserError(f"weights file not found: {weights}")
         return
-    if backend != "tf":
-        raise UserError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if settings.precision != "fp32":
         raise UserError(
             f"--precision {settings.precision} is for the torch backend on CUDA; tf runs fp32"

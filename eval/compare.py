@@ -22,8 +22,8 @@ from eval.report import PREDICTIONS_FILE
 
 
 def compare_predictions(a: np.ndarray, b: np.ndarray) -> dict:
-    """Compare two 1-D label arrays of equal length: ``{"total", "agree", "differ",
-    "percent"`` (the agreement in percent) ``, "differing_indices"`` (a list of ints)``}``."""
+    """Two equal-length 1-D label arrays' ``total``, ``agree``, ``differ``, ``percent`` (of
+    agreement) and ``differing_indices`` (a list of ints), as a dict."""
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 1 or b.ndim != 1:
         raise UserError(f"predictions must be 1-D label arrays, got shapes {a.shape} and {b.shape}")

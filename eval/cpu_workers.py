@@ -1,11 +1,9 @@
 """Run a CPU engine on every core at once, one single-threaded worker per core.
 
-Sharing each convolution between cores (PyTorch's intra-op threads) makes the cores meet
-at a barrier after every layer; giving each core its own few images instead keeps every
-core busy between layers, and small chunks keep each worker's activations in its cache.
-On 2 cores (AMD EPYC Zen 4, batch 32) that made MobileNet-v1 1.4x faster with the fast
-engine and 1.9x with eager (README, "Measured so far": the ``@intra-op`` rows of
-``python -m benchmarks.bench_inference`` are the comparison).
+Intra-op threads share each convolution and meet at a barrier after every layer; a worker
+per core running its own few images keeps every core busy, and small chunks keep its
+activations in cache. On 2 cores (batch 32) MobileNet-v1 ran 1.4x faster fast and 1.9x
+eager (``python -m benchmarks.bench_inference``'s ``@intra-op`` rows are the comparison).
 """
 
 from __future__ import annotations

@@ -101,11 +101,8 @@ def shutdown(ctx: DistContext) -> None:
 
 
 def shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
-    """``[start, stop)`` of rank ``rank``'s contiguous shard of ``count`` images.
-
-    The first ``count % world_size`` ranks take one image more; shards never overlap and
-    together cover ``0..count`` exactly. A rank may get an empty shard (count < world_size).
-    """
+    """``[start, stop)`` of rank ``rank``'s contiguous shard of ``count`` images: the first
+    ``count % world_size`` ranks take one more; together they cover ``0..count`` once."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside a group of {world_size}")
     base, extra = divmod(count, world_size)

@@ -57,7 +57,6 @@ CUDNN_AUTOTUNE_MIN_IMAGES = 200_000
 # Builds of the one builder with an on-disk compile cache are timed into this file beside
 # that cache: a later "auto" on CUDA reads a recorded time as "warm cache, cheap build".
 CACHED_BUILDER = "fast:inductor"
-BUILD_RECORD_FILE = "mlperf-port-fast-builds.json"
 
 
 @dataclass
@@ -119,11 +118,8 @@ class PreparedEngine:
 
 
 def cudnn_autotune(num_images: int | None) -> tuple[bool, str]:
-    """Whether cuDNN should time every algorithm per shape (benchmark mode), and why.
-
-    Autotuning ResNet-50's shapes cost 12.3 s on an H100, more than a 50,000-image run wins
-    back. MLPERF_PORT_CUDNN_AUTOTUNE=1/0 overrides the rule.
-    """
+    """Whether cuDNN should time every algorithm per shape, and why: ResNet-50's cost 12.3 s
+    on an H100, more than a 50,000-image run wins back. MLPERF_PORT_CUDNN_AUTOTUNE=1/0 rules."""
     forced = os.environ.get("MLPERF_PORT_CUDNN_AUTOTUNE")
     if forced in ("0", "1"):
         return forced == "1", f"cuDNN autotune {'on' if forced == '1' else 'off'} (environment)"
@@ -150,10 +146,8 @@ def choose_engine(
     precision: str = "fp32",
     batch_size: int | None = None,
 ) -> tuple[str, str | None]:
-    """Resolve ``engine`` to ``("eager" | "fast" | "fast:<builder>", why)``.
-
-    ``why`` is None unless a rule (not the caller) decided; an unknown engine is a UserError.
-    """
+    """Resolve ``engine`` to ``("eager" | "fast" | "fast:<builder>", why)``; ``why`` is None
+    unless a rule (not the caller) decided."""
     check_engine(engine)
     if precision != "fp32" and engine != "eager":
         return "eager", f"precision {precision}: eager (fast engines are verified in fp32)"
@@ -191,7 +185,7 @@ def _build_record_path() -> Path | None:
         from torch._inductor.runtime.cache_dir_utils import cache_dir
     except ImportError:
         return None
-    return Path(cache_dir()) / BUILD_RECORD_FILE
+    return Path(cache_dir()) / "mlperf-port-fast-builds.json"
 
 
 def _build_key(model_name: str | None, device_type: str, batch_size: int | None) -> str:
@@ -270,11 +264,8 @@ def build_torchscript_freeze(module: nn.Module, example: torch.Tensor) -> Forwar
 
 
 def build_inductor(module: nn.Module, example: torch.Tensor) -> Forward:
-    """``torch.compile`` (inductor, static shapes) with freezing: folded, fused C++ kernels.
-
-    Freezing must be on while the graph compiles, which happens on the first call: that is
-    why the warm-up runs inside the config patch. Needs a working C++ compiler.
-    """
+    """``torch.compile`` (inductor, static shapes) with freezing; needs a C++ compiler.
+    The graph compiles on the first call, so the warm-up runs inside the freezing patch."""
     import torch._inductor.config as inductor_config
 
     compiled = torch.compile(module, dynamic=False)
@@ -285,19 +276,15 @@ def build_inductor(module: nn.Module, example: torch.Tensor) -> Forward:
 
 
 def build_torchscript_onednn(module: nn.Module, example: torch.Tensor) -> Forward:
-    """``build_torchscript_freeze`` with TorchScript's oneDNN Graph fuser (LLGA) on.
-
-    The switch is process-wide, so it is on only while this engine runs.
-    """
+    """``build_torchscript_freeze`` with TorchScript's oneDNN Graph fuser (LLGA) on; the
+    switch is process-wide, so it is on only while this engine runs."""
     frozen = _ONEDNN_FUSION.run(lambda: build_torchscript_freeze(module, example))
     return lambda images: _ONEDNN_FUSION.run(lambda: frozen(images))
 
 
 class _ProcessSwitch:
-    """TorchScript's process-wide oneDNN fusion flag, on while any call needs it.
-
-    Worker threads run calls concurrently: the flag is restored only when the last ends.
-    """
+    """TorchScript's process-wide oneDNN fusion flag, on while any call needs it: worker
+    threads run calls concurrently, so it is restored only when the last one ends."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -445,8 +432,7 @@ def prepare_engine(
             prepared = _build_fast(prepared, chosen, verify_sample)
         if prepared.name == CACHED_BUILDER:  # the record stands for this builder's cache
             record_build_seconds(model_name, device.type, batch_size, time.perf_counter() - start)
-    warm_up_now = device.type == "cuda" if warmup is None else warmup
-    if warm_up_now:
+    if warmup or (warmup is None and device.type == "cuda"):
         warm_up(prepared, num_images, batch_size)
     prepared.setup_seconds = time.perf_counter() - start
     log.info("engine %s ready in %.1f s", prepared.name, prepared.setup_seconds)

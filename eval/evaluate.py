@@ -112,10 +112,8 @@ def run_evaluation(
     quiet: bool = False,
     journal: ResumeJournal | None = None,
 ) -> EvaluationOutcome:
-    """Run ``backend`` over the first ``limit`` (default all) images of ``cache``.
-
-    A ``journal`` saves finished images every few seconds: a killed run continues from there.
-    """
+    """Run ``backend`` over the first ``limit`` (default all) images of ``cache``; a
+    ``journal`` saves finished images every few seconds, and a killed run continues there."""
     count = _images_to_evaluate(cache, batch_size, limit)
     labels = np.asarray(cache.labels[:count], dtype=np.int64)
     top5 = np.empty((count, TOP_K), dtype=np.int64)
@@ -139,13 +137,8 @@ def run_evaluation(
             loop.submit(start, batch)
             start += len(batch)
         loop.fetch()
-    return EvaluationOutcome(
-        top5=top5,
-        counter=counter,
-        inference_seconds=loop.inference_seconds,
-        wall_seconds=time.perf_counter() - wall_start,
-        resumed_from=first,
-    )
+    wall_seconds = time.perf_counter() - wall_start
+    return EvaluationOutcome(top5, counter, loop.inference_seconds, wall_seconds, first)
 
 
 def _images_to_evaluate(cache, batch_size: int, limit: int | None) -> int:
@@ -155,19 +148,15 @@ def _images_to_evaluate(cache, batch_size: int, limit: int | None) -> int:
     total = len(cache)
     if total == 0:
         raise UserError("the cache holds no images")
-    count = total if limit is None else min(limit, total)
     if limit is not None and limit > total:
         log.info("--limit %d is more than the %d cached images: evaluating all", limit, total)
-    return count
+    return total if limit is None else min(limit, total)
 
 
 @dataclass
 class _InferenceLoop:
-    """Submits batches to the backend and fetches their top-5 every ``collect_every`` batches.
-
-    ``inference_seconds`` adds up only the time spent in ``Backend.submit`` and
-    ``Backend.collect``, never the cache reads.
-    """
+    """Submits batches and fetches their top-5 every ``collect_every`` batches, timing
+    only ``Backend.submit`` and ``Backend.collect`` (``inference_seconds``), never reads."""
 
     backend: Backend
     top5: np.ndarray
@@ -312,10 +301,8 @@ def _predict(
 
 
 def remove_stale_run_files(out_dir: Path) -> None:
-    """Delete the temporary files and LoadGen log folders a killed run left in ``out_dir``.
-
-    Call only while holding ``out_dir``'s lock: then no live run owns them.
-    """
+    """Delete the temporary files and LoadGen log folders a killed run left in ``out_dir``;
+    call only while holding its lock, when no live run owns them."""
     for stale in out_dir.glob(".*.tmp"):
         if stale.is_dir() and temporary_target(stale.name) is not None:
             shutil.rmtree(stale, ignore_errors=True)

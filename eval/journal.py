@@ -14,11 +14,8 @@ from core.files import atomic_path
 
 
 class ResumeJournal:
-    """The top-5 labels of the images finished so far, saved atomically every few seconds.
-
-    ``key`` (``journal_key``) names what was being evaluated: a journal from any other run
-    is ignored, never reused.
-    """
+    """The top-5 labels finished so far, saved atomically every few seconds; a journal
+    whose ``key`` (``journal_key``) names another run is ignored, never reused."""
 
     def __init__(self, path: Path, key: str, every_seconds: float = 20.0):
         self.path, self.key, self.every_seconds = Path(path), key, every_seconds

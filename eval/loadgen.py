@@ -28,7 +28,7 @@ from core.cli import check_at_least_one
 from core.errors import UserError
 from core.records import Record
 from eval.accuracy_imagenet import score_accuracy_log
-from eval.options import LOADGEN_MODES, SCENARIOS
+from eval.options import LOADGEN_MODES, SCENARIOS, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -286,14 +286,8 @@ def run_loadgen(
 
 def _check_run_arguments(images, labels, mode: str, scenario: str, batch_size: int) -> int:
     """Reject bad options and mismatched inputs in one sentence; return the sample count."""
-    if mode not in LOADGEN_MODES:
-        raise UserError(
-            f"unknown LoadGen mode {mode!r}: expected one of {', '.join(LOADGEN_MODES)}"
-        )
-    if scenario not in SCENARIOS:
-        raise UserError(
-            f"unknown LoadGen scenario {scenario!r}: expected one of {', '.join(SCENARIOS)}"
-        )
+    check_choice("LoadGen mode", mode, LOADGEN_MODES)
+    check_choice("LoadGen scenario", scenario, SCENARIOS)
     check_at_least_one(batch_size, "batch size")
     num_samples = len(images)
     if num_samples == 0:
@@ -308,13 +302,7 @@ def _summarise_run(
 ) -> LoadgenResult:
     """Build the result from LoadGen's logs in tmp_dir; accuracy mode also writes accuracy.txt."""
     detail, loadgen_errors = _parse_detail_log(tmp_dir / "mlperf_log_detail.txt")
-    result = LoadgenResult(
-        mode=mode,
-        scenario=scenario,
-        out_dir=out_dir,
-        num_samples=num_samples,
-        loadgen_errors=loadgen_errors,
-    )
+    result = LoadgenResult(mode, scenario, out_dir, num_samples, loadgen_errors)
     for message in loadgen_errors:
         log.warning("LoadGen reported an error: %s", message)
     if mode == "accuracy":

@@ -17,11 +17,8 @@ if TYPE_CHECKING:
 
 
 class CacheCrops:
-    """The first ``count`` crops of a cache as a read-only array-like for LoadGen.
-
-    Indexing (an int, a slice or an array of indices) reads through ``cache.read``, so every
-    crop LoadGen's queries see is checked against its build-time digest.
-    """
+    """The first ``count`` crops of a cache as a read-only array-like for LoadGen; indexing
+    reads through ``cache.read``, so every crop is checked against its build-time digest."""
 
     def __init__(self, cache, count: int):
         self.cache, self.count = cache, count
@@ -58,12 +55,8 @@ def _consecutive_runs(indices: np.ndarray) -> list[tuple[int, int]]:
 def run_loadgen_pass(
     backend: Backend, cache, count: int, out_dir: Path, settings: EvalSettings
 ) -> LoadgenResult:
-    """Answer MLPerf LoadGen's queries over the first ``count`` cached images with ``backend``.
-
-    ``settings.loadgen`` is the mode. The SUT replies with the predicted label (argmax - the
-    backend's label offset), as MLPerf's reference does; the accuracy log is then scored the
-    way accuracy-imagenet.py scores it.
-    """
+    """Answer LoadGen's queries (mode ``settings.loadgen``) over the first ``count`` cached
+    images with ``backend``'s predicted labels (argmax - offset), as MLPerf's reference does."""
     from eval.loadgen import run_loadgen
 
     def predict_labels(u8_batch: np.ndarray) -> np.ndarray:

@@ -1,12 +1,9 @@
 """Top-1 / top-5 accuracy over logits of 1001 or 1000 classes, with the label offset.
 
-MLPerf's frozen graphs have 1001 classes, index 0 being "background", so an ImageNet label
-(0..999) is ``class index - label_offset``: 1 for those, 0 for a 1000-class graph. The
-offset is always passed in (backends take it from the converted checkpoint's record or the
-graph's logits width), never assumed here.
-
-Ranking rule: classes are ordered by descending logit and ties go to the lower class
-index, which is what TensorFlow's ``ArgMax`` and ``np.argmax`` return for the top-1.
+An ImageNet label (0..999) is ``class index - label_offset``: 1 for MLPerf's 1001-class
+graphs (class 0 is "background"), 0 for a 1000-class one; the offset is always passed in,
+never assumed here. Ties rank to the lower class index, as TF's ``ArgMax`` and
+``np.argmax`` do for the top-1.
 """
 
 from __future__ import annotations
@@ -19,11 +16,8 @@ TOP_K = 5
 
 
 def top_k_classes(logits: np.ndarray, k: int = TOP_K) -> np.ndarray:
-    """Return the ``k`` best class indices per row, best first, as int64 ``(N, k)``.
-
-    A stable sort of the negated logits keeps equal logits in index order, so the first
-    column equals ``np.argmax(logits, axis=1)`` even when several classes tie.
-    """
+    """The ``k`` best class indices per row, best first, int64 ``(N, k)``. A stable sort of
+    the negated logits keeps ties in index order: the first column is ``np.argmax``'s."""
     logits = np.asarray(logits)
     if logits.ndim != 2:
         raise ValueError(f"logits must be 2-D (N, classes), got shape {logits.shape}")

@@ -35,17 +35,20 @@ def evaluation_name(backend: str, precision: str) -> str:
     return backend if precision == "fp32" else f"{backend}-{precision}"
 
 
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    """UserError (one sentence) unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise UserError(f"unknown {what} {value!r}: expected one of {', '.join(choices)}")
+
+
 def check_engine(engine: str) -> None:
-    """UserError (one sentence) unless ``engine`` is one of ENGINES or ``fast:<builder>``."""
-    known = (*ENGINES, *(f"fast:{name}" for name in FAST_BUILDER_NAMES))
-    if engine not in known:
-        raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(known)}")
+    """UserError unless ``engine`` is one of ENGINES or ``fast:<builder>``."""
+    check_choice("engine", engine, (*ENGINES, *(f"fast:{name}" for name in FAST_BUILDER_NAMES)))
 
 
 def check_precision(precision: str, device: str) -> None:
     """UserError for an unknown precision, or a CUDA-only one on another device."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)
     device_type = device.split(":")[0]
     if precision != "fp32" and device_type != "cuda":
         raise UserError(f"--precision {precision} runs on CUDA only; on the {device_type} use fp32")

@@ -1,7 +1,5 @@
-"""The fp32 reference of a tf32 or bf16 run: found beside it, and how often they agree.
-
-A non-fp32 run's results.json records the share of its predictions equal to an fp32 run
-of the same model, cache and weights in a sibling folder of its output folder.
+"""The fp32 reference of a tf32 or bf16 run: an fp32 run of the same model, cache and
+weights in a sibling folder, and the share of predictions the two have in common.
 """
 
 from __future__ import annotations
@@ -20,13 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def _newest_fp32_run(out_dir: Path, results: dict) -> tuple[Path, dict] | None:
-    """A sibling folder of ``out_dir`` holding an fp32 run that this run can be checked on,
-    with its parsed results.json.
-
-    It must have results.json and predictions.npy for the same model, cache fingerprint
-    and weights digest, precision fp32 (a results.json without a precision field counts as
-    fp32: only backends that run fp32 alone leave it out) and at least as many images; the
-    newest such folder wins.
+    """The newest sibling folder of ``out_dir`` (and its results.json) holding an fp32 run
+    of the same model, cache fingerprint and weights digest, with predictions.npy and at
+    least as many images. No precision field counts as fp32 (only fp32-only backends omit it).
     """
     here = Path(out_dir).resolve()
     candidates = []
@@ -55,11 +49,8 @@ def _newest_fp32_run(out_dir: Path, results: dict) -> tuple[Path, dict] | None:
 
 
 def fp32_agreement(out_dir: Path, results: dict, predictions: np.ndarray) -> Fp32Agreement | None:
-    """Where the fp32 reference run is, its top-1, and the share of equal predictions.
-
-    The reference's predictions are read with the same checks as ``eval compare``; one
-    that does not hold as many integer labels as its results.json says is not used.
-    """
+    """Where the fp32 reference run is, its top-1, and the share of equal predictions; its
+    predictions are read with ``eval compare``'s checks, and too few are not used."""
     found = _newest_fp32_run(out_dir, results)
     if found is None:
         log.info("no fp32 run of the same cache and weights beside %s to compare with", out_dir)

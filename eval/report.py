@@ -1,12 +1,11 @@
-"""The evaluation's result (``EvalResult``) and its outputs: results.json, predictions.npy,
-top5.npy and the final table.
-
-Every file is written through ``atomic_path``, and results.json last, so a results.json
-on disk always sits beside complete prediction files from the same run.
+"""The evaluation's result (``EvalResult``) and its files: results.json, predictions.npy,
+top5.npy. Each is written atomically, results.json last, so a results.json on disk always
+sits beside complete prediction files from the same run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -36,10 +35,8 @@ def _version(module: str, *distributions: str) -> str | None:
     if (loaded := getattr(sys.modules.get(module), "__version__", None)) is not None:
         return loaded
     for name in distributions:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
     return None
 
 
@@ -67,11 +64,8 @@ class Fp32Agreement(Record):
 @dataclass
 class EvalResult(Record):
     """One evaluation: the fields of results.json, and the top-5 labels behind them.
-
-    ``backend_info`` (``Backend.describe()``: precision, device name, weights digest, ...) is
-    written at the top level of results.json; ``loadgen`` only after a LoadGen run, and
-    ``fp32_reference`` only for a precision other than fp32.
-    """
+    ``backend_info`` (``Backend.describe()``) is written at results.json's top level;
+    ``loadgen`` only after a LoadGen run, ``fp32_reference`` only for a non-fp32 precision."""
 
     model: str
     backend: str
