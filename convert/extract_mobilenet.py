@@ -17,8 +17,7 @@ from .walker import ExtractedWeights, Walker
 def _conv_bn_relu6(
     w: Walker, x: str, layer: str, prefix: str, *, stride: int, size: int, depthwise: bool
 ) -> str:
-    op = "DepthwiseConv2dNative" if depthwise else "Conv2D"
-    conv = w.conv_from(x, layer, (op,))
+    conv = w.conv_from(x, layer, "DepthwiseConv2dNative" if depthwise else "Conv2D")
     bn = w.conv_bn(
         conv, layer, f"{prefix}.conv", f"{prefix}.bn", stride=stride, padding="same", size=size
     )
@@ -44,7 +43,6 @@ def extract_mobilenet_v1(w: Walker) -> ExtractedWeights:
 
     pool = w.global_pool(x, "the 7x7 average pool after 13 blocks", size=size)
     w.add_layer("avgpool", "avgpool", pool.name)
-    head = w.classifier(pool.name, mobilenet_arch.BLOCKS[-1][0])
-    w.put_classifier("classifier", head, as_conv=True)
-    w.add_layer("logits (classifier)", "", head.logits)
-    return w.finish(tensor_name(head.logits), tensor_name(input_name))
+    logits = w.classifier(pool.name, mobilenet_arch.BLOCKS[-1][0], "classifier", as_conv=True)
+    w.add_layer("logits (classifier)", "", logits)
+    return w.finish(tensor_name(logits), tensor_name(input_name))

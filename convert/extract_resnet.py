@@ -32,7 +32,7 @@ def _branch(w: Walker, first, block: str) -> _Branch:
     convs = []
     node = first
     while True:
-        conv = w.conv_at(node, block, ("Conv2D",))
+        conv = w.conv_at(node, block, "Conv2D")
         bn = w.batch_norm(conv)
         convs.append((conv, bn))
         after = w.graph.next_op(bn.output, ("Relu", *ADD_OPS), f"the Relu or Add of {block}")
@@ -71,7 +71,7 @@ def _block(w: Walker, x: str, block: str):
 
 
 def _stem(w: Walker, x: str) -> str:
-    conv = w.conv_from(x, "conv1", ("Conv2D",))
+    conv = w.conv_from(x, "conv1", "Conv2D")
     bn = w.conv_bn(conv, "conv1", "conv1", "bn1", stride=2, padding="symmetric")
     relu = w.graph.next_op(bn.output, ("Relu",), "the stem Relu")
     w.add_layer("stem (conv1/bn1/relu)", "relu", relu.name)
@@ -140,7 +140,6 @@ def extract_resnet50(w: Walker) -> ExtractedWeights:
     _store_stages(w, stages)
     pool = w.global_pool(x, "the global average pool")
     w.add_layer("avgpool", "avgpool", pool.name)
-    head = w.classifier(pool.name, 512 * resnet_arch.EXPANSION)
-    w.put_classifier("fc", head, as_conv=False)
-    w.add_layer("logits (fc)", "", head.logits)
-    return w.finish(tensor_name(head.logits), tensor_name(input_name))
+    logits = w.classifier(pool.name, 512 * resnet_arch.EXPANSION, "fc", as_conv=False)
+    w.add_layer("logits (fc)", "", logits)
+    return w.finish(tensor_name(logits), tensor_name(input_name))

@@ -25,8 +25,6 @@ from .models.padding import tf_same_pads
 
 log = logging.getLogger(__name__)
 
-CONV_OPS = ("Conv2D", "DepthwiseConv2dNative")
-ACCEPTED_CLASS_COUNTS = (1000, 1001)  # without / with TF-slim's "background" class 0
 _RESHAPES = ("Squeeze", "Reshape")
 
 
@@ -56,17 +54,6 @@ class LayerTensor:
     module: str  # torch module path ("" = the whole model's output)
     tf_tensor: str
     encoding: str = ""  # batch-norm encoding(s) found in the block, e.g. "fused"
-
-
-@dataclass
-class Classifier:
-    """The dense layer at the end: kernel as (in_features, classes), bias, logits tensor."""
-
-    kernel: np.ndarray
-    kernel_tensor: str
-    bias: np.ndarray
-    bias_tensor: str
-    logits: str  # node name of the logits (after any Squeeze/Reshape/Identity)
 
 
 @dataclass
@@ -174,21 +161,21 @@ class Walker:
         h, w = spatial_axes(self.data_format or "NHWC")
         return values[h], values[w]
 
-    def conv_from(self, name: str, layer: str, ops: tuple[str, ...] = CONV_OPS) -> ConvOp:
-        """The conv reading ``name``'s output, possibly through an explicit Pad."""
-        first = self.graph.next_op(name, ("Pad", *ops), f"the conv of {layer}")
-        return self.conv_at(first, layer, ops)
+    def conv_from(self, name: str, layer: str, op: str) -> ConvOp:
+        """The ``op`` conv reading ``name``'s output, possibly through an explicit Pad."""
+        first = self.graph.next_op(name, ("Pad", op), f"the conv of {layer}")
+        return self.conv_at(first, layer, op)
 
-    def conv_at(self, first, layer: str, ops: tuple[str, ...] = CONV_OPS) -> ConvOp:
-        """The conv at node ``first``, or after it when ``first`` is an explicit Pad."""
+    def conv_at(self, first, layer: str, op: str) -> ConvOp:
+        """The ``op`` conv at node ``first``, or after it when ``first`` is an explicit Pad."""
         node, explicit_pad = first, None
         if first.op == "Pad":
             paddings, _ = self.graph.input_value(first, 1)
-            node = self.graph.next_op(first.name, ops, f"the conv of {layer}")
-        elif node.op not in ops:
+            node = self.graph.next_op(first.name, (op,), f"the conv of {layer}")
+        elif node.op != op:
             raise UserError(
                 f"{self.source}: {node.name} ({node.op}) stands where the conv of {layer} "
-                f"({'/'.join(ops)}) was expected"
+                f"({op}) was expected"
             )
         h, w = spatial_axes(self._check_format(node))
         if first.op == "Pad":
@@ -254,9 +241,9 @@ class Walker:
     def batch_norm(self, conv: ConvOp) -> BatchNormParams:
         return batch_norm_after(self.graph, conv.node, conv.out_channels, self.data_format)
 
-    def global_pool(self, x: str, what: str, ops=("Mean", "AvgPool"), size: int = 7):
+    def global_pool(self, x: str, what: str, size: int = 7):
         """The global average pool after ``x``: a Mean over H, W or a size x size AvgPool."""
-        pool = self.graph.next_op(x, ops, what)
+        pool = self.graph.next_op(x, ("Mean", "AvgPool"), what)
         if pool.op == "Mean":
             axes = sorted(int(a) % 4 for a in np.ravel(self.graph.input_value(pool, 1)[0]))
             if axes != list(spatial_axes(self.data_format or "NHWC")):
@@ -274,8 +261,9 @@ class Walker:
             )
         return pool
 
-    def classifier(self, x: str, in_features: int) -> Classifier:
-        """MatMul or 1x1 Conv2D (after any Squeeze/Reshape), its bias, the logits tensor."""
+    def classifier(self, x: str, in_features: int, prefix: str, *, as_conv: bool) -> str:
+        """Store the MatMul or 1x1 Conv2D (after any Squeeze/Reshape) and its bias at
+        ``prefix`` as a Linear or, ``as_conv``, a 1x1 Conv2d; return the logits node."""
         node = self.graph.next_op(x, (*_RESHAPES, "MatMul", "Conv2D"), "the classifier")
         while node.op in _RESHAPES:
             node = self.graph.next_op(node.name, (*_RESHAPES, "MatMul"), "the classifier")
@@ -300,9 +288,11 @@ class Walker:
             if len(nxt) != 1 or nxt[0].op not in _RESHAPES:
                 break
             logits = nxt[0]
-        return Classifier(
-            kernel, kernel_name, vector, bias_name, self.graph.output_identity(logits.name)
-        )
+        # (in, classes) kernel -> Linear (classes, in) or 1x1 Conv2d (classes, in, 1, 1).
+        weight = kernel.T[:, :, None, None] if as_conv else kernel.T
+        self.put(f"{prefix}.weight", weight, kernel_name)
+        self.put(f"{prefix}.bias", vector, bias_name)
+        return self.graph.output_identity(logits.name)
 
     def _classifier_kernel(self, node, in_features: int) -> tuple[np.ndarray, str]:
         kernel, name = self.graph.input_value(node, 1)
@@ -328,7 +318,7 @@ class Walker:
         return kernel, name
 
     def set_num_classes(self, classes: int, kernel_name: str, shape) -> None:
-        if classes not in ACCEPTED_CLASS_COUNTS:
+        if classes not in (1000, 1001):  # without / with TF-slim's "background" class 0
             raise UserError(
                 f"{self.source}: classifier {kernel_name} has {classes} classes (shape "
                 f"{tuple(shape)}), but {self.profile.name} has 1001 (with background) or 1000"
@@ -339,18 +329,14 @@ class Walker:
 
     # ---------------------------------------------------------------- state_dict
 
-    def put(self, key: str, value: np.ndarray, tf_name: str, to_torch=None) -> None:
+    def put(self, key: str, value: np.ndarray, tf_name: str, perm=None) -> None:
+        """Store ``value`` (axes permuted by ``perm``) as ``key``; refuse a shape it lacks."""
         if key not in self.expected:
             raise AssertionError(f"model has no parameter {key}")
         want = tuple(self.expected[key].shape)
         tensor = torch.from_numpy(np.array(value, dtype=np.float32))
-        if to_torch is not None:
-            if tensor.dim() != len(want):
-                raise UserError(
-                    f"{self.source}: tensor {tf_name} has shape {tuple(value.shape)}, "
-                    f"but {key} needs a {len(want)}-d tensor"
-                )
-            tensor = to_torch(tensor)
+        if perm is not None:
+            tensor = tensor.permute(*perm)
         if tuple(tensor.shape) != want:
             raise UserError(
                 f"{self.source}: tensor {tf_name} has shape {tuple(value.shape)}, "
@@ -362,7 +348,7 @@ class Walker:
     def put_conv(self, prefix: str, conv: ConvOp) -> None:
         # HWIO -> OIHW; depthwise (H, W, C, 1) -> (C, 1, H, W).
         perm = (2, 3, 0, 1) if conv.depthwise else (3, 2, 0, 1)
-        self.put(f"{prefix}.weight", conv.kernel, conv.kernel_tensor, lambda t: t.permute(*perm))
+        self.put(f"{prefix}.weight", conv.kernel, conv.kernel_tensor, perm)
 
     def put_bn(self, prefix: str, bn: BatchNormParams) -> None:
         for key, value, role in (
@@ -375,12 +361,6 @@ class Walker:
         self.eps[prefix] = bn.epsilon
         self.encodings[prefix] = bn.encoding
         self._block_encodings.append(bn.encoding)
-
-    def put_classifier(self, prefix: str, head: Classifier, as_conv: bool) -> None:
-        """(in, classes) kernel -> Linear (classes, in) or 1x1 Conv2d (classes, in, 1, 1)."""
-        weight = head.kernel.T[:, :, None, None] if as_conv else head.kernel.T
-        self.put(f"{prefix}.weight", weight, head.kernel_tensor)
-        self.put(f"{prefix}.bias", head.bias, head.bias_tensor)
 
     def conv_bn(self, conv: ConvOp, layer, conv_prefix, bn_prefix, *, stride, padding, size=None):
         """Check, store and return the batch norm of a conv the model has at ``conv_prefix``."""

@@ -5,18 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from .mobilenet_v1 import MobileNetV1
-from .padding import MaxPool2dSame, TFSamePad2d, tf_same_pads
-from .resnet import Bottleneck, ResNet50
+from .resnet import ResNet50
 
-__all__ = [
-    "Bottleneck",
-    "MaxPool2dSame",
-    "MobileNetV1",
-    "ResNet50",
-    "TFSamePad2d",
-    "apply_bn_eps",
-    "tf_same_pads",
-]
+__all__ = ["MobileNetV1", "ResNet50", "apply_bn_eps"]
 
 
 def apply_bn_eps(model: nn.Module, bn_eps_per_layer: dict[str, float]) -> None:

@@ -14,11 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def tf_same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+def tf_same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """Return TF's (before, after) SAME padding along one dimension of length ``size``."""
-    effective_kernel = (kernel - 1) * dilation + 1
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + effective_kernel - size, 0)
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 
 

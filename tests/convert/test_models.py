@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from convert import MobileNetV1, ResNet50, build_model
-from convert.models import Bottleneck
+from convert.models.resnet import Bottleneck
 from convert.registry import MODELS
 from core.errors import UserError
 from core.profiles import PROFILES

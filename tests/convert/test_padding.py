@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convert.models import MaxPool2dSame, TFSamePad2d, tf_same_pads
+from convert.models.padding import MaxPool2dSame, TFSamePad2d, tf_same_pads
 
 tf = pytest.importorskip("tensorflow")
 
