@@ -71,9 +71,9 @@ class EvaluationOutcome:
 
 
 def _read_batches(
-    cache, count: int, batch_size: int, buffers: list[np.ndarray], first: int = 0, readers: int = 1
-) -> Iterator[np.ndarray]:
-    """Yield consecutive uint8 batches of crops ``first:count``, read into ``buffers``.
+    cache, count: int, batch_size: int, buffers: list[np.ndarray], first: int, readers: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, batch)`` for consecutive uint8 batches of crops ``first:count``.
 
     ``cache.read`` copies (and digest-checks: sha256, which releases the GIL) straight into
     the buffer, e.g. pinned memory, on ``readers`` threads; batch i always uses
@@ -88,18 +88,18 @@ def _read_batches(
             for i, start in starts:
                 stop = min(start + batch_size, count)
                 buf = buffers[i % len(buffers)][: stop - start]
-                ahead.append(pool.submit(cache.read, start, stop, out=buf))
+                ahead.append((start, pool.submit(cache.read, start, stop, out=buf)))
                 return
 
         for _ in range(len(buffers) - 1):
             launch()
         try:
             while ahead:
-                batch = ahead.popleft().result()
-                yield batch
+                start, future = ahead.popleft()
+                yield start, future.result()
                 launch()  # into the buffer of the batch just finished with
         finally:
-            for future in ahead:
+            for _, future in ahead:
                 future.cancel()
 
 
@@ -132,10 +132,8 @@ def run_evaluation(
         total=count, initial=first, unit="img", desc=desc, disable=quiet, dynamic_ncols=True
     ) as bar:
         loop = _InferenceLoop(backend, top5, labels, counter, bar, journal)
-        start = first
-        for batch in _read_batches(cache, count, batch_size, buffers, first, readers):
+        for start, batch in _read_batches(cache, count, batch_size, buffers, first, readers):
             loop.submit(start, batch)
-            start += len(batch)
         loop.fetch()
     wall_seconds = time.perf_counter() - wall_start
     return EvaluationOutcome(top5, counter, loop.inference_seconds, wall_seconds, first)
@@ -224,7 +222,10 @@ def evaluate(
 
     settings = dataclasses.replace(settings or EvalSettings(), **changes).resolved()
     profile = get_profile(model_name)
-    _check_settings(settings, out_dir)
+    settings.check()  # settings that cannot work: one sentence, before any work
+    check_at_least_one(settings.batch_size, "--batch-size")
+    if settings.loadgen is not None and out_dir is None:
+        raise UserError("a LoadGen run needs an output directory for its logs")
     ctx = distributed.init_from_environment(settings.device)
     try:
         if ctx.distributed and settings.loadgen is not None:
@@ -247,14 +248,6 @@ def evaluate(
             return _evaluate_into(out_dir, job)
     finally:
         distributed.shutdown(ctx)
-
-
-def _check_settings(settings: EvalSettings, out_dir) -> None:
-    """One sentence for settings that cannot work, before any work."""
-    settings.check()
-    check_at_least_one(settings.batch_size, "--batch-size")
-    if settings.loadgen is not None and out_dir is None:
-        raise UserError("a LoadGen run needs an output directory for its logs")
 
 
 def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
