@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks.ceiling import gemm_gflops, multiply_adds
 from benchmarks.machine import cpu_description, load_average
-from core.cli import configure_logging, renamed_options, run_cli
+from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.errors import UserError
 from core.files import sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, get_profile
@@ -42,10 +42,6 @@ ENGINES = ("eager", "fast", "fast:torchscript-freeze", "fast:inductor",
            "fast:torchscript-onednn", "tf", "onnx", f"eager{INTRA_OP}", f"fast{INTRA_OP}",
            f"fast:torchscript-onednn{INTRA_OP}")  # fmt: skip
 DEFAULT_ENGINES = ("eager@intra-op", "eager", "fast@intra-op", "fast", "tf", "onnx")
-DEFAULT_BATCHES = (1, 32)
-FIXTURE_WRITERS = {"resnet50": "write_resnet50_pb", "mobilenet_v1": "write_mobilenet_v1_pb"}
-# Elsewhere --cache-dir is the preprocessed image cache; here the folder holds fixture graphs.
-RENAMED_OPTIONS = {"--cache-dir": "--fixture-dir"}
 
 
 def throughput(run: Callable[[], object], batch: int, seconds: float) -> dict:
@@ -67,23 +63,20 @@ def fixture_graph(model_name: str, fixture_dir: Path) -> Path:
         from tests.fixtures import tf_graphs  # TensorFlow: imported only when needed
 
         log.info("building the %s fixture graph", model_name)
-        getattr(tf_graphs, FIXTURE_WRITERS[model_name])(path, seed=0)
+        getattr(tf_graphs, f"write_{model_name}_pb")(path, seed=0)
     return path
 
 
 def converted_model(model_name: str, graph: Path, fixture_dir: Path):
-    """The graph's weights as the project's PyTorch module (converted once, cached).
-
-    A kept conversion is used only if its own record names this graph's sha256.
-    """
+    """The graph's weights as the project's PyTorch module, converted once: a kept conversion
+    is used only if its own record names this graph's sha256."""
     from convert import convert_checkpoint, load_checkpoint
 
     pth = fixture_dir / f"{model_name}_fixture.pth"
-    graph_sha256 = sha256_file(graph)
     if pth.exists():
         try:
             module, record = load_checkpoint(pth, expected_model=model_name)
-            if record["source_sha256"] == graph_sha256:
+            if record["source_sha256"] == sha256_file(graph):
                 return module
         except UserError as err:
             log.info("converting again: %s", err)
@@ -219,7 +212,7 @@ def format_table(rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
-    parser.add_argument("--batches", nargs="+", type=int, default=list(DEFAULT_BATCHES))
+    parser.add_argument("--batches", nargs="+", type=positive_int, default=[1, 32])
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(DEFAULT_ENGINES))
     parser.add_argument(
         "--seconds", type=float, default=5.0, help="timed seconds per cell (after warm-up)"
@@ -232,9 +225,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where fixture graphs and their conversions are kept between runs",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
-    args = parser.parse_args(renamed_options(argv, RENAMED_OPTIONS))
-    if any(b < 1 for b in args.batches):
-        parser.error("--batches must be positive integers")
+    # Elsewhere --cache-dir is the preprocessed image cache; here the folder holds fixture graphs.
+    args = parser.parse_args(renamed_options(argv, {"--cache-dir": "--fixture-dir"}))
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
     return args

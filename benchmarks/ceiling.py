@@ -1,9 +1,8 @@
 """What this CPU could do at best: a model's multiply-adds against a measured GEMM rate.
 
 A convolution network cannot run faster than its arithmetic at the rate the CPU multiplies
-large fp32 matrices (the best case for every kernel library), so ``gemm_gflops`` divided
-by a model's FLOP per image is a ceiling in img/s that any engine's figure can be set
-against, on whatever processor the benchmark runs.
+large fp32 matrices (every kernel library's best case), so ``gemm_gflops`` over a model's
+FLOP per image is a ceiling in img/s for any engine on this processor.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ import torch
 from torch import nn
 
 
-def multiply_adds(module: nn.Module, image_size: int = 224) -> int:
-    """Multiply-adds of one image through every conv and linear layer of ``module``."""
+def multiply_adds(module: nn.Module) -> int:
+    """Multiply-adds of one 224x224 image through every conv and linear layer of ``module``."""
     total = 0
 
     def count(layer: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -33,7 +32,7 @@ def multiply_adds(module: nn.Module, image_size: int = 224) -> int:
     ]
     try:
         with torch.inference_mode():
-            module(torch.zeros(1, 3, image_size, image_size))
+            module(torch.zeros(1, 3, 224, 224))
     finally:
         for hook in hooks:
             hook.remove()

@@ -3,20 +3,16 @@
     python -m benchmarks.gpu_check --out DIR [--device cuda] [--images 50000] [--subset 1024]
                                    [--weights-dir gpu-weights] [--work-dir /tmp/gpu-check]
 
-For a GPU machine without TensorFlow (torch, numpy and OpenCV only), run from the
-repository root. Per model, first: a cache of ``--images`` hard links to ``--unique``
-generated JPEGs (``python -m preprocess``, timed); weights (MobileNet from
-``--weights-dir``/mobilenet_v1.pth, made by ``make gpu-weights``; otherwise a seeded model
-whose batch norm is measured on real cached crops); ``python -m eval`` on the CPU over the
-first ``--subset`` images, then on ``--device`` (fp32, TF32 off), which must agree exactly;
-then the whole CLI over every image (wall time, setup, steady-state images/s). Then the
-longer runs: tf32 and bf16 (CUDA), torchrun against the one-process run, the other
-``--engines`` and cuDNN autotuning.
+For a GPU machine without TensorFlow; run from the repository root. Per model: a cache of
+``--images`` hard links to ``--unique`` generated JPEGs (timed); weights (``--weights-dir``
+from ``make gpu-weights``, else seeded with batch norm measured on cached crops); ``python -m
+eval`` on the CPU over the first ``--subset`` images, then on ``--device`` (fp32), which must
+agree exactly; then the whole CLI over every image. Then the longer runs: tf32 and bf16
+(CUDA), torchrun, the other ``--engines`` and cuDNN autotuning.
 
-Each step is added to DIR/gpu_check.json as soon as it ends (a timeout still returns what
-finished) and logged to DIR/gpu_check.log. Exit status 1 when any comparison disagrees, a
-step failed or --device names CUDA that PyTorch cannot see (then nothing ran).
-``--device cpu --images 256 --engines eager`` rehearses it anywhere.
+Each step lands in DIR/gpu_check.json as soon as it ends (a timeout keeps what finished) and
+in DIR/gpu_check.log. Exit status 1 when a comparison disagrees, a step failed or --device
+names CUDA that PyTorch cannot see. ``--device cpu --images 256 --engines eager`` rehearses it.
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ from core.profiles import MODEL_NAMES
 log = logging.getLogger("gpu_check")
 
 ROOT = Path(__file__).resolve().parent.parent
-CALIBRATION_CROPS = 32
 
 
 class Report:
@@ -124,25 +119,33 @@ def make_weights(model_name: str, cache: Path, work: Path, weights_dir: Path) ->
     if converted.is_file():
         load_checkpoint(converted, expected_model=model_name)
         return {"weights": str(converted), "source": "converted from the fixture graph"}
-    crops = load_cache(cache, model_name).read(0, CALIBRATION_CROPS)
+    crops = load_cache(cache, model_name).read(0, 32)
     nchw = torch.from_numpy(normalize(crops, model_name)).permute(0, 3, 1, 2).contiguous()
     module = calibrate_batch_norm(seeded_model(model_name, seed=3), nchw)
     path = save_converted(module, model_name, work / "weights" / f"{model_name}.pth")
     return {"weights": str(path), "source": f"seeded, batch norm measured on {len(nchw)} crops"}
 
 
-def eval_cli(model_name, cache, weights, out: Path, *extra: str, launcher=None, env=None) -> dict:
-    """``python -m eval`` (optionally under a launcher), timed; its results.json + wall."""
-    launch = launcher or []
+def check(
+    report: Report, ctx: dict, step: str, name: str, *extra, compare=True, launcher=(), env=None
+) -> None:
+    """``python -m eval`` into runs/NAME (under ``launcher``, with ``env`` added), timed and
+    recorded as <model>.STEP; compared with the CPU run unless ``compare`` is False."""
+    out = ctx["runs"] / name
     wall = run_timed(
-        [sys.executable, *launch, "-m", "eval", "--model", model_name, "--cache-dir", str(cache),
-         "--weights", str(weights), "--out", str(out), "--quiet", *extra], env=env,
+        [sys.executable, *launcher, "-m", "eval", "--model", ctx["model_name"],
+         "--cache-dir", str(ctx["cache"]), "--weights", str(ctx["weights"]), "--out", str(out),
+         "--quiet", *extra], env=env,
     )  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     keep = ("engine", "engine_notes", "precision", "device_name", "images", "top1", "top5",
             "setup_seconds", "images_per_second", "inference_seconds", "wall_seconds",
             "batch_size", "world_size", "fp32_reference")  # fmt: skip
-    return {"cli_wall_seconds": round(wall, 2), **{k: results.get(k) for k in keep}}
+    res = {"cli_wall_seconds": round(wall, 2), **{k: results.get(k) for k in keep}}
+    if compare:
+        res["agree_with_cpu"] = agreement(out, ctx["runs"] / "cpu-eager", ctx["subset"])
+        check_agree(report, f"{ctx['model_name']} {name} vs cpu", res["agree_with_cpu"])
+    report.record(f"{ctx['model_name']}.{step}", res)
 
 
 def agreement(out: Path, reference: Path, count: int) -> dict:
@@ -160,6 +163,10 @@ def check_agree(report: Report, name: str, agree: dict) -> None:
         report.fail(f"{name}: {agree}")
 
 
+def on_subset(ctx: dict, device: str, engine: str) -> tuple[str, ...]:
+    return ("--device", device, "--engine", engine, "--limit", str(ctx["subset"]))
+
+
 def prepare_model(report: Report, model_name: str, args, data: Path) -> dict:
     """Cache, weights and the CPU reference over the subset: what every check compares with."""
     prep = preprocess(model_name, data, args.work_dir, args.workers)
@@ -167,57 +174,36 @@ def prepare_model(report: Report, model_name: str, args, data: Path) -> dict:
     cache = Path(prep["cache"])
     weights = make_weights(model_name, cache, args.work_dir, args.weights_dir)
     report.record(f"{model_name}.weights", weights)
-    runs = args.work_dir / "runs" / model_name
-    ctx = {"model_name": model_name, "cache": cache, "weights": weights["weights"], "runs": runs}
-    report.record(f"{model_name}.cpu", run_and_compare(ctx, "cpu-eager", args, None,
-                                                  "--device", "cpu", "--engine", "eager",
-                                                  "--limit", str(args.subset)))  # fmt: skip
+    ctx = {"model_name": model_name, "cache": cache, "weights": weights["weights"],
+           "runs": args.work_dir / "runs" / model_name, "subset": args.subset}  # fmt: skip
+    check(report, ctx, "cpu", "cpu-eager", *on_subset(ctx, "cpu", "eager"), compare=False)
     return ctx
-
-
-def run_and_compare(ctx: dict, name: str, args, report: Report | None, *extra, **kw) -> dict:
-    """One ``python -m eval`` run into runs/NAME, compared with the CPU run when asked."""
-    out = ctx["runs"] / name
-    res = eval_cli(ctx["model_name"], ctx["cache"], ctx["weights"], out, *extra, **kw)
-    if report is not None:
-        res["agree_with_cpu"] = agreement(out, ctx["runs"] / "cpu-eager", args.subset)
-        check_agree(report, f"{ctx['model_name']} {name} vs cpu", res["agree_with_cpu"])
-    return res
 
 
 def main_checks(report: Report, ctx: dict, args) -> None:
     """CUDA eager on the subset, then the whole CLI with its defaults over every image."""
-    model_name, device, subset = ctx["model_name"], args.device, str(args.subset)
-    report.record(f"{model_name}.subset.eager", run_and_compare(
-        ctx, "subset-eager", args, report, "--device", device, "--engine", "eager",
-        "--limit", subset))  # fmt: skip
-    report.record(
-        f"{model_name}.full", run_and_compare(ctx, "full", args, report, "--device", device)
-    )
+    check(report, ctx, "subset.eager", "subset-eager", *on_subset(ctx, args.device, "eager"))
+    check(report, ctx, "full", "full", "--device", args.device)
 
 
 def extra_checks(report: Report, ctx: dict, args) -> None:
     """Precisions, torchrun, the fast engines and cuDNN autotuning (the longer runs last)."""
-    model_name, device, subset = ctx["model_name"], args.device, str(args.subset)
+    device = args.device
     on_cuda = device.startswith("cuda")
     for precision in ("tf32", "bf16") if on_cuda else ():
         # full-<precision> is a sibling of full/: eval finds its fp32 reference there.
-        report.record(f"{model_name}.full.{precision}", run_and_compare(
-            ctx, f"full-{precision}", args, None, "--device", device,
-            "--precision", precision))  # fmt: skip
+        check(report, ctx, f"full.{precision}", f"full-{precision}", "--device", device,
+              "--precision", precision, compare=False)  # fmt: skip
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                 str(args.nproc)]  # fmt: skip
-    report.record(f"{model_name}.torchrun", run_and_compare(
-        ctx, f"torchrun-{args.nproc}", args, report, "--device", device, "--engine", "eager",
-        "--limit", subset, launcher=launcher))  # fmt: skip
+    check(report, ctx, "torchrun", f"torchrun-{args.nproc}", *on_subset(ctx, device, "eager"),
+          launcher=launcher)  # fmt: skip
     for engine in [e for e in args.engines if e != "eager"]:
-        report.record(f"{model_name}.subset.{engine}", run_and_compare(
-            ctx, f"subset-{engine}", args, report, "--device", device, "--engine", engine,
-            "--limit", subset))  # fmt: skip
+        check(report, ctx, f"subset.{engine}", f"subset-{engine}",
+              *on_subset(ctx, device, engine))  # fmt: skip
     if on_cuda:  # the cost and gain of cuDNN autotuning, measured
-        report.record(f"{model_name}.full.autotune", run_and_compare(
-            ctx, "full-autotune", args, report, "--device", device,
-            env={"MLPERF_PORT_CUDNN_AUTOTUNE": "1"}))  # fmt: skip
+        check(report, ctx, "full.autotune", "full-autotune", "--device", device,
+              env={"MLPERF_PORT_CUDNN_AUTOTUNE": "1"})  # fmt: skip
 
 
 def each_model(report: Report, models: list, step) -> None:

@@ -2,13 +2,10 @@
 
     python -m benchmarks.gpu_weights [--out gpu-weights]
 
-The GPU check (benchmarks/gpu_check.py) is meant for a GPU machine that has no TensorFlow.
-This converts the MobileNet-v1 fixture graph (full size, MLPerf's node names, seeded
-weights) with ``python -m convert``, verified against TensorFlow, into
-OUT/mobilenet_v1.pth (17 MB), on a machine that has TensorFlow; copy OUT to the GPU
-machine (or keep it in the checkout there) and the check uses it. ResNet-50 is left out
-to keep the folder small enough to copy (its converted file is 102 MB): the check builds
-ResNet-50 weights on the GPU machine itself.
+On a machine with TensorFlow, converts the MobileNet-v1 fixture graph (full size, MLPerf's
+node names, seeded weights) with ``python -m convert`` into OUT/mobilenet_v1.pth (17 MB) for
+the GPU check, which runs without TensorFlow. ResNet-50's file (102 MB) is too large to copy
+along: the check seeds ResNet-50 weights on the GPU machine itself.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """Converted-model files made without TensorFlow: seeded weights in the project's .pth format.
 
-Used where no frozen graph can be converted (the GPU machine has no TensorFlow, and a
-ResNet-50 .pth is too large to bring along) and by tests that need a real weights file:
-
-- ``seeded_model(model_name, seed)``: the model_name with seeded random weights;
-- ``calibrate_batch_norm(module, crops_nchw)``: batch-norm statistics measured on real
-  crops (one train-mode pass with ``momentum=None``, a plain average), so the logits are
-  well spread like a trained network's instead of collapsing;
-- ``save_converted(module, model_name, path)``: the same file ``python -m convert`` writes
-  (format, record fields, content digest), loadable by ``convert.api.load_checkpoint``.
+For where no frozen graph can be converted (the GPU machine has no TensorFlow, and a
+ResNet-50 .pth is too large to bring along) and for tests that need a real weights file.
 """
 
 from __future__ import annotations
@@ -32,7 +25,8 @@ def seeded_model(model_name: str, seed: int = 0) -> nn.Module:
 
 
 def calibrate_batch_norm(module: nn.Module, crops_nchw: torch.Tensor) -> nn.Module:
-    """Set every batch norm's running statistics to those of ``crops_nchw``; eval mode."""
+    """Set every batch norm's running statistics to those of ``crops_nchw`` (real crops keep
+    the logits spread like a trained network's instead of collapsing); eval mode."""
     for layer in module.modules():
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             layer.reset_running_stats()
@@ -44,7 +38,7 @@ def calibrate_batch_norm(module: nn.Module, crops_nchw: torch.Tensor) -> nn.Modu
 
 
 def save_converted(module: nn.Module, model_name: str, path: str | os.PathLike) -> Path:
-    """Write ``module`` as a converted-model file and check that it loads back."""
+    """Write ``module`` as the file ``python -m convert`` writes and check that it loads back."""
     path = Path(path)
     num_classes = 1001
     epsilons = {
