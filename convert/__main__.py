@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.profiles import MODEL_NAMES
-
-log = logging.getLogger("convert")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,14 +1,9 @@
 """``convert_checkpoint`` (graph -> one verified, self-describing .pth) and its loaders.
 
-A converted model is one file, read with ``torch.load(..., weights_only=True)``::
-
-    {"format": FORMAT, "model_name", "num_classes", "label_offset", "bn_epsilons" (every
-     batch-norm layer), "bn_encoding", "source_file", "source_sha256" (the frozen graph),
-     "state_dict", "content_sha256" (of every other field and every tensor)}
-
-``load_checkpoint`` rebuilds the model from that file alone. The JSON sidecar beside it is
-a record for people (verification summary, graph details, digests); nothing reads it back,
-so editing it cannot change what is built.
+A converted model is one file holding ``RECORD_FIELDS``, read with ``torch.load(...,
+weights_only=True)``; ``load_checkpoint`` rebuilds the model from that file alone. The JSON
+sidecar beside it is a record for people (verification summary, graph details, digests);
+nothing reads it back, so editing it cannot change what is built.
 """
 
 from __future__ import annotations
@@ -49,8 +44,8 @@ from .verify import VerificationResult
 log = logging.getLogger(__name__)
 
 FORMAT = "mlperf-port.converted-model/2"
-SIDECAR_FORMAT = "mlperf-port.convert-record/2"
-# The fields of a converted model file and the type each must have (mappings: key, value).
+# The fields of a converted model file and the type each must have (mappings: key, value):
+# source_sha256 is the frozen graph's, content_sha256 that of all the others (content_digest).
 RECORD_FIELDS: dict[str, Any] = {
     "format": str,
     "model_name": str,
@@ -70,8 +65,8 @@ def sidecar_path(out: str | os.PathLike) -> Path:
     return Path(out).with_suffix(".json")
 
 
-def convert_command(path: str | os.PathLike, model_name: str = "MODEL") -> str:
-    return f"python -m convert --model {model_name} --checkpoint GRAPH --out {path}"
+def convert_command(path: str | os.PathLike) -> str:
+    return f"python -m convert --model MODEL --checkpoint GRAPH --out {path}"
 
 
 @dataclass(kw_only=True)
@@ -80,7 +75,7 @@ class ConversionRecord(Record):
     .pth, with the verification summary; the paths written are left out of it."""
 
     _not_json = ("out", "sidecar")
-    format: str = SIDECAR_FORMAT
+    format: str = "mlperf-port.convert-record/2"
     note: str = "a record for people: loading rebuilds the model from the .pth alone"
     model_name: str
     num_classes: int
@@ -220,7 +215,9 @@ def _present(graph_def: Any, tensor_names: list[str]) -> list[str]:
 def _checkpoint_payload(profile, checkpoint, source_sha256, extracted) -> dict[str, Any]:
     """The converted model file's contents: everything rebuilding needs, and nothing else."""
     built = build_model(profile.name, **extracted.hyperparameters)
-    epsilons = {name: float(m.eps) for name, m in built.named_modules() if _is_bn(m)}
+    epsilons = {
+        name: float(m.eps) for name, m in built.named_modules() if isinstance(m, nn.BatchNorm2d)
+    }
     payload = {
         "format": FORMAT,
         "model_name": profile.name,
@@ -437,7 +434,7 @@ def _apply_epsilons(module: nn.Module, epsilons: dict[str, float], label: str) -
 
     They are checked here (one UserError sentence naming ``label``); ``apply_bn_eps`` sets them.
     """
-    layers = {name for name, m in module.named_modules() if _is_bn(m)}
+    layers = {name for name, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)}
     if set(epsilons) != layers:
         differ = sorted(set(epsilons) ^ layers)
         raise UserError(
@@ -462,7 +459,3 @@ def content_digest(payload: dict[str, Any]) -> str:
         digest.update(f"\n{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         digest.update(np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8))
     return digest.hexdigest()
-
-
-def _is_bn(module: nn.Module) -> bool:
-    return isinstance(module, nn.BatchNorm2d)

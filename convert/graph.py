@@ -184,14 +184,6 @@ class Graph:
 
     # ------------------------------------------------------------------ structure
 
-    def node(self, name: str, *, wanted_by: str | None = None):
-        name = node_name(name)
-        try:
-            return self.nodes[name]
-        except KeyError:
-            by = f" (read by {wanted_by})" if wanted_by else ""
-            raise UserError(f"{self.source} has no tensor {name}{by}") from None
-
     def data_inputs(self, node) -> list[str]:
         return [node_name(i) for i in node.input if not i.startswith("^")]
 
@@ -207,20 +199,17 @@ class Graph:
         """Indices of the data inputs of ``node`` that are constants."""
         return [k for k, i in enumerate(self.data_inputs(node)) if self.is_constant(i)]
 
-    def consumers(self, name: str) -> list:
-        """Nodes that read ``name``, looking through (and skipping) PASS_THROUGH_OPS nodes."""
+    def data_consumers(self, name: str) -> list:
+        """Nodes that read ``name``'s values, looking through (and skipping) PASS_THROUGH_OPS
+        nodes; the IGNORED_CONSUMERS, which read only its shape, are left out."""
         result = []
         for c in self._consumers.get(node_name(name), []):
             consumer = self.nodes[c]
             if consumer.op in PASS_THROUGH_OPS:
-                result.extend(self.consumers(consumer.name))
-            else:
+                result.extend(self.data_consumers(consumer.name))
+            elif consumer.op not in IGNORED_CONSUMERS:
                 result.append(consumer)
         return result
-
-    def data_consumers(self, name: str) -> list:
-        """``consumers`` without the ops that only read a tensor's shape."""
-        return [c for c in self.consumers(name) if c.op not in IGNORED_CONSUMERS]
 
     def describe(self, nodes) -> str:
         return ", ".join(f"{c.name} ({c.op})" for c in nodes) or "nothing"
@@ -251,7 +240,10 @@ class Graph:
         when the tensor depends on the input or uses an op that cannot be folded.
         """
         name_ = node_name(name)
-        node = self.node(name_, wanted_by=wanted_by)
+        if name_ not in self.nodes:
+            by = f" (read by {wanted_by})" if wanted_by else ""
+            raise UserError(f"{self.source} has no tensor {name_}{by}")
+        node = self.nodes[name_]
         by = f" read by {wanted_by}" if wanted_by else ""
         if not self.is_constant(name_):
             raise UserError(

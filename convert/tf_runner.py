@@ -103,8 +103,6 @@ def placeholder_dims(placeholder: Any) -> list[int]:
 class TFGraphRunner:
     """The original frozen graph in one TF session; takes NHWC float32 batches of any size.
 
-    A graph whose own placeholder is NCHW (``input_layout``) gets them transposed inside.
-
     ``checkpoint_path`` is a ``.pb`` or MLPerf ``.tgz``; ``profile`` a ModelProfile or a
     model name; pass ``graph_def`` to reuse one already read. Call ``close()`` (or use
     ``with``) to free the session early.

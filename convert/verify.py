@@ -28,8 +28,6 @@ from .walker import LayerTensor
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOLERANCE = 1e-4
-
 
 @dataclass
 class LayerDiff(Record):
@@ -175,10 +173,6 @@ def verification_images(
 # ---------------------------------------------------------------------------- comparison
 
 
-def _to_nchw(value: np.ndarray, data_format: str) -> np.ndarray:
-    return value.transpose(0, 3, 1, 2) if value.ndim == 4 and data_format == "NHWC" else value
-
-
 def _topk(row: np.ndarray, k: int) -> set[int]:
     return set(np.argsort(-row, kind="stable")[:k].tolist())
 
@@ -253,7 +247,9 @@ def _collect_stats(
                 logits = model(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))))
             for lt, tf_value in zip(layer_tensors, tf_values, strict=True):
                 pt = (outputs[lt.module] if lt.module else logits).numpy()
-                ref = _to_nchw(np.asarray(tf_value, dtype=np.float32), data_format)
+                ref = np.asarray(tf_value, dtype=np.float32)
+                if ref.ndim == 4 and data_format == "NHWC":
+                    ref = ref.transpose(0, 3, 1, 2)
                 stats.add(lt, pt, ref, len(batch))
             bar.update(len(batch))
     finally:
@@ -325,7 +321,7 @@ def compare_layers(
     images: np.ndarray,
     *,
     source: str = "images",
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float = 1e-4,
     batch_size: int = 8,
     quiet: bool = False,
 ) -> VerificationResult:
