@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -186,17 +187,9 @@ def topk_agree(tf_row: np.ndarray, torch_row: np.ndarray, k: int, tie_tolerance:
     return all(abs(tf_row[c] - kth) <= tie_tolerance for c in differing)
 
 
-def _record_outputs(model: nn.Module, modules: list[str], outputs: dict) -> list:
-    """Forward hooks that keep a copy of each named module's output in ``outputs``."""
-    named = dict(model.named_modules())
-
-    def keeper(name: str):
-        def hook(_module, _inputs, output):
-            outputs[name] = output.detach().clone()
-
-        return hook
-
-    return [named[name].register_forward_hook(keeper(name)) for name in modules]
+def _keep_output(outputs: dict, name: str, _module, _inputs, output) -> None:
+    """Forward hook (bound by ``functools.partial``): copy module ``name``'s output."""
+    outputs[name] = output.detach().clone()
 
 
 @dataclass
@@ -230,13 +223,18 @@ def _collect_stats(
     layer_tensors: list[LayerTensor],
     images: np.ndarray,
     data_format: str,
-    batch_size: int,
     quiet: bool,
+    batch_size: int = 8,
 ) -> _LayerStats:
     """Run TF and PyTorch on every NHWC batch and fold each listed layer's difference in."""
     model.eval()
     outputs: dict[str, torch.Tensor] = {}
-    handles = _record_outputs(model, [lt.module for lt in layer_tensors if lt.module], outputs)
+    named = dict(model.named_modules())
+    handles = [
+        named[lt.module].register_forward_hook(partial(_keep_output, outputs, lt.module))
+        for lt in layer_tensors
+        if lt.module
+    ]
     stats = _LayerStats()
     bar = tqdm(total=len(images), unit="img", desc="verify", disable=quiet, leave=False)
     try:
@@ -322,11 +320,10 @@ def compare_layers(
     *,
     source: str = "images",
     tolerance: float = 1e-4,
-    batch_size: int = 8,
     quiet: bool = False,
 ) -> VerificationResult:
     """Run TF and PyTorch on ``images`` (NHWC float32) and compare every listed layer."""
-    stats = _collect_stats(model, runner, layer_tensors, images, data_format, batch_size, quiet)
+    stats = _collect_stats(model, runner, layer_tensors, images, data_format, quiet)
     rows = _layer_rows(layer_tensors, stats, tolerance)
     logits_row = rows[-1]
     image_rows: list[ImageAgreement] = []
