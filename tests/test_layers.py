@@ -21,17 +21,6 @@ LAYERS = ("core", "preprocess", "convert", "eval", "pipeline", "benchmarks")
 FIXTURES = "tests.fixtures"  # the only part of tests a layer (benchmarks) may import
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, top-level package) of every import in a file, function-level ones included."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module.split(".")[0]))
-    return found
-
-
 def _modules(path: Path) -> list[tuple[int, str]]:
     """(line, full dotted name) of every absolute import; ``from a import b`` gives a.b."""
     found = []
@@ -72,7 +61,8 @@ def _layer_violations(root: Path = ROOT) -> list[str]:
     bad = []
     for layer in LAYERS:
         for path in sorted((root / layer).rglob("*.py")):
-            for line, package in _imports(path):
+            # One entry per import statement and package (``from a import b, c`` is one).
+            for line, package in sorted({(n, m.split(".")[0]) for n, m in _modules(path)}):
                 if package in rank and rank[package] > rank[layer]:
                     bad.append(
                         f"{path.relative_to(root)}:{line} imports {package} ({layer} is lower)"
