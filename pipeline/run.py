@@ -37,6 +37,7 @@ from eval.options import (
     add_evaluation_options,
     evaluation_name,
 )
+from eval.report import PREDICTIONS_FILE
 from pipeline.fetch import SHA256_HELP, fetch_checkpoint
 from pipeline.stages import StageStamp
 
@@ -143,7 +144,7 @@ def stage_preprocess(opts: RunOptions, state: RunState) -> None:
 def stage_convert(opts: RunOptions, state: RunState) -> None:
     weights = state.model_dir / "model.pth"
     outputs = [weights, weights.with_suffix(".json")]
-    stamp = StageStamp(state.model_dir / "stages", "convert")
+    stamp = StageStamp(state.model_dir / "stages", "convert", state.sha256)
     # The weights depend only on the checkpoint and the converter: new data does not redo
     # the conversion (the report names the images it was verified on).
     inputs = {
@@ -180,15 +181,17 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
         run_name = evaluation_name(backend, backend_settings.precision)
         out_dir = state.model_dir / f"eval-{run_name}"
         inputs = _evaluate_inputs(backend_settings, state)
-        stamp = StageStamp(state.model_dir / "stages", f"evaluate-{run_name}")
+        stamp = StageStamp(state.model_dir / "stages", f"evaluate-{run_name}", state.sha256)
         results_path = out_dir / "results.json"
-        if not opts.force and stamp.is_current(inputs, [results_path]):
+        # The summary reads both: its agreement figure comes from the predictions.
+        outputs = [results_path, out_dir / PREDICTIONS_FILE]
+        if not opts.force and stamp.is_current(inputs, outputs):
             state.results[backend] = json.loads(results_path.read_text())
             continue
         stamp.clear()
         result = evaluate(opts.model_name, state.cache_dir, backend_settings, out_dir=out_dir)
         state.results[backend] = result.to_json()
-        stamp.record(inputs, [results_path])
+        stamp.record(inputs, outputs)
         did_work = True
     state.ran["evaluate"] = "ran" if did_work else "skipped (results up to date)"
 

@@ -60,6 +60,20 @@ def test_identical_rerun_skips_every_stage(first_run):
     assert state.results["torch"]["top1"] == state.results["tf"]["top1"]
 
 
+def test_replaced_weights_are_converted_again_not_evaluated(first_run):
+    """A model.pth written by another conversion (here: seeded weights) is not this
+    checkpoint's: the rerun converts again instead of reporting the other file's numbers."""
+    from benchmarks.seeded_weights import save_converted, seeded_model
+
+    opts, _ = first_run
+    weights = opts.work_dir / "mobilenet_v1" / "model.pth"
+    save_converted(seeded_model("mobilenet_v1"), "mobilenet_v1", weights)
+    state = run_pipeline(opts)
+    assert state.ran["convert"] == "ran"
+    combined = json.loads((opts.work_dir / "mobilenet_v1" / "results.json").read_text())
+    assert combined["prediction_agreement"] == 100.0
+
+
 def test_changed_limit_redoes_data_stages_but_not_conversion(first_run):
     opts, _ = first_run
     weights = opts.work_dir / "mobilenet_v1" / "model.pth"
