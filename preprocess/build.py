@@ -382,8 +382,11 @@ class _Build:
 
     def _fresh(self) -> BuildSummary:
         count = len(self.listing)
-        for name in (MANIFEST_NAME, IMAGES_NAME, DIGESTS_NAME, LABELS_NAME, DAMAGED_NAME):
-            (self.cache_dir / name).unlink(missing_ok=True)  # manifest first: no stale reads
+        # Manifest first: no stale reads. All of them: without a manifest or journal, a
+        # leftover file would make the next run refuse the folder as not ours.
+        finished = (IMAGES_NAME, DIGESTS_NAME, LABELS_NAME, FILES_NAME, SIGNATURES_NAME)
+        for name in (MANIFEST_NAME, *finished, DAMAGED_NAME):
+            (self.cache_dir / name).unlink(missing_ok=True)
         digests = np.zeros((count, DIGEST_SIZE), dtype=np.uint8)
         self._start_partial(digests, count * PER_IMAGE_BYTES, done=0, adopt_images=False)
         return self._crop_and_finish(np.zeros(count, dtype=bool))

@@ -236,6 +236,25 @@ def test_free_space_is_checked_before_any_work(data, tmp_path):
     assert not list(cache_dir.glob("*.npy"))
 
 
+def test_no_space_for_a_forced_rebuild_leaves_a_cache_dir_a_rerun_accepts(data, tmp_path):
+    """--force drops the finished cache before its space check; what it leaves must still
+    be recognised as this tool's folder, not refused as someone else's files."""
+    cache_dir = tmp_path / "c"
+    build_cache("resnet50", data, cache_dir, workers=2, quiet=True)
+    tiny = (
+        "import shutil, collections\n"
+        "shutil.disk_usage = lambda p: collections.namedtuple('u', 'total used free')(1, 1, 10**6)"
+    )
+    forced = run_patched(tiny, *cli_args("resnet50", data, cache_dir, "--force", "--quiet"))
+    assert forced.returncode == 1
+    [line] = error_lines(forced.stderr)
+    assert line.startswith(f"error: not enough disk space in {cache_dir} for 24 crops: it needs")
+    rerun = run_patched("", *cli_args("resnet50", data, cache_dir, "--quiet"))
+    assert rerun.returncode == 0, rerun.stderr
+    clean_build("resnet50", data, tmp_path / "clean")
+    assert_same_cache(cache_dir, tmp_path / "clean")
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 3 MB tmpfs (root only); skipped where mounting is not allowed."""
