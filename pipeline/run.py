@@ -166,6 +166,7 @@ def stage_convert(opts: RunOptions, state: RunState) -> None:
         verify_limit=8,  # cached images verified layer by layer against TensorFlow
         report=state.model_dir / "conversion_report.json",
         quiet=opts.quiet,
+        wait=opts.wait,
     )
     stamp.record(inputs, outputs)
     state.ran["convert"] = "ran"
