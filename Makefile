@@ -65,13 +65,13 @@ bench-preprocess:
 
 # The GPU check is for a GPU machine without TensorFlow: gpu-weights converts MobileNet
 # here into the git-ignored gpu-weights/ for it to use; gpu-check runs the check itself
-# (OUT: where gpu_check.json goes).
+# (OUT: where gpu_check.json goes; on CUDA unless DEVICE is given: DEVICE=cpu rehearses).
 gpu-weights:
 	$(PYTHON) -m benchmarks.gpu_weights --out gpu-weights
 
 OUT ?= $(WORK_DIR)/gpu-check-out
 gpu-check:
-	$(PYTHON) -m benchmarks.gpu_check --out $(OUT) --device $(DEVICE)
+	$(PYTHON) -m benchmarks.gpu_check --out $(OUT) $(if $(filter file,$(origin DEVICE)),,--device $(DEVICE))
 
 clean:
 	rm -rf $(WORK_DIR) .pytest_cache

@@ -1,4 +1,5 @@
-"""The Makefile passes --batch-size only when BATCH_SIZE is set (else the device decides)."""
+"""The Makefile passes --batch-size only when BATCH_SIZE is set (else the device decides),
+and the GPU check runs on CUDA unless DEVICE is given."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
-def _dry_run(*assignments: str) -> str:
-    """The commands `make run` would execute, without running them."""
-    proc = subprocess.run(["make", "-n", "run", *assignments], cwd=ROOT, capture_output=True,
+def _dry_run(*assignments: str, target: str = "run") -> str:
+    """The commands `make <target>` would execute, without running them."""
+    proc = subprocess.run(["make", "-n", target, *assignments], cwd=ROOT, capture_output=True,
                           text=True, check=True)  # fmt: skip
     return proc.stdout
 
@@ -27,3 +28,8 @@ def test_no_batch_size_unless_asked():
 
 def test_batch_size_passed_when_set():
     assert "--batch-size 8" in _dry_run("BATCH_SIZE=8")
+
+
+def test_gpu_check_is_on_cuda_unless_device_is_given():
+    assert "--device" not in _dry_run(target="gpu-check")  # gpu_check's default: cuda
+    assert "--device cpu" in _dry_run("DEVICE=cpu", target="gpu-check")
