@@ -445,22 +445,20 @@ class _Build:
 
     def _same_crops(self, manifest: dict, previous: PreviousCache, plan: Plan) -> BuildSummary:
         """No crop to redo: rewrite only what changed around them (labels, the list of
-        files left out, images.npy's recorded stat after a move); often nothing at all."""
-        kept = plan.kept
-        labels = np.asarray(self.listing.labels, dtype=np.int64)[kept]
+        files left out, images.npy's recorded stat after a move); often nothing at all.
+        Signatures cannot differ: ``make_plan`` reuses only rows whose file kept its own."""
+        labels = np.asarray(self.listing.labels, dtype=np.int64)[plan.kept]
         left_out = self._left_out_entries(sorted(plan.left_out.items()))
         fingerprint = content_fingerprint(self.config, previous.digests, labels, previous.files)
         unchanged = (
             fingerprint == manifest["fingerprint"]
             and left_out == manifest.get("skipped")
-            and np.array_equal(self.signatures[kept], previous.signatures)
             and manifest.get("listing_source") == self.listing.source
         )
         if previous.damage_text:  # names no row that still holds a damaged crop
             (self.cache_dir / DAMAGED_NAME).unlink(missing_ok=True)
         if not unchanged:
             save_npy_atomic(self.cache_dir / LABELS_NAME, labels)
-            save_npy_atomic(self.cache_dir / SIGNATURES_NAME, self.signatures[kept])
         if not unchanged or previous.images_stat != manifest.get("images_stat"):
             self._write_manifest(len(labels), len(labels), left_out, fingerprint)
         return self._summary(len(labels), left_out, fingerprint, already_complete=unchanged)
