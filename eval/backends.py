@@ -9,7 +9,6 @@ the recipe's output: the reference to compare against.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -121,7 +120,12 @@ class TorchBackend(Backend):
         self._torch = torch
         self.torch_device = resolve_torch_device(device)
         self.weights_path = Path(weights_path) if weights_path is not None else None
-        self._weights_sha256 = weights_sha256  # of the bytes the module was loaded from
+        # What results.json and the resume journal name the weights by: the digest of the
+        # bytes loaded when the caller has it, else the file's now, before any image runs (a
+        # file replaced during the run must not be named as the one that predicted).
+        if weights_sha256 is None and self.weights_path is not None:
+            weights_sha256 = sha256_file(self.weights_path)
+        self.weights_sha256 = weights_sha256
         self._pinned: list = []  # keeps the pinned tensors behind allocate_batch alive
         # Normalisation constants live on the device as float32 tensors, like the float32
         # numpy operands of the CPU recipe. Dividing by a device tensor (not a Python
@@ -255,13 +259,6 @@ class TorchBackend(Backend):
             info["weights"] = os.fspath(self.weights_path)
             info["weights_sha256"] = self.weights_sha256
         return info
-
-    @functools.cached_property
-    def weights_sha256(self) -> str:
-        """What results.json and the resume journal name the weights by: the digest of the
-        bytes loaded when the caller has it (a file replaced mid-run cannot change it), else
-        the file's, hashed once."""
-        return self._weights_sha256 or sha256_file(self.weights_path)
 
 
 class TFBackend(Backend):

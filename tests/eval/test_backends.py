@@ -103,7 +103,9 @@ def test_make_backend_reports_missing_inputs(tmp_path):
 def test_describe_hashes_the_weights(tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"abc")
-    info = TorchBackend(ToyNet(), RESNET, weights_path=weights).describe()
+    backend = TorchBackend(ToyNet(), RESNET, weights_path=weights)
+    weights.write_bytes(b"replaced during the run")  # the digest was taken before any image
+    info = backend.describe()
     assert info["weights_sha256"] == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
