@@ -455,13 +455,18 @@ class _Build:
             and left_out == manifest.get("skipped")
             and manifest.get("listing_source") == self.listing.source
         )
-        if previous.damage_text:  # names no row that still holds a damaged crop
-            (self.cache_dir / DAMAGED_NAME).unlink(missing_ok=True)
+        self._clear_damage(previous.damage_text)  # it names no row still damaged
         if not unchanged:
             save_npy_atomic(self.cache_dir / LABELS_NAME, labels)
         if not unchanged or previous.images_stat != manifest.get("images_stat"):
             self._write_manifest(len(labels), len(labels), left_out, fingerprint)
         return self._summary(len(labels), left_out, fingerprint, already_complete=unchanged)
+
+    def _clear_damage(self, damage_text: str) -> None:
+        """Remove damaged.json if it still says what this build read and handled: readers
+        take no lock, and one may have recorded new damage since."""
+        if damage_text and read_damage(self.cache_dir)[0] == damage_text:
+            (self.cache_dir / DAMAGED_NAME).unlink(missing_ok=True)
 
     def _write_manifest(self, count: int, done: int, left_out=(), fingerprint=None) -> None:
         """Without ``fingerprint``: a build in progress. With it: the finished cache."""
@@ -516,8 +521,7 @@ class _Build:
         left_out_rows = sorted(unreadable + list(left_out.items()))
         entries = self._left_out_entries(left_out_rows)
         count, fingerprint = self._finish([i for i, _ in left_out_rows], entries)
-        if damage_text and read_damage(self.cache_dir)[0] == damage_text:
-            (self.cache_dir / DAMAGED_NAME).unlink(missing_ok=True)  # those rows are redone
+        self._clear_damage(damage_text)  # those rows are redone
         if entries:
             log.warning("left out %d unreadable image(s), listed in the manifest", len(entries))
         processed = sum(stop - start for start, stop in tasks)

@@ -13,9 +13,10 @@ import shutil
 import numpy as np
 import pytest
 
+import preprocess.build as build_module
 from core.errors import UserError
 from preprocess import build_cache, load_cache
-from preprocess.cache import content_fingerprint
+from preprocess.cache import content_fingerprint, record_damage
 from preprocess.dataset import list_dataset
 from preprocess.incremental import stat_listing
 from tests.fixtures.images import textured_image, write_image, write_val_set
@@ -166,6 +167,36 @@ def test_damage_that_keeps_mtime_is_recorded_by_read_and_recropped(data, tmp_pat
         cache.normalized(5, 9)
     recorded = json.loads((cache_dir / "damaged.json").read_text())["rows"]
     assert [(r["index"], r["file"]) for r in recorded] == [(7, "ILSVRC2012_val_00000008.JPEG")]
+    again = build(data, cache_dir)
+    assert again.processed == 1 and again.changes["damaged"] == 1
+    assert not (cache_dir / "damaged.json").exists()
+    assert_same_as_fresh_build(data, cache_dir, tmp_path)
+
+
+def test_damage_a_reader_records_during_an_update_is_kept_for_the_next(data, tmp_path, monkeypatch):
+    """Readers take no lock: damage recorded after the build read damaged.json must outlive
+    that build (which only clears the stale entry it read), so the next one re-crops it."""
+    cache_dir = tmp_path / "c"
+    build(data, cache_dir)
+    path = cache_dir / "images.npy"
+    stamp = path.stat()
+    images = np.load(path, mmap_mode="r+")
+    images[7, 100, 100, 0] ^= 1
+    images.flush()
+    del images
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    record_damage(cache_dir, [{"index": 3, "file": "gone.JPEG", "digest": "00"}])  # stale
+    load_previous = build_module.load_previous
+
+    def load_then_a_reader_finds_damage(*args):
+        previous = load_previous(*args)
+        with pytest.raises(UserError, match=r"image 7 \("):
+            load_cache(cache_dir, "resnet50").read(7, 8)
+        return previous
+
+    monkeypatch.setattr(build_module, "load_previous", load_then_a_reader_finds_damage)
+    assert build(data, cache_dir).already_complete
+    monkeypatch.undo()
     again = build(data, cache_dir)
     assert again.processed == 1 and again.changes["damaged"] == 1
     assert not (cache_dir / "damaged.json").exists()
