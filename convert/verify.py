@@ -265,9 +265,17 @@ def _layer_rows(
     for lt in layer_tensors:
         max_abs = stats.max_abs.get(lt.layer, 0.0)
         rel = max_abs / max(stats.max_ref.get(lt.layer, 0.0), np.finfo(np.float32).tiny)
-        ok = lt.layer not in stats.mismatched and rel <= tolerance
-        shape = stats.shapes.get(lt.layer, [])
-        rows.append(LayerDiff(lt.layer, lt.tf_tensor, shape, max_abs, rel, ok, lt.encoding))
+        rows.append(
+            LayerDiff(
+                layer=lt.layer,
+                tf_tensor=lt.tf_tensor,
+                shape=stats.shapes.get(lt.layer, []),
+                max_abs_diff=max_abs,
+                max_rel_diff=rel,
+                within_tolerance=lt.layer not in stats.mismatched and rel <= tolerance,
+                encoding=lt.encoding,
+            )
+        )
     return rows
 
 
