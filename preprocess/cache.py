@@ -67,6 +67,12 @@ def crop_digest(crop: np.ndarray) -> bytes:
     return hashlib.sha256(memoryview(crop)).digest()
 
 
+def mismatched_rows(crops: np.ndarray, digests: np.ndarray) -> np.ndarray:
+    """bool (n,): which of ``crops`` no longer match their recorded ``digests`` (n, 32)."""
+    got = b"".join(map(crop_digest, np.ascontiguousarray(crops)))
+    return (np.frombuffer(got, dtype=np.uint8).reshape(-1, DIGEST_SIZE) != digests).any(axis=1)
+
+
 def content_fingerprint(
     config: dict, digests: np.ndarray, labels: np.ndarray, files: list[str]
 ) -> str:
@@ -150,8 +156,7 @@ class PreprocessedCache:
         elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous uint8 array of shape {shape}")
         out[...] = self.images[start:stop]  # one bulk copy from the memmap
-        got = np.frombuffer(b"".join(map(crop_digest, out)), dtype=np.uint8)
-        bad = (got.reshape(-1, DIGEST_SIZE) != self.digests[start:stop]).any(axis=1)
+        bad = mismatched_rows(out, self.digests[start:stop])
         if bad.any():
             self._damaged(start + int(bad.argmax()))
         return out

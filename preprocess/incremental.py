@@ -22,8 +22,8 @@ import numpy as np
 from preprocess.cache import (
     IMAGES_NAME,
     SIGNATURES_NAME,
-    crop_digest,
     file_stat,
+    mismatched_rows,
     read_arrays,
     read_damage,
 )
@@ -104,16 +104,12 @@ def _verify_all(images: np.ndarray, digests: np.ndarray, workers: int, cache_dir
     """images.npy was written to since the build: check every crop against its digest."""
     log.warning("%s changed since it was built: checking every crop", cache_dir / IMAGES_NAME)
 
-    def check(start: int) -> list[bool]:
-        rows = images[start : start + 256]
-        return [
-            crop_digest(np.ascontiguousarray(row)) != digests[i].tobytes()
-            for i, row in enumerate(rows, start)
-        ]
+    def check(start: int) -> np.ndarray:
+        return mismatched_rows(images[start : start + 256], digests[start : start + 256])
 
     with ThreadPoolExecutor(workers) as pool:
         parts = pool.map(check, range(0, len(images), 256))
-        damaged = np.array([bad for part in parts for bad in part], dtype=bool)
+        damaged = np.concatenate([np.zeros(0, dtype=bool), *parts])
     if damaged.any():
         log.warning("%d crop(s) in %s no longer match their digest", damaged.sum(), cache_dir)
     return damaged
