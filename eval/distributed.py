@@ -134,18 +134,26 @@ class CacheShard:
 
 
 def gather_outcome(
-    outcome: EvaluationOutcome, cache, count: int, ctx: DistContext
+    outcome: EvaluationOutcome, cache, count: int, ctx: DistContext, inputs
 ) -> EvaluationOutcome | None:
     """Rank 0: every rank's top-5 in rank order, scored over all ``count`` images; None on
-    the other ranks."""
+    the other ranks. ``inputs`` names the model file and cache bytes this rank loaded
+    (``eval.journal.loaded_inputs``): rank 0 records only its own, so ranks that loaded
+    different ones (a file replaced as they started) are refused."""
     import torch.distributed as dist
 
     gathered = [None] * ctx.world_size if ctx.is_main else None
-    mine = (outcome.top5, outcome.inference_seconds, outcome.wall_seconds)
+    mine = (outcome.top5, outcome.inference_seconds, outcome.wall_seconds, inputs)
     dist.gather_object(mine, gathered, dst=0)
     if gathered is None:
         return None
-    top5 = join_shards([shard for shard, _, _ in gathered], count)
+    shards, inference_seconds, wall_seconds, rank_inputs = zip(*gathered, strict=True)
+    if any(other != rank_inputs[0] for other in rank_inputs):
+        raise UserError(
+            "the ranks loaded different model or cache files (one was replaced as they "
+            "started): run again"
+        )
+    top5 = join_shards(list(shards), count)
     counter = AccuracyCounter()
     counter.update(top5, np.asarray(cache.labels[:count], dtype=np.int64))
     # The ranks run side by side: the slowest one is the run's time.
@@ -153,7 +161,7 @@ def gather_outcome(
         outcome,
         top5=top5,
         counter=counter,
-        inference_seconds=max(seconds for _, seconds, _ in gathered),
-        wall_seconds=max(wall for _, _, wall in gathered),
+        inference_seconds=max(inference_seconds),
+        wall_seconds=max(wall_seconds),
         resumed_from=0,
     )

@@ -35,7 +35,7 @@ from core.files import (
 from core.profiles import ModelProfile, get_profile
 from eval import distributed
 from eval.backends import Backend, check_model_inputs, make_backend, resolve_torch_device
-from eval.journal import ResumeJournal, journal_key
+from eval.journal import ResumeJournal, journal_key, loaded_inputs
 from eval.loadgen_pass import run_loadgen_pass
 from eval.metrics import TOP_K, AccuracyCounter
 from eval.options import VERIFY_IMAGES, EvalSettings
@@ -289,7 +289,8 @@ def _predict(
             backend, shard, batch_size=settings.batch_size, quiet=settings.quiet, journal=journal
         )
     if job.ctx.distributed:
-        return distributed.gather_outcome(outcome, job.cache, job.count, job.ctx)
+        inputs = loaded_inputs(backend, job.cache)
+        return distributed.gather_outcome(outcome, job.cache, job.count, job.ctx, inputs)
     return outcome
 
 

@@ -51,6 +51,14 @@ def _digest(rows: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()
 
 
+def loaded_inputs(backend, cache) -> dict:
+    """The digests of the model file bytes ``backend`` loaded and the cache's fingerprint."""
+    return {
+        "source": {k: v for k, v in backend.describe().items() if k.endswith("sha256")},
+        "cache": getattr(cache, "fingerprint", None),
+    }
+
+
 def journal_key(backend, cache, count: int) -> str:
     """A digest of everything that decides the predictions: model, backend, engine, model
     file digests, cache fingerprint, image count and precision."""
@@ -58,8 +66,7 @@ def journal_key(backend, cache, count: int) -> str:
         "model": backend.profile.name,
         "backend": backend.name,
         "engine": backend.engine,
-        "source": {k: v for k, v in backend.describe().items() if k.endswith("sha256")},
-        "cache": getattr(cache, "fingerprint", None),
+        **loaded_inputs(backend, cache),
         "count": count,
         "precision": getattr(backend, "precision", "fp32"),
     }

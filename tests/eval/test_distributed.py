@@ -13,7 +13,17 @@ import torch
 
 import eval as eval_stage
 from benchmarks.seeded_weights import save_converted, seeded_model
-from eval.distributed import CacheShard, DistContext, device_for_rank, join_shards, shard_bounds
+from core.errors import UserError
+from eval.distributed import (
+    CacheShard,
+    DistContext,
+    device_for_rank,
+    gather_outcome,
+    join_shards,
+    shard_bounds,
+)
+from eval.evaluate import EvaluationOutcome
+from eval.metrics import AccuracyCounter
 from preprocess import build_cache
 from tests.eval.fakes import FakeCache
 from tests.fixtures.images import write_val_set
@@ -48,6 +58,33 @@ def test_cache_shard_reads_its_own_images():
 def test_join_shards_refuses_a_missing_image():
     with pytest.raises(RuntimeError, match="returned 3 predictions for 4 images"):
         join_shards([np.zeros((2, 5)), np.zeros((1, 5))], 4)
+
+
+def gather_two_ranks(monkeypatch, rank1_inputs: dict) -> EvaluationOutcome | None:
+    """Rank 0's gather_outcome, rank 1 having sent ``rank1_inputs`` with two images."""
+    cache = FakeCache(n=4)
+
+    def gather_object(mine, gathered, dst):
+        gathered[0] = mine
+        gathered[1] = (np.tile(cache.labels[2:4, None], (1, 5)), 2.0, 3.0, rank1_inputs)
+
+    monkeypatch.setattr(torch.distributed, "gather_object", gather_object)
+    top5 = np.tile(cache.labels[:2, None], (1, 5))
+    mine = EvaluationOutcome(top5, AccuracyCounter(), inference_seconds=1.0, wall_seconds=4.0)
+    inputs = {"source": {"weights_sha256": "a"}, "cache": "c"}
+    return gather_outcome(mine, cache, 4, DistContext(0, 2), inputs)
+
+
+def test_rank_zero_scores_every_rank_that_loaded_the_same_files(monkeypatch):
+    outcome = gather_two_ranks(monkeypatch, {"source": {"weights_sha256": "a"}, "cache": "c"})
+    assert outcome.counter.images == 4 and outcome.counter.correct_top1 == 4
+    assert (outcome.inference_seconds, outcome.wall_seconds) == (2.0, 4.0)
+
+
+def test_ranks_that_loaded_different_weights_are_refused(monkeypatch):
+    """Rank 0 records only its own digest: a file replaced as the ranks started is refused."""
+    with pytest.raises(UserError, match="ranks loaded different model or cache files"):
+        gather_two_ranks(monkeypatch, {"source": {"weights_sha256": "b"}, "cache": "c"})
 
 
 def test_cuda_means_the_local_gpu_under_torchrun():
