@@ -136,7 +136,9 @@ def run_evaluation(
             loop.submit(start, batch)
         loop.fetch()
     wall_seconds = time.perf_counter() - wall_start
-    return EvaluationOutcome(top5, counter, loop.inference_seconds, wall_seconds, first)
+    return EvaluationOutcome(
+        top5, counter, loop.inference_seconds, wall_seconds, resumed_from=first
+    )
 
 
 def _images_to_evaluate(cache, batch_size: int, limit: int | None) -> int:
@@ -283,7 +285,9 @@ def _predict(
     if out_dir is not None and not job.ctx.distributed:
         journal = ResumeJournal(out_dir / "resume.npz", journal_key(backend, job.cache, job.count))
     # A rank may get an empty shard (fewer images than ranks): an empty outcome.
-    outcome = EvaluationOutcome(np.empty((0, TOP_K), np.int64), AccuracyCounter(), 0.0, 0.0)
+    outcome = EvaluationOutcome(
+        np.empty((0, TOP_K), np.int64), AccuracyCounter(), inference_seconds=0.0, wall_seconds=0.0
+    )
     if len(shard):
         outcome = run_evaluation(
             backend, shard, batch_size=settings.batch_size, quiet=settings.quiet, journal=journal
