@@ -29,6 +29,7 @@ from torch import nn
 from core.errors import UserError
 from core.files import (
     atomic_path,
+    check_output_dir,
     file_lock,
     sha256_file,
     temporaries_of,
@@ -126,6 +127,8 @@ def convert_checkpoint(
     checkpoint, out = Path(checkpoint), Path(out)
     if out.suffix != ".pth":
         raise UserError(f"output {out} must end in .pth (its sidecar goes to the .json beside it)")
+    if report is not None:  # before any work: no model file left behind by a failing report
+        check_output_dir(Path(report).parent, "--report")
     image_sources = dict(
         verify_images=verify_images, verify_cache=verify_cache, verify_limit=verify_limit
     )

@@ -122,3 +122,19 @@ def test_unusable_output_folder_is_one_sentence(mobilenet_v1_pb, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot write the converted model to {out.parent} (")
     assert len(err.splitlines()) == 1
+
+
+def test_unusable_report_folder_fails_before_any_output(mobilenet_v1_pb, tmp_path, capsys):
+    """A --report that cannot be written is one sentence, and no model file is left behind."""
+    from convert.__main__ import main
+    from core.cli import run_cli
+
+    (tmp_path / "taken").write_text("a file, not a folder\n")
+    report = tmp_path / "taken" / "report.json"
+    out = tmp_path / "m.pth"
+    argv = ["--model", "mobilenet_v1", "--checkpoint", str(mobilenet_v1_pb), "--out", str(out)]
+    assert run_cli(main, [*argv, "--no-verify", "--report", str(report)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write to {report.parent} (") and "--report" in err
+    assert len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
