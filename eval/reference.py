@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError
+from core.files import exclusive_lock
 from eval.compare import load_predictions
 from eval.report import PREDICTIONS_FILE, RESULTS_FILE, Fp32Agreement
 
@@ -57,8 +58,13 @@ def fp32_agreement(out_dir: Path, results: dict, predictions: np.ndarray) -> Fp3
         return None
     reference, other = found
     try:
-        theirs = load_predictions(reference)
-    except UserError as err:
+        # Under its lock, and only if its results.json is still the one chosen: a run
+        # writing there now must not pair its predictions with another run's results.
+        with exclusive_lock(reference, "fp32 reference folder"):
+            if json.loads((reference / RESULTS_FILE).read_text()) != other:
+                raise UserError(f"{reference} was rewritten while it was read")
+            theirs = load_predictions(reference)
+    except (UserError, OSError, ValueError) as err:
         log.warning("fp32 reference not used: %s", err)
         return None
     if len(theirs) < len(predictions):

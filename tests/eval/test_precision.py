@@ -197,6 +197,19 @@ def test_an_fp32_reference_with_damaged_predictions_is_not_used(tmp_path):
     assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])) is None
 
 
+def test_an_fp32_reference_being_written_is_not_used(tmp_path):
+    """A run holding the reference folder may have replaced predictions.npy but not yet
+    results.json: its predictions must not be paired with the older results."""
+    from core.files import exclusive_lock
+
+    write_run(tmp_path / "resnet50-torch", "fp32", [1, 2, 3, 4])
+    mine = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w", "images": 4}
+    out = tmp_path / "resnet50-bf16"
+    with exclusive_lock(tmp_path / "resnet50-torch", "output dir"):
+        assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])) is None
+    assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])).equal_predictions == 4
+
+
 def test_cudnn_autotune_only_for_runs_that_repay_it(monkeypatch):
     monkeypatch.delenv("MLPERF_PORT_CUDNN_AUTOTUNE", raising=False)
     assert engines.cudnn_autotune(50_000)[0] is False
