@@ -104,8 +104,13 @@ def _parse_graph_def(data: bytes, source: str) -> Any:
 
 
 def _np_dtype(attr_type: int) -> np.dtype:
+    """The numpy dtype of a TF DataType; TypeError for one numpy cannot hold (a resource, a
+    number no TF version defines)."""
     tf = _quiet_tensorflow()
-    return np.dtype(tf.dtypes.as_dtype(attr_type).as_numpy_dtype)
+    try:
+        return np.dtype(tf.dtypes.as_dtype(attr_type).as_numpy_dtype)
+    except (KeyError, TypeError):
+        raise TypeError(f"TensorFlow dtype {attr_type} has no numpy equivalent") from None
 
 
 def _binary(fn):
@@ -264,7 +269,13 @@ class Graph:
             return self._values[node.name]
         if node.op == "Const":
             tf = _quiet_tensorflow()
-            result = np.array(tf.make_ndarray(node.attr["value"].tensor))
+            try:
+                result = np.array(tf.make_ndarray(node.attr["value"].tensor))
+            except (KeyError, TypeError, ValueError) as err:  # e.g. fewer bytes than its shape
+                raise UserError(
+                    f"{self.source}: constant {node.name} cannot be read ({err}); the file is "
+                    f"damaged"
+                ) from None
             self.used_consts.add(node.name)
         else:
             args = [self.value(i, wanted_by=node.name) for i in self.data_inputs(node)]
@@ -313,7 +324,12 @@ class Graph:
 
     def is_float_const(self, name: str) -> bool:
         node = self.nodes[name]
-        return node.op == "Const" and _np_dtype(node.attr["dtype"].type).kind == "f"
+        if node.op != "Const":
+            return False
+        try:
+            return _np_dtype(node.attr["dtype"].type).kind == "f"
+        except TypeError:  # not a number at all; reading it, if needed, names the node
+            return False
 
     def weight_consts(self) -> list[str]:
         """Names of all floating-point, non-scalar Const nodes: the graph's weights."""

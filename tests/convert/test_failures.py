@@ -144,6 +144,20 @@ def test_unused_weights_are_reported(resnet_graph_def):
     assert extracted.ignored_tensors == ["resnet_model/dense_1/kernel"]
 
 
+def test_damaged_constants_are_named_or_left_alone(resnet_graph_def, tmp_path, capsys):
+    """A weight with fewer bytes than its shape is one sentence naming it; a constant of a
+    dtype numpy lacks, read by nothing, does not stop the conversion."""
+    edited = tf.compat.v1.GraphDef()
+    edited.CopyFrom(resnet_graph_def)
+    odd = edited.node.add(name="unused/resource", op="Const")
+    odd.attr["dtype"].type = odd.attr["value"].tensor.dtype = tf.resource.as_datatype_enum
+    assert extract_weights(edited, RESNET50).ignored_tensors == []
+    kernel = next(n for n in edited.node if n.name.endswith("conv2d/kernel"))
+    kernel.attr["value"].tensor.tensor_content = kernel.attr["value"].tensor.tensor_content[:-4]
+    msg = _run(capsys, "resnet50", _write(edited, tmp_path / "damaged.pb"), tmp_path)
+    assert f"constant {kernel.name} cannot be read (" in msg and "damaged" in msg
+
+
 def test_verification_names_first_bad_layer(mobilenet_v1_pb):
     graph_def = read_graph_def(mobilenet_v1_pb)
     extracted = extract_weights(graph_def, MOBILENET_V1)
