@@ -24,7 +24,7 @@ from unittest import mock
 
 import numpy as np
 
-from benchmarks.ceiling import gemm_gflops, multiply_adds
+from benchmarks.ceiling import fma_peak_gflops, gemm_gflops, multiply_adds
 from benchmarks.machine import cpu_description, load_average
 from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.errors import UserError
@@ -181,26 +181,30 @@ def onnx_cell(onnx, nhwc: np.ndarray, seconds: float) -> dict:
     return {"name": "onnxruntime", **speed}
 
 
-def add_ratios(rows: list[dict], gemm_gflops: float) -> None:
+def add_ratios(rows: list[dict], gemm_gflops: float, peak_gflops: float | str) -> None:
     """Each row's img/s relative to TensorFlow's for the same model and batch, and its
-    arithmetic rate as a share of this CPU's fp32 GEMM rate (``benchmarks/ceiling.py``)."""
+    arithmetic rate as a share of this CPU's fp32 GEMM rate and of its multiply-add peak
+    (``benchmarks/ceiling.py``; a peak that could not be measured is a string)."""
     tf_speed = {(r["model"], r["batch"]): r.get("img_per_s") for r in rows if r["engine"] == "tf"}
     for row in rows:
         base = tf_speed.get((row["model"], row["batch"]))
         speed = row.get("img_per_s")
         row["ratio_to_tf"] = round(speed / base, 3) if speed and base else None
-        row["share_of_gemm_rate"] = round(speed * row["gflop"] / gemm_gflops, 3) if speed else None
+        rate = speed * row["gflop"] if speed else None
+        row["share_of_gemm_rate"] = round(rate / gemm_gflops, 3) if rate else None
+        measured = rate and isinstance(peak_gflops, float)
+        row["share_of_fma_peak"] = round(rate / peak_gflops, 3) if measured else None
 
 
 def format_table(rows: list[dict]) -> str:
-    columns = f"{'img/s':>8}  {'vs TF':>6}  {'GEMM %':>6}  {'setup s':>7}"
+    columns = f"{'img/s':>8}  {'vs TF':>6}  {'GEMM %':>6}  {'peak %':>6}  {'setup s':>7}"
     header = f"{'model':<13} {'batch':>5}  {'engine':<42} {columns}"
     lines = [header, "-" * len(header)]
     for r in rows:
         speed = f"{r['img_per_s']:8.1f}" if r.get("img_per_s") else f"{'n/a':>8}"
         ratio = f"{r['ratio_to_tf']:6.2f}" if r.get("ratio_to_tf") else f"{'':>6}"
-        share = r.get("share_of_gemm_rate")
-        share = f"{100 * share:6.0f}" if share else f"{'':>6}"
+        shares = [r.get(key) for key in ("share_of_gemm_rate", "share_of_fma_peak")]
+        share = "  ".join(f"{100 * s:6.0f}" if s else f"{'':>6}" for s in shares)
         setup = f"{r['setup_seconds']:7.1f}" if "setup_seconds" in r else f"{'':>7}"
         name = f"{r['model']:<13} {r['batch']:>5}  {r['name']:<42}"
         lines.append(f"{name} {speed}  {ratio}  {share}  {setup}")
@@ -251,12 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.perf_counter()
     system["gemm_gflops"] = round(gemm_gflops(), 1)
+    system["fma_peak_gflops"] = fma_peak_gflops(system["cores"])
     cells = len(args.models) * len(args.batches) * len(args.engines)
     rows: list[dict] = []
     with tqdm(total=cells, unit="cell", disable=args.quiet) as progress:
         for model_name in args.models:
             rows += bench_model(model_name, args, system["cores"], progress)
-    add_ratios(rows, system["gemm_gflops"])
+    add_ratios(rows, system["gemm_gflops"], system["fma_peak_gflops"])
     system["load_after"] = load_average()
     system["total_seconds"] = round(time.perf_counter() - started, 1)
     print_report(system, rows)
@@ -274,6 +279,9 @@ def print_report(system: dict, rows: list[dict]) -> None:
         f"fp32 GEMM rate (torch.mm 2048x2048, all cores): {system['gemm_gflops']} GFLOP/s;"
         " 'GEMM %' = a row's arithmetic rate as a share of it"
     )
+    peak = system["fma_peak_gflops"]
+    peak = f"{peak} GFLOP/s; 'peak %' likewise" if isinstance(peak, float) else peak
+    print(f"fp32 multiply-add peak (benchmarks/fma_peak.c, all cores): {peak}")
     print(format_table(rows))
 
 

@@ -1,9 +1,12 @@
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
 from benchmarks import machine
-from benchmarks.ceiling import gemm_gflops, multiply_adds
+from benchmarks.bench_inference import add_ratios
+from benchmarks.ceiling import fma_peak_gflops, gemm_gflops, multiply_adds
 from convert import build_model
 
 
@@ -27,6 +30,31 @@ def test_gemm_rate_is_a_positive_finite_number():
     rate = gemm_gflops(seconds=0.2, size=256)
     assert 0 < rate < 1e6 and rate == rate
     assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_fma_peak_is_measured_with_the_c_compiler():
+    peak = fma_peak_gflops(threads=1)
+    assert isinstance(peak, float) and 0 < peak < 1e5
+
+
+def test_fma_peak_without_a_compiler_says_why(monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler")
+    peak = fma_peak_gflops(threads=1)
+    assert peak == "not measured (FileNotFoundError building or running no-such-compiler)"
+
+
+def test_rows_are_shares_of_gemm_rate_and_peak():
+    rows = [
+        {"model": "m", "batch": 2, "engine": "tf", "gflop": 2.0, "img_per_s": 10.0},
+        {"model": "m", "batch": 2, "engine": "fast", "gflop": 2.0, "img_per_s": 15.0},
+    ]
+    add_ratios(rows, gemm_gflops=40.0, peak_gflops=60.0)
+    assert [r["ratio_to_tf"] for r in rows] == [1.0, 1.5]
+    assert [r["share_of_gemm_rate"] for r in rows] == [0.5, 0.75]
+    assert [r["share_of_fma_peak"] for r in rows] == [0.333, 0.5]
+    add_ratios(rows, gemm_gflops=40.0, peak_gflops="not measured")
+    assert [r["share_of_fma_peak"] for r in rows] == [None, None]
 
 
 def test_cpu_description_names_generation_and_vector_unit(tmp_path, monkeypatch):
