@@ -25,7 +25,7 @@ from unittest import mock
 import numpy as np
 
 from benchmarks.ceiling import fma_peak_gflops, gemm_gflops, multiply_adds
-from benchmarks.machine import cpu_description, load_average
+from benchmarks.machine import cpu_description, describe_cores, load_average
 from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.errors import UserError
 from core.files import sha256_file, write_text_atomic
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_report(system: dict, rows: list[dict]) -> None:
-    print(f"CPU: {system['cpu']} ({system['cores']} cores), torch {system['torch']}, fp32")
+    print(f"CPU: {system['cpu']} ({describe_cores(system)}), torch {system['torch']}, fp32")
     print(f"load average before/after: {system['load_before']} / {system['load_after']}")
     print(
         f"fp32 GEMM rate (torch.mm 2048x2048, all cores): {system['gemm_gflops']} GFLOP/s;"

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.machine import cpu_description
+from benchmarks.machine import cpu_description, describe_cores
 from core.cli import positive_int, run_cli
 from core.files import write_text_atomic
 from core.profiles import MODEL_NAMES
@@ -64,7 +64,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 def print_result(result: dict) -> None:
-    print(f"CPU: {result['cpu']} ({result['cores']} cores), OpenCV {result['opencv']}")
+    print(f"CPU: {result['cpu']} ({describe_cores(result)}), OpenCV {result['opencv']}")
     print(f"{'build':<28}{'img/s':>10}{'bytes/image':>14}")
     print(f"{'project (uint8 memmap)':<28}{result['ours_img_per_s']:>10.1f}"
           f"{result['ours_bytes_per_image']:>14.0f}")  # fmt: skip

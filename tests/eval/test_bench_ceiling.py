@@ -69,6 +69,22 @@ def test_cpu_description_names_generation_and_vector_unit(tmp_path, monkeypatch)
     assert machine.cpu_description()["cpu"] == "Some CPU (AVX2)"
 
 
+def test_hyperthreads_are_told_apart_from_cores(tmp_path, monkeypatch):
+    block = "processor\t: {cpu}\nmodel name\t: Intel Xeon\nphysical id\t: 0\ncore id\t\t: {core}\n"
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(machine, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(machine, "available_cores", lambda: 2)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cpuinfo.write_text("\n".join(block.format(cpu=cpu, core=0) for cpu in (0, 1, 2)))
+    system = machine.cpu_description()
+    assert system["physical_cores"] == 1
+    assert machine.describe_cores(system) == "2 logical CPUs on 1 physical core"
+    cpuinfo.write_text("\n".join(block.format(cpu=cpu, core=cpu) for cpu in (0, 1, 2)))
+    assert machine.describe_cores(machine.cpu_description()) == "2 cores"
+    cpuinfo.write_text("model name\t: Some CPU\n")  # no topology given: logical CPUs only
+    assert machine.describe_cores(machine.cpu_description()) == "2 cores"
+
+
 def test_bench_preprocess_options(capsys):
     from benchmarks.bench_preprocess import parse_args
     from core.profiles import MODEL_NAMES
