@@ -37,6 +37,9 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # Whether this context joined the group (and so leaves it): pipeline.run joins before
+    # its stages, and the evaluations inside it use that group without leaving it.
+    joined: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -64,8 +67,9 @@ def device_for_rank(device: str, ctx: DistContext) -> str:
     return device
 
 
-def init_from_environment(device: str) -> DistContext:
-    """Join torchrun's process group when WORLD_SIZE > 1; else the single-process context."""
+def init_from_environment(device: str, command: str = "eval") -> DistContext:
+    """Join torchrun's process group when WORLD_SIZE > 1; else the single-process context.
+    ``command``: the module a refusal tells the user to start with torchrun."""
     world_size = _env_int("WORLD_SIZE", 1)
     if world_size <= 1:
         return DistContext()
@@ -76,24 +80,25 @@ def init_from_environment(device: str) -> DistContext:
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if not dist.is_available():
         raise UserError("this PyTorch was built without torch.distributed; run one process")
-    if not dist.is_initialized():
-        try:
-            if backend == "nccl":
-                torch.cuda.set_device(local_rank)
-            dist.init_process_group(backend, timeout=_GROUP_TIMEOUT)
-        except (RuntimeError, ValueError) as err:  # no MASTER_ADDR, no GPU LOCAL_RANK, ...
-            first = (str(err).strip().splitlines() or [""])[0][:200]
-            raise UserError(
-                f"WORLD_SIZE={world_size} but this process cannot join a {backend} group "
-                f"({first}); start it with torchrun --nproc-per-node N -m eval ..."
-            ) from None
+    if dist.is_initialized():  # joined by the caller (pipeline.run), who also leaves it
+        return DistContext(rank, world_size, local_rank)
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend, timeout=_GROUP_TIMEOUT)
+    except (RuntimeError, ValueError) as err:  # no MASTER_ADDR, no GPU LOCAL_RANK, ...
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"WORLD_SIZE={world_size} but this process cannot join a {backend} group "
+            f"({first}); start it with torchrun --nproc-per-node N -m {command} ..."
+        ) from None
     log.info("rank %d of %d joined the %s group", rank, world_size, backend)
-    return DistContext(rank, world_size, local_rank)
+    return DistContext(rank, world_size, local_rank, joined=True)
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Leave the group (all ranks together), if one was joined."""
-    if ctx.distributed:
+    """Leave the group (all ranks together), if this context joined it."""
+    if ctx.joined:
         import torch.distributed as dist
 
         if dist.is_initialized():

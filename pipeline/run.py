@@ -6,8 +6,9 @@ Stages: fetch → preprocess → convert (verified against TensorFlow) → evalu
 only what changed: preprocess re-crops only changed, added or vanished files; convert and
 evaluate are skipped while their stamps (pipeline.stages) record the same inputs.
 
-One run at a time per work dir (W/<model>/.lock; --wait waits for it). Across several GPUs,
-run ``torchrun ... -m eval`` on what the earlier stages left: this runner is one process.
+One run at a time per work dir (W/<model>/.lock; --wait waits for it). Under ``torchrun
+--nproc-per-node N -m pipeline.run ...`` rank 0 runs the stages and every rank evaluates a
+shard of the cache (``pipeline.ranks``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cli import configure_logging, positive_int, run_cli
+from core.errors import UserError
 from core.files import (
     check_output_dir,
     exclusive_lock,
@@ -30,6 +32,7 @@ from core.files import (
     write_text_atomic,
 )
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
+from eval.distributed import DistContext, init_from_environment, shutdown
 from eval.options import (
     BACKENDS,
     CPU_BATCH,
@@ -39,6 +42,7 @@ from eval.options import (
 )
 from eval.report import PREDICTIONS_FILE
 from pipeline.fetch import SHA256_HELP, fetch_checkpoint
+from pipeline.ranks import EvaluationJob, follow, hand_over
 from pipeline.stages import StageStamp
 
 log = logging.getLogger("pipeline.run")
@@ -86,6 +90,7 @@ class RunState:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     ran: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped"
     using_sample: bool = False
+    ctx: DistContext = field(default_factory=DistContext)  # torchrun's ranks, if any
     _digests: dict[tuple, str] = field(default_factory=dict)
 
     def sha256(self, path: Path) -> str:
@@ -190,6 +195,9 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
             state.results[backend] = json.loads(results_path.read_text())
             continue
         stamp.clear()
+        hand_over(
+            state.ctx, EvaluationJob(opts.model_name, state.cache_dir, backend_settings, out_dir)
+        )
         result = evaluate(opts.model_name, state.cache_dir, backend_settings, out_dir=out_dir)
         state.results[backend] = result.to_json()
         stamp.record(inputs, outputs)
@@ -254,14 +262,16 @@ def _package_digest(*packages: str) -> str:
 # --- the run -------------------------------------------------------------------------------
 
 
-def run_pipeline(opts: RunOptions) -> RunState:
+def run_pipeline(opts: RunOptions, ctx: DistContext | None = None) -> RunState:
     """Run the requested stages in order; earlier stages a later one needs run too.
 
     Asking only for `evaluate` still resolves the checkpoint, cache and weights: their own
-    stamps make that free when they are already up to date.
+    stamps make that free when they are already up to date. ``ctx``: torchrun's group, of
+    which this process is rank 0 (``pipeline.ranks``).
     """
     profile = get_profile(opts.model_name)
     state = RunState(profile=profile, model_dir=opts.work_dir / opts.model_name)
+    state.ctx = ctx or DistContext()
     check_output_dir(state.model_dir, "--work-dir")  # one sentence before any work
     with exclusive_lock(state.model_dir, "work dir", wait=opts.wait):
         # Only the summary's own leftovers: each stage cleans its outputs under its own lock.
@@ -407,9 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.quiet)
-    EvalSettings.from_options(args).check()  # a bad engine, device or precision: before any stage
+    settings = EvalSettings.from_options(args)
+    settings.check()  # a bad engine, device or precision: before any stage
     # Every RunOptions field has a command-line option of the same name.
-    run_pipeline(RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)}))
+    opts = RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)})
+    ctx = init_from_environment(settings.device, "pipeline.run")
+    try:
+        if ctx.distributed and opts.loadgen:
+            raise UserError("a LoadGen run is one process: run it without torchrun")
+        if ctx.is_main:
+            run_pipeline(opts, ctx)
+            hand_over(ctx, None)  # the other ranks may stop
+        else:
+            follow(ctx)
+    finally:
+        shutdown(ctx)
     return 0
 
 

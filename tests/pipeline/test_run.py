@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from core.errors import UserError
-from pipeline.run import RunOptions, main, run_pipeline
+from pipeline.run import STAGES, RunOptions, main, run_pipeline
 from tests.fixtures.images import write_val_set
 
 
@@ -58,6 +61,45 @@ def test_identical_rerun_skips_every_stage(first_run):
     assert state.ran["convert"].startswith("skipped")
     assert state.ran["evaluate"].startswith("skipped")
     assert state.results["torch"]["top1"] == state.results["tf"]["top1"]
+
+
+def test_torchrun_ranks_run_the_pipeline_as_one_process(first_run, mobilenet_v1_tgz, val_dir):
+    """Rank 0 runs the stages, both ranks evaluate their shards; the predictions are one
+    process's, and a one-process rerun finds every stage up to date."""
+    opts, _ = first_run
+    work = opts.work_dir.parent / "torchrun-work"
+    argv = ["--model", "mobilenet_v1", "--work-dir", str(work), "--checkpoint",
+            str(mobilenet_v1_tgz), "--data-dir", str(val_dir), "--backend", "both",
+            "--batch-size", "4", "--quiet"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "pipeline.run", *argv],
+        capture_output=True, text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("top-1 PyTorch") == 1  # one summary, from rank 0
+    for run in ("eval-torch", "eval-tf"):
+        results = json.loads((work / "mobilenet_v1" / run / "results.json").read_text())
+        assert results["world_size"] == 2 and results["images"] == 6
+        alone = np.load(opts.work_dir / "mobilenet_v1" / run / "predictions.npy")
+        np.testing.assert_array_equal(
+            np.load(work / "mobilenet_v1" / run / "predictions.npy"), alone
+        )
+    rerun = run_pipeline(RunOptions(**{**opts.__dict__, "work_dir": work}))
+    assert all(rerun.ran[stage].startswith("skipped") for stage in STAGES[1:])
+
+
+def test_loadgen_under_torchrun_is_refused_before_any_stage(tmp_path, val_dir, monkeypatch):
+    import pipeline.run as runner
+    from eval.distributed import DistContext
+
+    monkeypatch.setattr(runner, "init_from_environment", lambda *_: DistContext(0, 2, 0))
+    argv = ["--model", "mobilenet_v1", "--work-dir", str(tmp_path / "w"), "--data-dir",
+            str(val_dir), "--loadgen"]  # fmt: skip
+    with pytest.raises(UserError, match="a LoadGen run is one process: run it without torchrun"):
+        main(argv)
+    assert not (tmp_path / "w").exists()
 
 
 def test_replaced_weights_are_converted_again_not_evaluated(first_run):
