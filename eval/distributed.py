@@ -9,6 +9,7 @@ process, and alone writes. Without WORLD_SIZE > 1 everything here is a single pr
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -105,6 +106,20 @@ def shutdown(ctx: DistContext) -> None:
             dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def peer_stopped(rank: int):
+    """A collective that fails because another rank stopped (gloo: "connection closed by
+    peer") becomes one sentence on this rank; the rank that stopped said why."""
+    try:
+        yield
+    except RuntimeError as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        first = first.split("] ", 1)[-1][:120]  # gloo prefixes its source file and line
+        raise UserError(
+            f"rank {rank} stopped: another rank stopped first, and its error says why ({first})"
+        ) from None
+
+
 def shard_bounds(count: int, rank: int, world_size: int) -> tuple[int, int]:
     """``[start, stop)`` of rank ``rank``'s contiguous shard of ``count`` images: the first
     ``count % world_size`` ranks take one more; together they cover ``0..count`` once."""
@@ -149,7 +164,8 @@ def gather_outcome(
 
     gathered = [None] * ctx.world_size if ctx.is_main else None
     mine = (outcome.top5, outcome.inference_seconds, outcome.wall_seconds, inputs)
-    dist.gather_object(mine, gathered, dst=0)
+    with peer_stopped(ctx.rank):
+        dist.gather_object(mine, gathered, dst=0)
     if gathered is None:
         return None
     shards, inference_seconds, wall_seconds, rank_inputs = zip(*gathered, strict=True)

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.distributed import DistContext
+from eval.distributed import DistContext, peer_stopped
 from eval.options import EvalSettings
 
 log = logging.getLogger(__name__)
@@ -34,23 +34,24 @@ class EvaluationJob:
 def hand_over(ctx: DistContext, job: EvaluationJob | None) -> None:
     """Rank 0: send the next evaluation to the other ranks; None lets them stop."""
     if ctx.distributed and ctx.is_main:
-        _broadcast(job)
+        _broadcast(job, ctx)
 
 
 def follow(ctx: DistContext) -> None:
     """Every rank but 0: join each evaluation rank 0 hands over, until it says stop."""
     from eval import evaluate
 
-    while (job := _broadcast(None)) is not None:
+    while (job := _broadcast(None, ctx)) is not None:
         log.info("rank %d: evaluating %s on its shard", ctx.rank, os.fspath(job.cache_dir))
         evaluate(job.model_name, job.cache_dir, job.settings, out_dir=job.out_dir)
 
 
-def _broadcast(job: EvaluationJob | None) -> EvaluationJob | None:
+def _broadcast(job: EvaluationJob | None, ctx: DistContext) -> EvaluationJob | None:
     """Rank 0's ``job`` on every rank. The others wait here while rank 0 runs the earlier
     stages: the group's timeout (hours) covers a long preprocessing."""
     import torch.distributed as dist
 
     message = [job]
-    dist.broadcast_object_list(message, src=0)
+    with peer_stopped(ctx.rank):
+        dist.broadcast_object_list(message, src=0)
     return message[0]

@@ -20,6 +20,7 @@ from eval.distributed import (
     device_for_rank,
     gather_outcome,
     join_shards,
+    peer_stopped,
     shard_bounds,
 )
 from eval.evaluate import EvaluationOutcome
@@ -85,6 +86,16 @@ def test_ranks_that_loaded_different_weights_are_refused(monkeypatch):
     """Rank 0 records only its own digest: a file replaced as the ranks started is refused."""
     with pytest.raises(UserError, match="ranks loaded different model or cache files"):
         gather_two_ranks(monkeypatch, {"source": {"weights_sha256": "b"}, "cache": "c"})
+
+
+def test_a_collective_broken_by_another_rank_is_one_sentence():
+    gloo = "[/src/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1\nmore"
+    with pytest.raises(UserError) as raised, peer_stopped(rank=1):
+        raise RuntimeError(gloo)
+    assert str(raised.value) == (
+        "rank 1 stopped: another rank stopped first, and its error says why "
+        "(Connection closed by peer [127.0.0.1]:1)"
+    )
 
 
 def test_cuda_means_the_local_gpu_under_torchrun():

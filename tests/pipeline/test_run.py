@@ -90,6 +90,24 @@ def test_torchrun_ranks_run_the_pipeline_as_one_process(first_run, mobilenet_v1_
     assert all(rerun.ran[stage].startswith("skipped") for stage in STAGES[1:])
 
 
+def test_a_torchrun_rank_that_fails_leaves_one_sentence_per_rank(tmp_path, val_dir):
+    missing = tmp_path / "nope.pb"
+    argv = ["--model", "mobilenet_v1", "--work-dir", str(tmp_path / "w"), "--checkpoint",
+            str(missing), "--data-dir", str(val_dir), "--quiet"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "pipeline.run", *argv],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert any(str(missing) in line for line in ours)  # rank 0 says why
+    # Rank 1, unless torchrun stopped it first, says only that another rank stopped.
+    others = [line for line in ours if str(missing) not in line]
+    assert all(line.startswith("error: rank 1 stopped: another rank stopped") for line in others)
+    assert len(ours) <= 2 and "[rank1]: Traceback" not in proc.stderr  # a rank's traceback
+
+
 def test_loadgen_under_torchrun_is_refused_before_any_stage(tmp_path, val_dir, monkeypatch):
     import pipeline.run as runner
     from eval.distributed import DistContext
