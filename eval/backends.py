@@ -181,6 +181,10 @@ class TorchBackend(Backend):
             return x * self._f2
         raise ValueError(f"unknown preprocessing recipe {self.profile.recipe!r}")
 
+    def _normalize_nchw(self, u8_nchw):
+        """``normalize`` of an NCHW view of NHWC crops, as the same NCHW view."""
+        return self.normalize(u8_nchw.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
     def check_normalization(self) -> None:
         """Fail unless the device normalisation equals the CPU recipe for all 256 values."""
         values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
@@ -219,8 +223,9 @@ class TorchBackend(Backend):
         if not u8_nhwc.flags.writeable:  # a read-only memmap slice: torch wants writable
             u8_nhwc = np.array(u8_nhwc)
         u8 = self._to_device(self._torch.from_numpy(u8_nhwc))
-        # NHWC -> NCHW is a free view (channels-last strides), no copy.
-        logits = self.prepared(self.normalize(u8).permute(0, 3, 1, 2))
+        # NHWC -> NCHW is a free view (channels-last strides), no copy; each chunk is
+        # normalised where it runs (on the CPU: by the worker that runs it).
+        logits = self.prepared(u8.permute(0, 3, 1, 2), transform=self._normalize_nchw)
         check_logits_shape(logits, len(u8_nhwc), 1000 + self.label_offset, "the PyTorch model")
         return logits
 

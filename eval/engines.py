@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -83,7 +84,11 @@ class PreparedEngine:
     def is_fast(self) -> bool:
         return self.name.startswith("fast")
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Logits of an NCHW batch. ``transform`` (uint8 -> float32, elementwise) runs on
+        each chunk where it runs, so on the CPU every worker normalises its own images."""
         if images.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {tuple(images.shape)}")
         if self.staging is not None and images.shape[1:] != self.staging.shape[1:]:
@@ -91,16 +96,14 @@ class PreparedEngine:
                 f"this engine was built for images of shape {tuple(self.staging.shape[1:])},"
                 f" got {tuple(images.shape[1:])}"
             )
-        images = images.to(self.device, torch.float32, non_blocking=True)
-        # One layout for every call (an NHWC cache arrives as a channels-last view): a
-        # layout change would be a new cuDNN shape to tune, and NCHW was chosen on purpose.
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        chunks = images.contiguous(memory_format=layout).split(self.rows_per_call)
+        images = images.to(self.device, non_blocking=True)
+        chunks = images.split(self.rows_per_call)
+        run = functools.partial(self._run_chunk, transform=transform)
         if self.workers is not None:  # even one chunk: compiled code expects one thread
-            return torch.cat(self.workers.map(self._run_chunk, chunks), dim=0)
-        return torch.cat([self._run_chunk(chunk) for chunk in chunks], dim=0)
+            return torch.cat(self.workers.map(run, chunks), dim=0)
+        return torch.cat([run(chunk) for chunk in chunks], dim=0)
 
-    def _run_chunk(self, chunk: torch.Tensor) -> torch.Tensor:
+    def _run_chunk(self, chunk: torch.Tensor, transform=None) -> torch.Tensor:
         """At most ``rows_per_call`` rows; a fast engine sees them in its staging buffer."""
         staging = self.staging
         if staging is not None and self.workers is not None:
@@ -108,6 +111,11 @@ class PreparedEngine:
             # outside inference mode like the original: compile guards tell the kinds apart.
             staging = self.workers.per_thread(self.staging.clone)
         with torch.inference_mode():
+            chunk = transform(chunk) if transform is not None else chunk.to(torch.float32)
+            # One layout for every call (an NHWC cache arrives as a channels-last view): a
+            # layout change would be a new cuDNN shape to tune, and NCHW was chosen on purpose.
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            chunk = chunk.contiguous(memory_format=layout)
             if staging is None:
                 return self.forward(chunk)
             rows = chunk.shape[0]

@@ -60,6 +60,27 @@ def test_batches_run_on_single_threaded_workers_in_order(monkeypatch):
     assert sorted(rows for _, _, rows in model.calls) == [3, 4, 4]  # 4-image chunks
 
 
+def test_each_worker_transforms_its_own_chunk(monkeypatch):
+    """A uint8 batch with a transform gives the logits of the batch transformed first,
+    bit for bit, and the transform runs on the workers, chunk by chunk."""
+    monkeypatch.setattr(cpu_workers, "available_cores", lambda: 2)
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    model = RecordingModel()
+    prepared = prepare_engine(model, "eager", batch_size=10, copy_module=False)
+    seen: list[tuple[str, int]] = []
+
+    def normalize(u8: torch.Tensor) -> torch.Tensor:
+        seen.append((threading.current_thread().name, len(u8)))
+        return (u8.to(torch.float32) / 255.0 - 0.5) * 2.0
+
+    u8 = torch.randint(0, 256, (11, 3, 4, 4), dtype=torch.uint8)
+    expected = prepared(normalize(u8))
+    seen.clear()
+    assert torch.equal(prepared(u8, transform=normalize), expected)
+    assert sorted(rows for _, rows in seen) == [3, 4, 4]
+    assert all(name.startswith("core-worker") for name, _ in seen)
+
+
 def test_one_worker_means_whole_batches_on_intra_op_threads(monkeypatch):
     monkeypatch.setenv(WORKERS_ENV, "1")
     model = RecordingModel()
