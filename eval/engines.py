@@ -62,7 +62,8 @@ CACHED_BUILDER = "fast:inductor"
 
 @dataclass
 class PreparedEngine:
-    """``engine(nchw_float32) -> logits``; ``name`` is the engine that actually runs
+    """``engine(nchw_float32) -> logits``, or ``engine(nchw_uint8, transform=normalize)``;
+    ``name`` is the engine that actually runs
     ("eager", "fast:inductor", ...), ``notes`` why it was chosen or why it fell back."""
 
     name: str
@@ -103,7 +104,7 @@ class PreparedEngine:
             return torch.cat(self.workers.map(run, chunks), dim=0)
         return torch.cat([run(chunk) for chunk in chunks], dim=0)
 
-    def _run_chunk(self, chunk: torch.Tensor, transform=None) -> torch.Tensor:
+    def _run_chunk(self, chunk: torch.Tensor, transform: Callable | None = None) -> torch.Tensor:
         """At most ``rows_per_call`` rows; a fast engine sees them in its staging buffer."""
         staging = self.staging
         if staging is not None and self.workers is not None:
