@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.ceiling import fma_peak_gflops, gemm_gflops, multiply_adds
 from benchmarks.machine import cpu_description, describe_cores, load_average
 from core.cli import configure_logging, positive_int, renamed_options, run_cli
-from core.errors import UserError
+from core.errors import UserError, first_line
 from core.files import sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, get_profile
 from eval.cpu_workers import WORKERS_ENV
@@ -107,8 +107,8 @@ def onnx_session(model_name: str, graph: Path, cores: int):
         )
         return session, profile.input_tensor
     except Exception as err:  # any converter/runtime failure is reported, not fatal
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"n/a: {type(err).__name__}: {first[:200]}"
+        first = first_line(err, 200) or type(err).__name__
+        return f"n/a: {type(err).__name__}: {first}"
 
 
 def torch_cell(module, engine: str, nchw, tf_logits: np.ndarray | None, seconds: float) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import UserError
+from core.errors import UserError, first_line
 from core.files import (
     atomic_path,
     check_output_dir,
@@ -328,7 +328,7 @@ def _load_failure(err: Exception) -> str:
     """What went wrong in ``torch.load``, in a few words."""
     if isinstance(err, pickle.UnpicklingError):  # weights_only met something else
         return "it holds objects other than tensors and plain values, which are never loaded"
-    first = (str(err).strip().splitlines() or [""])[0][:160]
+    first = first_line(err, 160)
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
@@ -381,7 +381,7 @@ def _module_from_fields(payload: dict[str, Any], label: str) -> nn.Module:
     try:
         module.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, TypeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0]
+        first = first_line(err)
         raise UserError(f"{label} does not hold a {model_name} state_dict ({first})") from None
     return module.eval()
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import UserError
+from core.errors import UserError, first_line
 from core.profiles import ModelProfile, as_profile
 
 from .graph import _quiet_tensorflow, node_name, read_frozen_graph, tensor_name
@@ -180,7 +180,7 @@ class TFGraphRunner:
                 log.info(
                     "the graph rejects a batch of %d (%s); running one image at a time",
                     len(batch),
-                    str(err).splitlines()[0],
+                    first_line(err),
                 )
                 self._one_at_a_time = True
         parts = [

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.errors import UserError
+from core.errors import UserError, first_line
 from eval.metrics import AccuracyCounter
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def init_from_environment(device: str, command: str = "eval") -> DistContext:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, timeout=_GROUP_TIMEOUT)
     except (RuntimeError, ValueError) as err:  # no MASTER_ADDR, no GPU LOCAL_RANK, ...
-        first = (str(err).strip().splitlines() or [""])[0][:200]
+        first = first_line(err, 200)
         raise UserError(
             f"WORLD_SIZE={world_size} but this process cannot join a {backend} group "
             f"({first}); start it with torchrun --nproc-per-node N -m {command} ..."
@@ -113,8 +113,7 @@ def peer_stopped(rank: int):
     try:
         yield
     except RuntimeError as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        first = first.split("] ", 1)[-1][:120]  # gloo prefixes its source file and line
+        first = first_line(err).split("] ", 1)[-1][:120]  # gloo prefixes its source and line
         raise UserError(
             f"rank {rank} stopped: another rank stopped first, and its error says why ({first})"
         ) from None

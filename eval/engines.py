@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from core.cli import check_at_least_one
+from core.errors import first_line
 from core.files import write_text_atomic
 from core.system import temporarily
 from eval.cpu_workers import CoreWorkers, chunk_images, cores_for_this_process, worker_count
@@ -527,8 +528,7 @@ def _build_fast(
         try:
             forward = FAST_BUILDERS[builder_name](fast_module, example)
         except Exception as err:  # any build failure (tracing, compiler missing, ...)
-            first_line = (str(err).strip().splitlines() or [""])[0][:300]
-            problem = f"{name} failed to build ({type(err).__name__}: {first_line})"
+            problem = f"{name} failed to build ({type(err).__name__}: {first_line(err, 300)})"
         else:
             prepared = dataclasses.replace(eager, name=name, forward=forward, staging=example)
             problem = check_against_eager(prepared, eager_module, verify_sample)

@@ -103,3 +103,11 @@ def test_check_at_least_one_names_the_option_and_the_value():
         check_at_least_one(0, "--limit")
     with pytest.raises(UserError, match=r"^--workers must be at least 1, got -2$"):
         check_at_least_one(-2, "--workers")
+
+
+def test_first_line_of_an_error_quotes_one_line():
+    from core.errors import first_line
+
+    assert first_line(RuntimeError("  shape mismatch\n  at layer 3\n")) == "shape mismatch"
+    assert first_line(RuntimeError("x" * 50), 10) == "x" * 10
+    assert first_line(RuntimeError()) == ""  # no message: nothing to quote, no IndexError
