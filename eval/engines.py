@@ -64,8 +64,8 @@ CACHED_BUILDER = "fast:inductor"
 @dataclass
 class PreparedEngine:
     """``engine(nchw_float32) -> logits``, or ``engine(nchw_uint8, transform=normalize)``;
-    ``name`` is the engine that actually runs
-    ("eager", "fast:inductor", ...), ``notes`` why it was chosen or why it fell back."""
+    ``name`` is the engine that actually runs ("eager", "fast:inductor", ...), ``notes``
+    why it was chosen or why it fell back."""
 
     name: str
     setup_seconds: float

@@ -270,8 +270,8 @@ def run_pipeline(opts: RunOptions, ctx: DistContext | None = None) -> RunState:
     which this process is rank 0 (``pipeline.ranks``).
     """
     profile = get_profile(opts.model_name)
-    state = RunState(profile=profile, model_dir=opts.work_dir / opts.model_name)
-    state.ctx = ctx or DistContext()
+    model_dir = opts.work_dir / opts.model_name
+    state = RunState(profile=profile, model_dir=model_dir, ctx=ctx or DistContext())
     check_output_dir(state.model_dir, "--work-dir")  # one sentence before any work
     with exclusive_lock(state.model_dir, "work dir", wait=opts.wait):
         # Only the summary's own leftovers: each stage cleans its outputs under its own lock.
