@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import UserError
+from core.errors import UserError, first_line
 from core.files import GZIP_MAGIC, find_archive_member, is_archive_name
 
 ADD_OPS = ("Add", "AddV2")
@@ -273,8 +273,8 @@ class Graph:
                 result = np.array(tf.make_ndarray(node.attr["value"].tensor))
             except (KeyError, TypeError, ValueError) as err:  # e.g. fewer bytes than its shape
                 raise UserError(
-                    f"{self.source}: constant {node.name} cannot be read ({err}); the file is "
-                    f"damaged"
+                    f"{self.source}: constant {node.name} cannot be read "
+                    f"({first_line(err)}); the file is damaged"
                 ) from None
             self.used_consts.add(node.name)
         else:
