@@ -18,14 +18,42 @@ RUN_FLAGS = --model $(MODEL) --work-dir $(WORK_DIR) --device $(DEVICE) \
 	$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	$(if $(LIMIT),--limit $(LIMIT))
 
-.PHONY: setup test lint format preprocess convert evaluate run accuracy-ci bench bench-preprocess gpu-weights gpu-check clean
+comma := ,
+
+.PHONY: setup lock setup-latest test lint format preprocess convert evaluate run accuracy-ci bench bench-preprocess gpu-weights gpu-check clean
+
+# Every package make setup installs, with its exact version and hashes (make lock writes it).
+# The lock is for Linux x86_64 and CPython 3.11, the project's machines; torch is its CPU
+# build (2.13.0+cpu), which pip finds through FIND_LINKS (elsewhere add
+# --extra-index-url https://download.pytorch.org/whl/cpu to the install).
+LOCK        ?= requirements.lock
+EXTRAS      ?= dev,loadgen,bench
+FIND_LINKS  ?= /opt/wheels
+PIP_VERSION ?= 26.3
+UV_VERSION  ?= 0.13.9
 
 setup:
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet pip==$(PIP_VERSION)
+	.venv/bin/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	# The project itself adds nothing: its dependencies all came from the lock above.
+	.venv/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	.venv/bin/pip check
+
+# Resolve the newest versions pyproject.toml allows into the lock (then run make test).
+lock:
+	.venv/bin/pip install --quiet uv==$(UV_VERSION)
+	.venv/bin/uv pip compile pyproject.toml $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) \
+		--generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--find-links $(FIND_LINKS) --upgrade --custom-compile-command 'make lock' -o $(LOCK)
+
+# For a maintainer trying tomorrow's releases: the newest allowed versions, not the lock.
+setup-latest:
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	.venv/bin/pip install --quiet torch==2.13.0
-	.venv/bin/pip install --quiet -e '.[dev,loadgen]'
+	.venv/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
 
 test: lint
 	$(PYTHON) -m pytest -q

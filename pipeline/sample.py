@@ -159,7 +159,7 @@ def regenerate(dest: str | Path | None = None) -> list[Path]:
         **encoded,
         "val_map.txt": val_map.encode(),
         "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode(),
-        "README.md": _readme(cv2.__version__, skimage.__version__).encode(),
+        "README.md": sample_readme(cv2.__version__, skimage.__version__).encode(),
     }
     for name, data in files.items():
         with atomic_path(dest / name) as tmp:
@@ -167,7 +167,8 @@ def regenerate(dest: str | Path | None = None) -> list[Path]:
     return [dest / name for name in files]
 
 
-def _readme(opencv_version: str, skimage_version: str) -> str:
+def sample_readme(opencv_version: str, skimage_version: str) -> str:
+    """The sample's README, naming the OpenCV and scikit-image versions that encoded it."""
     lines = []
     for image in SAMPLE_IMAGES:
         crop = ""

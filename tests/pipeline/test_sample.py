@@ -20,6 +20,7 @@ from pipeline.sample import (
     main,
     sample_dir,
     sample_pairs,
+    sample_readme,
 )
 
 
@@ -89,8 +90,14 @@ def test_regeneration_reproduces_the_committed_files(tmp_path):
         b = cv2.imdecode(np.frombuffer(rebuilt, np.uint8), cv2.IMREAD_UNCHANGED)
         assert a.shape == b.shape
         assert np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() < 1.0, image.file
-    for name in ("val_map.txt", "README.md"):
-        assert (tmp_path / name).read_text() == (sample_dir() / name).read_text()
+    assert (tmp_path / "val_map.txt").read_text() == (sample_dir() / "val_map.txt").read_text()
+    # The README names the library versions that encoded the files: the regenerated one
+    # names today's, the committed one those its manifest records, in the same words.
+    rebuilt_manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert rebuilt_manifest["opencv"] == cv2.__version__
+    for folder, manifest in ((tmp_path, rebuilt_manifest), (sample_dir(), _manifest())):
+        expected = sample_readme(manifest["opencv"], manifest["scikit_image"])
+        assert (folder / "README.md").read_text() == expected, folder
 
 
 def test_malformed_val_map_is_one_sentence(tmp_path):
