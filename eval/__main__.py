@@ -1,6 +1,7 @@
 """``python -m eval``: evaluate a model over a preprocessed cache, or compare predictions.
 
     python -m eval --model M --cache-dir CACHE (--weights W.pth | --backend tf --checkpoint PB)
+    python -m eval --model M --cache-dir CACHE --weights W.pth (--transform F.py:fn | --quantize int8)
     torchrun --nproc-per-node N -m eval ...   (one shard of the cache per process)
     python -m eval compare A.npy B.npy [--files CACHE_OR_NAMES] [--model M] [--strict]
 
@@ -17,7 +18,7 @@ import sys
 from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.errors import UserError
 from core.profiles import MODEL_NAMES
-from eval.options import BACKENDS, EvalSettings, add_evaluation_options, evaluation_name
+from eval.options import BACKENDS, EvalSettings, add_evaluation_options
 
 log = logging.getLogger("eval")
 
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_evaluation_options(parser)
     parser.add_argument(
+        "--calibration-cache",
+        metavar="DIR",
+        help="preprocessed calibration images for --transform/--quantize (python -m "
+        "preprocess --calibration-list FILE ...; default: the first 500 images of --cache-dir, "
+        "recorded as not MLPerf's list)",
+    )
+    parser.add_argument(
         "--wait", action="store_true", help="wait for another run using --out to finish"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
@@ -58,9 +66,10 @@ def check_backend_inputs(args: argparse.Namespace) -> None:
         raise UserError("--weights is for the torch backend; --backend tf takes --checkpoint")
 
 
-def default_out_dir(model_name: str, backend: str, precision: str) -> str:
-    """Where a run without --out writes: non-fp32 runs beside, not over, the fp32 one."""
-    return f"results/{model_name}-{evaluation_name(backend, precision)}"
+def default_out_dir(model_name: str, settings: EvalSettings) -> str:
+    """Where a run without --out writes: modified runs (another precision, a transform)
+    beside, not over, the fp32 one that is their reference."""
+    return f"results/{model_name}-{settings.folder_name}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from eval.evaluate import evaluate
 
-    out_dir = args.out or default_out_dir(args.model, args.backend, args.precision)
+    out_dir = args.out or default_out_dir(args.model, settings)
     result = evaluate(args.model, args.cache_dir, settings, out_dir=out_dir)
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return 0

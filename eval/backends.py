@@ -111,10 +111,12 @@ class TorchBackend(Backend):
         label_offset: int | None = None,
         precision: str = "fp32",
         weights_sha256: str | None = None,
+        transform=None,
     ):
         import torch
 
         super().__init__(profile, device)
+        self.transform = transform  # eval.transform.TransformRecord of a modified model
         if label_offset is not None:  # the checkpoint's own record (num_classes - 1000)
             self._label_offset = label_offset
         self._torch = torch
@@ -263,6 +265,10 @@ class TorchBackend(Backend):
         if self.weights_path is not None:
             info["weights"] = os.fspath(self.weights_path)
             info["weights_sha256"] = self.weights_sha256
+        if self.transform is not None:  # in the resume journal's key, like the weights
+            from eval.transform import spec_digest
+
+            info["transform_sha256"] = spec_digest(self.transform)
         return info
 
 
@@ -349,10 +355,12 @@ def make_backend(
     *,
     num_images: int | None = None,
     verify_images: np.ndarray | None = None,
+    calibration=None,
 ) -> Backend:
     """Build the backend ``settings`` name, with one-sentence errors for missing inputs.
 
     ``num_images`` and ``verify_images`` (crops a fast engine is checked on): torch only.
+    ``calibration`` (``eval.calibration.CalibrationBatches``): what a transform sees.
     """
     check_model_inputs(settings)
     if settings.backend == "tf":
@@ -363,6 +371,12 @@ def make_backend(
     dev = resolve_torch_device(settings.device)  # before loading: fail fast on a missing GPU
     # Refuses a damaged file or another model's in one sentence, before any evaluation work.
     module, record = load_checkpoint(weights, expected_model=profile.name)
+    transform = None
+    if settings.transformed:
+        from eval.transform import apply_transform, load_transform
+
+        function, transform = load_transform(settings)
+        module = apply_transform(function, transform, module, calibration, record["num_classes"])
     return TorchBackend(
         module,
         profile,
@@ -375,6 +389,7 @@ def make_backend(
         label_offset=record["label_offset"],
         precision=settings.precision,
         weights_sha256=record["file_sha256"],
+        transform=transform,
     )
 
 

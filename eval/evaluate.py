@@ -39,8 +39,11 @@ from eval.journal import ResumeJournal, journal_key, loaded_inputs
 from eval.loadgen_pass import run_loadgen_pass
 from eval.metrics import TOP_K, AccuracyCounter
 from eval.options import VERIFY_IMAGES, EvalSettings
+from eval.calibration import calibration_set
 from eval.reference import fp32_agreement
 from eval.report import EvalResult, build_result, write_outputs
+from eval.transform import describe_transform
+from eval.verdict import FLIPS_FILE, flips, mlperf_gate, write_flips
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +205,8 @@ class _Job:
     settings: EvalSettings
     ctx: distributed.DistContext
     count: int  # images to evaluate over all ranks: the cache's, or the first ``limit``
+    calibration: Any = None  # eval.calibration.CalibrationBatches, for a transform
+    calibration_record: dict | None = None
 
 
 def evaluate(
@@ -239,6 +244,10 @@ def evaluate(
         count = _images_to_evaluate(cache, settings.batch_size, settings.limit)
         job = _Job(profile, cache, cache_dir, settings, ctx, count)
         check_model_inputs(settings)
+        if settings.transformed:  # its file and its calibration images, before any output
+            describe_transform(settings)
+            batches, record = calibration_set(profile, cache, settings.calibration_cache)
+            job = dataclasses.replace(job, calibration=batches, calibration_record=record)
         if settings.backend == "torch":
             resolve_torch_device(settings.device)  # a missing GPU, before any output
         if out_dir is None or not ctx.is_main:
@@ -258,21 +267,43 @@ def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
     first, last = distributed.shard_bounds(job.count, job.ctx.rank, job.ctx.world_size)
     verify_images = cache.read(0, min(job.count, VERIFY_IMAGES))
     with make_backend(
-        job.profile, settings, num_images=last - first, verify_images=verify_images
+        job.profile,
+        settings,
+        num_images=last - first,
+        verify_images=verify_images,
+        calibration=job.calibration,
     ) as backend:
         outcome = _predict(backend, job, out_dir, distributed.CacheShard(cache, first, last))
         if outcome is None:  # not rank 0: rank 0 reports
             return None
         result = build_result(backend, outcome, cache, job.cache_dir, settings, job.ctx.world_size)
+        result.transform = getattr(backend, "transform", None)
+        result.calibration = job.calibration_record
         if settings.loadgen is not None:
             loadgen_dir = out_dir / "loadgen"
             result.loadgen = run_loadgen_pass(backend, cache, result.images, loadgen_dir, settings)
     if out_dir is not None:
-        if settings.precision != "fp32":
-            result.fp32_reference = fp32_agreement(out_dir, result.to_json(), result.predictions)
+        if result.modified:
+            _compare_with_fp32(out_dir, result, job)
         write_outputs(out_dir, result)
         (out_dir / "resume.npz").unlink(missing_ok=True)
     return result
+
+
+def _compare_with_fp32(out_dir: Path, result: EvalResult, job: _Job) -> None:
+    """A modified model's run against the fp32 run beside it: the share of equal
+    predictions, MLPerf's gate, and flips.csv (written now; results.json comes last)."""
+    reference = fp32_agreement(out_dir, result.to_json(), result.predictions)
+    result.fp32_reference = reference
+    fp32_top1 = None if reference is None else reference.top1
+    result.mlperf_gate = mlperf_gate(job.profile, result.top1, fp32_top1, result.images)
+    if reference is None:
+        (out_dir / FLIPS_FILE).unlink(missing_ok=True)  # an older run's would mislead
+        return
+    labels = np.asarray(job.cache.labels[: result.images])
+    files = list(job.cache.files[: result.images])
+    result.flips, text = flips(files, labels, reference.predictions, result.predictions)
+    write_flips(out_dir, text)
 
 
 def _predict(

@@ -1,5 +1,6 @@
-"""The fp32 reference of a tf32 or bf16 run: an fp32 run of the same model, cache and
-weights in a sibling folder, and the share of predictions the two have in common.
+"""The fp32 reference of a modified run (tf32, bf16, a transform, int8): an unmodified fp32
+run of the same model, cache and weights in a sibling folder, and the share of predictions
+the two have in common.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ log = logging.getLogger(__name__)
 
 def _newest_fp32_run(out_dir: Path, results: dict) -> tuple[Path, dict] | None:
     """The newest sibling folder of ``out_dir`` (and its results.json) holding an fp32 run
-    of the same model, cache fingerprint and weights digest, with predictions.npy and at
-    least as many images. No precision field counts as fp32 (only fp32-only backends omit it).
+    of the same model, cache fingerprint and weights digest, with no transform, with
+    predictions.npy and at least as many images. No precision field counts as fp32 (only
+    fp32-only backends omit it).
     """
     here = Path(out_dir).resolve()
     candidates = []
@@ -39,6 +41,7 @@ def _newest_fp32_run(out_dir: Path, results: dict) -> tuple[Path, dict] | None:
         if (
             same
             and other.get("precision", "fp32") == "fp32"
+            and other.get("transform") is None
             and other.get("images", 0) >= results["images"]
             and (path.parent / PREDICTIONS_FILE).is_file()
         ):
@@ -50,8 +53,9 @@ def _newest_fp32_run(out_dir: Path, results: dict) -> tuple[Path, dict] | None:
 
 
 def fp32_agreement(out_dir: Path, results: dict, predictions: np.ndarray) -> Fp32Agreement | None:
-    """Where the fp32 reference run is, its top-1, and the share of equal predictions; its
-    predictions are read with ``eval compare``'s checks, and too few are not used."""
+    """Where the fp32 reference run is, its top-1, the share of equal predictions, and its
+    predictions for these images (``.predictions``); they are read with ``eval compare``'s
+    checks, and too few are not used."""
     found = _newest_fp32_run(out_dir, results)
     if found is None:
         log.info("no fp32 run of the same cache and weights beside %s to compare with", out_dir)
@@ -70,10 +74,12 @@ def fp32_agreement(out_dir: Path, results: dict, predictions: np.ndarray) -> Fp3
     if len(theirs) < len(predictions):
         log.warning("fp32 reference not used: %s holds fewer predictions than this run", reference)
         return None
-    same = int((theirs[: len(predictions)] == predictions).sum())
+    theirs = theirs[: len(predictions)]
+    same = int((theirs == predictions).sum())
     return Fp32Agreement(
         dir=reference,
         top1=other.get("top1") if other.get("images") == len(predictions) else None,
         equal_predictions=same,
         equal_share=round(same / len(predictions), 6) if len(predictions) else None,
+        predictions=theirs,
     )

@@ -24,6 +24,7 @@ from core.records import Record
 if TYPE_CHECKING:
     from eval.loadgen import LoadgenResult
     from eval.options import EvalSettings
+    from eval.transform import TransformRecord
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.npy"
@@ -59,6 +60,9 @@ class Fp32Agreement(Record):
     top1: float | None  # its top-1, when it covered exactly this run's images
     equal_predictions: int
     equal_share: float | None
+    predictions: np.ndarray | None = field(default=None, repr=False)  # its, for these images
+
+    _not_json = ("predictions",)
 
 
 @dataclass
@@ -93,8 +97,15 @@ class EvalResult(Record):
     world_size: int = 1
     loadgen: LoadgenResult | None = None
     fp32_reference: Fp32Agreement | None = None
+    # A modified model's run (eval.transform, eval.calibration, eval.verdict).
+    transform: TransformRecord | None = None
+    calibration: dict[str, Any] | None = None
+    mlperf_gate: dict[str, Any] | None = None
+    flips: dict[str, Any] | None = None
 
     _not_json = ("top5_labels",)
+    # Fields written only when they hold something.
+    _optional = ("loadgen", "transform", "calibration", "mlperf_gate", "flips")
 
     @property
     def predictions(self) -> np.ndarray:
@@ -105,6 +116,11 @@ class EvalResult(Record):
     def precision(self) -> str:
         return self.backend_info.get("precision", "fp32")
 
+    @property
+    def modified(self) -> bool:
+        """Not the converted model in fp32: its verdict is against an fp32 run's."""
+        return self.precision != "fp32" or self.transform is not None
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for key, value in super().to_json().items():
@@ -112,9 +128,10 @@ class EvalResult(Record):
                 data.update(value)  # at the top level, in field order
             else:
                 data[key] = value
-        if self.loadgen is None:
-            del data["loadgen"]
-        if self.precision == "fp32":
+        for key in self._optional:
+            if data[key] is None:
+                del data[key]
+        if not self.modified:
             del data["fp32_reference"]
         return data
 
@@ -135,9 +152,36 @@ class EvalResult(Record):
         ]
         if self.loadgen is not None:
             rows.append(("LoadGen", self.loadgen.summary_line()))
+        rows += self._modified_rows()
         width = max(len(name) for name, _ in rows)
         rule = "-" * (width + 2 + max(len(value) for _, value in rows))
         return "\n".join([rule, *(f"{name:<{width}}  {value}" for name, value in rows), rule])
+
+
+    def _modified_rows(self) -> list[tuple[str, str]]:
+        """A modified run's method, its verdict against fp32 and MLPerf's gate, its flips."""
+        rows = []
+        if self.transform is not None:
+            rows.append(("method", self.transform.spec))
+        if self.calibration is not None:
+            note = self.calibration["note"] or "MLPerf's calibration list"
+            rows.append(("calibration", f"{self.calibration['images']} images ({note})"))
+        if not self.modified:
+            return rows
+        reference = self.fp32_reference
+        if reference is not None and reference.equal_share is not None:
+            rows.append(("same as fp32", f"{100 * reference.equal_share:.3f} % of images"))
+        if self.mlperf_gate is not None:
+            from eval.verdict import gate_line
+
+            rows.append(("MLPerf gate", gate_line(self.mlperf_gate)))
+        if self.flips is not None:
+            f = self.flips
+            rows.append(
+                ("flips vs fp32", f"{f['changed']} changed: {f['fixed']} fixed, "
+                 f"{f['broken']} broken (net {f['net']:+d}), see {f['file']}")
+            )
+        return rows
 
 
 def build_result(

@@ -1,6 +1,7 @@
 """The packages form one-way layers: each imports only the layers below it.
 
-core -> preprocess -> convert -> eval -> pipeline -> benchmarks (bottom to top). A module
+core -> preprocess -> convert -> quantize -> eval -> pipeline -> benchmarks (bottom to
+top). A module
 importing a higher layer, or a cycle, fails here with the offending import named.
 
 ``tests`` sits above them all, with one exception: the benchmarks time the fixture graphs
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("core", "preprocess", "convert", "eval", "pipeline", "benchmarks")
+LAYERS = ("core", "preprocess", "convert", "quantize", "eval", "pipeline", "benchmarks")
 FIXTURES = "tests.fixtures"  # the only part of tests a layer (benchmarks) may import
 
 

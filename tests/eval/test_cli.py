@@ -40,6 +40,8 @@ def toy_convert(monkeypatch, tmp_path):
     """A weights file plus a ``convert.api`` whose load_checkpoint returns a ToyNet."""
     weights = tmp_path / "toy.pth"
     weights.write_bytes(b"toy weights")
+    import convert  # noqa: F401  (the package first: its __init__ reads the real convert.api)
+
     fake = types.ModuleType("convert.api")
     record = {"model_name": "resnet50", "num_classes": 1001, "label_offset": 1}
 

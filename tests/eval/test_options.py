@@ -12,10 +12,17 @@ from eval.__main__ import default_out_dir, main
 from eval.options import CPU_BATCH, CUDA_BATCH, FAST_BUILDER_NAMES, EvalSettings
 
 
-def test_default_out_keeps_non_fp32_runs_beside_the_fp32_one():
-    assert default_out_dir("resnet50", "torch", "fp32") == "results/resnet50-torch"
-    assert default_out_dir("resnet50", "torch", "bf16") == "results/resnet50-torch-bf16"
-    assert default_out_dir("mobilenet_v1", "tf", "fp32") == "results/mobilenet_v1-tf"
+def test_default_out_keeps_modified_runs_beside_the_fp32_one():
+    def out(model, **settings):
+        return default_out_dir(model, EvalSettings(**settings))
+
+    assert out("resnet50") == "results/resnet50-torch"
+    assert out("resnet50", precision="bf16") == "results/resnet50-torch-bf16"
+    assert out("mobilenet_v1", backend="tf") == "results/mobilenet_v1-tf"
+    assert out("resnet50", quantize="int8") == "results/resnet50-torch-int8"
+    assert out("resnet50", transform="my/prune.py:prune") == "results/resnet50-torch-prune"
+    method = out("resnet50", quantize="w4a8", calibration_method="minmax", equalize=False)
+    assert method == "results/resnet50-torch-w4a8-minmax-no-cle"
 
 
 def test_cli_without_out_writes_a_bf16_run_into_its_own_folder(monkeypatch, tmp_path):

@@ -1,0 +1,235 @@
+"""A user's method, applied between loading the converted model and evaluating it.
+
+``--transform path/to/file.py:function`` or ``--transform package.module:function`` names a
+function called once as ``function(model, calibration)``: ``model`` is the converted fp32
+module in eval mode, ``calibration`` an ``eval.calibration.CalibrationBatches`` (MLPerf-normalised NCHW
+float32 batches of the calibration set, iterable as often as needed). It returns the module
+to evaluate. ``--quantize SCHEME`` is the built-in transform (``quantize.quantize_model``).
+
+Everything after it is the fp32 run's: cache checks, engines, CPU workers, results.json;
+the record (``TransformRecord``) names the function and the sha256 of its source file, so a
+stage stamp redoes the evaluation when that file changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import logging
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError, first_line
+from core.files import sha256_file
+from core.records import Record
+from core.sources import source_digest
+
+log = logging.getLogger(__name__)
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass
+class TransformRecord(Record):
+    """What was applied to the fp32 model, for results.json and stage stamps."""
+
+    spec: str  # as given: "file.py:function", "package.module:function" or "quantize int8"
+    name: str  # the function's name, or the scheme: names the output folder
+    source: str  # the file holding the function (the quantize package for --quantize)
+    source_sha256: str
+    options: dict[str, Any] = field(default_factory=dict)  # --quantize's choices
+    applied: dict[str, Any] | None = None  # what the transform reported (quantization_record)
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    """``(module or file, function)``; one sentence when ``spec`` is not of either form."""
+    target, sep, function = spec.rpartition(":")
+    if not sep or not target or not _IDENTIFIER.fullmatch(function):
+        raise UserError(
+            f"--transform {spec!r} is not 'path/to/file.py:function' or "
+            "'package.module:function'"
+        )
+    return target, function
+
+
+def _is_file_target(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or Path(target).is_file()
+
+
+def transform_name(spec: str | None, quantize: str | None) -> str | None:
+    """The name an evaluation folder carries for this transform (cheap: nothing imported)."""
+    if quantize is not None:
+        return quantize
+    if spec is None:
+        return None
+    return _split_spec(spec)[1]
+
+
+def _module_file(module_name: str, spec: str) -> Path:
+    """The source file of ``module_name``, found without running it (parents may import)."""
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as err:
+        raise UserError(
+            f"cannot find the transform module of {spec!r}: {first_line(err, 200)}"
+        ) from None
+    if found is None or not found.origin or not Path(found.origin).is_file():
+        raise UserError(f"cannot find the transform module {module_name!r} of {spec!r}")
+    return Path(found.origin)
+
+
+def quantize_options(settings) -> dict[str, Any]:
+    """--quantize's choices as recorded: scheme, calibration method and techniques."""
+    from quantize import DEFAULT_METHOD
+
+    return {
+        "scheme": settings.quantize,
+        "calibration_method": settings.calibration_method or DEFAULT_METHOD,
+        "equalize": settings.equalize,
+        "bias_correction": settings.bias_correction,
+    }
+
+
+def describe_transform(settings) -> TransformRecord | None:
+    """The record of ``settings``' transform without applying it (None without one): the
+    source file's sha256 is read now, so a stamp can compare it before any work."""
+    if settings.quantize is not None:
+        return TransformRecord(
+            spec=f"quantize {settings.quantize}",
+            name=settings.quantize,
+            source="quantize (the project's package)",
+            source_sha256=source_digest("quantize"),
+            options=quantize_options(settings),
+        )
+    if settings.transform is None:
+        return None
+    target, function = _split_spec(settings.transform)
+    path = Path(target) if _is_file_target(target) else _module_file(target, settings.transform)
+    if not path.is_file():
+        raise UserError(f"transform file {path} not found (from --transform {settings.transform})")
+    return TransformRecord(
+        spec=settings.transform, name=function, source=str(path), source_sha256=sha256_file(path)
+    )
+
+
+def load_transform(settings) -> tuple[Callable, TransformRecord] | None:
+    """The transform function of ``settings`` and its record (None without a transform)."""
+    record = describe_transform(settings)
+    if record is None:
+        return None
+    if settings.quantize is not None:
+        from quantize import quantize_model
+
+        options = dict(record.options)
+        function = functools.partial(
+            quantize_model,
+            scheme=options.pop("scheme"),
+            method=options.pop("calibration_method"),
+            quiet=settings.quiet,
+            **options,
+        )
+        return function, record
+    target, function_name = _split_spec(settings.transform)
+    module = _import_file(Path(record.source), record) if _is_file_target(target) else None
+    if module is None:
+        module = _import_module(target, record)
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise UserError(f"the transform file {record.source} has no function {function_name!r}")
+    if not callable(function):
+        raise UserError(f"{function_name!r} in {record.source} is not a function")
+    return function, record
+
+
+def _import_file(path: Path, record: TransformRecord):
+    """Run a transform file as a module of its own (named after its digest)."""
+    name = f"mlperf_port_transform_{record.source_sha256[:16]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"cannot import transform file {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # anything the user's file does on import
+        raise UserError(
+            f"cannot import transform file {path}: {type(err).__name__}: {first_line(err, 200)}"
+        ) from None
+    sys.modules[name] = module
+    return module
+
+
+def _import_module(module_name: str, record: TransformRecord):
+    try:
+        return importlib.import_module(module_name)
+    except Exception as err:
+        raise UserError(
+            f"cannot import transform module {module_name} ({record.source}): "
+            f"{type(err).__name__}: {first_line(err, 200)}"
+        ) from None
+
+
+def apply_transform(
+    function: Callable,
+    record: TransformRecord,
+    model,
+    calibration,
+    num_classes: int,
+):
+    """``function(model, calibration)``, checked: anything it raises, a result that is not
+    an ``nn.Module`` or whose logits have another shape is one sentence naming it."""
+    import torch
+    from torch import nn
+
+    log.info("applying transform %s to the fp32 model", record.spec)
+    try:
+        result = function(model, calibration)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(
+            f"the transform {record.spec} raised {type(err).__name__}: {first_line(err, 200)}"
+        ) from None
+    if not isinstance(result, nn.Module):
+        raise UserError(
+            f"the transform {record.spec} returned {type(result).__name__}, not a "
+            "torch.nn.Module"
+        )
+    result.eval()
+    sample = next(iter(calibration))[:2]
+    try:
+        with torch.inference_mode():
+            logits = result(sample)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(
+            f"the model returned by the transform {record.spec} raised "
+            f"{type(err).__name__} on a calibration batch: {first_line(err, 200)}"
+        ) from None
+    expected = (len(sample), num_classes)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise UserError(
+            f"the transform {record.spec} changed the logits to {shape}; the evaluation "
+            f"needs {expected} (batch, classes)"
+        )
+    applied = getattr(result, "quantization_record", None)
+    if isinstance(applied, dict):
+        record.applied = applied
+    return result
+
+
+def spec_digest(record: TransformRecord | None) -> str | None:
+    """One digest of everything a transform's output depends on (spec, source, options)."""
+    if record is None:
+        return None
+    text = f"{record.spec}\0{record.source_sha256}\0{sorted(record.options.items())}"
+    return hashlib.sha256(text.encode()).hexdigest()
