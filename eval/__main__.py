@@ -1,7 +1,7 @@
 """``python -m eval``: evaluate a model over a preprocessed cache, or compare predictions.
 
     python -m eval --model M --cache-dir CACHE (--weights W.pth | --backend tf --checkpoint PB)
-    python -m eval --model M --cache-dir CACHE --weights W.pth (--transform F.py:fn | --quantize int8)
+    python -m eval --model M --cache-dir C --weights W.pth (--transform F.py:fn | --quantize int8)
     torchrun --nproc-per-node N -m eval ...   (one shard of the cache per process)
     python -m eval compare A.npy B.npy [--files CACHE_OR_NAMES] [--model M] [--strict]
 

@@ -100,7 +100,9 @@ def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
 
 def add_transform_options(parser: argparse.ArgumentParser) -> None:
     """A user's method applied to the fp32 model before it is evaluated (eval.transform)."""
-    group = parser.add_argument_group("your method (the fp32 run of the same model is its reference)")
+    group = parser.add_argument_group(
+        "your method (an fp32 run of the same model is its reference)"
+    )
     what = group.add_mutually_exclusive_group()
     what.add_argument(
         "--transform",
@@ -220,7 +222,9 @@ class EvalSettings:
                     raise UserError(f"{option} is for --quantize")
             return
         if self.backend != "torch":
-            raise UserError("--transform and --quantize modify the PyTorch model: use --backend torch")
+            raise UserError(
+                "--transform and --quantize modify the PyTorch model: use --backend torch"
+            )
         if self.transform is not None:
             from eval.transform import transform_name
 

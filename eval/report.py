@@ -157,7 +157,6 @@ class EvalResult(Record):
         rule = "-" * (width + 2 + max(len(value) for _, value in rows))
         return "\n".join([rule, *(f"{name:<{width}}  {value}" for name, value in rows), rule])
 
-
     def _modified_rows(self) -> list[tuple[str, str]]:
         """A modified run's method, its verdict against fp32 and MLPerf's gate, its flips."""
         rows = []
@@ -178,8 +177,11 @@ class EvalResult(Record):
         if self.flips is not None:
             f = self.flips
             rows.append(
-                ("flips vs fp32", f"{f['changed']} changed: {f['fixed']} fixed, "
-                 f"{f['broken']} broken (net {f['net']:+d}), see {f['file']}")
+                (
+                    "flips vs fp32",
+                    f"{f['changed']} changed: {f['fixed']} fixed, "
+                    f"{f['broken']} broken (net {f['net']:+d}), see {f['file']}",
+                )
             )
         return rows
 

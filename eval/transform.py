@@ -2,8 +2,9 @@
 
 ``--transform path/to/file.py:function`` or ``--transform package.module:function`` names a
 function called once as ``function(model, calibration)``: ``model`` is the converted fp32
-module in eval mode, ``calibration`` an ``eval.calibration.CalibrationBatches`` (MLPerf-normalised NCHW
-float32 batches of the calibration set, iterable as often as needed). It returns the module
+module in eval mode, ``calibration`` an ``eval.calibration.CalibrationBatches``
+(MLPerf-normalised NCHW float32 batches of the calibration set, iterable as often as
+needed). It returns the module
 to evaluate. ``--quantize SCHEME`` is the built-in transform (``quantize.quantize_model``).
 
 Everything after it is the fp32 run's: cache checks, engines, CPU workers, results.json;
@@ -52,8 +53,7 @@ def _split_spec(spec: str) -> tuple[str, str]:
     target, sep, function = spec.rpartition(":")
     if not sep or not target or not _IDENTIFIER.fullmatch(function):
         raise UserError(
-            f"--transform {spec!r} is not 'path/to/file.py:function' or "
-            "'package.module:function'"
+            f"--transform {spec!r} is not 'path/to/file.py:function' or 'package.module:function'"
         )
     return target, function
 
@@ -199,8 +199,7 @@ def apply_transform(
         ) from None
     if not isinstance(result, nn.Module):
         raise UserError(
-            f"the transform {record.spec} returned {type(result).__name__}, not a "
-            "torch.nn.Module"
+            f"the transform {record.spec} returned {type(result).__name__}, not a torch.nn.Module"
         )
     result.eval()
     sample = next(iter(calibration))[:2]

@@ -132,6 +132,7 @@ def write_calibration_val_map(listing: Listing, path: str | os.PathLike) -> Path
     """Write ``listing`` as a val_map (``name label`` lines) for ``build_cache``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(f"{name} {label}\n" for name, label in zip(listing.files, listing.labels))
+    pairs = zip(listing.files, listing.labels, strict=True)
+    text = "".join(f"{name} {label}\n" for name, label in pairs)
     write_text_atomic(path, text)
     return path
