@@ -29,6 +29,8 @@ from .walker import LayerTensor
 
 log = logging.getLogger(__name__)
 
+SQNR_CAP_DB = 200.0
+
 
 @dataclass
 class LayerDiff(Record):
@@ -39,6 +41,10 @@ class LayerDiff(Record):
     max_rel_diff: float  # max |diff| / max |TF activation| of the layer
     within_tolerance: bool  # a lead to where a difference starts; only the logits decide
     encoding: str = ""  # batch-norm encoding(s) the converter found in this block
+    # Over all images: 10 log10(sum ref^2 / sum diff^2) (SQNR_CAP_DB at most), and the cosine
+    # of the angle between the two activations, flattened.
+    sqnr_db: float | None = None
+    cosine: float | None = None
 
 
 @dataclass
@@ -187,9 +193,12 @@ def topk_agree(tf_row: np.ndarray, torch_row: np.ndarray, k: int, tie_tolerance:
     return all(abs(tf_row[c] - kth) <= tie_tolerance for c in differing)
 
 
-def _keep_output(outputs: dict, name: str, _module, _inputs, output) -> None:
-    """Forward hook (bound by ``functools.partial``): copy module ``name``'s output."""
-    outputs[name] = output.detach().clone()
+def _keep_output(outputs: dict, name: str, module, _inputs, output) -> None:
+    """Forward hook (bound by ``functools.partial``): copy module ``name``'s output, as
+    float32 (a quantized module's integer output through its ``dequantize``)."""
+    if not output.is_floating_point() and hasattr(module, "dequantize"):
+        output = module.dequantize(output)
+    outputs[name] = output.detach().float().clone()
 
 
 @dataclass
@@ -198,6 +207,8 @@ class _LayerStats:
 
     max_abs: dict[str, float] = field(default_factory=dict)
     max_ref: dict[str, float] = field(default_factory=dict)
+    # Sums over every element of every batch: ref^2, diff^2, ours^2, ours * ref.
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
     shapes: dict[str, list[int]] = field(default_factory=dict)
     mismatched: set[str] = field(default_factory=set)
     tf_logits: list[np.ndarray] = field(default_factory=list)
@@ -209,9 +220,15 @@ class _LayerStats:
         if ref.size != pt.size:
             self.mismatched.add(lt.layer)
             return
-        diff = np.abs(pt.reshape(batch_len, -1) - ref.reshape(batch_len, -1))
+        ours = pt.reshape(batch_len, -1).astype(np.float64)
+        theirs = ref.reshape(batch_len, -1).astype(np.float64)
+        diff = np.abs(ours - theirs)
         self.max_abs[lt.layer] = max(self.max_abs.get(lt.layer, 0.0), float(diff.max()))
         self.max_ref[lt.layer] = max(self.max_ref.get(lt.layer, 0.0), float(np.abs(ref).max()))
+        sums = np.array(
+            [(theirs**2).sum(), (diff**2).sum(), (ours**2).sum(), (ours * theirs).sum()]
+        )
+        self.sums[lt.layer] = self.sums.get(lt.layer, 0.0) + sums
         if not lt.module:  # the model's own output: the logits
             self.tf_logits.append(ref.reshape(batch_len, -1))
             self.pt_logits.append(pt.reshape(batch_len, -1))
@@ -274,9 +291,22 @@ def _layer_rows(
                 max_rel_diff=rel,
                 within_tolerance=lt.layer not in stats.mismatched and rel <= tolerance,
                 encoding=lt.encoding,
+                **_similarity(stats.sums.get(lt.layer)),
             )
         )
     return rows
+
+
+def _similarity(sums: np.ndarray | None) -> dict[str, float | None]:
+    """SQNR (dB) and cosine similarity from the accumulated sums (None when unmeasured)."""
+    if sums is None:
+        return {"sqnr_db": None, "cosine": None}
+    signal, noise, ours, dot = (float(v) for v in sums)
+    # Capped so JSON stays standard: SQNR_CAP_DB means identical (or float64-level noise).
+    sqnr = SQNR_CAP_DB if noise == 0 else min(SQNR_CAP_DB, 10 * np.log10(signal / noise))
+    norms = np.sqrt(ours * signal)
+    cosine = 1.0 if norms == 0 and noise == 0 else (dot / norms if norms else 0.0)
+    return {"sqnr_db": round(sqnr, 3), "cosine": round(float(cosine), 7)}
 
 
 def _image_agreements(
@@ -318,6 +348,23 @@ def _logit_failures(
     return failures
 
 
+def compare_activations(
+    model: nn.Module,
+    runner: Any,
+    layer_tensors: list[LayerTensor],
+    data_format: str,
+    images: np.ndarray,
+    *,
+    tolerance: float = 1e-4,
+    quiet: bool = False,
+) -> tuple[list[LayerDiff], _LayerStats]:
+    """The one layer-by-layer comparison: ``model`` and a reference ``runner`` (TF's, or
+    another PyTorch model's: ``.run(nhwc_batch, names) -> arrays``) on the same NHWC
+    float32 ``images``; a row per listed layer, and the statistics behind the rows."""
+    stats = _collect_stats(model, runner, layer_tensors, images, data_format, quiet)
+    return _layer_rows(layer_tensors, stats, tolerance), stats
+
+
 def compare_layers(
     model: nn.Module,
     runner: Any,
@@ -331,8 +378,9 @@ def compare_layers(
     quiet: bool = False,
 ) -> VerificationResult:
     """Run TF and PyTorch on ``images`` (NHWC float32) and compare every listed layer."""
-    stats = _collect_stats(model, runner, layer_tensors, images, data_format, quiet)
-    rows = _layer_rows(layer_tensors, stats, tolerance)
+    rows, stats = compare_activations(
+        model, runner, layer_tensors, data_format, images, tolerance=tolerance, quiet=quiet
+    )
     logits_row = rows[-1]
     image_rows: list[ImageAgreement] = []
     if logits_row.layer in stats.mismatched:

@@ -4,6 +4,7 @@
     python -m eval --model M --cache-dir C --weights W.pth (--transform F.py:fn | --quantize int8)
     torchrun --nproc-per-node N -m eval ...   (one shard of the cache per process)
     python -m eval compare A.npy B.npy [--files CACHE_OR_NAMES] [--model M] [--strict]
+    python -m eval layers --model M --weights W.pth (--transform SPEC | --quantize int8) ...
 
 Writes DIR/results.json, predictions.npy and top5.npy and prints a summary table; one run
 writes into DIR at a time (a second one refuses, or waits with --wait).
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eval",
         description="Top-1/top-5 of a converted model (or the TF reference) over a "
-        "preprocessed cache. 'python -m eval compare -h' compares two predictions files.",
+        "preprocessed cache. 'python -m eval compare -h' compares two predictions files; "
+        "'python -m eval layers -h' compares a modified model with fp32 block by block.",
     )
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--cache-dir", required=True, help="preprocessed cache directory")
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         from eval.compare import main as compare_main
 
         return compare_main(argv[1:])
+    if argv[:1] == ["layers"]:
+        from eval.layers import main as layers_main
+
+        return layers_main(argv[1:])
     args = build_parser().parse_args(renamed_options(argv, RENAMED_OPTIONS))
     configure_logging(args.quiet)
     check_backend_inputs(args)

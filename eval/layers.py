@@ -1,0 +1,279 @@
+"""Layer by layer against fp32: where a modified model (int8, a user's transform) departs.
+
+The converter's comparison with TensorFlow (``convert.verify.compare_activations``) with the
+fp32 PyTorch model in TensorFlow's place: both models run the same cached images, each
+block's output is compared (SQNR in dB, cosine similarity, max |difference|), and the first
+block whose SQNR falls below a threshold is named.
+
+    python -m eval layers --model M --weights W.pth (--transform SPEC | --quantize int8)
+        --cache-dir C [--images N] [--threshold-db DB] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.cli import configure_logging, positive_int, run_cli
+from core.errors import UserError
+from core.files import check_output_dir, exclusive_lock, write_text_atomic
+from core.profiles import MODEL_NAMES, get_profile
+from core.records import Record
+
+log = logging.getLogger(__name__)
+
+LAYERS_FILE = "layers.json"
+PLOT_FILE = "layers.png"
+# Images compared by default: enough for stable per-layer statistics, a few seconds of work.
+DEFAULT_IMAGES = 32
+# SQNR below this: the block's error is more than a tenth of its signal (RMS), where
+# predictions start to move.
+DEFAULT_THRESHOLD_DB = 20.0
+LOGITS = ""  # a report point naming the model's own output
+
+
+def report_points(model) -> list[str]:
+    """The module names compared, in forward order ("" = the logits): every block that ends
+    in an activation, named the same in the fp32 and the quantized models."""
+    from convert.models import MobileNetV1, ResNet50
+
+    if isinstance(model, MobileNetV1):
+        blocks = [
+            f"features.{i}.{part}" for i in range(1, 14) for part in ("depthwise", "pointwise")
+        ]
+        return ["features.0", *blocks, "avgpool", LOGITS]
+    if isinstance(model, ResNet50):
+        blocks = [
+            f"layer{stage}.{block}"
+            for stage, count in enumerate((3, 4, 6, 3), start=1)
+            for block in range(count)
+        ]
+        return ["maxpool", *blocks, "avgpool", LOGITS]
+    return [LOGITS]
+
+
+class ModelRunner:
+    """The fp32 model in TensorFlow's place: ``run(nhwc_batch, names)`` gives the named
+    modules' outputs (NCHW) and, for "", the logits."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+        self._modules = dict(model.named_modules())
+
+    def run(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        import torch
+
+        from convert.verify import _keep_output
+
+        outputs: dict[str, Any] = {}
+        handles = [
+            self._modules[name].register_forward_hook(partial(_keep_output, outputs, name))
+            for name in names
+            if name
+        ]
+        try:
+            with torch.no_grad():
+                nchw = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+                logits = self.model(nchw)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [(outputs[name] if name else logits).numpy() for name in names]
+
+
+@dataclass
+class LayerReport(Record):
+    """results of ``compare_with_fp32``, written as layers.json."""
+
+    method: str
+    images: int
+    source: str
+    threshold_db: float
+    first_below_threshold: str | None  # the first block whose SQNR is under the threshold
+    layers: list  # convert.verify.LayerDiff rows, in forward order
+    skipped: list[str] = field(default_factory=list)  # points the modified model lacks
+
+    def summary_line(self) -> str:
+        if self.first_below_threshold is None:
+            return f"every block at or above {self.threshold_db:g} dB SQNR"
+        row = next(r for r in self.layers if r.layer == self.first_below_threshold)
+        return (
+            f"first block below {self.threshold_db:g} dB SQNR: {row.layer} "
+            f"({row.sqnr_db:.1f} dB, cosine {row.cosine:.4f})"
+        )
+
+    def table(self) -> str:
+        header = ("layer", "shape", "SQNR dB", "cosine", "max|diff|")
+        rows = [header] + [
+            (
+                r.layer,
+                "x".join(map(str, r.shape)),
+                f"{r.sqnr_db:.1f}",
+                f"{r.cosine:.5f}",
+                f"{r.max_abs_diff:.3g}",
+            )
+            for r in self.layers
+        ]
+        widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join([*lines, self.summary_line()])
+
+
+def compare_with_fp32(
+    fp32_model,
+    modified_model,
+    images: np.ndarray,
+    *,
+    method: str,
+    source: str,
+    threshold_db: float = DEFAULT_THRESHOLD_DB,
+    quiet: bool = False,
+) -> LayerReport:
+    """Every report point of ``modified_model`` against ``fp32_model`` on NHWC float32
+    ``images`` (MLPerf-normalised), through the converter's comparison."""
+    from convert.verify import compare_activations
+    from convert.walker import LayerTensor
+
+    present = dict(modified_model.named_modules())
+    points = report_points(fp32_model)
+    kept = [name for name in points if not name or name in present]
+    layer_tensors = [LayerTensor(name or "logits", name, name) for name in kept]
+    rows, _ = compare_activations(
+        modified_model, ModelRunner(fp32_model), layer_tensors, "NCHW", images, quiet=quiet
+    )
+    below = next((r.layer for r in rows if (r.sqnr_db or 0.0) < threshold_db), None)
+    return LayerReport(
+        method=method,
+        images=len(images),
+        source=source,
+        threshold_db=threshold_db,
+        first_below_threshold=below,
+        layers=rows,
+        skipped=[name for name in points if name not in kept],
+    )
+
+
+def write_report(out_dir: Path, report: LayerReport) -> None:
+    """layers.json, and layers.png when matplotlib is installed (an optional extra)."""
+    write_text_atomic(Path(out_dir) / LAYERS_FILE, json.dumps(report.to_json(), indent=2) + "\n")
+    try:
+        import matplotlib
+    except ImportError:
+        log.info("matplotlib is not installed: no %s", PLOT_FILE)
+        return
+    matplotlib.use("Agg")
+    _plot(out_dir, report)
+
+
+def _plot(out_dir: Path, report: LayerReport) -> None:
+    import matplotlib.pyplot as plt
+
+    from core.files import atomic_path
+
+    names = [r.layer for r in report.layers]
+    figure, axis = plt.subplots(figsize=(max(6, 0.3 * len(names)), 4))
+    axis.plot(range(len(names)), [r.sqnr_db for r in report.layers], marker="o")
+    axis.axhline(report.threshold_db, color="red", linestyle="--", linewidth=1)
+    axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    axis.set_ylabel("SQNR vs fp32 (dB)")
+    axis.set_title(f"{report.method}: {report.images} images")
+    figure.tight_layout()
+    with atomic_path(Path(out_dir) / PLOT_FILE) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def layer_report_for(
+    profile, weights, settings, cache, calibration, images: int, threshold_db: float, quiet: bool
+) -> LayerReport:
+    """Load ``weights``, apply ``settings``' transform (calibrated on ``calibration``) and
+    compare it with the untouched fp32 model on the first ``images`` cached crops."""
+    from convert.api import load_checkpoint
+    from eval.transform import apply_transform, load_transform
+
+    fp32_model, record = load_checkpoint(weights, expected_model=profile.name)
+    candidate, _ = load_checkpoint(weights, expected_model=profile.name)
+    function, transform = load_transform(settings)
+    modified = apply_transform(function, transform, candidate, calibration, record["num_classes"])
+    count = min(images, len(cache))
+    batch = cache.normalized(0, count)
+    return compare_with_fp32(
+        fp32_model,
+        modified,
+        batch,
+        method=transform.spec,
+        source=f"the first {count} images of {cache.cache_dir}",
+        threshold_db=threshold_db,
+        quiet=quiet,
+    )
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from eval.options import add_transform_options
+
+    parser = argparse.ArgumentParser(
+        prog="python -m eval layers",
+        description="Compare a modified model (--transform or --quantize) with the fp32 model "
+        "block by block on cached images: SQNR, cosine similarity, max |difference|.",
+    )
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
+    parser.add_argument("--weights", required=True, help="the converted fp32 .pth")
+    parser.add_argument("--cache-dir", required=True, help="preprocessed images to compare on")
+    parser.add_argument("--calibration-cache", metavar="DIR", help="as for python -m eval")
+    parser.add_argument("--images", type=positive_int, default=DEFAULT_IMAGES)
+    parser.add_argument("--threshold-db", type=float, default=DEFAULT_THRESHOLD_DB)
+    parser.add_argument("--out", required=True, help=f"folder for {LAYERS_FILE}")
+    parser.add_argument("--quiet", action="store_true")
+    add_transform_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from eval.calibration import calibration_set
+    from eval.options import EvalSettings
+    from preprocess import load_cache
+
+    args = build_parser().parse_args(argv)
+    configure_logging(args.quiet)
+    settings = EvalSettings.from_options(_with_defaults(args))
+    settings.check()
+    if not settings.transformed:
+        raise UserError(
+            "python -m eval layers compares a modified model: give --transform or --quantize"
+        )
+    profile = get_profile(args.model)
+    if not Path(args.weights).is_file():
+        raise UserError(f"weights file not found: {args.weights}")
+    cache = load_cache(Path(args.cache_dir), profile)
+    calibration, _ = calibration_set(profile, cache, settings.calibration_cache)
+    out_dir = Path(args.out)
+    check_output_dir(out_dir)
+    with exclusive_lock(out_dir, "output dir"):
+        report = layer_report_for(
+            profile, args.weights, settings, cache, calibration, args.images,
+            args.threshold_db, args.quiet,
+        )  # fmt: skip
+        write_report(out_dir, report)
+    print(report.table())
+    return 0
+
+
+def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The evaluation options this command has no flags for, at their defaults."""
+    defaults = {"loadgen": False, "loadgen_mode": "accuracy", "batch_size": None}
+    return argparse.Namespace(**{**defaults, **vars(args)})
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
