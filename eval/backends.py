@@ -117,6 +117,7 @@ class TorchBackend(Backend):
 
         super().__init__(profile, device)
         self.transform = transform  # eval.transform.TransformRecord of a modified model
+        self.module = module  # the eager module (a fast engine runs a folded copy of it)
         if label_offset is not None:  # the checkpoint's own record (num_classes - 1000)
             self._label_offset = label_offset
         self._torch = torch

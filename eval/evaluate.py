@@ -282,12 +282,42 @@ def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
         if settings.loadgen is not None:
             loadgen_dir = out_dir / "loadgen"
             result.loadgen = run_loadgen_pass(backend, cache, result.images, loadgen_dir, settings)
+        if out_dir is not None and result.transform is not None:
+            result.layers = _write_layer_report(out_dir, backend, job)
     if out_dir is not None:
         if result.modified:
             _compare_with_fp32(out_dir, result, job)
         write_outputs(out_dir, result)
         (out_dir / "resume.npz").unlink(missing_ok=True)
     return result
+
+
+def _write_layer_report(out_dir: Path, backend, job: _Job) -> dict | None:
+    """layers.json: the modified module just evaluated against the fp32 weights, block by
+    block, on the first cached images (on the CPU, where both models can run)."""
+    from convert.api import load_checkpoint
+    from eval.layers import DEFAULT_IMAGES, LAYERS_FILE, compare_with_fp32, write_report
+
+    if backend.torch_device.type != "cpu":
+        log.info("layers.json is made on the CPU only: run python -m eval layers there")
+        (out_dir / LAYERS_FILE).unlink(missing_ok=True)  # an older run's would mislead
+        return None
+    fp32_model, _ = load_checkpoint(backend.weights_path, expected_model=job.profile.name)
+    count = min(DEFAULT_IMAGES, len(job.cache))
+    report = compare_with_fp32(
+        fp32_model,
+        backend.module,
+        job.cache.normalized(0, count),
+        method=backend.transform.spec,
+        source=f"the first {count} images of {job.cache_dir}",
+        quiet=job.settings.quiet,
+    )
+    write_report(out_dir, report)
+    return {
+        "file": LAYERS_FILE,
+        "first_below_threshold": report.first_below_threshold,
+        "summary": report.summary_line(),
+    }
 
 
 def _compare_with_fp32(out_dir: Path, result: EvalResult, job: _Job) -> None:

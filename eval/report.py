@@ -102,10 +102,11 @@ class EvalResult(Record):
     calibration: dict[str, Any] | None = None
     mlperf_gate: dict[str, Any] | None = None
     flips: dict[str, Any] | None = None
+    layers: dict[str, Any] | None = None  # eval.layers' summary; the rows are in layers.json
 
     _not_json = ("top5_labels",)
     # Fields written only when they hold something.
-    _optional = ("loadgen", "transform", "calibration", "mlperf_gate", "flips")
+    _optional = ("loadgen", "transform", "calibration", "mlperf_gate", "flips", "layers")
 
     @property
     def predictions(self) -> np.ndarray:
@@ -183,6 +184,8 @@ class EvalResult(Record):
                     f"{f['broken']} broken (net {f['net']:+d}), see {f['file']}",
                 )
             )
+        if self.layers is not None:
+            rows.append(("layers vs fp32", f"{self.layers['summary']}, see {self.layers['file']}"))
         return rows
 
 

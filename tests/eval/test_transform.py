@@ -95,7 +95,12 @@ def test_identity_transform_gives_fp32_predictions_bit_for_bit(
     assert results["calibration"]["images"] == N_IMAGES
     assert results["calibration"]["mlperf_list"] is False
     assert "not MLPerf's list" in results["calibration"]["note"]
-    assert "MLPerf gate" in out and "same as fp32" in out
+    assert "MLPerf gate" in out and "same as fp32" in out and "layers vs fp32" in out
+    layers = json.loads((tmp_path / "r-torch-method" / "layers.json").read_text())
+    assert [row["layer"] for row in layers["layers"]] == ["logits"]  # a toy: no known blocks
+    # float32 noise only (the evaluated module runs channels-last, the reference NCHW)
+    assert layers["layers"][0]["sqnr_db"] > 100.0 and layers["first_below_threshold"] is None
+    assert results["layers"]["first_below_threshold"] is None
 
 
 def test_a_transform_forcing_one_class_scores_that_labels_share(
