@@ -221,7 +221,7 @@ class EvalSettings:
                 if given:
                     raise UserError(f"{option} is for --quantize")
             return
-        if self.backend != "torch":
+        if self.backend == "tf":
             raise UserError(
                 "--transform and --quantize modify the PyTorch model: use --backend torch"
             )

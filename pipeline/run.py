@@ -14,7 +14,6 @@ shard of the cache (``pipeline.ranks``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import time
@@ -32,15 +31,15 @@ from core.files import (
     write_text_atomic,
 )
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
+from core.sources import source_digest
 from eval.distributed import DistContext, init_from_environment, shutdown
 from eval.options import (
     BACKENDS,
     CPU_BATCH,
     EvalSettings,
     add_evaluation_options,
-    evaluation_name,
 )
-from eval.report import PREDICTIONS_FILE
+from eval.report import PREDICTIONS_FILE, library_versions
 from pipeline.fetch import SHA256_HELP, fetch_checkpoint
 from pipeline.ranks import EvaluationJob, follow, hand_over
 from pipeline.stages import StageStamp
@@ -75,6 +74,13 @@ class RunOptions:
     loadgen_mode: str = "accuracy"
     scenario: str = "Offline"
     wait: bool = False
+    # A user's method (eval.transform) and what it calibrates on.
+    transform: str | None = None
+    quantize: str | None = None
+    calibration_method: str | None = None
+    equalize: bool = True
+    bias_correction: bool = True
+    calibration_list: Path | None = None
 
 
 @dataclass
@@ -86,6 +92,8 @@ class RunState:
     checkpoint: Path | None = None
     cache_dir: Path | None = None
     cache_fingerprint: str | None = None
+    calibration_cache: Path | None = None  # None: the first images of the evaluation cache
+    calibration_list: dict[str, Any] | None = None  # the list file a calibration cache holds
     weights: Path | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     ran: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped"
@@ -130,6 +138,11 @@ def stage_preprocess(opts: RunOptions, state: RunState) -> None:
         data_dir = sample_dir()
         state.using_sample = True
     state.cache_dir = state.model_dir / "cache"
+    # The cache records its recipe and OpenCV; this stamp records the code that cropped it,
+    # so a change to the preprocessing code re-crops instead of reusing older crops.
+    stamp = StageStamp(state.model_dir / "stages", "preprocess", state.sha256)
+    code = {"code": source_digest("core", "preprocess")}
+    recrop = opts.force or not stamp.is_current(code, [])
     summary = build_cache(
         opts.model_name,
         data_dir,
@@ -139,11 +152,57 @@ def stage_preprocess(opts: RunOptions, state: RunState) -> None:
         workers=opts.workers,
         skip_bad=opts.skip_bad,
         quiet=opts.quiet,
-        force=opts.force,
+        force=recrop,
         wait=opts.wait,
     )
+    stamp.record(code, [])
     state.cache_fingerprint = summary.fingerprint
     state.ran["preprocess"] = "skipped (cache up to date)" if summary.already_complete else "ran"
+    if opts.transform is not None or opts.quantize is not None:
+        _prepare_calibration(opts, state, data_dir, recrop)
+
+
+def _prepare_calibration(opts: RunOptions, state: RunState, data_dir: Path, recrop: bool) -> None:
+    """The calibration cache a transform calibrates on: --calibration-list, else MLPerf's
+    list when the data dir holds its images (real ImageNet does), else none (the first
+    images of the evaluation cache, which the results flag as not MLPerf's list)."""
+    from preprocess import build_cache
+    from preprocess.calibration import (
+        calibration_listing,
+        holds_mlperf_list,
+        mlperf_list,
+        read_calibration_list,
+        write_calibration_val_map,
+    )
+
+    if opts.calibration_list is not None:
+        listed = read_calibration_list(opts.calibration_list)
+    elif not state.using_sample and holds_mlperf_list(data_dir, opts.val_map):
+        listed = mlperf_list()
+    else:
+        return
+    folder = state.model_dir / "calibration"
+    val_map = write_calibration_val_map(
+        calibration_listing(listed, data_dir, opts.val_map), folder / "val_map.txt"
+    )
+    summary = build_cache(
+        opts.model_name,
+        data_dir,
+        folder / "cache",
+        val_map=val_map,
+        workers=opts.workers,
+        quiet=opts.quiet,
+        force=recrop,
+        wait=opts.wait,
+    )
+    state.calibration_cache = folder / "cache"
+    state.calibration_list = {
+        "file": str(listed.path),
+        "sha256": listed.sha256,
+        "images": len(listed.names),
+        "mlperf_list": listed.is_mlperf,
+        "cache_fingerprint": summary.fingerprint,
+    }
 
 
 def stage_convert(opts: RunOptions, state: RunState) -> None:
@@ -154,7 +213,8 @@ def stage_convert(opts: RunOptions, state: RunState) -> None:
     # the conversion (the report names the images it was verified on).
     inputs = {
         "checkpoint_sha256": state.sha256(state.checkpoint),
-        "converter": _package_digest("convert", "core"),
+        "converter": source_digest("convert", "core"),
+        "versions": library_versions(),
     }
     state.weights = weights
     if not opts.force and stamp.is_current(inputs, outputs):
@@ -182,27 +242,56 @@ def stage_evaluate(opts: RunOptions, state: RunState) -> None:
 
     settings = EvalSettings.from_options(opts)
     did_work = False
-    for backend in BACKEND_RUNS[opts.backend]:
-        backend_settings = _backend_settings(settings, backend, state, opts.batch_size)
-        run_name = evaluation_name(backend, backend_settings.precision)
+    runs = _evaluation_runs(settings, state, opts.backend, opts.batch_size)
+    for key, run_settings in runs:
+        run_name = run_settings.folder_name
         out_dir = state.model_dir / f"eval-{run_name}"
-        inputs = _evaluate_inputs(backend_settings, state)
+        inputs = _evaluate_inputs(run_settings, state)
         stamp = StageStamp(state.model_dir / "stages", f"evaluate-{run_name}", state.sha256)
         results_path = out_dir / "results.json"
         # The summary reads both: its agreement figure comes from the predictions.
         outputs = [results_path, out_dir / PREDICTIONS_FILE]
         if not opts.force and stamp.is_current(inputs, outputs):
-            state.results[backend] = json.loads(results_path.read_text())
+            state.results[key] = json.loads(results_path.read_text())
             continue
         stamp.clear()
-        hand_over(
-            state.ctx, EvaluationJob(opts.model_name, state.cache_dir, backend_settings, out_dir)
-        )
-        result = evaluate(opts.model_name, state.cache_dir, backend_settings, out_dir=out_dir)
-        state.results[backend] = result.to_json()
+        hand_over(state.ctx, EvaluationJob(opts.model_name, state.cache_dir, run_settings, out_dir))
+        result = evaluate(opts.model_name, state.cache_dir, run_settings, out_dir=out_dir)
+        state.results[key] = result.to_json()
         stamp.record(inputs, outputs)
         did_work = True
     state.ran["evaluate"] = "ran" if did_work else "skipped (results up to date)"
+
+
+def _evaluation_runs(
+    settings: EvalSettings, state: RunState, backend_runs: str, asked_batch: int | None
+) -> list[tuple[str, EvalSettings]]:
+    """``(results key, settings)`` per evaluation, in order: each backend's run, and for a
+    modified model (a transform, int8, bf16, tf32) the plain fp32 run first, as "torch": it
+    is the reference the modified run, "method", is compared with."""
+    runs = []
+    for backend in BACKEND_RUNS[backend_runs]:
+        run = _backend_settings(settings, backend, state, asked_batch)
+        if backend == "torch" and (run.transformed or run.precision != "fp32"):
+            runs.append(("torch", unmodified(run)))
+            runs.append(("method", replace(run, calibration_cache=state.calibration_cache)))
+        else:
+            runs.append((backend, run))
+    return runs
+
+
+def unmodified(settings: EvalSettings) -> EvalSettings:
+    """The same evaluation of the converted model itself: fp32, no transform."""
+    return replace(
+        settings,
+        precision="fp32",
+        transform=None,
+        quantize=None,
+        calibration_method=None,
+        equalize=True,
+        bias_correction=True,
+        calibration_cache=None,
+    )
 
 
 def _backend_settings(
@@ -216,18 +305,22 @@ def _backend_settings(
     # PyTorch runs on a GPU: its answers are the ones to compare against. So its default
     # batch is the CPU's, not the GPU's.
     return replace(
-        settings,
+        unmodified(settings),
         backend="tf",
         checkpoint=state.checkpoint,
         device="cpu",
-        precision="fp32",
         batch_size=asked_batch or CPU_BATCH,
     )
 
 
 def _evaluate_inputs(settings: EvalSettings, state: RunState) -> dict[str, Any]:
     """What one backend's evaluation depends on: its stamp records these."""
+    from eval.transform import describe_transform, spec_digest
+
     torch = settings.backend == "torch"
+    calibration = None
+    if settings.transformed:
+        calibration = (state.calibration_list or {}).get("cache_fingerprint", "evaluation cache")
     return {
         "backend": settings.backend,
         "source_sha256": state.sha256(settings.weights if torch else settings.checkpoint),
@@ -237,6 +330,13 @@ def _evaluate_inputs(settings: EvalSettings, state: RunState) -> dict[str, Any]:
         "engine": settings.engine if torch else None,
         "precision": settings.precision if torch else None,
         "loadgen": [settings.loadgen, settings.scenario] if settings.loadgen else None,
+        # A transform's source file and options, and the images it calibrated on.
+        "transform": spec_digest(describe_transform(settings)),
+        "calibration": calibration,
+        # The code that evaluates (quantize: the built-in methods) and the libraries that
+        # compute the numbers.
+        "code": source_digest("core", "preprocess", "convert", "quantize", "eval"),
+        "versions": library_versions(),
     }
 
 
@@ -246,17 +346,6 @@ STAGE_FUNCTIONS = {
     "convert": stage_convert,
     "evaluate": stage_evaluate,
 }
-
-
-def _package_digest(*packages: str) -> str:
-    """A digest of packages' source, so a change in the converter redoes conversion."""
-    project = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for package in packages:
-        for path in sorted((project / package).rglob("*.py")):
-            digest.update(path.relative_to(project).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -297,9 +386,13 @@ def stages_to_run(requested: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def combined_results(opts: RunOptions, state: RunState) -> dict[str, Any]:
-    """W/<model>/results.json: the primary backend's keys plus the other backend's figures."""
-    primary = "torch" if "torch" in state.results else "tf"
+    """W/<model>/results.json: the primary run's keys (the modified model's when there is
+    one, else PyTorch's, else TensorFlow's) plus the other runs' figures."""
+    primary = next(key for key in ("method", "torch", "tf") if key in state.results)
     combined = dict(state.results[primary])
+    if "method" in state.results:
+        combined["fp32_top1"] = state.results["torch"]["top1"]
+        combined["calibration_list"] = state.calibration_list
     if "torch" in state.results and "tf" in state.results:
         torch_res, tf_res = state.results["torch"], state.results["tf"]
         for key in ("top1", "top5", "images_per_second"):
@@ -321,8 +414,7 @@ def combined_results(opts: RunOptions, state: RunState) -> dict[str, Any]:
 def _prediction_agreement(opts: RunOptions, state: RunState) -> float:
     from eval.compare import compare_predictions, load_predictions
 
-    torch_folder = f"eval-{evaluation_name('torch', opts.precision)}"
-    torch_run = load_predictions(state.model_dir / torch_folder)
+    torch_run = load_predictions(state.model_dir / "eval-torch")  # the fp32 run
     tf_run = load_predictions(state.model_dir / "eval-tf")
     return compare_predictions(torch_run, tf_run)["percent"]
 
@@ -346,6 +438,8 @@ def format_summary(combined: dict[str, Any], state: RunState) -> str:
         ("MLPerf reference", _pct(state.profile.reference_top1)),
         ("difference", f"{combined['top1'] - state.profile.reference_top1:+.3f} points"),
     ]
+    if "method" in state.results:
+        rows += _method_rows(state.results["method"])
     if combined.get("loadgen"):
         from eval.loadgen import LoadgenResult
 
@@ -361,6 +455,34 @@ def format_summary(combined: dict[str, Any], state: RunState) -> str:
     stages = ", ".join(f"{s} {what}" for s, what in state.ran.items())
     lines.append(f"  stages: {stages}")
     return "\n".join(lines)
+
+
+def _method_rows(method: dict[str, Any]) -> list[tuple[str, str]]:
+    """The modified model's figures: what it is, its top-1 and speed, and how it compares
+    with the fp32 run (equal predictions, MLPerf's gate, flips, the first layer to drift)."""
+    from eval.verdict import gate_line
+
+    name = (method.get("transform") or {}).get("spec") or f"precision {method.get('precision')}"
+    rows = [
+        ("method", name),
+        ("top-1 method", f"{_pct(method['top1'])}  ({method['images_per_second']:,.1f} img/s)"),
+    ]
+    calibration = method.get("calibration")
+    if calibration is not None:
+        note = calibration["note"] or "MLPerf's calibration list"
+        rows.append(("calibration", f"{calibration['images']} images ({note})"))
+    reference = method.get("fp32_reference") or {}
+    if reference.get("equal_share") is not None:
+        rows.append(("same as fp32", f"{100 * reference['equal_share']:.3f} % of images"))
+    if method.get("mlperf_gate"):
+        rows.append(("MLPerf gate", gate_line(method["mlperf_gate"])))
+    if flips := method.get("flips"):
+        rows.append(
+            ("flips vs fp32", f"{flips['fixed']} fixed, {flips['broken']} broken (flips.csv)")
+        )
+    if layers := method.get("layers"):
+        rows.append(("layers vs fp32", layers["summary"]))
+    return rows
 
 
 def _pct(value: float | None) -> str:
@@ -399,6 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images")
     p.add_argument("--backend", default="torch", choices=tuple(BACKEND_RUNS))
     add_evaluation_options(p)
+    p.add_argument(
+        "--calibration-list",
+        type=Path,
+        metavar="FILE",
+        help="images --transform/--quantize calibrate on, in MLPerf's format (one name per "
+        "line, relative to the data dir); default: MLPerf's cal_image_list_option_1.txt when "
+        "the data dir holds its images, else the first 500 listed images",
+    )
     p.add_argument(
         "--stages",
         type=_parse_stages,
