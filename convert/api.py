@@ -9,6 +9,7 @@ nothing reads it back, so editing it cannot change what is built.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -31,9 +32,7 @@ from core.files import (
     atomic_path,
     check_output_dir,
     file_lock,
-    sha256_file,
     temporaries_of,
-    write_text_atomic,
 )
 from core.profiles import MODEL_NAMES, get_profile
 from core.records import Record
@@ -193,20 +192,61 @@ def _convert_locked(profile, checkpoint, out, report, quiet, image_sources: dict
             torch_model, checkpoint, graph_def, extracted, profile, quiet=quiet, **image_sources
         )
     record = _conversion_record(payload, extracted, verification, out)
-    with atomic_path(out) as tmp_pth, atomic_path(record.sidecar) as tmp_json:
-        torch.save(payload, tmp_pth)
-        record.file_sha256 = sha256_file(tmp_pth)
-        record.seconds = round(time.perf_counter() - started, 2)
-        tmp_json.write_text(json.dumps(record.to_json(), indent=2) + "\n")
+    model_bytes = model_file_bytes(payload)
+    record.file_sha256 = hashlib.sha256(model_bytes).hexdigest()
+    record.seconds = round(time.perf_counter() - started, 2)
+    texts = {record.sidecar: json.dumps(record.to_json(), indent=2) + "\n"}
     if report is not None:
         full = {
             **record.to_json(),
             "verification": verification.to_json() if verification else None,
             "tensors": extracted.source_names,
         }
-        write_text_atomic(report, json.dumps(full, indent=2) + "\n")
+        texts[Path(report)] = json.dumps(full, indent=2) + "\n"
+    _write_outputs(out, model_bytes, texts)
     log.info("wrote %s and %s in %.1f s", out, record.sidecar, record.seconds)
     return record
+
+
+def model_file_bytes(payload: dict[str, Any]) -> bytes:
+    """The .pth file's bytes. Saved to memory, not to the file: torch.save names the zip's
+    root folder after the file it writes, so the same graph saved to two (temporary) names
+    would give two different files; in memory the root is always "archive"."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def _write_outputs(out: Path, model_bytes: bytes, texts: dict[Path, str]) -> None:
+    """Write the .pth and the JSON files all or none: each goes to a temporary name, and
+    only once every one is written are they renamed, the .pth last (a failing report
+    leaves no model file behind). A full disk or any other write error is one sentence."""
+    try:
+        with contextlib.ExitStack() as stack:  # exits in reverse: the .pth is renamed last
+            tmp_model = stack.enter_context(atomic_path(out))
+            temporaries = {path: stack.enter_context(atomic_path(path)) for path in texts}
+            _write_bytes(tmp_model, model_bytes, out)
+            for path, text in texts.items():
+                _write_bytes(temporaries[path], text.encode(), path)
+    except OSError as err:  # creating or renaming a temporary
+        raise _write_failure(out, err) from None
+
+
+def _write_bytes(tmp: Path, data: bytes, final: Path) -> None:
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    except OSError as err:
+        raise _write_failure(final, err) from None
+
+
+def _write_failure(path: Path, err: OSError) -> UserError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(
+            f"not enough disk space in {path.parent} to write {path.name}: free some space "
+            f"and convert again (nothing was written)"
+        )
+    return UserError(f"cannot write {path} ({err.strerror or err}): nothing was written")
 
 
 def _present(graph_def: Any, tensor_names: list[str]) -> list[str]:

@@ -100,7 +100,35 @@ def _parse_graph_def(data: bytes, source: str) -> Any:
         raise UserError(f"{source} is not a TensorFlow GraphDef or is truncated ({err})") from None
     if not graph_def.node or not all(n.name and n.op for n in graph_def.node):
         raise UserError(f"{source} is not a TensorFlow frozen graph (it holds no usable nodes)")
+    check_importable(graph_def, source)
     return graph_def
+
+
+def check_importable(graph_def: Any, source: str) -> None:
+    """UserError (naming the node) unless TensorFlow can import every node of the graph.
+
+    TensorFlow imports a graph whole, nodes that no fetch runs included, and fails on a
+    repeated node name (ValueError) or an op type it does not define (NotFoundError); the
+    indexes here would silently keep one of two same-named nodes.
+    """
+    from tensorflow.python.framework import op_def_registry
+
+    seen: set[str] = set()
+    for node in graph_def.node:
+        if node.name in seen:
+            raise UserError(
+                f"{source} is not a usable frozen graph: it defines node {node.name!r} twice, "
+                f"and node names must be unique"
+            )
+        seen.add(node.name)
+    functions = {f.signature.name for f in graph_def.library.function}
+    for node in graph_def.node:
+        if node.op not in functions and op_def_registry.get(node.op) is None:
+            version = _quiet_tensorflow().__version__
+            raise UserError(
+                f"{source} cannot be loaded: node {node.name!r} is a {node.op} op, which "
+                f"TensorFlow {version} does not define (a custom op, or one of a newer version)"
+            )
 
 
 def _np_dtype(attr_type: int) -> np.dtype:

@@ -20,7 +20,13 @@ import numpy as np
 from core.errors import UserError, first_line
 from core.profiles import ModelProfile, as_profile
 
-from .graph import _quiet_tensorflow, node_name, read_frozen_graph, tensor_name
+from .graph import (
+    _quiet_tensorflow,
+    check_importable,
+    node_name,
+    read_frozen_graph,
+    tensor_name,
+)
 from .safety import check_graph_ops
 
 log = logging.getLogger(__name__)
@@ -120,11 +126,13 @@ class TFGraphRunner:
         self.profile = as_profile(profile)
         # The sha256 of the bytes parsed, when this runner read them (None for a graph_def).
         self.source_sha256: str | None = None
+        self.source = str(checkpoint_path)
         if graph_def is None:
             graph_def, self.source_sha256 = read_frozen_graph(
                 checkpoint_path, self.profile.archive_member
             )
-        self.source = str(checkpoint_path)
+        else:  # read_frozen_graph checks its own
+            check_importable(graph_def, self.source)
         self.input_name = node_name(input_tensor or self.profile.input_tensor)
         self.logits_tensor = tensor_name(logits_tensor or self.profile.logits_tensor)
         original = next((n for n in graph_def.node if n.name == self.input_name), None)
@@ -148,11 +156,16 @@ class TFGraphRunner:
             graph_input = self._input
             if self.input_layout == "NCHW":
                 graph_input = tf.transpose(self._input, [0, 3, 1, 2], name="runner_input_nchw")
-            tf.compat.v1.import_graph_def(
-                channels_last_rewrite(graph_def),
-                input_map={tensor_name(self.input_name): graph_input},
-                name="",
-            )
+            try:
+                tf.compat.v1.import_graph_def(
+                    channels_last_rewrite(graph_def),
+                    input_map={tensor_name(self.input_name): graph_input},
+                    name="",
+                )
+            except (ValueError, tf.errors.OpError) as err:  # what check_importable missed
+                raise UserError(
+                    f"TensorFlow cannot load graph {self.source} ({first_line(err, 200)})"
+                ) from None
         self.session = tf.compat.v1.Session(graph=self.graph)
         self._one_at_a_time = False
 

@@ -10,6 +10,7 @@ difference, or for unusable inputs (one sentence).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from core.cli import run_cli
 from core.errors import UserError
 from core.profiles import MODEL_NAMES
-from eval.report import PREDICTIONS_FILE
+from eval.report import PREDICTIONS_FILE, RESULTS_FILE
 
 
 def compare_predictions(a: np.ndarray, b: np.ndarray) -> dict:
@@ -62,11 +63,43 @@ def load_predictions(path: str | os.PathLike) -> np.ndarray:
     return predictions
 
 
+def cache_fingerprint(path: str | os.PathLike) -> str | None:
+    """The ``cache_fingerprint`` in the results.json beside a predictions file (or in an
+    eval output folder); None when there is none to read."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    try:
+        results = json.loads((folder / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    fingerprint = results.get("cache_fingerprint") if isinstance(results, dict) else None
+    return fingerprint if isinstance(fingerprint, str) else None
+
+
+def check_same_cache(a: str | os.PathLike, b: str | os.PathLike) -> None:
+    """UserError when both runs record the cache they read and the two differ: index i
+    would then be a different image in each, and their agreement means nothing."""
+    first, second = cache_fingerprint(a), cache_fingerprint(b)
+    if first and second and first != second:
+        raise UserError(
+            f"{a} and {b} were evaluated on different caches (cache_fingerprint "
+            f"{first[:12]}... and {second[:12]}... in their {RESULTS_FILE}): compare runs "
+            f"of the same cache"
+        )
+
+
 def load_file_names(source: str | os.PathLike, model_name: str | None = None) -> list[str]:
     """File names in cache order from a cache directory or a one-name-per-line text file."""
     source = Path(source)
     if source.is_file():
-        return [line.strip() for line in source.read_text().splitlines() if line.strip()]
+        try:
+            data = source.read_bytes()
+        except OSError as err:
+            raise UserError(f"cannot read --files {source} ({err.strerror or err})") from None
+        # Names are shown, never opened: bytes that are not UTF-8 are kept (and shown
+        # escaped) rather than refused. Lines end at "\n" alone, as in a cache's files.txt.
+        lines = data.decode("utf-8", "surrogateescape").split("\n")
+        return [line.strip() for line in lines if line.strip()]
     if not source.is_dir():
         raise UserError(f"--files path not found: {source}")
     from preprocess import load_cache
@@ -80,6 +113,13 @@ def load_file_names(source: str | os.PathLike, model_name: str | None = None) ->
     # Prefer the reason that is not merely "built for the other model".
     reason = next((e for e in errors if "was built for" not in e), errors[0])
     raise UserError(f"cannot read file names from cache {source}: {reason}")
+
+
+def shown_name(name: str) -> str:
+    """``name`` as one printable line: bytes that are not UTF-8 as ``\\xff``, line breaks
+    and other unprintable characters escaped (printing them raw fails or splits the row)."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def format_comparison(
@@ -97,7 +137,7 @@ def format_comparison(
         f"  {'index':>{width}}  {'A':>5}  {'B':>5}{file_column}",
     ]
     for i in summary["differing_indices"]:
-        name = f"  {files[i]}" if files is not None else ""
+        name = f"  {shown_name(files[i])}" if files is not None else ""
         lines.append(f"  {i:>{width}}  {int(a[i]):>5}  {int(b[i]):>5}{name}")
     return "\n".join(lines)
 
@@ -124,6 +164,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m eval compare") ->
     args = build_parser(prog).parse_args(argv)
     a = load_predictions(args.a)
     b = load_predictions(args.b)
+    check_same_cache(args.a, args.b)
     summary = compare_predictions(a, b)
     files = None
     if args.files:

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from core.errors import UserError
 from core.system import available_cores
 
 # Images each worker runs per call: small enough that one image's activations stay in the
@@ -33,10 +34,25 @@ def cores_for_this_process() -> int:
     return max(1, available_cores() // local_ranks)
 
 
+def forced_workers() -> int | None:
+    """The worker count ``MLPERF_PORT_CPU_WORKERS`` forces (None when unset or empty); any
+    other value than a whole number >= 1 is a UserError rather than silently ignored."""
+    text = os.environ.get(WORKERS_ENV, "").strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise UserError(
+            f"the environment variable {WORKERS_ENV}={text!r} is not a whole number of "
+            f"workers: set it to 1 or more (1 shares each layer between intra-op threads), "
+            f"or unset it for one worker per core"
+        )
+    return int(text)
+
+
 def worker_count(batch_size: int) -> int:
     """Workers for a batch: one per core, never more than images, or the forced count."""
-    forced = os.environ.get(WORKERS_ENV, "")
-    cores = int(forced) if forced.isdigit() and int(forced) > 0 else cores_for_this_process()
+    forced = forced_workers()
+    cores = forced if forced is not None else cores_for_this_process()
     return max(1, min(cores, batch_size))
 
 

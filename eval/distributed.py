@@ -83,6 +83,8 @@ def init_from_environment(device: str, command: str = "eval") -> DistContext:
         raise UserError("this PyTorch was built without torch.distributed; run one process")
     if dist.is_initialized():  # joined by the caller (pipeline.run), who also leaves it
         return DistContext(rank, world_size, local_rank)
+    if backend == "nccl":
+        _check_local_gpu(device, local_rank)
     try:
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
@@ -95,6 +97,24 @@ def init_from_environment(device: str, command: str = "eval") -> DistContext:
         ) from None
     log.info("rank %d of %d joined the %s group", rank, world_size, backend)
     return DistContext(rank, world_size, local_rank, joined=True)
+
+
+def _check_local_gpu(device: str, local_rank: int) -> None:
+    """UserError unless this rank has its GPU: a CPU build of PyTorch fails in
+    ``torch.cuda.set_device`` with an AttributeError, not a sentence."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"--device {device} was requested but this PyTorch ({torch.__version__}) sees no "
+            f"CUDA GPU; use --device cpu (torchrun ranks then share the CPU)"
+        )
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserError(
+            f"LOCAL_RANK={local_rank} but this machine has {count} CUDA device(s): start at "
+            f"most {count} processes per machine (torchrun --nproc-per-node {count})"
+        )
 
 
 def shutdown(ctx: DistContext) -> None:

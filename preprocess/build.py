@@ -64,6 +64,7 @@ from preprocess.cache import (
     file_stat,
     read_damage,
     read_manifest,
+    write_file_names,
 )
 from preprocess.dataset import Listing, list_dataset
 from preprocess.incremental import (
@@ -259,8 +260,14 @@ def _unreadable_error(listing: Listing, unreadable: list[tuple[int, str]], left_
     )
 
 
-def _check_cache_dir(cache_dir: Path, data_root: Path) -> None:
-    """Refuse a cache dir that is (or holds) the data, or holds files we did not write."""
+def _check_cache_dir(cache_dir: Path, data_root: Path, rebuild: bool) -> None:
+    """Refuse a cache dir that is (or holds) the data, or holds files we did not write.
+
+    Without a readable manifest or journal, only the lock and temporaries of our files
+    prove nothing foreign is there. With ``rebuild`` (--force, or the pipeline repairing
+    its own cache), a folder holding nothing but names this tool writes is rebuilt too:
+    it is a cache whose manifest was damaged, or a build that died while starting over.
+    """
     cache, data = cache_dir.resolve(), data_root.resolve()
     if cache == data or cache in data.parents:
         relation = "is" if cache == data else "contains"
@@ -272,13 +279,25 @@ def _check_cache_dir(cache_dir: Path, data_root: Path) -> None:
         return
     if read_manifest(cache_dir) is not None or _journal_header(cache_dir)[0] is not None:
         return  # a cache, finished or not, that we wrote
-    for entry in sorted(os.listdir(cache_dir)):
-        # Besides the lock, only temporaries of our files, left by a killed build.
-        if entry != LOCK_NAME and temporary_target(entry) not in OWN_NAMES:
-            raise UserError(
-                f"cache dir {cache_dir} holds {entry}, which preprocess did not write: "
-                f"choose an empty or new folder for the cache"
-            )
+    # Besides the lock, only temporaries of our files, left by a killed build.
+    entries = sorted(os.listdir(cache_dir))
+    unproven = [e for e in entries if e != LOCK_NAME and temporary_target(e) not in OWN_NAMES]
+    if not unproven:
+        return
+    only_ours = all(entry in OWN_NAMES for entry in unproven)
+    if only_ours and rebuild:
+        log.info("rebuilding %s: its %s is missing or damaged", cache_dir, MANIFEST_NAME)
+        return
+    if only_ours and MANIFEST_NAME in unproven:
+        raise UserError(
+            f"the {MANIFEST_NAME} of cache dir {cache_dir} is damaged: rerun with --force to "
+            f"rebuild the cache"
+        )
+    foreign = [entry for entry in unproven if entry not in OWN_NAMES] or unproven
+    raise UserError(
+        f"cache dir {cache_dir} holds {foreign[0]}, which preprocess did not write: "
+        f"choose an empty or new folder for the cache"
+    )
 
 
 def _prepare_cache_dir(cache_dir: Path) -> None:
@@ -308,13 +327,16 @@ def build_cache(
     quiet: bool = False,
     force: bool = False,
     wait: bool = False,
+    repair: bool = False,
 ) -> BuildSummary:
     """Make ``cache_dir`` hold ``model_name``'s uint8 crops of the listing, doing only missing work.
 
     Unreadable files end the build with a UserError (exit code 2) naming the first and the
     count, unless ``skip_bad``, which leaves them out and records them in the manifest.
     ``force`` re-crops everything; ``wait`` waits for another build of this cache dir to
-    end instead of refusing to start.
+    end instead of refusing to start. ``force`` and ``repair`` both rebuild a cache dir
+    whose manifest is damaged when it holds only files this tool writes (a folder holding
+    others is always refused); ``repair`` leaves a sound cache as it is.
     """
     started = time.perf_counter()
     profile = get_profile(model_name)
@@ -322,7 +344,7 @@ def build_cache(
     check_at_least_one(workers, "--workers")
     listing = list_dataset(data_dir, val_map=val_map, limit=limit)
     cache_dir = Path(cache_dir)
-    _check_cache_dir(cache_dir, listing.root)
+    _check_cache_dir(cache_dir, listing.root, rebuild=force or repair)
     _prepare_cache_dir(cache_dir)
     build = _Build(profile, listing, cache_dir, workers, skip_bad, quiet, started)
     try:
@@ -578,7 +600,7 @@ class _Build:
         save_npy_atomic(cache_dir / DIGESTS_NAME, digests)
         save_npy_atomic(cache_dir / LABELS_NAME, labels)
         save_npy_atomic(cache_dir / SIGNATURES_NAME, self.signatures[keep])
-        write_text_atomic(cache_dir / FILES_NAME, "".join(f"{n}\n" for n in names))
+        write_file_names(cache_dir / FILES_NAME, names)
         partial = cache_dir / PARTIAL_IMAGES_NAME
         if left_out_rows:
             with atomic_path(cache_dir / IMAGES_NAME) as tmp:

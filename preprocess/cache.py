@@ -5,7 +5,8 @@ Layout of a finished cache::
     images.npy      uint8 (N, 224, 224, 3) RGB crops (steps 1-3 of ``recipes.py``)
     digests.npy     uint8 (N, 32): sha256 of each crop, computed when it was written
     labels.npy      int64 (N,)
-    files.txt       N relative file names, in listing order
+    files.txt       N relative file names, in listing order, one per line (see
+                    ``write_file_names``)
     signatures.npy  int64 (N, 4): each source file's size, mtime_ns, ctime_ns, inode
     manifest.json   written last; ``complete: true`` only once the files above are final
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError
-from core.files import LOCK_NAME, write_text_atomic
+from core.files import LOCK_NAME, atomic_path, write_text_atomic
 from core.profiles import CROP_SIZE, ModelProfile, as_profile
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,30 @@ def content_fingerprint(
     h.update(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode())
     h.update(np.ascontiguousarray(digests, dtype=np.uint8).tobytes())
     h.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
-    h.update("\n".join(files).encode())
+    h.update(encode_names(files, ""))
     return h.hexdigest()
+
+
+def encode_names(files: list[str], end: str = "\n") -> bytes:
+    """The names joined by newlines (plus ``end``), each as the bytes of its file name:
+    UTF-8, and a name that is not UTF-8 (surrogate-escaped by ``os.fsdecode``) as it is
+    on disk, so that any name the file system gives can be written and read back."""
+    return ("\n".join(files) + (end if files else "")).encode("utf-8", "surrogateescape")
+
+
+def write_file_names(path: Path, files: list[str]) -> None:
+    """``files.txt``: one name per line. Lines rather than JSON keep the file readable with
+    any text tool and every cache written before readable; the one name a line cannot hold,
+    one with a newline, is refused when the listing is made (``preprocess.dataset``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encode_names(files))
+
+
+def read_file_names(path: Path) -> list[str]:
+    """The names ``write_file_names`` wrote, exactly: split on "\\n" alone (``splitlines``
+    would also split names holding U+2028, \\r or other line-like characters)."""
+    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    return text.split("\n")[:-1] if text else []
 
 
 def file_stat(path: Path) -> dict:
@@ -97,7 +120,15 @@ def read_manifest(cache_dir: Path) -> dict | None:
     """The manifest as a dict, or None when it is absent, unreadable or not ours."""
     try:
         manifest = json.loads((cache_dir / MANIFEST_NAME).read_text())
-        ours = isinstance(manifest["config"]["recipe"], dict) and "format_version" in manifest
+        ours = (
+            isinstance(manifest["config"]["recipe"], dict)
+            and "format_version" in manifest
+            and isinstance(manifest.get("count"), int)
+            and isinstance(manifest.get("skipped", []), list)
+            and all(isinstance(entry, dict) for entry in manifest.get("skipped", []))
+            # A finished cache names its fingerprint: the builder and loader read it.
+            and (not manifest.get("complete") or isinstance(manifest.get("fingerprint"), str))
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return manifest if ours else None
@@ -219,7 +250,7 @@ def read_arrays(cache_dir: Path, manifest: dict):
         images = np.load(cache_dir / IMAGES_NAME, mmap_mode="r")
         labels = np.load(cache_dir / LABELS_NAME)
         digests = np.load(cache_dir / DIGESTS_NAME)
-        files = (cache_dir / FILES_NAME).read_text(encoding="utf-8").splitlines()
+        files = read_file_names(cache_dir / FILES_NAME)
     except (OSError, ValueError) as err:
         raise ValueError(f"is damaged ({err})") from None
     if (

@@ -50,7 +50,10 @@ def read_val_map(val_map: Path, root: Path) -> Listing:
         raise UserError(f"val map {val_map} is not a UTF-8 text file") from None
     files, labels = [], []
     first_line_of: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at \n, \r\n or \r, as for MLPerf's ``for line in open(val_map)``; not
+    # str.splitlines, which also splits a file name holding U+2028 or \x1c.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         name, label = _parse_val_map_line(val_map, number, line)
@@ -79,6 +82,11 @@ def _parse_val_map_line(val_map: Path, number: int, line: str) -> tuple[str, int
 
 def _relative_path(val_map: Path, number: int, raw: str) -> str:
     """``raw`` normalised; a UserError if it is absolute or climbs out of the data dir."""
+    if "\0" in raw:  # no file system allows one; os.stat would raise ValueError
+        raise UserError(
+            f"{val_map} line {number} has a NUL byte in its path {raw[:80]!r}: no file can "
+            f"have that name"
+        )
     if "/" not in raw and raw not in (".", ".."):
         return raw  # a plain file name, as in MLPerf's val_map.txt: nothing to normalise
     if raw.startswith("/"):
@@ -122,6 +130,12 @@ def read_synset_folders(folder: Path, synsets: list[str]) -> Listing:
             and not e.name.startswith(".")
             and e.name.lower().endswith(IMAGE_EXTENSIONS)
         )
+        for name in names:
+            if "\n" in name:  # files.txt holds one name per line (see preprocess.cache)
+                raise UserError(
+                    f"{folder / synset} holds a file whose name contains a line break "
+                    f"({name!r}): rename or remove it"
+                )
         files.extend(f"{synset}/{name}" for name in names)
         labels.extend([label] * len(names))
     return Listing(root=folder, files=files, labels=labels, source=f"synset folders in {folder}")

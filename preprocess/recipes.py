@@ -4,7 +4,8 @@ The reference is MLPerf inference's ``vision/classification_and_detection/python
 (``pre_process_vgg`` / ``pre_process_mobilenet``, with its ``resize_with_aspectratio`` and
 ``center_crop``). Its steps, as numbered throughout this package:
 
-1. decode the file with ``cv2.imread`` (uint8 BGR);
+1. decode the file with ``cv2.imread`` (uint8 BGR; here ``cv2.imdecode`` of the file's
+   bytes, which gives the same pixels: see ``decode``);
 2. convert BGR to RGB and resize the short side to 256 (the model's interpolation);
 3. centre-crop 224 x 224;
 4. normalize in float32 (vgg: subtract the means; mobilenet: scale to [-1, 1]).
@@ -74,7 +75,15 @@ def decode(path: str) -> tuple[np.ndarray | None, str | None]:
     if reason is not None:
         return None, reason
     try:
-        bgr = cv2.imread(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        return None, f"cannot read: {err.strerror or err}"
+    try:
+        # Not cv2.imread(path): OpenCV crashes the process (SIGSEGV) on a str path that is
+        # not valid UTF-8. imdecode with IMREAD_COLOR (imread's default flags) runs the same
+        # decoders, EXIF rotation included, and gives the same pixels (tests compare them).
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
         bgr = None
     return (bgr, None) if bgr is not None else (None, "OpenCV cannot decode it")
@@ -123,6 +132,8 @@ def recipe_parameters(profile: ModelProfile) -> dict:
         "interpolation": profile.interpolation,
         "short_side": SHORT_SIDE,
         "crop_size": CROP_SIZE,
+        # Unchanged since decode moved to cv2.imdecode (same pixels): a new value would
+        # re-crop every existing cache for nothing.
         "decoder": "cv2.imread(IMREAD_COLOR) then COLOR_BGR2RGB",
     }
     if profile.recipe == "vgg":

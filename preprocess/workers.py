@@ -1,8 +1,8 @@
 """Decoding and cropping ranges of images straight into the partial memmap, in threads.
 
-Threads, not processes: ``cv2.imread`` and ``cv2.resize`` release the GIL, so worker
-threads use every core, with no start-up cost (a fresh worker process spends ~0.3 s
-importing numpy and cv2), no fork hazards (a fork of a parent that already ran OpenCV or
+Threads, not processes: file reads, ``cv2.imdecode`` and ``cv2.resize`` release the GIL,
+so worker threads use every core, with no start-up cost (a fresh worker process spends
+~0.3 s importing numpy and cv2), no fork hazards (a fork of a parent that already ran OpenCV or
 torch can inherit held thread-pool locks), and nothing left running if the process is
 killed. Each thread writes disjoint rows of the shared memmap.
 """

@@ -106,3 +106,61 @@ def test_compare_refuses_non_integer_predictions_as_a_real_process(tmp_path, bad
     err = done.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err
     assert "does not hold predicted labels: expected an integer array" in err
+
+
+def _compare_process(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run(
+        [sys.executable, "-m", "eval", "compare", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+def test_file_names_that_are_not_utf8_are_shown_escaped(two_files):
+    a, b, names = two_files
+    lines = [f"ILSVRC2012_val_{i:08d}.JPEG".encode() for i in range(1, 7)]
+    lines[2] = b"bad\xff.JPEG"  # a name as the file system holds it, not UTF-8
+    lines[5] = "odd\u2028name.JPEG".encode()  # str.splitlines() would cut it in two
+    names.write_bytes(b"\n".join(lines) + b"\n")
+    done = _compare_process(a, b, "--files", names)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[3:]]
+    assert rows == [["2", "30", "31", "bad\\xff.JPEG"], ["5", "60", "999", "odd\\u2028name.JPEG"]]
+
+
+def _run_folder(folder, predictions, fingerprint):
+    import json
+
+    folder.mkdir()
+    np.save(folder / "predictions.npy", np.asarray(predictions, dtype=np.int64))
+    if fingerprint is not None:
+        results = {"model": "resnet50", "cache_fingerprint": fingerprint}
+        (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_runs_of_different_caches_are_refused(tmp_path):
+    a = _run_folder(tmp_path / "a", [1, 2, 3], "ab" * 32)
+    b = _run_folder(tmp_path / "b", [1, 2, 3], "cd" * 32)
+    done = _compare_process(a, b / "predictions.npy")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip() == (
+        f"error: {a} and {b / 'predictions.npy'} were evaluated on different caches "
+        f"(cache_fingerprint abababababab... and cdcdcdcdcdcd... in their results.json): "
+        f"compare runs of the same cache"
+    )
+
+
+def test_runs_of_one_cache_or_without_results_are_compared(tmp_path, capsys):
+    a = _run_folder(tmp_path / "a", [1, 2, 3], "ab" * 32)
+    same = _run_folder(tmp_path / "same", [1, 2, 4], "ab" * 32)
+    bare = _run_folder(tmp_path / "bare", [1, 2, 3], None)
+    assert main([str(a), str(same)]) == 0
+    assert capsys.readouterr().out.startswith("agreement: 2/3")
+    assert main([str(a), str(bare)]) == 0
+    assert capsys.readouterr().out.strip() == "agreement: 3/3 (100.000 %)"

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import UserError
 from eval import cpu_workers, engines
 from eval.cpu_workers import WORKERS_ENV, chunk_images, worker_count
 from eval.engines import prepare_engine
@@ -33,7 +34,7 @@ def test_worker_count_and_chunks(monkeypatch):
     assert worker_count(32) == 8 and worker_count(3) == 3 and worker_count(1) == 1
     monkeypatch.setenv(WORKERS_ENV, "1")
     assert worker_count(32) == 1
-    monkeypatch.setenv(WORKERS_ENV, "not a number")
+    monkeypatch.setenv(WORKERS_ENV, "")  # set but empty: as if unset
     assert worker_count(32) == 8
     monkeypatch.delenv(WORKERS_ENV)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun ranks on this machine
@@ -127,3 +128,47 @@ def test_onednn_fusion_switch_stays_on_until_the_last_call_ends():
     release.set()
     thread.join()
     assert inside == [True] and torch.jit.onednn_fusion_enabled() == before
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "-3", "2.5", "٣"])
+def test_a_worker_count_that_is_not_one_or_more_is_one_sentence(monkeypatch, value):
+    monkeypatch.setenv(WORKERS_ENV, value)
+    with pytest.raises(UserError) as refused:
+        worker_count(32)
+    assert str(refused.value) == (
+        f"the environment variable MLPERF_PORT_CPU_WORKERS={value!r} is not a whole number "
+        f"of workers: set it to 1 or more (1 shares each layer between intra-op threads), "
+        f"or unset it for one worker per core"
+    )
+
+
+def test_eval_refuses_a_bad_worker_count_in_one_sentence(tmp_path):
+    """The real process: no traceback, no results written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks.seeded_weights import save_converted, seeded_model
+    from preprocess import build_cache
+    from tests.fixtures.images import write_val_set
+
+    write_val_set(tmp_path / "data", 2, layout="val_map", seed=3)
+    build_cache("mobilenet_v1", tmp_path / "data", tmp_path / "cache", workers=1, quiet=True)
+    weights = save_converted(seeded_model("mobilenet_v1"), "mobilenet_v1", tmp_path / "w.pth")
+    done = subprocess.run(
+        [sys.executable, "-m", "eval", "--model", "mobilenet_v1", "--cache-dir",
+         str(tmp_path / "cache"), "--weights", str(weights), "--out", str(tmp_path / "out"),
+         "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, WORKERS_ENV: "2.5"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: the environment variable MLPERF_PORT_CPU_WORKERS='2.5' is not a whole number "
+        "of workers: set it to 1 or more (1 shares each layer between intra-op threads), "
+        "or unset it for one worker per core"
+    ]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -179,3 +179,53 @@ def test_world_size_without_torchrun_is_one_sentence(mobilenet_run, tmp_path):
     assert err.startswith("error: WORLD_SIZE=2 but this process cannot join a gloo group")
     assert err.endswith("start it with torchrun --nproc-per-node N -m eval ...")
     assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+NO_GPU = (
+    f"--device cuda was requested but this PyTorch ({torch.__version__}) sees no CUDA GPU; "
+    f"use --device cpu (torchrun ranks then share the CPU)"
+)
+
+
+def torchrun_environment(monkeypatch, local_rank: int = 0) -> None:
+    for name, value in dict(WORLD_SIZE="2", RANK=str(local_rank), LOCAL_RANK=str(local_rank),
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a PyTorch that sees no GPU")
+def test_cuda_without_a_gpu_under_torchrun_is_one_sentence(monkeypatch):
+    from eval.distributed import init_from_environment
+
+    torchrun_environment(monkeypatch)
+    with pytest.raises(UserError) as refused:
+        init_from_environment("cuda")
+    assert str(refused.value) == NO_GPU
+
+
+def test_a_local_rank_without_its_own_gpu_is_one_sentence(monkeypatch):
+    from eval.distributed import init_from_environment
+
+    torchrun_environment(monkeypatch, local_rank=1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError) as refused:
+        init_from_environment("cuda", "pipeline.run")
+    assert str(refused.value) == (
+        "LOCAL_RANK=1 but this machine has 1 CUDA device(s): start at most 1 processes per "
+        "machine (torchrun --nproc-per-node 1)"
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a PyTorch that sees no GPU")
+def test_torchrun_with_cuda_on_a_cpu_build_says_so_on_every_rank(mobilenet_run, tmp_path):
+    root, weights = mobilenet_run
+    proc = run_module(
+        ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "eval", "--model", "mobilenet_v1", "--cache-dir", str(root / "cache"),
+         "--weights", str(weights), "--device", "cuda", "--quiet", "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"error: {NO_GPU}") == 2, proc.stderr[-3000:]
+    assert "_cuda_setDevice" not in proc.stderr and "AttributeError" not in proc.stderr
+    assert not (tmp_path / "o" / "results.json").exists()

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from core.errors import UserError
 from preprocess import build_cache, load_cache
 from tests.fixtures.images import write_val_set
 
@@ -54,7 +55,7 @@ def test_a_folder_of_other_files_is_refused_naming_one(data, tmp_path, run_prepr
         "--model", "resnet50", "--data-dir", str(data), "--cache-dir", str(mine)
     )  # fmt: skip
     assert error_of(result) == (
-        f"error: cache dir {mine} holds files.txt, which preprocess did not write: choose an "
+        f"error: cache dir {mine} holds notes.txt, which preprocess did not write: choose an "
         f"empty or new folder for the cache"
     )
     assert sorted(p.name for p in mine.iterdir()) == ["files.txt", "notes.txt"]
@@ -102,3 +103,55 @@ def test_read_only_cache_dir_is_refused_before_any_work(data, read_only_dir, run
         "--model", "resnet50", "--data-dir", str(data), "--cache-dir", str(read_only_dir)
     )  # fmt: skip
     assert error_of(result).startswith(f"error: cache dir {read_only_dir} is not writable:")
+
+
+# ------------------------------------------------------------------ a damaged manifest
+
+DAMAGED = '{"format_version": 2, "config": '  # cut short, as by a full disk or an editor
+
+
+def damaged_cache(data, folder):
+    build_cache("resnet50", data, folder, quiet=True)
+    (folder / "manifest.json").write_text(DAMAGED)
+    return folder
+
+
+def test_a_damaged_manifest_is_one_sentence_naming_force(data, tmp_path, run_preprocess_cli):
+    cache = damaged_cache(data, tmp_path / "cache")
+    args = ["--model", "resnet50", "--data-dir", str(data), "--cache-dir", str(cache)]
+    result = run_preprocess_cli(*args)
+    assert error_of(result) == (
+        f"error: the manifest.json of cache dir {cache} is damaged: rerun with --force to "
+        f"rebuild the cache"
+    )
+    assert (cache / "manifest.json").read_text() == DAMAGED  # nothing touched
+    forced = run_preprocess_cli(*args, "--force", "--quiet")
+    assert forced.returncode == 0, forced.stderr
+    assert "4 images cached" in forced.stdout and len(load_cache(cache, "resnet50")) == 4
+
+
+def test_repair_rebuilds_a_damaged_manifest_and_leaves_a_sound_cache(data, tmp_path):
+    cache = damaged_cache(data, tmp_path / "cache")
+    summary = build_cache("resnet50", data, cache, quiet=True, repair=True)
+    assert (summary.images, summary.processed) == (4, 4)
+    assert len(load_cache(cache, "resnet50")) == 4
+    assert build_cache("resnet50", data, cache, quiet=True, repair=True).already_complete
+    # A manifest that parses but lacks what a finished cache has counts as damaged too.
+    (cache / "manifest.json").write_text(
+        '{"format_version": 2, "config": {"recipe": {}}, "complete": true, "count": 4}'
+    )
+    assert build_cache("resnet50", data, cache, quiet=True, repair=True).processed == 4
+
+
+@pytest.mark.parametrize("how", [{"force": True}, {"repair": True}])
+def test_a_damaged_manifest_beside_other_files_is_still_refused(data, tmp_path, how):
+    cache = damaged_cache(data, tmp_path / "cache")
+    (cache / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError) as refused:
+        build_cache("resnet50", data, cache, quiet=True, **how)
+    assert str(refused.value) == (
+        f"cache dir {cache} holds notes.txt, which preprocess did not write: choose an "
+        f"empty or new folder for the cache"
+    )
+    assert (cache / "manifest.json").read_text() == DAMAGED
+    assert (cache / "notes.txt").read_text() == "keep me"
