@@ -83,6 +83,7 @@ def _fetch(profile: ModelProfile, source: str, pin: str | None, dest_dir: Path, 
 
     name = _download_name(source, profile)
     if not is_archive_name(name):
+        _forget_if_from_elsewhere(final, source)
         if final.exists():
             _verify_or_record(final, pin, source=source, profile=profile)
         else:
@@ -92,18 +93,29 @@ def _fetch(profile: ModelProfile, source: str, pin: str | None, dest_dir: Path, 
         return final
 
     archive = dest_dir / name
-    if final.exists() and _extracted_is_current(final, archive, pin, profile):
+    _forget_if_from_elsewhere(archive, source)
+    if final.exists() and _extracted_is_current(final, archive, pin, profile, origin=source):
         return final
     if not archive.exists():
         _download(source, archive, pin, quiet=quiet)
     archive_sha = _verify_against_record(archive, pin)
     try:
-        extracted = _extract(archive, archive_sha, member, final, profile)
+        extracted = _extract(archive, archive_sha, member, final, profile, origin=source)
     except NotTheModelError as err:
         raise _set_aside(archive, str(err)) from None
     if _read_record(archive) is None:
         _record(archive, source=source, digest=archive_sha)
     return extracted
+
+
+def _forget_if_from_elsewhere(path: Path, source: str) -> None:
+    """Delete a fetched file (and its record) that another source gave: a file of the same
+    name from another URL is another file, fetched again rather than reused."""
+    record = _read_record(path) if path.exists() else None
+    if record is not None and record.get("source") != source:
+        logger.info("%s came from %s, not %s: fetching it again", path, record["source"], source)
+        path.unlink()
+        _sidecar(path).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- sources and names
@@ -150,9 +162,11 @@ def _fetch_local(
         )
     if not is_archive_name(local.name):
         return local
-    if final.exists() and _extracted_is_current(final, local, pin, profile, archive_sha=digest):
+    origin = str(local.resolve())
+    current = _extracted_is_current(final, local, pin, profile, archive_sha=digest, origin=origin)
+    if final.exists() and current:
         return final
-    return _extract(local, digest, member, final, profile)
+    return _extract(local, digest, member, final, profile, origin=origin)
 
 
 # ---------------------------------------------------------------- integrity records
@@ -211,14 +225,16 @@ def _verify_against_record(path: Path, pin: str | None) -> str:
     return digest
 
 
-def _verify_or_record(path: Path, pin: str | None, *, source: str, profile: ModelProfile) -> None:
+def _verify_or_record(
+    path: Path, pin: str | None, *, source: str, profile: ModelProfile, **extra
+) -> None:
     """``_verify_against_record``, then record a file found without a record: only once it
     parsed as ``profile``'s frozen graph."""
     digest = _verify_against_record(path, pin)
     if _read_record(path) is None:
         _refuse_unless_model(path, profile)
         logger.info("recording the sha256 of %s, found without an integrity record", path)
-        _record(path, source=source, digest=digest)
+        _record(path, source=source, digest=digest, **extra)
 
 
 def _extracted_is_current(
@@ -227,18 +243,26 @@ def _extracted_is_current(
     pin: str | None,
     profile: ModelProfile,
     archive_sha: str | None = None,
+    *,
+    origin: str,
 ) -> bool:
-    """Whether ``final`` was extracted from this archive (or the pinned one) and is intact.
+    """Whether ``final`` was extracted from this archive (or the pinned one), which came
+    from ``origin`` (the URL or local archive asked for), and is intact.
 
     Without the archive on disk, the digest recorded at extraction time stands in for it,
-    so a present graph needs no network access.
+    so a present graph needs no network access. A graph found in place without a record
+    (put there by hand, as the offline instructions say) is taken as ``origin``'s.
     """
+    if not final.exists():
+        return False
     record = _read_record(final)
     if record is None:
         if pin or archive.exists():
             return False  # re-extract: it is cheap and makes the provenance known
-        _verify_or_record(final, None, source="found in place", profile=profile)
+        _verify_or_record(final, None, source="found in place", profile=profile, origin=origin)
         return True
+    if record.get("origin") != origin:  # another archive's graph (or an older record)
+        return False
     recorded_archive = record.get("archive_sha256")
     if pin and recorded_archive != pin:
         return False
@@ -413,10 +437,17 @@ def _unreachable(url: str, dest: Path, reason: str) -> UserError:
 
 
 def _extract(
-    archive: Path, archive_sha: str | None, member: str, final: Path, profile: ModelProfile
+    archive: Path,
+    archive_sha: str | None,
+    member: str,
+    final: Path,
+    profile: ModelProfile,
+    *,
+    origin: str,
 ) -> Path:
     """Extract only ``member`` (stored as ``name`` or ``./name``) from ``archive`` to ``final``,
-    and record it only once it parsed as ``profile``'s frozen graph."""
+    and record it, with the source the archive came from, only once it parsed as
+    ``profile``'s frozen graph."""
     try:
         with tarfile.open(archive, "r:*") as tar:
             found = find_archive_member(tar, member, archive)  # a regular file, safe path
@@ -436,7 +467,13 @@ def _extract(
         raise _unreadable_archive(archive, err) from None
     except (tarfile.TarError, EOFError, zlib.error) as err:
         raise _unreadable_archive(archive, err) from None
-    _record(final, source=f"{archive}:{found.name}", archive_sha256=archive_sha, member=found.name)
+    _record(
+        final,
+        source=f"{archive}:{found.name}",
+        archive_sha256=archive_sha,
+        member=found.name,
+        origin=origin,
+    )
     logger.info("extracted %s from %s", final.name, archive)
     return final
 

@@ -154,6 +154,7 @@ def stage_preprocess(opts: RunOptions, state: RunState) -> None:
         quiet=opts.quiet,
         force=recrop,
         wait=opts.wait,
+        repair=True,  # the pipeline's own folder: a damaged manifest is rebuilt, not refused
     )
     stamp.record(code, [])
     state.cache_fingerprint = summary.fingerprint

@@ -505,3 +505,43 @@ def test_fetch_and_run_spell_the_checkpoint_options_alike(capsys):
     sha256_help = "--sha256 SHA256 expected sha256 of the file --checkpoint names"
     assert "--checkpoint CHECKPOINT" in fetch_help and "--url" not in fetch_help
     assert sha256_help in fetch_help and sha256_help in run_help
+
+
+def test_the_same_file_name_from_another_url_is_fetched_again(server, tmp_path):
+    """Two URLs naming files alike are two files: the second is not the first one reused."""
+    first, second = _graph("mobilenet_v1", 20_000, seed=21), _graph("mobilenet_v1", 20_000, 22)
+    server.files[f"a/{TGZ_NAME}"] = _tgz({f"./{MEMBER}": first})
+    server.files[f"b/{TGZ_NAME}"] = _tgz({f"./{MEMBER}": second})
+    path = fetch_checkpoint("mobilenet_v1", tmp_path, url=f"{server.url}/a/{TGZ_NAME}", quiet=True)
+    assert path.read_bytes() == first
+    path = fetch_checkpoint("mobilenet_v1", tmp_path, url=f"{server.url}/b/{TGZ_NAME}", quiet=True)
+    assert path.read_bytes() == second
+    assert _sidecar(tmp_path / TGZ_NAME)["source"] == f"{server.url}/b/{TGZ_NAME}"
+    server.files[f"a/{PB_NAME}"] = _graph("resnet50", 20_000, seed=23)
+    server.files[f"b/{PB_NAME}"] = _graph("resnet50", 20_000, seed=24)
+    for folder in ("a", "b", "a"):
+        url = f"{server.url}/{folder}/{PB_NAME}"
+        path = fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
+        assert path.read_bytes() == server.files[f"{folder}/{PB_NAME}"]
+
+
+def test_a_custom_archive_is_not_taken_for_mlperfs_file(server, tmp_path, monkeypatch):
+    """After --checkpoint custom.tgz, a run without --checkpoint (MLPerf's file) fetches
+    MLPerf's file instead of reusing the custom graph extracted under the same name."""
+    import dataclasses
+
+    import pipeline.fetch as fetch
+
+    custom, mlperf = _graph("mobilenet_v1", 20_000, seed=31), _graph("mobilenet_v1", 20_000, 32)
+    local = tmp_path / "mine" / "custom.tgz"
+    local.parent.mkdir()
+    local.write_bytes(_tgz({f"./{MEMBER}": custom}))
+    dest = tmp_path / "ckpt"
+    assert fetch_checkpoint("mobilenet_v1", dest, url=str(local)).read_bytes() == custom
+    # MLPerf's URL, served here: the profile's own URL, as a run without --checkpoint uses.
+    server.files[TGZ_NAME] = _tgz({f"./{MEMBER}": mlperf})
+    profile = dataclasses.replace(get_profile("mobilenet_v1"), url=f"{server.url}/{TGZ_NAME}")
+    monkeypatch.setattr(fetch, "get_profile", lambda name: profile)
+    assert fetch_checkpoint("mobilenet_v1", dest, quiet=True).read_bytes() == mlperf
+    # And back: the custom archive again is its graph, not the one just fetched.
+    assert fetch_checkpoint("mobilenet_v1", dest, url=str(local)).read_bytes() == custom
