@@ -196,3 +196,19 @@ def test_bad_method_options_are_refused_before_any_work(
     code, _, err = run(eval_argv(cache_dir, toy_convert, out, *extra), capsys)
     assert code != 0 and message in err, err
     assert not out.exists()
+
+
+def test_the_readme_example_transform_runs(cache_dir, toy_convert, tmp_path, capsys):
+    """The ten-line transform in README.md, as written there, through python -m eval."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = readme.split("```python\n# prune.py")[1].split("```")[0]
+    (tmp_path / "prune.py").write_text("# prune.py" + code)
+    assert len(code.strip().splitlines()) <= 14
+    out = tmp_path / "r-torch-prune"
+    argv = eval_argv(cache_dir, toy_convert, out, "--transform", f"{tmp_path / 'prune.py'}:prune")
+    code_, _, err = run(argv, capsys)
+    assert code_ == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["transform"]["name"] == "prune" and results["images"] == N_IMAGES
