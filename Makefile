@@ -20,7 +20,7 @@ RUN_FLAGS = --model $(MODEL) --work-dir $(WORK_DIR) --device $(DEVICE) \
 
 comma := ,
 
-.PHONY: setup lock setup-latest test lint format preprocess convert evaluate run accuracy-ci bench bench-preprocess gpu-weights gpu-check clean
+.PHONY: setup lock setup-latest test test-fast lint format preprocess convert evaluate run accuracy-ci bench bench-preprocess gpu-weights gpu-check clean
 
 # Every package make setup installs, with its exact version and hashes (make lock writes it).
 # The lock is for Linux x86_64 and CPython 3.11, the project's machines; torch is its CPU
@@ -57,6 +57,11 @@ setup-latest:
 
 test: lint
 	$(PYTHON) -m pytest -q
+
+# The quick loop while editing: lint, then every test but the TensorFlow and slow ones
+# (make test, and CI, still run everything).
+test-fast: lint
+	$(PYTHON) -m pytest -q -m "not tf and not slow"
 
 lint:
 	$(PYTHON) -m ruff check .

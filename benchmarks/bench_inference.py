@@ -60,7 +60,7 @@ def fixture_graph(model_name: str, fixture_dir: Path) -> Path:
     """The fixture frozen graph for ``model_name``, built once into ``fixture_dir``."""
     path = fixture_dir / f"{model_name}_fixture.pb"
     if not path.exists():
-        from tests.fixtures import tf_graphs  # TensorFlow: imported only when needed
+        from fixtures import tf_graphs  # TensorFlow: imported only when needed
 
         log.info("building the %s fixture graph", model_name)
         getattr(tf_graphs, f"write_{model_name}_pb")(path, seed=0)

@@ -25,8 +25,8 @@ from core.cli import positive_int, run_cli
 from core.files import write_text_atomic
 from core.profiles import MODEL_NAMES
 from core.system import available_cores
+from fixtures.images import write_val_set
 from preprocess import build_cache, load_cache, normalize
-from tests.fixtures.images import write_val_set
 
 IMAGENET_LIKE_SIZES = [(375, 500), (500, 375), (333, 500), (500, 333), (375, 500), (400, 500)]
 

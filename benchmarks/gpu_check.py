@@ -76,7 +76,7 @@ def run_timed(args: list[str], env: dict | None = None) -> float:
 
 def make_data(work: Path, images: int, unique: int) -> dict:
     """``unique`` generated JPEGs hard-linked into an ``images``-long val_map listing."""
-    from tests.fixtures.images import write_val_set
+    from fixtures.images import write_val_set
 
     start = time.perf_counter()
     source = work / "unique"

@@ -24,7 +24,7 @@ DEFAULT_DIR = ROOT / "gpu-weights"
 
 def make_gpu_weights(folder: Path) -> Path:
     """Convert the MobileNet-v1 fixture graph into ``folder``/mobilenet_v1.pth."""
-    from tests.fixtures.tf_graphs import write_mobilenet_v1_tgz
+    from fixtures.tf_graphs import write_mobilenet_v1_tgz
 
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "mobilenet_v1.pth"

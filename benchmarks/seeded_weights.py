@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from convert.api import FORMAT, content_digest, load_checkpoint
+from convert.model_file import FORMAT, content_digest, load_checkpoint
 from convert.registry import build_model
 from core.files import atomic_path
 

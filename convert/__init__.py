@@ -7,7 +7,8 @@ original graph runs through ``convert.tf_runner.TFGraphRunner``, after
 imported only when a graph is read or run, never by ``import convert``.
 """
 
-from .api import ConversionRecord, convert_checkpoint, load_checkpoint, load_model
+from .api import ConversionRecord, convert_checkpoint
+from .model_file import load_checkpoint, load_model
 from .models import MobileNetV1, ResNet50
 from .registry import build_model
 

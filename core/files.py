@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import posixpath
@@ -12,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.disk import disk_full_says
 from core.errors import UserError
 
 
@@ -95,6 +97,51 @@ def save_npy_atomic(path: str | os.PathLike, array) -> None:
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush ``path``'s data to the disk (before a rename that makes it the real file)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def create_reserved_npy(path: str | os.PathLike, shape: tuple, what: str) -> None:
+    """A zero uint8 .npy whose blocks are all allocated now: a full disk under a memmap
+    write would kill the process with SIGBUS; here it is a UserError before any work."""
+    import numpy as np
+    from numpy.lib.format import open_memmap
+
+    path = Path(path)
+    open_memmap(path, mode="w+", dtype=np.uint8, shape=shape).flush()
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            with disk_full_says(
+                f"not enough disk space in {path.parent} for {what} ({size / 1e6:,.1f} MB): "
+                "free some space and rerun the same command to continue"
+            ):
+                os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            block = bytes(1 << 20)  # no fallocate here: allocate by writing zeros
+            for offset in range(0, size, len(block)):
+                os.pwrite(fd, block[: size - offset], offset)
+    finally:
+        os.close(fd)
+
+
+def copy_npy_rows(source, target, target_rows, source_rows, block: int = 256) -> None:
+    """``target[target_rows] = source[source_rows]`` between two .npy files, ``block`` rows
+    at a time through memory maps."""
+    import numpy as np
+
+    old = np.load(source, mmap_mode="r")
+    new = np.load(target, mmap_mode="r+")
+    for j in range(0, len(target_rows), block):
+        new[target_rows[j : j + block]] = old[source_rows[j : j + block]]
+    new.flush()
 
 
 def sha256_file(path: str | os.PathLike) -> str:

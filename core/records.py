@@ -12,6 +12,8 @@ import numpy as np
 
 def json_value(value: Any) -> Any:
     """``value`` as something ``json.dumps`` accepts, recursing into containers."""
+    if isinstance(value, Record):  # its own fields only (``_not_json`` left out)
+        return value.to_json()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: json_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):

@@ -3,8 +3,11 @@
 ``init_from_environment`` joins the group torchrun describes (NCCL on CUDA, gloo on the
 CPU). Each rank evaluates one contiguous ``CacheShard`` (``shard_bounds``: nothing is
 padded, so unlike ``DistributedSampler`` no image is counted twice); rank 0 gathers the
-top-5 labels in rank order (``gather_outcome``), so its predictions are those of one
+top-5 labels in rank order (``gather_predictions``), so its predictions are those of one
 process, and alone writes. Without WORLD_SIZE > 1 everything here is a single process.
+
+Only plain arrays, numbers and dicts cross the group here: this module knows nothing of
+the evaluation's own types (``eval.evaluate`` scores and rebuilds its outcome).
 """
 
 from __future__ import annotations
@@ -13,16 +16,12 @@ import contextlib
 import datetime
 import logging
 import os
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from core.errors import UserError, first_line
-from eval.metrics import AccuracyCounter
-
-if TYPE_CHECKING:
-    from eval.evaluate import EvaluationOutcome
 
 log = logging.getLogger(__name__)
 
@@ -172,36 +171,26 @@ class CacheShard:
         return self.cache.read(self.start + start, self.start + stop, out=out)
 
 
-def gather_outcome(
-    outcome: EvaluationOutcome, cache, count: int, ctx: DistContext, inputs
-) -> EvaluationOutcome | None:
-    """Rank 0: every rank's top-5 in rank order, scored over all ``count`` images; None on
-    the other ranks. ``inputs`` names the model file and cache bytes this rank loaded
-    (``eval.journal.loaded_inputs``): rank 0 records only its own, so ranks that loaded
-    different ones (a file replaced as they started) are refused."""
+def gather_predictions(
+    top5: np.ndarray, timings: dict[str, float], inputs: Any, count: int, ctx: DistContext
+) -> dict[str, Any] | None:
+    """Rank 0: ``{"top5": every rank's top-5 in rank order (``count`` rows), **timings}``,
+    each timing the largest of the ranks' (they run side by side: the slowest one is the
+    run's time); None on the other ranks. ``inputs`` names the model file and cache bytes
+    this rank loaded (``eval.journal.loaded_inputs``): rank 0 records only its own, so
+    ranks that loaded different ones (a file replaced as they started) are refused."""
     import torch.distributed as dist
 
     gathered = [None] * ctx.world_size if ctx.is_main else None
-    mine = (outcome.top5, outcome.inference_seconds, outcome.wall_seconds, inputs)
     with peer_stopped(ctx.rank):
-        dist.gather_object(mine, gathered, dst=0)
+        dist.gather_object((top5, timings, inputs), gathered, dst=0)
     if gathered is None:
         return None
-    shards, inference_seconds, wall_seconds, rank_inputs = zip(*gathered, strict=True)
+    shards, rank_timings, rank_inputs = zip(*gathered, strict=True)
     if any(other != rank_inputs[0] for other in rank_inputs):
         raise UserError(
             "the ranks loaded different model or cache files (one was replaced as they "
             "started): run again"
         )
-    top5 = join_shards(list(shards), count)
-    counter = AccuracyCounter()
-    counter.update(top5, np.asarray(cache.labels[:count], dtype=np.int64))
-    # The ranks run side by side: the slowest one is the run's time.
-    return replace(
-        outcome,
-        top5=top5,
-        counter=counter,
-        inference_seconds=max(inference_seconds),
-        wall_seconds=max(wall_seconds),
-        resumed_from=0,
-    )
+    slowest = {name: max(t[name] for t in rank_timings) for name in timings}
+    return {"top5": join_shards(list(shards), count), **slowest}

@@ -355,7 +355,13 @@ def _predict(
         )
     if job.ctx.distributed:
         inputs = loaded_inputs(backend, job.cache)
-        return distributed.gather_outcome(outcome, job.cache, job.count, job.ctx, inputs)
+        seconds = {k: getattr(outcome, k) for k in ("inference_seconds", "wall_seconds")}
+        gathered = distributed.gather_predictions(outcome.top5, seconds, inputs, job.count, job.ctx)
+        if gathered is None:  # not rank 0
+            return None
+        counter = AccuracyCounter()  # scored over every rank's images
+        counter.update(gathered["top5"], np.asarray(job.cache.labels[: job.count], np.int64))
+        return dataclasses.replace(outcome, **gathered, counter=counter, resumed_from=0)
     return outcome
 
 

@@ -5,15 +5,14 @@ The whole build holds the cache dir's lock. Every run stats the listed files (se
 rows, in place in ``images.npy`` (renamed to the partial file) when the rows stay the same,
 otherwise into a new partial file the reused crops are copied to.
 
-Each finished range of rows is appended to ``journal.txt`` after its crops and digests are
-in the shared mappings, so a ``kill -9`` loses nothing the journal claims: a rerun skips
+Each finished range of rows is appended to the resume journal (``journal.py``) after its
+crops and digests are in the shared mappings, so a ``kill -9`` loses nothing: a rerun skips
 journaled rows whose file kept its signature. A different recipe, OpenCV, data dir or
 listing starts over and says so.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -24,16 +23,19 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from core.cli import check_at_least_one
+from core.disk import disk_full_says
 from core.errors import UserError
 from core.files import (
     LOCK_NAME,
     atomic_path,
     check_free_space,
+    copy_npy_rows,
+    create_reserved_npy,
     exclusive_lock,
+    fsync_file,
     remove_stale_temporaries,
     save_npy_atomic,
     temporary_target,
@@ -74,6 +76,14 @@ from preprocess.incremental import (
     load_previous,
     make_plan,
     stat_listing,
+)
+from preprocess.journal import (
+    append_finished,
+    journal_header,
+    open_journal,
+    read_journal,
+    runs,
+    start_journal,
 )
 from preprocess.recipes import decode, recipe_parameters
 from preprocess.workers import RangeProcessor, run_ranges
@@ -127,76 +137,7 @@ class BuildSummary(Record):
         )
 
 
-# ---------------------------------------------------------------- journal and partial files
-
-
-def _journal_header(cache_dir: Path) -> tuple[str | None, list[str]]:
-    """(build key, range lines) of ``journal.txt``; (None, []) when it is absent or not ours."""
-    try:
-        first, *lines = (cache_dir / JOURNAL_NAME).read_text().split("\n")
-        header = json.loads(first)
-    except (OSError, ValueError):
-        return None, []
-    return (header.get("build_key") if isinstance(header, dict) else None), lines
-
-
-def _read_journal(cache_dir: Path, key: str, signatures: np.ndarray) -> np.ndarray | None:
-    """Rows finished by an interrupted build with this key whose files kept their
-    signature (bool mask), or None when there is nothing to resume."""
-    count = len(signatures)
-    build_key, lines = _journal_header(cache_dir)
-    if build_key is None:
-        return None
-    try:
-        images = np.load(cache_dir / PARTIAL_IMAGES_NAME, mmap_mode="r")
-        digests = np.load(cache_dir / PARTIAL_DIGESTS_NAME, mmap_mode="r")
-        cropped_from = np.load(cache_dir / PARTIAL_SIGNATURES_NAME)
-    except (OSError, ValueError):
-        return None
-    if (
-        build_key != key
-        or images.shape != (count, *CROP_SHAPE)
-        or digests.shape != (count, DIGEST_SIZE)
-        or cropped_from.shape != signatures.shape
-    ):
-        log.info("discarding an unfinished build in %s made with other settings", cache_dir)
-        return None
-    finished = np.zeros(count, dtype=bool)
-    for line in lines[:-1]:  # the last element follows the final newline: maybe torn
-        parts = line.split()
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
-            start, stop = int(parts[0]), int(parts[1])
-            if 0 <= start < stop <= count:
-                finished[start:stop] = True
-    return finished & (cropped_from == signatures).all(axis=1)
-
-
-def _create_reserved_npy(path: Path, shape: tuple, what: str) -> None:
-    """A zero uint8 .npy whose blocks are all allocated now: a full disk under a memmap
-    write would kill the process with SIGBUS; here it is a UserError before any work."""
-    open_memmap(path, mode="w+", dtype=np.uint8, shape=shape).flush()
-    size = path.stat().st_size
-    fd = os.open(path, os.O_RDWR)
-    try:
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _disk_full(path.parent, f"{what} ({size / 1e6:,.1f} MB)") from None
-            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            block = bytes(1 << 20)  # no fallocate here: allocate by writing zeros
-            for offset in range(0, size, len(block)):
-                os.pwrite(fd, block[: size - offset], offset)
-    finally:
-        os.close(fd)
-
-
-def _disk_full(folder: Path, what: str) -> UserError:
-    return UserError(
-        f"not enough disk space in {folder} for {what}: free some space and rerun the same "
-        f"command to continue"
-    )
+# ---------------------------------------------------------------- partial files and tasks
 
 
 def _remove_partial(cache_dir: Path) -> None:
@@ -205,33 +146,12 @@ def _remove_partial(cache_dir: Path) -> None:
         (cache_dir / name).unlink(missing_ok=True)
 
 
-def _copy_rows(source: Path, target: Path, target_rows: np.ndarray, source_rows: np.ndarray):
-    """``target[target_rows] = source[source_rows]`` between two .npy files, in blocks."""
-    old = np.load(source, mmap_mode="r")
-    new = np.load(target, mmap_mode="r+")
-    for j in range(0, len(target_rows), COPY_ROWS):
-        new[target_rows[j : j + COPY_ROWS]] = old[source_rows[j : j + COPY_ROWS]]
-    new.flush()
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) of each run of True values."""
-    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    starts, stops = np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()
-    return list(zip(starts, stops, strict=True))
-
-
 def _pending_tasks(finished: np.ndarray, workers: int) -> list[tuple[int, int]]:
     """Ranges of consecutive unfinished rows: at least ~8 per worker so the load balances,
     at most MAX_CHUNK rows each."""
     chunk = max(1, min(MAX_CHUNK, -(-int((~finished).sum()) // (workers * 8))))
     tasks = []
-    for start, stop in _runs(~finished):
+    for start, stop in runs(~finished):
         tasks.extend((a, min(a + chunk, stop)) for a in range(start, stop, chunk))
     return tasks
 
@@ -277,7 +197,7 @@ def _check_cache_dir(cache_dir: Path, data_root: Path, rebuild: bool) -> None:
         )
     if not cache_dir.is_dir():
         return
-    if read_manifest(cache_dir) is not None or _journal_header(cache_dir)[0] is not None:
+    if read_manifest(cache_dir) is not None or journal_header(cache_dir)[0] is not None:
         return  # a cache, finished or not, that we wrote
     # Besides the lock, only temporaries of our files, left by a killed build.
     entries = sorted(os.listdir(cache_dir))
@@ -347,13 +267,12 @@ def build_cache(
     _check_cache_dir(cache_dir, listing.root, rebuild=force or repair)
     _prepare_cache_dir(cache_dir)
     build = _Build(profile, listing, cache_dir, workers, skip_bad, quiet, started)
-    try:
-        with exclusive_lock(cache_dir, "cache dir", wait=wait):
-            return build.run(force)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _disk_full(cache_dir, "the cache") from None
-        raise
+    full = (
+        f"not enough disk space in {cache_dir} for the cache: free some space and rerun the "
+        "same command to continue"
+    )
+    with disk_full_says(full), exclusive_lock(cache_dir, "cache dir", wait=wait):
+        return build.run(force)
 
 
 class _Build:
@@ -390,7 +309,7 @@ class _Build:
             if previous is None:  # it cannot be trusted; load_previous said why
                 return self._fresh()
             return self._update(manifest, previous)
-        finished = _read_journal(self.cache_dir, self.key, self.signatures)
+        finished = read_journal(self.cache_dir, self.key, self.signatures)
         if finished is None:  # no interrupted build of this listing and these settings
             return self._fresh()
         if finished.any():
@@ -444,9 +363,11 @@ class _Build:
             log.info("copying %d unchanged crops in %s", reused.sum(), self.cache_dir)
             rows = np.flatnonzero(reused)
             partial = self.cache_dir / PARTIAL_IMAGES_NAME
-            _copy_rows(self.cache_dir / IMAGES_NAME, partial, rows, plan.sources[rows])
-        with open(self.cache_dir / JOURNAL_NAME, "a") as journal:
-            journal.write("".join(f"{a} {b}\n" for a, b in _runs(reused)))
+            copy_npy_rows(
+                self.cache_dir / IMAGES_NAME, partial, rows, plan.sources[rows], COPY_ROWS
+            )
+        with open_journal(self.cache_dir) as journal:
+            append_finished(journal, reused)
         return self._crop_and_finish(reused, plan.left_out, plan.changes, previous.damage_text)
 
     def _start_partial(self, digests, needed_bytes: int, done: int, adopt_images: bool):
@@ -460,10 +381,10 @@ class _Build:
             os.replace(cache_dir / IMAGES_NAME, cache_dir / PARTIAL_IMAGES_NAME)
         else:
             with atomic_path(cache_dir / PARTIAL_IMAGES_NAME) as tmp:
-                _create_reserved_npy(tmp, (count, *CROP_SHAPE), f"{count} crops")
+                create_reserved_npy(tmp, (count, *CROP_SHAPE), f"{count} crops")
         save_npy_atomic(cache_dir / PARTIAL_DIGESTS_NAME, digests)
         save_npy_atomic(cache_dir / PARTIAL_SIGNATURES_NAME, self.signatures)
-        write_text_atomic(cache_dir / JOURNAL_NAME, json.dumps({"build_key": self.key}) + "\n")
+        start_journal(cache_dir, self.key)
 
     def _same_crops(self, manifest: dict, previous: PreviousCache, plan: Plan) -> BuildSummary:
         """No crop to redo: rewrite only what changed around them (labels, the list of
@@ -574,13 +495,12 @@ class _Build:
             disable=self.quiet,
             dynamic_ncols=True,
         )
-        with bar, open(cache_dir / JOURNAL_NAME, "a") as journal:
+        with bar, open_journal(cache_dir) as journal:
 
             def record(start: int, stop: int, chunk_unreadable: list) -> None:
                 good = np.ones(stop - start, dtype=bool)
                 good[[i - start for i, _ in chunk_unreadable]] = False
-                journal.write("".join(f"{start + a} {start + b}\n" for a, b in _runs(good)))
-                journal.flush()  # one write(2) per task: survives a kill of this process
+                append_finished(journal, good, offset=start)  # survives a kill of this process
                 unreadable.extend(chunk_unreadable)
                 bar.update(stop - start)
 
@@ -607,7 +527,7 @@ class _Build:
                 _compact(partial, tmp, keep)
             partial.unlink()
         else:
-            _fsync(partial)
+            fsync_file(partial)
             os.replace(partial, cache_dir / IMAGES_NAME)
         self._write_manifest(len(keep), len(keep), entries, fingerprint)
         _remove_partial(cache_dir)
@@ -617,6 +537,6 @@ class _Build:
 def _compact(partial: Path, out_path: Path, keep: np.ndarray) -> None:
     """Copy rows ``keep`` of the partial file into ``out_path``, its space reserved first."""
     check_free_space(out_path.parent, len(keep) * CROP_BYTES, f"the {len(keep)} readable crops")
-    _create_reserved_npy(out_path, (len(keep), *CROP_SHAPE), f"{len(keep)} crops")
-    _copy_rows(partial, out_path, np.arange(len(keep)), keep)
-    _fsync(out_path)
+    create_reserved_npy(out_path, (len(keep), *CROP_SHAPE), f"{len(keep)} crops")
+    copy_npy_rows(partial, out_path, np.arange(len(keep)), keep, COPY_ROWS)
+    fsync_file(out_path)

@@ -43,7 +43,7 @@ MAX_RELATIVE_LOGIT_DIFF = 1e-4
 
 def build_checkpoints(ckpt_dir: Path) -> dict[str, Path]:
     """Fixture checkpoints, rebuilt only when the builder code or arguments change."""
-    from tests.fixtures.tf_graphs import (
+    from fixtures.tf_graphs import (
         fixture_cache_key,
         write_mobilenet_v1_tgz,
         write_resnet50_pb,
@@ -74,7 +74,7 @@ def build_checkpoints(ckpt_dir: Path) -> dict[str, Path]:
 
 def write_dataset(data_dir: Path, labels: list[int]) -> None:
     """The generated validation images, with the given labels in val_map.txt."""
-    from tests.fixtures.images import write_val_set
+    from fixtures.images import write_val_set
 
     entries = write_val_set(data_dir, NUM_IMAGES, layout="val_map", seed=DATA_SEED)
     lines = "".join(f"{rel} {label}\n" for (rel, _), label in zip(entries, labels, strict=True))

@@ -35,7 +35,7 @@ def _materialize(
     **kwargs,
 ) -> Path:
     """Build (or fetch from the on-disk cache) one fixture file and copy it to a temp folder."""
-    from tests.fixtures import tf_graphs  # imported lazily: TensorFlow takes seconds to load
+    from fixtures import tf_graphs  # imported lazily: TensorFlow takes seconds to load
 
     write = getattr(tf_graphs, writer)
     out = tmp_path_factory.mktemp(fixture) / filename

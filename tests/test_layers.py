@@ -1,25 +1,34 @@
 """The packages form one-way layers: each imports only the layers below it.
 
-core -> preprocess -> convert -> quantize -> eval -> pipeline -> benchmarks (bottom to
-top). A module
-importing a higher layer, or a cycle, fails here with the offending import named.
-
-``tests`` sits above them all, with one exception: the benchmarks time the fixture graphs
-and images that ``tests.fixtures`` generates, so benchmarks may import ``tests.fixtures``
-and nothing else of ``tests``; the other layers import nothing of ``tests``, and
-``tests.fixtures`` imports no benchmark (that would be a cycle).
+core -> preprocess -> convert -> quantize -> eval -> pipeline -> fixtures -> benchmarks
+(bottom to top; ``fixtures`` builds the graphs and images that tests and benchmarks use).
+``tests`` sits above them all: no package imports it. A module importing a higher layer,
+or ``tests``, fails here with the offending import named; so does a cycle of imports
+between the modules of one package (imports inside functions included), with its modules
+named.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("core", "preprocess", "convert", "quantize", "eval", "pipeline", "benchmarks")
-FIXTURES = "tests.fixtures"  # the only part of tests a layer (benchmarks) may import
+LAYERS = (
+    "core",
+    "preprocess",
+    "convert",
+    "quantize",
+    "eval",
+    "pipeline",
+    "fixtures",
+    "benchmarks",
+)
 
 
 def _modules(path: Path) -> list[tuple[int, str]]:
@@ -38,23 +47,93 @@ def _within(module: str, package: str) -> bool:
 
 
 def _tests_import_violations(root: Path = ROOT) -> list[str]:
-    """Imports of ``tests`` beyond what the module docstring allows, and fixtures that
-    import a benchmark."""
+    """Imports of ``tests`` by any layer."""
     bad = []
     for layer in LAYERS:
-        allowed = FIXTURES if layer == "benchmarks" else None
-        rule = f"{layer} may import only {allowed}" if allowed else f"{layer} is below tests"
         for path in sorted((root / layer).rglob("*.py")):
             for line, module in _modules(path):
-                if _within(module, "tests") and not (allowed and _within(module, allowed)):
-                    bad.append(f"{path.relative_to(root)}:{line} imports {module} ({rule})")
-    rule = "fixtures are below benchmarks"
-    for path in sorted((root / "tests" / "fixtures").rglob("*.py")):
-        for line, module in _modules(path):
-            outside = _within(module, "tests") and not _within(module, FIXTURES)
-            if outside or _within(module, "benchmarks"):
-                bad.append(f"{path.relative_to(root)}:{line} imports {module} ({rule})")
+                if _within(module, "tests"):
+                    bad.append(f"{path.relative_to(root)}:{line} imports {module} (below tests)")
     return bad
+
+
+def _package_modules(root: Path, package: str) -> dict[str, Path]:
+    """Dotted name -> file of every module of ``package`` (a package is its __init__)."""
+    found = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports_within(name: str, path: Path, known: dict[str, Path]) -> list[tuple[int, str]]:
+    """(line, module) of each import of a module in ``known`` by module ``name`` (relative
+    imports resolved); ``from a import b`` is the module a.b when there is one, else a."""
+
+    def module_of(dotted: str) -> str | None:
+        while dotted and dotted not in known:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+                base = f"{up}.{base}" if base else up
+            targets = [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            module = module_of(target)
+            if module is not None and module != name:
+                found.append((node.lineno, module))
+    return found
+
+
+def _cycles(root: Path = ROOT) -> list[str]:
+    """One cycle per strongly connected group of each package's modules, as the chain of
+    imports that closes it (``file:line imports module``, in order)."""
+    bad = []
+    for package in LAYERS:
+        known = _package_modules(root, package)
+        edges: dict[str, dict[str, int]] = {name: {} for name in known}
+        for name, path in known.items():
+            for line, module in _imports_within(name, path, known):
+                edges[name].setdefault(module, line)
+        for start in sorted(known):
+            chain = _shortest_loop(start, edges)
+            if chain and start == min(chain):  # report each loop once, from its first module
+                steps = [
+                    f"{os.fspath(known[a].relative_to(root))}:{edges[a][b]} imports {b}"
+                    for a, b in zip(chain, chain[1:] + chain[:1], strict=True)
+                ]
+                bad.append(" -> ".join(steps))
+    return bad
+
+
+def _shortest_loop(start: str, edges: dict[str, dict[str, int]]) -> list[str]:
+    """The modules of a shortest import chain from ``start`` back to it ([] when none)."""
+    previous: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for module in frontier:
+            for target in sorted(edges[module]):
+                if target == start:
+                    chain = [module]
+                    while chain[-1] != start:
+                        chain.append(previous[chain[-1]])
+                    return chain[::-1]
+                if target not in previous:
+                    previous[target] = module
+                    following.append(target)
+        frontier = following
+    return []
 
 
 def _layer_violations(root: Path = ROOT) -> list[str]:
@@ -82,25 +161,37 @@ def test_the_check_sees_an_upward_import(tmp_path):
     assert _layer_violations(tmp_path) == ["core/planted.py:3 imports pipeline (core is lower)"]
 
 
-def test_only_benchmarks_import_tests_and_only_its_fixtures():
+def test_no_package_imports_tests():
     assert _tests_import_violations() == []
 
 
-def test_the_check_sees_a_forbidden_import_of_tests(tmp_path):
-    # Plant each kind of violation in a copy, next to the one allowed import, and find them.
-    for folder in ("eval", "benchmarks", "tests/fixtures"):
+def test_the_check_sees_an_import_of_tests(tmp_path):
+    for folder in ("eval", "benchmarks"):
         (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "eval" / "bad.py").write_text("from tests.fixtures import images\n")
-    (tmp_path / "benchmarks" / "bad.py").write_text(
-        "from tests.fixtures.images import write_val_set\nimport tests.conftest\n"
-    )
-    (tmp_path / "tests" / "fixtures" / "bad.py").write_text(
-        "from tests.fixtures import images\nfrom benchmarks import machine\n"
-    )
+    (tmp_path / "benchmarks" / "bad.py").write_text("import os\nimport tests.conftest\n")
     assert _tests_import_violations(tmp_path) == [
-        "eval/bad.py:1 imports tests.fixtures.images (eval is below tests)",
-        "benchmarks/bad.py:2 imports tests.conftest (benchmarks may import only tests.fixtures)",
-        "tests/fixtures/bad.py:2 imports benchmarks.machine (fixtures are below benchmarks)",
+        "eval/bad.py:1 imports tests.fixtures.images (below tests)",
+        "benchmarks/bad.py:2 imports tests.conftest (below tests)",
+    ]
+
+
+def test_no_package_has_an_import_cycle():
+    assert _cycles() == []
+
+
+def test_the_check_sees_a_cycle_also_through_a_function_level_import(tmp_path):
+    (tmp_path / "eval" / "sub").mkdir(parents=True)
+    (tmp_path / "eval" / "__init__.py").write_text("from eval.a import run\n")
+    (tmp_path / "eval" / "a.py").write_text("import os\n\nfrom . import b\n")
+    (tmp_path / "eval" / "b.py").write_text("def f():\n    from eval.sub.c import g\n")
+    (tmp_path / "eval" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "eval" / "sub" / "c.py").write_text("from ..a import run\nfrom .. import b\n")
+    (tmp_path / "eval" / "ok.py").write_text("from eval import a\nfrom eval.sub import c\n")
+    assert _cycles(tmp_path) == [
+        "eval/a.py:3 imports eval.b -> eval/b.py:2 imports eval.sub.c -> "
+        "eval/sub/c.py:1 imports eval.a",
+        "eval/b.py:2 imports eval.sub.c -> eval/sub/c.py:2 imports eval.b",
     ]
 
 
@@ -109,7 +200,7 @@ def test_each_layer_imports_without_the_ones_above(layer):
     import subprocess
     import sys
 
-    above = (*LAYERS[LAYERS.index(layer) + 1 :], "tests")  # only benchmarks may use tests
+    above = (*LAYERS[LAYERS.index(layer) + 1 :], "tests")
     code = (
         f"import importlib, pkgutil, sys\n"
         f"import {layer}\n"

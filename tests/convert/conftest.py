@@ -8,8 +8,8 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     """A two-image MobileNet-v1 preprocess cache, for runs of ``python -m eval``."""
+    from fixtures.images import write_val_set
     from preprocess import build_cache
-    from tests.fixtures.images import write_val_set
 
     root = tmp_path_factory.mktemp("tiny_cache")
     write_val_set(root / "val", 2, layout="val_map", seed=11)

@@ -23,6 +23,8 @@ from convert.verify import synthetic_images
 from core.cli import run_cli
 from core.profiles import MOBILENET_V1, RESNET50
 
+pytestmark = pytest.mark.tf
+
 ABS_LOGIT_TOL = 1e-3
 REL_LOGIT_TOL = 1e-4
 
@@ -150,7 +152,7 @@ def test_every_fixture_converts_within_tolerance(
 
 
 def test_runner_takes_any_batch_on_pinned_graph(mobilenet_v1_batch1_pb):
-    from tests.fixtures.tf_graphs import run_graph
+    from fixtures.tf_graphs import run_graph
 
     _, images = synthetic_images(MOBILENET_V1, count=3, seed=3)
     with TFGraphRunner(mobilenet_v1_batch1_pb, "mobilenet_v1") as runner:
@@ -175,8 +177,8 @@ def test_runner_takes_any_batch_on_pinned_graph(mobilenet_v1_batch1_pb):
 
 
 def test_verify_on_real_images_and_cache(mobilenet_v1_pb, tmp_path):
+    from fixtures.images import write_val_set
     from preprocess import build_cache
-    from tests.fixtures.images import write_val_set
 
     data = tmp_path / "val"
     write_val_set(data, 3, layout="val_map", seed=5)

@@ -15,6 +15,8 @@ from convert.verify import compare_layers, synthetic_images
 from core.cli import run_cli
 from core.profiles import MOBILENET_V1, RESNET50
 
+pytestmark = pytest.mark.tf
+
 tf = pytest.importorskip("tensorflow")
 
 

@@ -20,6 +20,8 @@ import pytest
 from convert import load_checkpoint
 from convert.api import remove_stale_outputs
 
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

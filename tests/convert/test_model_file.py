@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from convert import load_checkpoint, load_model
-from convert.api import FORMAT, content_digest
+from convert.model_file import FORMAT, content_digest
 from convert.verify import synthetic_images
 from core.errors import UserError
 from core.profiles import MOBILENET_V1
+
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 

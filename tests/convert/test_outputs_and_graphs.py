@@ -17,6 +17,8 @@ from convert.graph import read_graph_def
 from convert.tf_runner import TFGraphRunner
 from core.errors import UserError
 
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
 tf = pytest.importorskip("tensorflow")
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from convert.models.padding import MaxPool2dSame, TFSamePad2d, tf_same_pads
 
+pytestmark = pytest.mark.tf
+
 tf = pytest.importorskip("tensorflow")
 
 

@@ -23,8 +23,10 @@ from convert.verify import synthetic_images
 from core.errors import UserError
 from core.profiles import MOBILENET_V1, get_profile
 
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
 tf = pytest.importorskip("tensorflow")
-from tests.fixtures.hostile_graphs import WRITE_NODE, run_unguarded, with_side_effect  # noqa: E402
+from fixtures.hostile_graphs import WRITE_NODE, run_unguarded, with_side_effect  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGITS = "MobilenetV1/Predictions/Reshape"

@@ -1,6 +1,6 @@
 """Every faithful TensorFlow encoding of the two networks converts and matches TensorFlow.
 
-The zoo (tests/fixtures/zoo_graphs.py) spells the same weights as fused, tf.nn and Keras-style
+The zoo (fixtures/zoo_graphs.py) spells the same weights as fused, tf.nn and Keras-style
 unfused batch norm, x*scale+shift, optimize_for_inference's folded convs, NCHW (with and
 without a leading Transpose), explicit Pad + VALID, a pinned batch, 1000-class and dense
 heads. Each is converted by the walker and compared with TensorFlow layer by layer.
@@ -28,8 +28,10 @@ from convert.tf_runner import TFGraphRunner
 from convert.verify import compare_layers, synthetic_images
 from core.errors import UserError
 from core.profiles import MOBILENET_V1, PROFILES, RESNET50
+from fixtures.zoo_graphs import MOBILENET_VARIANTS, RESNET_VARIANTS
 from tests.conftest import _materialize
-from tests.fixtures.zoo_graphs import MOBILENET_VARIANTS, RESNET_VARIANTS
+
+pytestmark = pytest.mark.tf
 
 REL_TOL = 2e-5
 ABS_TOL = 5e-4  # |logit| < 20 here
@@ -152,7 +154,7 @@ def test_folded_batch_norm_is_an_exact_identity(request, tmp_path_factory):
 
 def test_decomposed_statistics_are_recovered(request, tmp_path_factory):
     """Keras-style NCHW batch norm: gamma/beta/mean/variance/eps come back as stored."""
-    from tests.fixtures.mobilenet_graph import mobilenet_v1_weights
+    from fixtures.mobilenet_graph import mobilenet_v1_weights
 
     pb = _zoo_pb(request, tmp_path_factory, "mobilenet_v1", "keras-unfused-nchw")
     extracted = extract_weights(read_graph_def(pb), MOBILENET_V1)

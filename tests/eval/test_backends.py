@@ -12,6 +12,8 @@ from eval.options import EvalSettings
 from preprocess.recipes import normalize
 from tests.eval.fakes import ToyNet
 
+pytestmark = pytest.mark.tf
+
 RESNET = get_profile("resnet50")
 
 

@@ -14,8 +14,10 @@ from convert import convert_checkpoint
 from core.profiles import get_profile
 from eval.backends import make_backend
 from eval.compare import main as compare_main
+from fixtures.images import write_val_set
 from preprocess import build_cache, load_cache
-from tests.fixtures.images import write_val_set
+
+pytestmark = pytest.mark.tf
 
 N_IMAGES = 8
 

@@ -22,6 +22,8 @@ from eval.loadgen_pass import CacheCrops
 from eval.options import EvalSettings
 from tests.eval.fakes import FakeCache, ToyBackend
 
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -89,8 +91,8 @@ def test_loadgen_reads_crops_through_the_reader(tmp_path):
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
+    from fixtures.images import write_val_set
     from preprocess import build_cache
-    from tests.fixtures.images import write_val_set
 
     root = tmp_path_factory.mktemp("checked")
     write_val_set(root / "data", 3, layout="val_map", seed=8)

@@ -16,9 +16,11 @@ import torch
 import eval as eval_stage
 from core.cli import run_cli
 from eval.__main__ import main
+from fixtures.images import write_val_set
 from preprocess import build_cache, load_cache
 from tests.eval.fakes import ToyNet
-from tests.fixtures.images import write_val_set
+
+pytestmark = pytest.mark.slow
 
 N_IMAGES = 9
 

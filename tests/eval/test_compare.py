@@ -6,6 +6,8 @@ from core.errors import UserError
 from eval.__main__ import main as eval_main
 from eval.compare import compare_predictions, format_comparison, main
 
+pytestmark = pytest.mark.slow
+
 
 def test_compare_predictions_counts_and_indices():
     summary = compare_predictions(np.array([1, 2, 3, 4, 5]), np.array([1, 9, 3, 4, 0]))

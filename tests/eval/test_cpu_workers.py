@@ -13,6 +13,8 @@ from eval import cpu_workers, engines
 from eval.cpu_workers import WORKERS_ENV, chunk_images, worker_count
 from eval.engines import prepare_engine
 
+pytestmark = pytest.mark.slow
+
 
 class RecordingModel(nn.Module):
     """Row-wise logits (row i -> its input mean), recording each call's thread state."""
@@ -150,8 +152,8 @@ def test_eval_refuses_a_bad_worker_count_in_one_sentence(tmp_path):
     from pathlib import Path
 
     from benchmarks.seeded_weights import save_converted, seeded_model
+    from fixtures.images import write_val_set
     from preprocess import build_cache
-    from tests.fixtures.images import write_val_set
 
     write_val_set(tmp_path / "data", 2, layout="val_map", seed=3)
     build_cache("mobilenet_v1", tmp_path / "data", tmp_path / "cache", workers=1, quiet=True)

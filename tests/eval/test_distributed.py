@@ -18,16 +18,17 @@ from eval.distributed import (
     CacheShard,
     DistContext,
     device_for_rank,
-    gather_outcome,
+    gather_predictions,
     join_shards,
     peer_stopped,
     shard_bounds,
 )
-from eval.evaluate import EvaluationOutcome
 from eval.metrics import AccuracyCounter
+from fixtures.images import write_val_set
 from preprocess import build_cache
 from tests.eval.fakes import FakeCache
-from tests.fixtures.images import write_val_set
+
+pytestmark = pytest.mark.slow
 
 N_IMAGES = 7  # 2 ranks: shards of 4 and 3
 
@@ -61,25 +62,31 @@ def test_join_shards_refuses_a_missing_image():
         join_shards([np.zeros((2, 5)), np.zeros((1, 5))], 4)
 
 
-def gather_two_ranks(monkeypatch, rank1_inputs: dict) -> EvaluationOutcome | None:
-    """Rank 0's gather_outcome, rank 1 having sent ``rank1_inputs`` with two images."""
+def gather_two_ranks(monkeypatch, rank1_inputs: dict) -> tuple[dict | None, np.ndarray]:
+    """Rank 0's gather_predictions, rank 1 having sent ``rank1_inputs`` with two images;
+    and the labels of the four."""
     cache = FakeCache(n=4)
+    seconds = {"inference_seconds": 2.0, "wall_seconds": 3.0}
 
     def gather_object(mine, gathered, dst):
         gathered[0] = mine
-        gathered[1] = (np.tile(cache.labels[2:4, None], (1, 5)), 2.0, 3.0, rank1_inputs)
+        gathered[1] = (np.tile(cache.labels[2:4, None], (1, 5)), seconds, rank1_inputs)
 
     monkeypatch.setattr(torch.distributed, "gather_object", gather_object)
     top5 = np.tile(cache.labels[:2, None], (1, 5))
-    mine = EvaluationOutcome(top5, AccuracyCounter(), inference_seconds=1.0, wall_seconds=4.0)
+    mine = {"inference_seconds": 1.0, "wall_seconds": 4.0}
     inputs = {"source": {"weights_sha256": "a"}, "cache": "c"}
-    return gather_outcome(mine, cache, 4, DistContext(0, 2), inputs)
+    return gather_predictions(top5, mine, inputs, 4, DistContext(0, 2)), cache.labels
 
 
 def test_rank_zero_scores_every_rank_that_loaded_the_same_files(monkeypatch):
-    outcome = gather_two_ranks(monkeypatch, {"source": {"weights_sha256": "a"}, "cache": "c"})
-    assert outcome.counter.images == 4 and outcome.counter.correct_top1 == 4
-    assert (outcome.inference_seconds, outcome.wall_seconds) == (2.0, 4.0)
+    gathered, labels = gather_two_ranks(
+        monkeypatch, {"source": {"weights_sha256": "a"}, "cache": "c"}
+    )
+    counter = AccuracyCounter()  # as eval.evaluate scores what rank 0 gathered
+    counter.update(gathered["top5"], np.asarray(labels[:4], dtype=np.int64))
+    assert counter.images == 4 and counter.correct_top1 == 4
+    assert (gathered["inference_seconds"], gathered["wall_seconds"]) == (2.0, 4.0)
 
 
 def test_ranks_that_loaded_different_weights_are_refused(monkeypatch):

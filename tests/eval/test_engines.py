@@ -21,6 +21,8 @@ from eval.engines import (
 )
 from preprocess import normalize
 
+pytestmark = pytest.mark.slow
+
 BATCH = 2  # small: building a frozen ResNet-50 must stay cheap on a 2-core machine
 
 

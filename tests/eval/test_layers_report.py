@@ -9,8 +9,10 @@ import pytest
 from convert import convert_checkpoint
 from core.cli import run_cli
 from eval.__main__ import main
+from fixtures.images import write_val_set
 from preprocess import build_cache
-from tests.fixtures.images import write_val_set
+
+pytestmark = pytest.mark.tf
 
 N_IMAGES = 6
 

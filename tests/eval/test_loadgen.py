@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("mlperf_loadgen")
 
 from core.cli import run_cli  # noqa: E402

@@ -16,9 +16,9 @@ import torch
 from core.cli import run_cli
 from eval.__main__ import main
 from eval.calibration import CalibrationBatches, names_sha256
+from fixtures.images import write_val_set
 from preprocess import build_cache, load_cache, normalize
 from preprocess.calibration import MLPERF_LIST_SHA256, mlperf_list
-from tests.fixtures.images import write_val_set
 
 N_IMAGES = 12
 

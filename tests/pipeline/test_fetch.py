@@ -1,4 +1,4 @@
-"""pipeline.fetch against a local HTTP server: resume, truncation, digests, archives, errors."""
+"""pipeline.fetch against a local HTTP server: truncation, digests, archives, errors."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from core.errors import UserError
 from core.files import sha256_file
 from core.profiles import get_profile
 from pipeline.fetch import fetch_checkpoint, main
+
+pytestmark = pytest.mark.tf
 
 PB_NAME = "resnet50_v1.pb"
 TGZ_NAME = "mobilenet_v1_1.0_224.tgz"
@@ -70,20 +72,8 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None or server.mode == "404":
             self.send_error(404, "Not Found")
             return
-        start = 0
-        if range_header and server.mode != "ignore_range":
-            start = int(range_header.removeprefix("bytes=").split("-")[0])
-            if start >= len(body):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(body)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        chunk = body[start:]
+        self.send_response(200)  # downloads never resume: a Range header is only recorded
+        chunk = body
         self.send_header("Content-Length", str(len(chunk)))
         self.end_headers()
         if server.mode == "truncate":
@@ -133,7 +123,7 @@ def test_full_download_records_digest_and_then_needs_no_network(server, tmp_path
     record = _sidecar(path)
     assert record["size"] == len(payload)
     assert record["sha256"] == sha256_file(path)
-    assert not (tmp_path / (PB_NAME + ".part")).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [PB_NAME, PB_NAME + ".sha256.json"]
     assert len(server.requests) == 1 and server.requests[0]["range"] is None
 
     server.mode = "404"  # a second run must not even ask
@@ -141,49 +131,51 @@ def test_full_download_records_digest_and_then_needs_no_network(server, tmp_path
     assert len(server.requests) == 1
 
 
-def test_resume_requests_only_the_remaining_bytes(server, tmp_path):
-    payload = _graph("resnet50", 200_000, seed=2)
-    server.files[PB_NAME] = payload
-    (tmp_path / (PB_NAME + ".part")).write_bytes(payload[:123_456])
-
-    path = fetch_checkpoint("resnet50", tmp_path, url=f"{server.url}/{PB_NAME}", quiet=True)
-
-    assert path.read_bytes() == payload
-    assert [(r["range"], r["sent"]) for r in server.requests] == [
-        ("bytes=123456-", len(payload) - 123_456)
-    ]
-
-
-def test_server_ignoring_range_restarts_cleanly(server, tmp_path):
+def test_a_partial_file_of_an_earlier_version_is_not_resumed_but_removed(server, tmp_path):
+    # Earlier versions resumed from <file>.part; now the whole file comes in one request.
     payload = _graph("resnet50", 100_000, seed=3)
     server.files[PB_NAME] = payload
-    server.mode = "ignore_range"
-    # A stale partial file with wrong bytes: the full body must replace it, not extend it.
     (tmp_path / (PB_NAME + ".part")).write_bytes(b"x" * 40_000)
 
     path = fetch_checkpoint("resnet50", tmp_path, url=f"{server.url}/{PB_NAME}", quiet=True)
 
     assert path.read_bytes() == payload
-    assert server.requests[0]["range"] == "bytes=40000-"
+    assert [(r["range"], r["sent"]) for r in server.requests] == [(None, len(payload))]
+    assert not (tmp_path / (PB_NAME + ".part")).exists()
 
 
-def test_truncated_download_is_an_error_then_resumes(server, tmp_path):
+def test_truncated_download_is_refused_unrecorded_then_fetched_whole(server, tmp_path):
     payload = _graph("resnet50", 250_000, seed=4)
     server.files[PB_NAME] = payload
     server.mode, server.cut_at = "truncate", 100_000
     url = f"{server.url}/{PB_NAME}"
 
-    with pytest.raises(UserError, match=rf"truncated at 100000 of {len(payload)} bytes.*resume"):
+    with pytest.raises(UserError, match=r"is truncated .*moved it to .*\.rejected") as err:
         fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
-    part = tmp_path / (PB_NAME + ".part")
-    assert part.stat().st_size == 100_000
+    assert "\n" not in str(err.value)
+    assert (tmp_path / (PB_NAME + ".rejected")).stat().st_size == 100_000
     assert not (tmp_path / PB_NAME).exists()
+    assert not list(tmp_path.glob("*.sha256.json")) and not list(tmp_path.glob("*.partial"))
 
     server.mode = "normal"
     path = fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
     assert path.read_bytes() == payload
-    assert server.requests[-1]["range"] == "bytes=100000-"
-    assert server.requests[-1]["sent"] == len(payload) - 100_000
+    assert server.requests[-1]["range"] is None
+    assert server.requests[-1]["sent"] == len(payload)
+
+
+def test_truncated_archive_download_is_set_aside_then_fetched_whole(server, tmp_path):
+    archive = _tgz({f"./{MEMBER}": _graph("mobilenet_v1", 200_000, seed=17)})
+    server.files[TGZ_NAME] = archive
+    server.mode, server.cut_at = "truncate", len(archive) // 2
+    url = f"{server.url}/{TGZ_NAME}"
+
+    with pytest.raises(UserError, match=r"corrupt or truncated\); moved it to"):
+        fetch_checkpoint("mobilenet_v1", tmp_path, url=url, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TGZ_NAME + ".rejected"]
+
+    server.mode = "normal"
+    assert fetch_checkpoint("mobilenet_v1", tmp_path, url=url, quiet=True) == tmp_path / MEMBER
 
 
 def test_sha256_pin_mismatch_names_both_digests_and_keeps_nothing(server, tmp_path):
@@ -451,20 +443,20 @@ class _FillsUp:
         self.file.close()
 
 
-def test_full_disk_during_download_says_so_and_resumes(server, tmp_path, monkeypatch):
-    import pipeline.fetch as fetch
+def test_full_disk_during_download_says_so_and_leaves_nothing(server, tmp_path, monkeypatch):
+    import torch.hub
 
     payload = _graph("resnet50", 3 * (1 << 20), seed=15)
     server.files[PB_NAME] = payload
     url = f"{server.url}/{PB_NAME}"
-    monkeypatch.setattr(
-        fetch, "open", lambda *a, **k: _FillsUp(open(*a, **k), 1 << 20), raising=False
+    monkeypatch.setattr(  # the file torch's download helper writes to
+        torch.hub, "open", lambda *a, **k: _FillsUp(open(*a, **k), 1 << 20), raising=False
     )
     with pytest.raises(UserError) as err:
         fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True)
     message = str(err.value)
-    assert "is full" in message and "resume" in message and "delete" not in message
-    assert (tmp_path / (PB_NAME + ".part")).stat().st_size == 1 << 20
+    assert "is full" in message and "rerun" in message and "delete" not in message
+    assert list(tmp_path.iterdir()) == []
 
     monkeypatch.undo()
     assert fetch_checkpoint("resnet50", tmp_path, url=url, quiet=True).read_bytes() == payload

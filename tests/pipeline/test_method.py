@@ -10,8 +10,10 @@ import textwrap
 import numpy as np
 import pytest
 
+from fixtures.images import write_val_set
 from pipeline.run import main
-from tests.fixtures.images import write_val_set
+
+pytestmark = pytest.mark.tf
 
 FORCE_CLASS = """
     import torch

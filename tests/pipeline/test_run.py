@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from core.errors import UserError
+from fixtures.images import write_val_set
 from pipeline.run import STAGES, RunOptions, main, run_pipeline
-from tests.fixtures.images import write_val_set
+
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

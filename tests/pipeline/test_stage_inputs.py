@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 import pipeline.run as run
+from fixtures.images import write_val_set
 from pipeline.run import RunOptions, run_pipeline
-from tests.fixtures.images import write_val_set
+
+pytestmark = pytest.mark.tf
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from core.files import exclusive_lock
-from tests.fixtures.images import textured_image, write_image, write_val_set
+from fixtures.images import textured_image, write_image, write_val_set
+
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "mobilenet_v1"

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.fixtures.images import textured_image, write_cmyk_jpeg, write_image
+from fixtures.images import textured_image, write_cmyk_jpeg, write_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("resnet50", "mobilenet_v1")

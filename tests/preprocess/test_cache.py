@@ -11,14 +11,14 @@ import pytest
 
 from core.errors import UserError
 from core.profiles import PROFILES
-from preprocess import build_cache, load_cache, mlperf_preprocess, normalize
-from tests.fixtures.images import (
+from fixtures.images import (
     textured_image,
     write_bad_files,
     write_cmyk_jpeg,
     write_image,
     write_val_set,
 )
+from preprocess import build_cache, load_cache, mlperf_preprocess, normalize
 from tests.preprocess.conftest import MODELS
 from tests.preprocess.mlperf_reference import reference_crop, reference_preprocess
 

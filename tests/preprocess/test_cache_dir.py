@@ -9,8 +9,10 @@ import subprocess
 import pytest
 
 from core.errors import UserError
+from fixtures.images import write_val_set
 from preprocess import build_cache, load_cache
-from tests.fixtures.images import write_val_set
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core.errors import UserError
+from fixtures.images import write_val_set
 from preprocess.dataset import list_dataset
-from tests.fixtures.images import write_val_set
 
 
 def test_val_map_listing_keeps_line_order_and_labels(tmp_path):

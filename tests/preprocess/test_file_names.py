@@ -13,10 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fixtures.images import textured_image, write_image
 from preprocess import build_cache, crop_uint8, load_cache
 from preprocess.cache import FILES_NAME
 from preprocess.recipes import decode
-from tests.fixtures.images import textured_image, write_image
 from tests.preprocess.conftest import REPO_ROOT
 
 SYNSET = "n01440764"

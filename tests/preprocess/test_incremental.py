@@ -15,11 +15,11 @@ import pytest
 
 import preprocess.build as build_module
 from core.errors import UserError
+from fixtures.images import textured_image, write_image, write_val_set
 from preprocess import build_cache, load_cache
 from preprocess.cache import content_fingerprint, record_damage
 from preprocess.dataset import list_dataset
 from preprocess.incremental import stat_listing
-from tests.fixtures.images import textured_image, write_image, write_val_set
 from tests.preprocess.mlperf_reference import reference_crop
 
 SIZES = [(120, 160), (160, 120), (256, 256), (90, 70)]

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.images import textured_image, write_bad_files, write_image, write_val_set
 from preprocess import build_cache, load_cache
-from tests.fixtures.images import textured_image, write_bad_files, write_image, write_val_set
 from tests.preprocess.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
 
 SIZES = [(200, 260), (260, 200), (256, 256)]
 CONTENT = ("images.npy", "digests.npy", "labels.npy", "files.txt")

@@ -11,9 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from fixtures.images import write_val_set
 from preprocess import build_cache
-from tests.fixtures.images import write_val_set
 from tests.preprocess.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
 
 N_IMAGES = 160
 
