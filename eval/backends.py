@@ -140,8 +140,18 @@ class TorchBackend(Backend):
         if self.torch_device.type != "cpu":
             self.check_normalization()
         self.precision = precision
+        # A module that already runs its own int8 kernels has nothing for a fast builder to
+        # freeze or compile (they fail on its packed weights): it runs eager.
+        kernels = (getattr(module, "quantization_record", None) or {}).get("kernels", "")
+        if kernels.startswith("int8"):
+            engine = "eager"
         # prepare_engine sets TF32 per precision on CUDA and takes the module over.
         self.prepared = self._prepare(module, engine, batch_size, num_images, verify_images)
+        if transform is not None:
+            note = f"model: {transform.spec}"
+            if kernels.startswith("int8"):
+                note += f" ({kernels}): eager, as fast engines freeze or compile fp32 models"
+            self.prepared.notes.insert(0, note)
         self.engine = self.prepared.name
         # On CUDA: a side stream copies the next batch in while the current one computes,
         # and top-5 labels stay on the device until a group of batches is fetched at once.

@@ -40,6 +40,8 @@ def mlperf_gate(profile: ModelProfile, top1: float, fp32_top1: float | None, ima
 def gate_line(gate: dict) -> str:
     """The verdict as one line a person reads at a glance."""
     required = f"needs >= {gate['required_ratio']:.2f} x fp32"
+    if gate["fp32_top1"] == 0:
+        return f"unknown: the fp32 run's top-1 is 0 % ({required})"
     if gate["ratio"] is None:
         return f"unknown: no fp32 run of the same weights and cache to compare with ({required})"
     verdict = "PASS" if gate["passes"] else "FAIL"

@@ -96,3 +96,27 @@ def test_default_calibration_is_the_first_listed_images(mobilenet_v1_tgz, data_d
     assert main(argv) == 0
     method = json.loads((work / "mobilenet_v1" / "eval-torch-force" / "results.json").read_text())
     assert method["calibration"]["images"] == 8 and method["calibration"]["mlperf_list"] is False
+
+
+def test_quantize_int8_runs_beside_fp32_with_its_verdict(mobilenet_v1_tgz, data_dir, tmp_path):
+    work = tmp_path / "work"
+    argv = [
+        "--model", "mobilenet_v1", "--work-dir", str(work), "--checkpoint",
+        str(mobilenet_v1_tgz), "--data-dir", str(data_dir), "--batch-size", "4", "--quiet",
+        "--quantize", "int8", "--calibration-method", "minmax",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    model_dir = work / "mobilenet_v1"
+    folder = model_dir / "eval-torch-int8-minmax"
+    method = json.loads((folder / "results.json").read_text())
+    assert method["transform"]["spec"] == "quantize int8"
+    assert method["transform"]["options"]["calibration_method"] == "minmax"
+    assert method["transform"]["applied"]["kernels"].startswith("int8: oneDNN")
+    assert method["engine"] == "eager" and "eager, as fast engines" in method["engine_notes"][0]
+    assert 0.0 <= method["fp32_reference"]["equal_share"] <= 1.0
+    assert method["mlperf_gate"]["required_ratio"] == 0.98
+    fp32 = np.load(model_dir / "eval-torch" / "predictions.npy")
+    int8 = np.load(folder / "predictions.npy")
+    assert method["fp32_reference"]["equal_predictions"] == int((fp32 == int8).sum())
+    layers = json.loads((folder / "layers.json").read_text())
+    assert layers["layers"][0]["layer"] == "features.0" and len(layers["layers"]) == 29
