@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.machine import cpu_description
 from convert.models import MobileNetV1, ResNet50
 from convert.models.pad_folding import fold_same_padding
 from fixtures import photo_models as models
 from quantize import quantize_model
 
 CHUNK = 4
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def frozen_fp32(model: torch.nn.Module, example: torch.Tensor):
@@ -59,7 +48,8 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"CPU: {cpu_name()}, torch {torch.__version__}, 1 thread, {CHUNK}-image chunks\n")
+    cpu = cpu_description()["cpu"]
+    print(f"CPU: {cpu}, torch {torch.__version__}, 1 thread, {CHUNK}-image chunks\n")
     print("| model | fp32 frozen img/s | int8 img/s | speed-up |")
     print("|---|---|---|---|")
     for name, arch in (("MobileNet-v1", "mobilenet"), ("ResNet-50", "resnet")):

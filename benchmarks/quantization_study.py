@@ -36,6 +36,7 @@ log = logging.getLogger("quantization_study")
 
 TECHNIQUES = {  # name -> (equalize, bias_correction)
     "per-channel only": (False, False),
+    "+ bias correction": (False, True),
     "+ cross-layer equalization": (True, False),
     "+ CLE + bias correction": (True, True),
 }

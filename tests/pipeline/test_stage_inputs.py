@@ -32,14 +32,19 @@ def ran(state) -> set[str]:
     return {stage for stage, what in state.ran.items() if what == "ran"}
 
 
-def test_a_change_to_the_preprocessing_code_re_crops_and_re_evaluates(opts, monkeypatch):
+def change_code_of(package: str, monkeypatch) -> None:
+    """As if ``package``'s source had been edited: every digest over it differs."""
     real = run.source_digest
 
     def changed(*packages, **kwargs):
         digest = real(*packages, **kwargs)
-        return digest[::-1] if "preprocess" in packages else digest
+        return digest[::-1] if package in packages else digest
 
     monkeypatch.setattr(run, "source_digest", changed)
+
+
+def test_a_change_to_the_preprocessing_code_re_crops_and_re_evaluates(opts, monkeypatch):
+    change_code_of("preprocess", monkeypatch)
     state = run_pipeline(opts)
     assert ran(state) == {"preprocess", "evaluate"}
     assert state.ran["convert"].startswith("skipped")
@@ -47,13 +52,7 @@ def test_a_change_to_the_preprocessing_code_re_crops_and_re_evaluates(opts, monk
 
 
 def test_a_change_to_the_converter_code_reconverts(opts, monkeypatch):
-    real = run.source_digest
-
-    def changed(*packages, **kwargs):
-        digest = real(*packages, **kwargs)
-        return digest[::-1] if "convert" in packages else digest
-
-    monkeypatch.setattr(run, "source_digest", changed)
+    change_code_of("convert", monkeypatch)
     state = run_pipeline(opts)
     assert state.ran["convert"] == "ran" and state.ran["evaluate"] == "ran"
     assert state.ran["preprocess"].startswith("skipped")
