@@ -122,10 +122,11 @@ def add_transform_options(parser: argparse.ArgumentParser) -> None:
         help="how --quantize sets activation ranges (default: the quantize package's)",
     )
     group.add_argument(
-        "--no-equalization",
+        "--equalization",
         dest="equalize",
-        action="store_false",
-        help="--quantize without cross-layer equalization (to measure what it adds)",
+        action="store_true",
+        help="--quantize with cross-layer equalization (off by default: with per-channel "
+        "weights it cost accuracy where measured; see benchmarks/quantization_study.py)",
     )
     group.add_argument(
         "--no-bias-correction",
@@ -141,7 +142,7 @@ def transform_variant(settings) -> str:
     if settings.quantize is None:
         return ""
     suffix = f"-{settings.calibration_method}" if settings.calibration_method else ""
-    suffix += "" if settings.equalize else "-no-cle"
+    suffix += "-cle" if settings.equalize else ""
     suffix += "" if settings.bias_correction else "-no-bc"
     return suffix
 
@@ -166,7 +167,7 @@ class EvalSettings:
     transform: str | None = None
     quantize: str | None = None
     calibration_method: str | None = None  # None: the quantize package's default
-    equalize: bool = True
+    equalize: bool = False
     bias_correction: bool = True
     # The preprocessed calibration images; None: the first images of the evaluated cache.
     calibration_cache: str | os.PathLike | None = None
@@ -215,7 +216,7 @@ class EvalSettings:
         if not self.transformed:
             for given, option in (
                 (self.calibration_method is not None, "--calibration-method"),
-                (not self.equalize, "--no-equalization"),
+                (self.equalize, "--equalization"),
                 (not self.bias_correction, "--no-bias-correction"),
             ):
                 if given:
@@ -229,9 +230,9 @@ class EvalSettings:
             from eval.transform import transform_name
 
             transform_name(self.transform, None)  # its spelling, before any work
-            if self.calibration_method is not None or not (self.equalize and self.bias_correction):
+            if self.calibration_method is not None or self.equalize or not self.bias_correction:
                 raise UserError(
-                    "--calibration-method, --no-equalization and --no-bias-correction are "
+                    "--calibration-method, --equalization and --no-bias-correction are "
                     "for --quantize; your transform chooses its own"
                 )
             return

@@ -78,7 +78,7 @@ class RunOptions:
     transform: str | None = None
     quantize: str | None = None
     calibration_method: str | None = None
-    equalize: bool = True
+    equalize: bool = False
     bias_correction: bool = True
     calibration_list: Path | None = None
 
@@ -289,7 +289,7 @@ def unmodified(settings: EvalSettings) -> EvalSettings:
         transform=None,
         quantize=None,
         calibration_method=None,
-        equalize=True,
+        equalize=False,
         bias_correction=True,
         calibration_cache=None,
     )

@@ -5,7 +5,7 @@ Public API::
     SCHEMES, CALIBRATION_METHODS, DEFAULT_METHOD
     parse_scheme(text) -> QuantScheme
     quantize_model(model, calibration, scheme="int8", *, method=DEFAULT_METHOD,
-                   equalize=True, bias_correction=True, quiet=False) -> nn.Module
+                   equalize=False, bias_correction=True, quiet=False) -> nn.Module
 
 Steps: batch norm folded into the convolutions; cross-layer equalization; activation
 ranges per tensor from histograms of the calibration batches; weights symmetric per output
@@ -44,7 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHOD = "mse"
+DEFAULT_METHOD = "percentile"
 LOW_WEIGHT_BITS = 8  # below this, each weight channel's clip is searched (least MSE)
 
 
@@ -69,7 +69,7 @@ def quantize_model(
     scheme: str = "int8",
     *,
     method: str = DEFAULT_METHOD,
-    equalize: bool = True,
+    equalize: bool = False,
     bias_correction: bool = True,
     quiet: bool = False,
 ) -> nn.Module:

@@ -25,6 +25,7 @@ CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "percentile", "mse", "entropy"
 HISTOGRAM_BINS = 2048
 PERCENTILE = 99.99
 CANDIDATES = 256  # range shrinks searched by mse and entropy: f = k / CANDIDATES
+MAX_CLIPPED = 0.01  # entropy: the largest share of values a range may clip
 
 
 def check_method(method: str) -> str:
@@ -142,9 +143,15 @@ class HistogramObserver:
         if levels * 2 > self.bins:  # too few bins to tell ranges apart: keep the full range
             errors[-1] = 0.0
             return errors
+        total = counts.sum()
         for k, fraction in enumerate(fractions):
             start = int(round(zero_bin * (1.0 - fraction)))
             stop = int(round(zero_bin + fraction * (self.bins - zero_bin)))
+            # KL is blind to where the clipped values go once they pile into one edge bin:
+            # for values far from zero (a pooled head input) it would clip nearly all of
+            # them. Calibration clips tails, so a range may clip at most MAX_CLIPPED of them.
+            if counts[:start].sum() + counts[stop:].sum() > MAX_CLIPPED * total:
+                continue
             # TensorRT starts its search at 128 of 2048 bins: fewer bins than that make
             # coarse ranges look lossless (each bin its own level)
             if stop - start < max(levels, self.bins // 16):

@@ -21,8 +21,8 @@ def test_default_out_keeps_modified_runs_beside_the_fp32_one():
     assert out("mobilenet_v1", backend="tf") == "results/mobilenet_v1-tf"
     assert out("resnet50", quantize="int8") == "results/resnet50-torch-int8"
     assert out("resnet50", transform="my/prune.py:prune") == "results/resnet50-torch-prune"
-    method = out("resnet50", quantize="w4a8", calibration_method="minmax", equalize=False)
-    assert method == "results/resnet50-torch-w4a8-minmax-no-cle"
+    method = out("resnet50", quantize="w4a8", calibration_method="minmax", equalize=True)
+    assert method == "results/resnet50-torch-w4a8-minmax-cle"
 
 
 def test_cli_without_out_writes_a_bf16_run_into_its_own_folder(monkeypatch, tmp_path):
