@@ -55,8 +55,9 @@ setup-latest:
 	.venv/bin/pip install --quiet torch==2.13.0
 	.venv/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
 
+# One test process per core (pytest-xdist): the suite is mostly single-threaded work.
 test: lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto
 
 # The quick loop while editing: lint, then every test but the TensorFlow and slow ones
 # (make test, and CI, still run everything).

@@ -182,7 +182,7 @@ def test_int8_record_names_and_dequantize(mobilenet, mobilenet_int8, mobilenet_d
 
 def test_simulated_and_int8_agree(mobilenet, mobilenet_int8, mobilenet_data):
     calibration, held_out = mobilenet_data
-    simulated = quantize_model(mobilenet, [calibration], "w8a8", quiet=True)
+    simulated = quantize_model(mobilenet, [calibration], "w8a8", equalize=True, quiet=True)
     assert (
         simulated.quantization_record["activation_ranges"]
         == (mobilenet_int8.quantization_record["activation_ranges"])
