@@ -9,8 +9,10 @@ builder code, arguments and TF/numpy versions, so repeated local runs skip the b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -154,3 +156,20 @@ def mobilenet_v1_tgz(request, tmp_path_factory) -> Path:
         "mobilenet_v1_1.0_224.tgz",
         "write_mobilenet_v1_tgz",
     )
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, megabytes: int):
+    """A small tmpfs at ``folder`` for a real full disk (root only: skips the test where
+    mounting is not allowed); unmounted afterwards."""
+    folder.mkdir()
+    size = f"size={megabytes}m"
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(folder)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -16,6 +16,7 @@ from convert import convert_checkpoint
 from convert.graph import read_graph_def
 from convert.tf_runner import TFGraphRunner
 from core.errors import UserError
+from tests.conftest import mounted_tmpfs
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -104,17 +105,8 @@ def test_a_full_disk_is_one_sentence_and_leaves_nothing(mobilenet_v1_pb, tmp_pat
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 4 MB tmpfs (root only): too small for MobileNet's 17 MB model file."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True
-    )
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", 4) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_a_really_full_disk_for_the_model_or_the_report(mobilenet_v1_pb, tmp_path, small_tmpfs):

@@ -16,6 +16,7 @@ import pytest
 
 from fixtures.images import textured_image, write_bad_files, write_image, write_val_set
 from preprocess import build_cache, load_cache
+from tests.conftest import mounted_tmpfs
 from tests.preprocess.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -260,18 +261,8 @@ def test_no_space_for_a_forced_rebuild_leaves_a_cache_dir_a_rerun_accepts(data, 
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 3 MB tmpfs (root only); skipped where mounting is not allowed."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
-        capture_output=True,
-    )
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", 3) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_real_full_disk_with_skip_bad_then_more_space(tmp_path, small_tmpfs):
