@@ -170,7 +170,6 @@ def _prepare_calibration(opts: RunOptions, state: RunState, data_dir: Path, recr
     from preprocess import build_cache
     from preprocess.calibration import (
         calibration_listing,
-        holds_mlperf_list,
         mlperf_list,
         read_calibration_list,
         write_calibration_val_map,
@@ -178,14 +177,17 @@ def _prepare_calibration(opts: RunOptions, state: RunState, data_dir: Path, recr
 
     if opts.calibration_list is not None:
         listed = read_calibration_list(opts.calibration_list)
-    elif not state.using_sample and holds_mlperf_list(data_dir, opts.val_map):
-        listed = mlperf_list()
-    else:
+        listing = calibration_listing(listed, data_dir, opts.val_map)
+    elif state.using_sample:
         return
+    else:
+        listed = mlperf_list()
+        try:  # the data dir's listing is read once, whether or not it holds the list
+            listing = calibration_listing(listed, data_dir, opts.val_map)
+        except UserError:
+            return  # not real ImageNet: the first evaluation images, flagged as such
     folder = state.model_dir / "calibration"
-    val_map = write_calibration_val_map(
-        calibration_listing(listed, data_dir, opts.val_map), folder / "val_map.txt"
-    )
+    val_map = write_calibration_val_map(listing, folder / "val_map.txt")
     summary = build_cache(
         opts.model_name,
         data_dir,

@@ -118,16 +118,6 @@ def calibration_listing(
     return Listing(root=full.root, files=list(listed.names), labels=labels, source=str(listed.path))
 
 
-def holds_mlperf_list(data_dir: str | os.PathLike, val_map: str | os.PathLike | None) -> bool:
-    """Whether the data dir's listing holds every image of MLPerf's calibration list (the
-    real ImageNet validation set does)."""
-    try:
-        calibration_listing(mlperf_list(), data_dir, val_map)
-    except UserError:
-        return False
-    return True
-
-
 def write_calibration_val_map(listing: Listing, path: str | os.PathLike) -> Path:
     """Write ``listing`` as a val_map (``name label`` lines) for ``build_cache``."""
     path = Path(path)
