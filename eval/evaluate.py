@@ -302,7 +302,12 @@ def _write_layer_report(out_dir: Path, backend, job: _Job) -> dict | None:
         log.info("layers.json is made on the CPU only: run python -m eval layers there")
         (out_dir / LAYERS_FILE).unlink(missing_ok=True)  # an older run's would mislead
         return None
-    fp32_model, _ = load_checkpoint(backend.weights_path, expected_model=job.profile.name)
+    fp32_model, record = load_checkpoint(backend.weights_path, expected_model=job.profile.name)
+    if record["file_sha256"] != backend.weights_sha256:  # replaced since it was evaluated
+        raise UserError(
+            f"{backend.weights_path} changed during the evaluation: its fp32 weights are not "
+            "the ones the method was applied to; rerun"
+        )
     count = min(DEFAULT_IMAGES, len(job.cache))
     report = compare_with_fp32(
         fp32_model,
