@@ -249,3 +249,23 @@ def test_techniques_help_the_fragile_mobilenet(mobilenet, mobilenet_data):
         )  # fmt: skip
         share[name] = _top1_agreement(reference, _logits(quantized, held_out))
     assert share["all"] >= share["none"], share
+
+
+def test_the_torch_free_option_checks_agree_with_the_package():
+    """eval.options checks --quantize and --calibration-method without importing torch, so
+    it names the choices again: they must be the quantize package's."""
+    from eval.options import CALIBRATION_METHODS as OPTION_METHODS
+    from eval.options import check_scheme_spelling
+
+    assert OPTION_METHODS == CALIBRATION_METHODS
+    for scheme in ("int8", "w8a8", "w4a8", "w2a16", "w1a8", "w8a17", "w8", "int4", "fp8"):
+        try:
+            parse_scheme(scheme)
+            accepted = True
+        except UserError:
+            accepted = False
+        try:
+            check_scheme_spelling(scheme, "cpu")
+            assert accepted, scheme
+        except UserError:
+            assert not accepted, scheme
