@@ -159,13 +159,13 @@ def mobilenet_v1_tgz(request, tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def mounted_tmpfs(folder: Path, megabytes: int):
-    """A small tmpfs at ``folder`` for a real full disk (root only: skips the test where
-    mounting is not allowed); unmounted afterwards."""
-    folder.mkdir()
-    size = f"size={megabytes}m"
+def mounted_tmpfs(folder: Path, megabytes: int, read_only: bool = False):
+    """A small tmpfs at ``folder`` (made if missing) for a real full or read-only disk
+    (root only: skips the test where mounting is not allowed); unmounted afterwards."""
+    folder.mkdir(exist_ok=True)
+    options = f"{'ro,' if read_only else ''}size={megabytes}m"
     made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(folder)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
     )
     if made.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")

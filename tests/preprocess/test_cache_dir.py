@@ -4,13 +4,13 @@ folder, a read-only one. Each is refused in one sentence before anything is writ
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from core.errors import UserError
 from fixtures.images import write_val_set
 from preprocess import build_cache, load_cache
+from tests.conftest import mounted_tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -89,15 +89,8 @@ def read_only_dir(tmp_path):
         yield folder
         folder.chmod(0o755)
         return
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("root cannot mount a read-only tmpfs here")
-    try:
+    with mounted_tmpfs(folder, 1, read_only=True):
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_read_only_cache_dir_is_refused_before_any_work(data, read_only_dir, run_preprocess_cli):
