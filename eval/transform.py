@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import re
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,32 +149,46 @@ def load_transform(settings) -> tuple[Callable, TransformRecord] | None:
 
 
 def _import_file(path: Path, record: TransformRecord):
-    """Run a transform file as a module of its own (named after its digest)."""
+    """Run a transform file as a module of its own (named after its digest), from the very
+    bytes whose sha256 the record holds: a file edited since is refused, not run."""
     name = f"mlperf_port_transform_{record.source_sha256[:16]}"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise UserError(f"cannot import transform file {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
+    data = _recorded_bytes(path, record)
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module  # before running it, as an import does (dataclasses need it)
     try:
-        spec.loader.exec_module(module)
+        exec(compile(data, str(path), "exec"), module.__dict__)  # noqa: S102 (the user's code)
     except Exception as err:  # anything the user's file does on import
+        del sys.modules[name]
         raise UserError(
             f"cannot import transform file {path}: {type(err).__name__}: {first_line(err, 200)}"
         ) from None
-    sys.modules[name] = module
     return module
 
 
 def _import_module(module_name: str, record: TransformRecord):
     try:
-        return importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except Exception as err:
         raise UserError(
             f"cannot import transform module {module_name} ({record.source}): "
             f"{type(err).__name__}: {first_line(err, 200)}"
         ) from None
+    _recorded_bytes(Path(record.source), record)  # the file imported is the one recorded
+    return module
+
+
+def _recorded_bytes(path: Path, record: TransformRecord) -> bytes:
+    """The file's bytes, if they still have the sha256 the record names."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read transform file {path}: {err.strerror or err}") from None
+    if hashlib.sha256(data).hexdigest() != record.source_sha256:
+        raise UserError(f"transform file {path} changed while it was being loaded: rerun")
+    return data
 
 
 def apply_transform(

@@ -37,7 +37,14 @@ def write_transform(path, body: str, name: str = "method") -> str:
 
 
 IDENTITY = """
+    from dataclasses import dataclass
+
+    @dataclass
+    class Options:  # a file that defines classes imports like any module
+        scale: float = 1.0
+
     def method(model, calibration):
+        assert Options().scale == 1.0
         return model
 """
 
