@@ -1,10 +1,14 @@
-"""Inference throughput: PyTorch eager vs this project's fast path vs TensorFlow vs ONNX Runtime.
+"""Inference throughput: PyTorch eager vs this project's fast path vs TensorFlow vs ONNX
+Runtime, in fp32 and in int8.
 
 Both models, steady-state img/s at each batch size (warm-up first, then as many calls as
 fit in ``--seconds``), on fixture graphs with random weights (speed does not depend on the
 values): TensorFlow runs the frozen graph, PyTorch its ``convert``-ed weights, ONNX Runtime
-its tf2onnx conversion. PyTorch's logits are compared with TensorFlow's on the timed batch,
-so a speed-up that broke exactness would show.
+its tf2onnx conversion. "int8" is ``--quantize int8`` of the converted weights run as
+``python -m eval`` runs it; "onnx-int8" is ONNX Runtime's ``quantize_static`` of its fp32
+graph (``benchmarks/onnx_int8.py``); both calibrated on the same photo crops. PyTorch's
+top-1 is compared with TensorFlow's on the timed batch, so a speed-up that broke exactness
+would show (int8 agrees on a share of it, not all).
 
     python -m benchmarks.bench_inference --json work/bench/inference.json
 """
@@ -17,6 +21,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,9 +44,11 @@ log = logging.getLogger("bench_inference")
 # single-threaded worker per core (eval/cpu_workers.py), to compare the two.
 INTRA_OP = "@intra-op"
 ENGINES = ("eager", "fast", "fast:torchscript-freeze", "fast:inductor",
-           "fast:torchscript-onednn", "tf", "onnx", f"eager{INTRA_OP}", f"fast{INTRA_OP}",
-           f"fast:torchscript-onednn{INTRA_OP}")  # fmt: skip
-DEFAULT_ENGINES = ("eager@intra-op", "eager", "fast@intra-op", "fast", "tf", "onnx")
+           "fast:torchscript-onednn", "tf", "onnx", "int8", "onnx-int8", f"eager{INTRA_OP}",
+           f"fast{INTRA_OP}", f"fast:torchscript-onednn{INTRA_OP}")  # fmt: skip
+DEFAULT_ENGINES = ("eager@intra-op", "eager", "fast@intra-op", "fast", "tf", "onnx", "int8",
+                   "onnx-int8")  # fmt: skip
+CALIBRATION_IMAGES = 32  # photo crops both int8 rows are calibrated on
 
 
 def throughput(run: Callable[[], object], batch: int, seconds: float) -> dict:
@@ -84,15 +91,19 @@ def converted_model(model_name: str, graph: Path, fixture_dir: Path):
     return load_checkpoint(pth, expected_model=model_name)[0]
 
 
-def onnx_session(model_name: str, graph: Path, cores: int):
-    """An ONNX Runtime session for the graph via tf2onnx, or a string saying why not."""
+def onnx_sessions(model_name: str, graph: Path, cores: int, calibration, engines) -> dict:
+    """ONNX Runtime sessions for the graph via tf2onnx, fp32 ("onnx") and int8
+    ("onnx-int8"), each either a session or a string saying why not."""
+    wanted = [engine for engine in ("onnx", "onnx-int8") if engine in engines]
+    if not wanted:
+        return {}
+    profile = get_profile(model_name)
     try:
-        import onnxruntime as ort
         import tf2onnx
 
+        from benchmarks.onnx_int8 import cpu_session, quantize_onnx
         from convert.graph import read_graph_def
 
-        profile = get_profile(model_name)
         graph_def = read_graph_def(graph, profile.archive_member)
         proto, _ = tf2onnx.convert.from_graph_def(
             graph_def,
@@ -100,15 +111,28 @@ def onnx_session(model_name: str, graph: Path, cores: int):
             output_names=[profile.logits_tensor],
             opset=13,
         )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = cores
-        session = ort.InferenceSession(
-            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        return session, profile.input_tensor
+        with tempfile.TemporaryDirectory() as folder:
+            fp32_path, int8_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+            fp32_path.write_bytes(proto.SerializeToString())
+            sessions = {"onnx": cpu_session(fp32_path, cores)}
+            if "onnx-int8" in wanted:
+                images = [image[None] for image in calibration]
+                quantize_onnx(fp32_path, int8_path, profile.input_tensor, images, "MinMax")
+                sessions["onnx-int8"] = cpu_session(int8_path, cores)
+        return {engine: (sessions[engine], profile.input_tensor) for engine in wanted}
     except Exception as err:  # any converter/runtime failure is reported, not fatal
         first = first_line(err, 200) or type(err).__name__
-        return f"n/a: {type(err).__name__}: {first}"
+        return dict.fromkeys(wanted, f"n/a: {type(err).__name__}: {first}")
+
+
+def int8_model(module, calibration: np.ndarray):
+    """``--quantize int8`` of ``module`` (defaults), calibrated on NHWC float32 crops."""
+    import torch
+
+    from quantize import quantize_model
+
+    nchw = torch.from_numpy(calibration).permute(0, 3, 1, 2).contiguous()
+    return quantize_model(module, [nchw], "int8", quiet=True)
 
 
 def torch_cell(module, engine: str, nchw, tf_logits: np.ndarray | None, seconds: float) -> dict:
@@ -117,12 +141,14 @@ def torch_cell(module, engine: str, nchw, tf_logits: np.ndarray | None, seconds:
 
     batch = len(nchw)
     name, intra_op, _ = engine.partition(INTRA_OP)  # "@intra-op": one worker, all threads
+    name = "eager" if name == "int8" else name  # int8 kernels run eager, as in the evaluation
     with mock.patch.dict(os.environ, {WORKERS_ENV: "1"} if intra_op else {}):
         prepared = prepare_engine(module, name, batch_size=batch)
     fell_back = " (fast fell back)" if engine.startswith("fast") and not prepared.is_fast else ""
     threading = "workers" if prepared.workers else "intra-op"
+    int8 = "int8 oneDNN " if engine.startswith("int8") else ""
     cell = {
-        "name": f"torch {prepared.name} ({threading}){fell_back}",
+        "name": f"torch {int8}{prepared.name} ({threading}){fell_back}",
         "setup_seconds": round(prepared.setup_seconds, 2),
         "notes": prepared.notes,
         **throughput(lambda: prepared(nchw), batch, seconds),
@@ -133,7 +159,7 @@ def torch_cell(module, engine: str, nchw, tf_logits: np.ndarray | None, seconds:
         # Fixture weights give large logits: relative to their magnitude too.
         cell["max_abs_logit_diff_vs_tf"] = diff
         cell["max_rel_logit_diff_vs_tf"] = diff / max(1.0, float(np.abs(tf_logits).max()))
-        cell["top1_equal_to_tf"] = bool(np.array_equal(logits.argmax(1), tf_logits.argmax(1)))
+        cell["top1_share_equal_to_tf"] = float(np.mean(logits.argmax(1) == tf_logits.argmax(1)))
     return cell
 
 
@@ -141,13 +167,16 @@ def bench_model(model_name: str, args: argparse.Namespace, cores: int, progress)
     import torch
 
     from convert.tf_runner import TFGraphRunner
+    from fixtures.photo_models import crops_uint8
     from preprocess import normalize
 
     graph = fixture_graph(model_name, args.fixture_dir)
     module = converted_model(model_name, graph, args.fixture_dir)
     gflop_per_image = 2 * multiply_adds(module) / 1e9
     runner = TFGraphRunner(graph, model_name) if "tf" in args.engines else None
-    onnx = onnx_session(model_name, graph, cores) if "onnx" in args.engines else None
+    calibration = normalize(crops_uint8(CALIBRATION_IMAGES, seed=7)[0], model_name)
+    onnx = onnx_sessions(model_name, graph, cores, calibration, args.engines)
+    int8 = int8_model(module, calibration) if "int8" in args.engines else None
     rows = []
     for batch in args.batches:
         u8 = np.random.default_rng(batch).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
@@ -157,13 +186,14 @@ def bench_model(model_name: str, args: argparse.Namespace, cores: int, progress)
         for engine in args.engines:
             progress.set_description(f"{model_name} b{batch} {engine}")
             row = {"model": model_name, "batch": batch, "engine": engine, "gflop": gflop_per_image}
-            if engine.startswith(("eager", "fast")):
-                row.update(torch_cell(module, engine, nchw, tf_logits, args.seconds))
+            if engine.startswith(("eager", "fast", "int8")):
+                model = int8 if engine == "int8" else module
+                row.update(torch_cell(model, engine, nchw, tf_logits, args.seconds))
             elif engine == "tf":
                 row["name"] = "tensorflow"
                 row.update(throughput(lambda x=nhwc: runner.logits(x), batch, args.seconds))
             else:
-                row.update(onnx_cell(onnx, nhwc, args.seconds))
+                row.update(onnx_cell(onnx[engine], engine, nhwc, args.seconds))
             rows.append(row)
             progress.update(1)
     if runner is not None:
@@ -171,25 +201,29 @@ def bench_model(model_name: str, args: argparse.Namespace, cores: int, progress)
     return rows
 
 
-def onnx_cell(onnx, nhwc: np.ndarray, seconds: float) -> dict:
-    """ONNX Runtime's speed on one batch, or why it could not run (``onnx_session``)."""
+def onnx_cell(onnx, engine: str, nhwc: np.ndarray, seconds: float) -> dict:
+    """ONNX Runtime's speed on one batch, or why it could not run (``onnx_sessions``)."""
+    name = "onnxruntime int8 (quantize_static, QDQ)" if engine == "onnx-int8" else "onnxruntime"
     if isinstance(onnx, str):
-        return {"name": "onnxruntime", "img_per_s": None, "error": onnx}
+        return {"name": name, "img_per_s": None, "error": onnx}
     session, input_name = onnx
     feed = {input_name: nhwc}
     speed = throughput(lambda: session.run(None, feed), len(nhwc), seconds)
-    return {"name": "onnxruntime", **speed}
+    return {"name": name, **speed}
 
 
 def add_ratios(rows: list[dict], gemm_gflops: float, peak_gflops: float | str) -> None:
-    """Each row's img/s relative to TensorFlow's for the same model and batch, and its
-    arithmetic rate as a share of this CPU's fp32 GEMM rate and of its multiply-add peak
-    (``benchmarks/ceiling.py``; a peak that could not be measured is a string)."""
-    tf_speed = {(r["model"], r["batch"]): r.get("img_per_s") for r in rows if r["engine"] == "tf"}
-    for row in rows:
-        base = tf_speed.get((row["model"], row["batch"]))
-        speed = row.get("img_per_s")
-        row["ratio_to_tf"] = round(speed / base, 3) if speed and base else None
+    """Each row's img/s relative to TensorFlow's and to the fp32 fast engine's for the same
+    model and batch, and its arithmetic rate as a share of this CPU's fp32 GEMM rate and of
+    its multiply-add peak (``benchmarks/ceiling.py``; a peak not measured is a string)."""
+    for baseline in ("tf", "fast"):
+        speeds = {(r["model"], r["batch"]): r.get("img_per_s") for r in rows
+                  if r["engine"] == baseline}  # fmt: skip
+        for row in rows:
+            base, speed = speeds.get((row["model"], row["batch"])), row.get("img_per_s")
+            row[f"ratio_to_{baseline}"] = round(speed / base, 3) if speed and base else None
+    for row in rows:  # int8 rows are not compared with fp32 arithmetic rates
+        speed = row.get("img_per_s") if "int8" not in row["engine"] else None
         rate = speed * row["gflop"] if speed else None
         row["share_of_gemm_rate"] = round(rate / gemm_gflops, 3) if rate else None
         measured = rate and isinstance(peak_gflops, float)
@@ -197,12 +231,14 @@ def add_ratios(rows: list[dict], gemm_gflops: float, peak_gflops: float | str) -
 
 
 def format_table(rows: list[dict]) -> str:
-    columns = f"{'img/s':>8}  {'vs TF':>6}  {'GEMM %':>6}  {'peak %':>6}  {'setup s':>7}"
+    ratios = f"{'vs TF':>6}  {'vs fast':>7}"
+    columns = f"{'img/s':>8}  {ratios}  {'GEMM %':>6}  {'peak %':>6}  {'setup s':>7}"
     header = f"{'model':<13} {'batch':>5}  {'engine':<42} {columns}"
     lines = [header, "-" * len(header)]
     for r in rows:
         speed = f"{r['img_per_s']:8.1f}" if r.get("img_per_s") else f"{'n/a':>8}"
         ratio = f"{r['ratio_to_tf']:6.2f}" if r.get("ratio_to_tf") else f"{'':>6}"
+        ratio += f"  {r['ratio_to_fast']:7.2f}" if r.get("ratio_to_fast") else f"  {'':>7}"
         shares = [r.get(key) for key in ("share_of_gemm_rate", "share_of_fma_peak")]
         share = "  ".join(f"{100 * s:6.0f}" if s else f"{'':>6}" for s in shares)
         setup = f"{r['setup_seconds']:7.1f}" if "setup_seconds" in r else f"{'':>7}"
@@ -273,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_report(system: dict, rows: list[dict]) -> None:
-    print(f"CPU: {system['cpu']} ({describe_cores(system)}), torch {system['torch']}, fp32")
+    print(f"CPU: {system['cpu']} ({describe_cores(system)}), torch {system['torch']}")
     print(f"load average before/after: {system['load_before']} / {system['load_after']}")
     print(
         f"fp32 GEMM rate (torch.mm 2048x2048, all cores): {system['gemm_gflops']} GFLOP/s;"
@@ -282,6 +318,7 @@ def print_report(system: dict, rows: list[dict]) -> None:
     peak = system["fma_peak_gflops"]
     peak = f"{peak} GFLOP/s; 'peak %' likewise" if isinstance(peak, float) else peak
     print(f"fp32 multiply-add peak (benchmarks/fma_peak.c, all cores): {peak}")
+    print("'vs fast': img/s relative to the fp32 fast engine's ('torch ... fast' row)")
     print(format_table(rows))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.onnx_int8 import ORT_METHODS, cpu_session, quantize_onnx
 from core.cli import configure_logging, positive_int, run_cli
 from core.errors import first_line
 from core.files import write_text_atomic
@@ -40,7 +41,6 @@ TECHNIQUES = {  # name -> (equalize, bias_correction)
     "+ cross-layer equalization": (True, False),
     "+ CLE + bias correction": (True, True),
 }
-ORT_METHODS = ("MinMax", "Percentile", "Entropy")
 
 
 def fp32_model(model_name: str, checkpoint: str | None, seed: int):
@@ -101,46 +101,19 @@ def ours(model, calibration, held_out, expected, scheme: str) -> list[dict]:
 
 def onnx_runtime(model, calibration, held_out, expected, folder: Path) -> list[dict]:
     """ONNX Runtime's static quantization of the same fp32 model, each calibration method."""
-    try:
-        import onnxruntime as ort
-        from onnxruntime import quantization as q
-    except ImportError as err:
-        return [{"tool": "onnxruntime", "error": f"not installed: {err}"}]
     fp32_path = folder / "fp32.onnx"
     torch.onnx.export(
         model.eval(), (calibration[:1],), fp32_path, input_names=["input"],
         output_names=["logits"], dynamic_axes={"input": {0: "n"}}, opset_version=17,
         dynamo=False,
     )  # fmt: skip
-    prepared = folder / "fp32-prepared.onnx"
-    q.quant_pre_process(str(fp32_path), str(prepared))
-
-    class Reader(q.CalibrationDataReader):
-        """The calibration crops, one at a time, as ONNX Runtime asks for them."""
-
-        def __init__(self):
-            self.images = iter(calibration.split(1))
-
-        def get_next(self):
-            image = next(self.images, None)
-            return None if image is None else {"input": image.numpy()}
-
+    images = [image.numpy() for image in calibration.split(1)]
     rows = []
     for method in ORT_METHODS:
         out = folder / f"int8-{method}.onnx"
         try:
-            q.quantize_static(
-                str(prepared),
-                str(out),
-                Reader(),
-                quant_format=q.QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=q.QuantType.QUInt8,
-                weight_type=q.QuantType.QInt8,
-                calibrate_method=getattr(q.CalibrationMethod, method),
-            )
-            session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-            kept = float((top1(_ort_runner(session), held_out) == expected).mean())
+            quantize_onnx(fp32_path, out, "input", images, method)
+            kept = float((top1(_ort_runner(cpu_session(out)), held_out) == expected).mean())
             rows.append(
                 {"tool": "onnxruntime", "scheme": "int8 QDQ, per-channel weights",
                  "techniques": "quantize_static", "method": method, "kept": kept}

@@ -93,3 +93,15 @@ def test_bench_preprocess_options(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--images", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_int8_rows_are_ratios_to_the_fp32_fast_engine_not_shares_of_fp32_rates():
+    rows = [
+        {"model": "m", "batch": 2, "engine": "tf", "gflop": 2.0, "img_per_s": 10.0},
+        {"model": "m", "batch": 2, "engine": "fast", "gflop": 2.0, "img_per_s": 15.0},
+        {"model": "m", "batch": 2, "engine": "int8", "gflop": 2.0, "img_per_s": 45.0},
+        {"model": "m", "batch": 4, "engine": "onnx-int8", "gflop": 2.0, "img_per_s": 30.0},
+    ]
+    add_ratios(rows, gemm_gflops=40.0, peak_gflops=60.0)
+    assert [r["ratio_to_fast"] for r in rows] == [0.667, 1.0, 3.0, None]  # no fast at batch 4
+    assert [r["share_of_gemm_rate"] for r in rows] == [0.5, 0.75, None, None]
