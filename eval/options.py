@@ -16,8 +16,8 @@ from core.errors import UserError
 
 BACKENDS = ("torch", "tf")
 ENGINES = ("auto", "eager", "fast")
-# The builders behind "fast:NAME" (``eval.engines.FAST_BUILDERS``), named here so the option
-# is checked without importing torch.
+# The builders behind "fast:NAME" (``eval.fast_builders.FAST_BUILDERS``), named here so the
+# option is checked without importing torch.
 FAST_BUILDER_NAMES = ("torchscript-freeze", "inductor", "torchscript-onednn")
 PRECISIONS = ("fp32", "tf32", "bf16")
 LOADGEN_MODES = ("accuracy", "performance")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from eval import cpu_workers, engines
+from eval import cpu_workers, fast_builders
 from eval.cpu_workers import WORKERS_ENV, chunk_images, worker_count
 from eval.engines import prepare_engine
 
@@ -107,11 +107,11 @@ def test_fast_engine_logits_do_not_depend_on_the_split(monkeypatch, workers):
     with torch.inference_mode():
         expected = model(x)
     got = prepared(x)
-    assert engines.compare_logits(got, expected) is None
+    assert fast_builders.compare_logits(got, expected) is None
 
 
 def test_onednn_fusion_switch_stays_on_until_the_last_call_ends():
-    switch = engines._ProcessSwitch()
+    switch = fast_builders._ProcessSwitch()
     before = torch.jit.onednn_fusion_enabled()
     inside: list[bool] = []
     release = threading.Event()

@@ -11,14 +11,10 @@ from torch import nn
 
 from convert import build_model
 from core.errors import UserError
-from eval import engines
-from eval.engines import (
-    AUTO_MIN_IMAGES,
-    PreparedEngine,
-    choose_engine,
-    compare_logits,
-    prepare_engine,
-)
+from eval import engines, fast_builders
+from eval.engine_choice import AUTO_MIN_IMAGES, choose_engine
+from eval.engines import PreparedEngine, prepare_engine
+from eval.fast_builders import compare_logits
 from preprocess import normalize
 
 pytestmark = pytest.mark.slow
@@ -132,8 +128,8 @@ def test_build_failure_tries_the_next_fast_builder(monkeypatch):
     def broken(module, example):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setitem(engines.FAST_BUILDERS, "broken", broken)
-    monkeypatch.setitem(engines.FAST_BUILDERS, "plain", lambda module, example: module)
+    monkeypatch.setitem(fast_builders.FAST_BUILDERS, "broken", broken)
+    monkeypatch.setitem(fast_builders.FAST_BUILDERS, "plain", lambda module, example: module)
     monkeypatch.setattr(engines, "FAST_BUILDER_ORDER", ("broken", "plain"))
     model = random_model("mobilenet_v1")
     prepared = prepare_engine(model, "fast", batch_size=BATCH)
@@ -147,12 +143,13 @@ def test_build_failure_falls_back_to_eager(monkeypatch):
     def broken(module, example):
         raise RuntimeError("no C++ compiler")
 
-    for name in engines.FAST_BUILDER_ORDER:
-        monkeypatch.setitem(engines.FAST_BUILDERS, name, broken)
+    order = fast_builders.FAST_BUILDER_ORDER
+    for name in order:
+        monkeypatch.setitem(fast_builders.FAST_BUILDERS, name, broken)
     model = random_model("mobilenet_v1")
     prepared = prepare_engine(model, "fast", batch_size=BATCH)
     assert prepared.name == "eager"
-    assert sum("failed to build" in n for n in prepared.notes) == len(engines.FAST_BUILDER_ORDER)
+    assert sum("failed to build" in n for n in prepared.notes) == len(order)
     assert prepared.notes[-1] == "using eager"
     x = model_input("mobilenet_v1", 2)
     assert torch.allclose(prepared(x), eager_logits(model, x), atol=1e-5, rtol=0)
@@ -162,7 +159,7 @@ def test_disagreeing_fast_engine_falls_back_to_eager(monkeypatch):
     def drifting(module, example):
         return lambda x: module(x) + 1e-3  # beyond the 1e-4 budget
 
-    monkeypatch.setitem(engines.FAST_BUILDERS, "drifting", drifting)
+    monkeypatch.setitem(fast_builders.FAST_BUILDERS, "drifting", drifting)
     monkeypatch.setattr(engines, "FAST_BUILDER_ORDER", ("drifting",))
     prepared = prepare_engine(random_model("mobilenet_v1"), "fast", batch_size=2)
     assert prepared.name == "eager"
@@ -188,7 +185,7 @@ def test_a_fast_engine_with_a_changed_top1_is_rejected():
         channels_last=False,
         forward=swapped,
     )
-    assert "exceeds" in engines.check_against_eager(fake, model, x)
+    assert "exceeds" in fast_builders.check_against_eager(fake, model, x)
     # Even where the values were within budget, a changed winner is refused.
     with torch.inference_mode():
         problem = compare_logits(fake(x), model(x), atol=10.0)

@@ -13,18 +13,15 @@ from torch import nn
 
 from core.errors import UserError
 from core.profiles import get_profile
-from eval import engines
+from eval import build_times, engine_choice, fast_builders
 from eval.backends import Backend, TorchBackend
 from eval.cpu_workers import WORKERS_ENV
-from eval.engines import (
-    choose_engine,
-    prefers_channels_last,
-    prepare_engine,
-    warmup_batch_sizes,
-)
+from eval.engine_choice import choose_engine, prefers_channels_last
+from eval.engines import prepare_engine
 from eval.evaluate import run_evaluation
 from eval.options import check_precision
 from eval.reference import fp32_agreement
+from eval.warmup import warmup_batch_sizes
 from tests.eval.fakes import FakeCache, ToyNet
 
 RESNET = get_profile("resnet50")
@@ -55,36 +52,36 @@ def test_memory_format_follows_the_measurements():
 
 
 def test_auto_on_cuda_weighs_build_time_against_images(monkeypatch):
-    monkeypatch.setattr(engines, "recorded_build_seconds", lambda *a: None)
+    monkeypatch.setattr(engine_choice, "recorded_build_seconds", lambda *a: None)
     # H100 rates: fast saves ~0.15 ms per ResNet-50 image, its 37 s cold build needs ~250k.
     assert choose_engine("auto", 50_000, device_type="cuda", model_name="resnet50")[0] == "eager"
     assert choose_engine("auto", 500_000, device_type="cuda", model_name="resnet50")[0] == "fast"
     # A warm compile cache (a recorded 2 s build) moves the break-even down.
-    monkeypatch.setattr(engines, "recorded_build_seconds", lambda *a: 2.0)
+    monkeypatch.setattr(engine_choice, "recorded_build_seconds", lambda *a: 2.0)
     assert choose_engine("auto", 50_000, device_type="cuda", model_name="resnet50")[0] == "fast"
     # The CPU rule is unchanged.
     assert choose_engine("auto", 50_000, device_type="cpu", model_name="resnet50")[0] == "fast"
 
 
 def test_build_seconds_are_recorded_beside_the_compile_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(engines, "_build_record_path", lambda: tmp_path / "builds.json")
-    assert engines.recorded_build_seconds("resnet50", "cuda", 256) is None
-    engines.record_build_seconds("resnet50", "cuda", 256, 12.345)
-    assert engines.recorded_build_seconds("resnet50", "cuda", 256) == 12.35
-    assert engines.recorded_build_seconds("resnet50", "cuda", 128) is None
+    monkeypatch.setattr(build_times, "_build_record_path", lambda: tmp_path / "builds.json")
+    assert build_times.recorded_build_seconds("resnet50", "cuda", 256) is None
+    build_times.record_build_seconds("resnet50", "cuda", 256, 12.345)
+    assert build_times.recorded_build_seconds("resnet50", "cuda", 256) == 12.35
+    assert build_times.recorded_build_seconds("resnet50", "cuda", 128) is None
 
 
 def test_only_inductor_builds_are_recorded_as_a_warm_compile_cache(monkeypatch, tmp_path):
     """The record stands for inductor's on-disk cache: other builders leave none there."""
-    monkeypatch.setattr(engines, "_build_record_path", lambda: tmp_path / "builds.json")
-    monkeypatch.setitem(engines.FAST_BUILDERS, "inductor", lambda module, example: module)
+    monkeypatch.setattr(build_times, "_build_record_path", lambda: tmp_path / "builds.json")
+    monkeypatch.setitem(fast_builders.FAST_BUILDERS, "inductor", lambda module, example: module)
     net = ToyNet(seed=2)
     freeze = prepare_engine(net, "fast:torchscript-freeze", batch_size=2, model_name="resnet50")
     assert freeze.name == "fast:torchscript-freeze"
-    assert engines.recorded_build_seconds("resnet50", "cpu", 2) is None
+    assert build_times.recorded_build_seconds("resnet50", "cpu", 2) is None
     inductor = prepare_engine(net, "fast:inductor", batch_size=2, model_name="resnet50")
     assert inductor.name == "fast:inductor"
-    assert engines.recorded_build_seconds("resnet50", "cpu", 2) is not None
+    assert build_times.recorded_build_seconds("resnet50", "cpu", 2) is not None
 
 
 def test_warmup_shapes_are_the_full_batch_and_the_tail():
@@ -212,11 +209,11 @@ def test_an_fp32_reference_being_written_is_not_used(tmp_path):
 
 def test_cudnn_autotune_only_for_runs_that_repay_it(monkeypatch):
     monkeypatch.delenv("MLPERF_PORT_CUDNN_AUTOTUNE", raising=False)
-    assert engines.cudnn_autotune(50_000)[0] is False
-    assert engines.cudnn_autotune(engines.CUDNN_AUTOTUNE_MIN_IMAGES)[0] is True
-    assert engines.cudnn_autotune(None)[0] is True
+    assert engine_choice.cudnn_autotune(50_000)[0] is False
+    assert engine_choice.cudnn_autotune(engine_choice.CUDNN_AUTOTUNE_MIN_IMAGES)[0] is True
+    assert engine_choice.cudnn_autotune(None)[0] is True
     monkeypatch.setenv("MLPERF_PORT_CUDNN_AUTOTUNE", "1")
-    assert engines.cudnn_autotune(10) == (True, "cuDNN autotune on (environment)")
+    assert engine_choice.cudnn_autotune(10) == (True, "cuDNN autotune on (environment)")
 
 
 def test_nchw_engine_gets_nchw_input_from_the_nhwc_cache():
@@ -240,6 +237,7 @@ def test_folding_same_pads_keeps_the_logits():
     import copy
 
     from convert import build_model
+    from convert.models.pad_folding import fold_same_padding
     from convert.models.padding import TFSamePad2d
 
     torch.manual_seed(0)
@@ -249,7 +247,7 @@ def test_folding_same_pads_keeps_the_logits():
     # 27 pads: the stem's, 13 depthwise 3x3 ones and 13 pointwise 1x1 no-ops. The 4
     # stride-2 depthwise ones (TF pads 0 before, 1 after) fold into 4x4 kernels whose first
     # row and column are zero; only the dense stem keeps its explicit pad.
-    assert engines.fold_same_padding(folded, x) == 27 - 1
+    assert fold_same_padding(folded, x) == 27 - 1
     left = [m for m in folded.modules() if isinstance(m, TFSamePad2d)]
     assert len(left) == 1 and left[0] is folded.features[0].pad
     grown = [m for m in folded.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (4, 4)]
