@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.machine import cpu_description
 from benchmarks.onnx_int8 import ORT_METHODS, cpu_session, quantize_onnx
-from core.cli import configure_logging, positive_int, run_cli
+from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.errors import first_line
 from core.files import write_text_atomic
 from core.profiles import MODEL_NAMES
@@ -65,20 +65,29 @@ def photo_crops(model_name: str, count: int, seed: int) -> torch.Tensor:
     return models.crops(count, seed, "mobilenet" if model_name == "mobilenet_v1" else "resnet")
 
 
-def top1(run, images: torch.Tensor, batch: int = 16) -> np.ndarray:
+def all_logits(run, images: torch.Tensor, batch: int = 16) -> np.ndarray:
     with torch.inference_mode():
         return np.concatenate(
-            [np.asarray(run(images[i : i + batch])).argmax(1) for i in range(0, len(images), batch)]
-        )
+            [np.asarray(run(images[i : i + batch])) for i in range(0, len(images), batch)]
+        ).astype(np.float64)
 
 
-def ours(model, calibration, held_out, expected, scheme: str) -> list[dict]:
+def agreement(logits: np.ndarray, reference: np.ndarray) -> dict:
+    """The share of images keeping fp32's top-1 (what the gate counts, but coarse on a few
+    hundred images), and the logits' SQNR in dB against fp32's (fine-grained)."""
+    noise = float(((logits - reference) ** 2).sum())
+    sqnr = 10 * np.log10(float((reference**2).sum()) / noise) if noise else float("inf")
+    kept = float((logits.argmax(1) == reference.argmax(1)).mean())
+    return {"kept": kept, "logit_sqnr_db": round(sqnr, 2)}
+
+
+def ours(model, calibration, held_out, expected, scheme: str, methods) -> list[dict]:
     """Every calibration method with each set of techniques."""
     from quantize import CALIBRATION_METHODS, quantize_model
 
     rows = []
     for technique, (equalize, bias_correction) in TECHNIQUES.items():
-        for method in CALIBRATION_METHODS:
+        for method in methods or CALIBRATION_METHODS:
             start = time.perf_counter()
             quantized = quantize_model(
                 model,
@@ -90,12 +99,12 @@ def ours(model, calibration, held_out, expected, scheme: str) -> list[dict]:
                 quiet=True,
             )
             seconds = time.perf_counter() - start
-            kept = float((top1(quantized, held_out) == expected).mean())
+            score = agreement(all_logits(quantized, held_out), expected)
             rows.append(
                 {"tool": "mlperf-port", "scheme": scheme, "techniques": technique,
-                 "method": method, "kept": kept, "quantize_seconds": round(seconds, 1)}
+                 "method": method, **score, "quantize_seconds": round(seconds, 1)}
             )  # fmt: skip
-            log.info("%s %s %s: %.1f %%", scheme, technique, method, 100 * kept)
+            log.info("%s %s %s: %s", scheme, technique, method, score)
     return rows
 
 
@@ -113,12 +122,12 @@ def onnx_runtime(model, calibration, held_out, expected, folder: Path) -> list[d
         out = folder / f"int8-{method}.onnx"
         try:
             quantize_onnx(fp32_path, out, "input", images, method)
-            kept = float((top1(_ort_runner(cpu_session(out)), held_out) == expected).mean())
+            score = agreement(all_logits(_ort_runner(cpu_session(out)), held_out), expected)
             rows.append(
                 {"tool": "onnxruntime", "scheme": "int8 QDQ, per-channel weights",
-                 "techniques": "quantize_static", "method": method, "kept": kept}
+                 "techniques": "quantize_static", "method": method, **score}
             )  # fmt: skip
-            log.info("onnxruntime %s: %.1f %%", method, 100 * kept)
+            log.info("onnxruntime %s: %s", method, score)
         except Exception as err:  # one method failing must not hide the others
             rows.append({"tool": "onnxruntime", "method": method,
                          "error": f"{type(err).__name__}: {first_line(err, 200)}"})  # fmt: skip
@@ -129,18 +138,31 @@ def _ort_runner(session):
     return lambda images: session.run(None, {"input": images.numpy()})[0]
 
 
-def table(rows: list[dict], images: int) -> str:
-    lines = [f"share of {images} held-out photo crops keeping fp32's top-1", ""]
-    lines.append(f"{'tool':<12} {'scheme':<30} {'techniques':<28} {'method':<11} kept")
+def table(rows: list[dict], images: int, seeds: list[int]) -> str:
+    """One line per setting: kept share and logit SQNR, averaged over the seeds."""
+    settings: dict[tuple, list[dict]] = {}
+    errors = []
     for row in rows:
         if "error" in row:
-            lines.append(f"{row['tool']:<12} {row.get('method', ''):<11} {row['error']}")
-            continue
+            errors.append(f"{row['tool']:<12} seed {row['seed']} {row['method']}: {row['error']}")
+        else:
+            key = (row["tool"], row["scheme"], row["techniques"], row["method"])
+            settings.setdefault(key, []).append(row)
+    lines = [
+        f"{images} held-out photo crops per seed, seeds {', '.join(map(str, seeds))}: share "
+        "keeping fp32's top-1 and logits' SQNR against fp32, mean over seeds (per seed)",
+        "",
+        f"{'tool':<12} {'scheme':<30} {'techniques':<28} {'method':<11} {'kept':>7} {'SQNR':>8}",
+    ]
+    for (tool, scheme, techniques, method), group in settings.items():
+        kept = [row["kept"] for row in group]
+        sqnr = [row["logit_sqnr_db"] for row in group]
+        per_seed = " ".join(f"{100 * k:.1f}/{q:.1f}" for k, q in zip(kept, sqnr, strict=True))
         lines.append(
-            f"{row['tool']:<12} {row['scheme']:<30} {row['techniques']:<28} {row['method']:<11} "
-            f"{100 * row['kept']:5.1f} %"
+            f"{tool:<12} {scheme:<30} {techniques:<28} {method:<11} "
+            f"{100 * np.mean(kept):5.1f} % {np.mean(sqnr):5.1f} dB  ({per_seed})"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + errors)
 
 
 def parse_args(argv):
@@ -152,33 +174,49 @@ def parse_args(argv):
     p.add_argument("--calibration", type=positive_int, default=48, help="calibration crops")
     p.add_argument("--images", type=positive_int, default=240, help="held-out crops scored")
     p.add_argument("--schemes", nargs="+", default=["int8"], help="e.g. int8 w8a8 w4a8")
+    p.add_argument("--methods", nargs="+", help="our calibration methods (default: all)")
     p.add_argument("--no-onnxruntime", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="stand-in and crop seeds")
     p.add_argument("--json", type=Path, help="write every row here")
     p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(renamed_options(argv, {"--seed": "--seeds"}))
+    from quantize import CALIBRATION_METHODS
+
+    for method in args.methods or ():
+        if method not in CALIBRATION_METHODS:
+            p.error(f"--methods: {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+    return args
+
+
+def study(args, seed: int) -> tuple[list[dict], str]:
+    """Every row for one seed: a stand-in (or the checkpoint), its crops, each setting."""
+    torch.manual_seed(seed)
+    model, source = fp32_model(args.model, args.checkpoint, seed)
+    model.eval()
+    calibration = photo_crops(args.model, args.calibration, 1_000 + seed)
+    held_out = photo_crops(args.model, args.images, 2_000 + seed)
+    expected = all_logits(model, held_out)
+    rows = []
+    for scheme in args.schemes:
+        rows += ours(model, calibration, held_out, expected, scheme, args.methods)
+    if not args.no_onnxruntime:
+        with tempfile.TemporaryDirectory() as folder:
+            rows += onnx_runtime(model, calibration, held_out, expected, Path(folder))
+    return [{"seed": seed, **row} for row in rows], source
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.quiet)
-    torch.manual_seed(args.seed)
-    model, source = fp32_model(args.model, args.checkpoint, args.seed)
-    model.eval()
-    calibration = photo_crops(args.model, args.calibration, 1_000 + args.seed)
-    held_out = photo_crops(args.model, args.images, 2_000 + args.seed)
-    expected = top1(model, held_out)
     rows = []
-    for scheme in args.schemes:
-        rows += ours(model, calibration, held_out, expected, scheme)
-    if not args.no_onnxruntime:
-        with tempfile.TemporaryDirectory() as folder:
-            rows += onnx_runtime(model, calibration, held_out, expected, Path(folder))
-    print(f"model: {args.model} ({source}); CPU: {platform.processor() or platform.machine()}")
-    print(table(rows, args.images))
+    for seed in args.seeds:
+        seed_rows, source = study(args, seed)
+        rows += seed_rows
+    print(f"model: {args.model} ({source}); CPU: {cpu_description()['cpu']}")
+    print(table(rows, args.images, args.seeds))
     if args.json is not None:
         report = {"model": args.model, "source": source, "calibration": args.calibration,
-                  "images": args.images, "seed": args.seed, "rows": rows}  # fmt: skip
+                  "images": args.images, "seeds": args.seeds, "rows": rows}  # fmt: skip
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return 0

@@ -48,6 +48,7 @@ def test_positive_int_refuses_what_is_not_a_count(text, message):
         ("convert", "--verify-cache", "--cache-dir"),
         ("pipeline.fetch", "--dest", "--out"),
         ("benchmarks.bench_inference", "--cache-dir", "--fixture-dir"),
+        ("benchmarks.quantization_study", "--seed", "--seeds"),
     ],
 )
 def test_help_shows_the_new_spelling_only(module, old, new):
