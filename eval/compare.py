@@ -19,7 +19,7 @@ import numpy as np
 from core.cli import run_cli
 from core.errors import UserError
 from core.profiles import MODEL_NAMES
-from eval.report import PREDICTIONS_FILE, RESULTS_FILE
+from eval.results import PREDICTIONS_FILE, RESULTS_FILE
 
 
 def compare_predictions(a: np.ndarray, b: np.ndarray) -> dict:

@@ -36,12 +36,12 @@ from core.profiles import ModelProfile, get_profile
 from eval import distributed
 from eval.backends import Backend, check_model_inputs, make_backend, resolve_torch_device
 from eval.calibration import calibration_set
+from eval.fp32_reference import fp32_agreement
 from eval.journal import ResumeJournal, journal_key, loaded_inputs
 from eval.loadgen_pass import run_loadgen_pass
 from eval.metrics import TOP_K, AccuracyCounter
 from eval.options import VERIFY_IMAGES, EvalSettings
-from eval.reference import fp32_agreement
-from eval.report import EvalResult, build_result, write_outputs
+from eval.results import EvalResult, build_result, write_outputs
 from eval.transform import describe_transform
 from eval.verdict import FLIPS_FILE, flips, mlperf_gate, write_flips
 

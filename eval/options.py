@@ -39,7 +39,7 @@ def evaluation_name(
 ) -> str:
     """One evaluation's folder name: the backend, plus the precision unless fp32 and the
     transform's name, so a ``torch-bf16`` or ``torch-int8`` run sits beside (not over)
-    ``torch``, the fp32 run ``eval.reference`` compares it with."""
+    ``torch``, the fp32 run ``eval.fp32_reference`` compares it with."""
     name = backend if precision == "fp32" else f"{backend}-{precision}"
     if transform is not None:
         name += f"-{transform}{variant}"

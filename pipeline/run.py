@@ -4,7 +4,7 @@
 
 Stages: fetch → preprocess → convert (verified against TensorFlow) → evaluate. A rerun redoes
 only what changed: preprocess re-crops only changed, added or vanished files; convert and
-evaluate are skipped while their stamps (pipeline.stages) record the same inputs.
+evaluate are skipped while their stamps (pipeline.stamps) record the same inputs.
 
 One run at a time per work dir (W/<model>/.lock; --wait waits for it). Under ``torchrun
 --nproc-per-node N -m pipeline.run ...`` rank 0 runs the stages and every rank evaluates a
@@ -39,10 +39,10 @@ from eval.options import (
     EvalSettings,
     add_evaluation_options,
 )
-from eval.report import PREDICTIONS_FILE, library_versions
+from eval.results import PREDICTIONS_FILE, library_versions
 from pipeline.fetch import SHA256_HELP, fetch_checkpoint
 from pipeline.ranks import EvaluationJob, follow, hand_over
-from pipeline.stages import StageStamp
+from pipeline.stamps import StageStamp
 
 log = logging.getLogger("pipeline.run")
 

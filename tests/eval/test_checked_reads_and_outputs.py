@@ -253,7 +253,7 @@ def test_a_tf_run_restored_whole_from_its_journal_still_knows_its_label_offset(t
     from core.profiles import get_profile
     from eval.backends import TFBackend
     from eval.journal import ResumeJournal
-    from eval.report import build_result
+    from eval.results import build_result
 
     class FakeRunner:
         calls: list[int] = []

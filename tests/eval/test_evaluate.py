@@ -10,7 +10,7 @@ from core.errors import UserError
 from eval.evaluate import run_evaluation
 from eval.metrics import labels_from_classes, top_k_classes
 from eval.options import EvalSettings
-from eval.report import RESULTS_FILE, build_result, write_outputs
+from eval.results import RESULTS_FILE, build_result, write_outputs
 from tests.eval.fakes import FakeCache, ToyBackend, accuracy, toy_logits
 
 REQUIRED_KEYS = {
@@ -152,7 +152,7 @@ def test_a_failed_write_leaves_the_previous_results_untouched(tmp_path, monkeypa
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("eval.report.json.dumps", fail)
+    monkeypatch.setattr("eval.results.json.dumps", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         write_outputs(tmp_path, replace(result, top1=0.0))
     assert (tmp_path / RESULTS_FILE).read_text() == before
@@ -195,7 +195,7 @@ def test_killed_evaluation_resumes_from_its_journal(tmp_path):
 
 def test_result_json_holds_the_optional_parts_only_when_they_apply():
     from eval.loadgen import LoadgenResult
-    from eval.report import Fp32Agreement
+    from eval.results import Fp32Agreement
 
     _, _, result = make_results()
     bf16 = replace(result, backend_info={"precision": "bf16", "device_name": "gpu"})

@@ -19,8 +19,8 @@ from eval.cpu_workers import WORKERS_ENV
 from eval.engine_choice import choose_engine, prefers_channels_last
 from eval.engines import prepare_engine
 from eval.evaluate import run_evaluation
+from eval.fp32_reference import fp32_agreement
 from eval.options import check_precision
-from eval.reference import fp32_agreement
 from eval.warmup import warmup_batch_sizes
 from tests.eval.fakes import FakeCache, ToyNet
 

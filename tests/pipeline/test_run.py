@@ -259,8 +259,8 @@ def test_batch_size_defaults_by_device():
 
 
 def test_non_fp32_runs_get_their_own_folder_beside_the_fp32_one(tmp_path):
+    from eval.fp32_reference import fp32_agreement
     from eval.options import evaluation_name
-    from eval.reference import fp32_agreement
 
     assert evaluation_name("torch", "fp32") == "torch"
     assert evaluation_name("tf", "fp32") == "tf"

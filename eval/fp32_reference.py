@@ -14,7 +14,7 @@ import numpy as np
 from core.errors import UserError
 from core.files import exclusive_lock
 from eval.compare import load_predictions
-from eval.report import PREDICTIONS_FILE, RESULTS_FILE, Fp32Agreement
+from eval.results import PREDICTIONS_FILE, RESULTS_FILE, Fp32Agreement
 
 log = logging.getLogger(__name__)
 
