@@ -5,18 +5,20 @@ MLPerf's preprocessing up to the uint8 crop (see ``preprocess/recipes.py``): ``c
 with Python ``int()`` truncation (resnet50: ``INTER_AREA``, mobilenet_v1: ``INTER_LINEAR``),
 centre crop 224.
 
-This driver needs only the standard library. It
+This driver needs only the standard library (and this repository's ``core`` and
+``benchmarks.machine``, which need no more). It
 
-1. generates a fixed, seeded set of test images into ``OUT/images`` (in a generator venv
-   with pinned opencv/numpy/Pillow, so the bytes do not depend on the versions under test;
-   ``OUT/images/manifest.json`` lists their sha256) and copies the committed sample photos;
+1. generates a fixed, seeded set of test images into ``OUT/images`` (by running
+   ``opencv_versions_generator.py`` in a generator venv with pinned opencv/numpy/Pillow,
+   so the bytes do not depend on the versions under test; ``OUT/images/manifest.json``
+   lists their sha256) and copies the committed sample photos;
 2. for each requested version creates ``OUT/venvs/ocv-<V>`` (``python -m venv``,
    ``pip install opencv-python-headless==V numpy``; if cv2 then fails to import because of
-   a NumPy 2 ABI mismatch, it retries with ``numpy<2``) and runs a self-contained worker
-   there that decodes every image with both ``cv2.imread(path)`` and
-   ``cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)`` and computes both
-   recipes' crops (and, to separate decoder from resize differences, the crops of the
-   reference version's decoded pixels);
+   a NumPy 2 ABI mismatch, it retries with ``numpy<2``) and runs the self-contained worker
+   ``opencv_versions_worker.py`` there, which decodes every image with both
+   ``cv2.imread(path)`` and ``cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)``
+   and computes both recipes' crops (and, to separate decoder from resize differences, the
+   crops of the reference version's decoded pixels);
 3. prints a table: per version and recipe, how many images give the same crop as the
    newest working version, and for those that differ the max abs pixel difference and the
    share of differing pixels.
@@ -42,7 +44,18 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run by path (python benchmarks/opencv_versions.py)
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.machine import cpu_description  # noqa: E402
+from core.files import sha256_file  # noqa: E402
+
 DEFAULT_SAMPLES = str(REPO_ROOT / "pipeline" / "sample" / "*.jpg")
+
+# These two run inside the venvs built here, not in this repository's environment; each
+# run copies them into OUT (as generate_images.py and worker.py) and runs the copy.
+GENERATOR_SCRIPT_PATH = Path(__file__).with_name("opencv_versions_generator.py")
+WORKER_SCRIPT_PATH = Path(__file__).with_name("opencv_versions_worker.py")
 
 # The image generator's own environment is pinned so the test images are the same bytes
 # whatever versions are under test. Pillow is optional (only the CMYK JPEG needs it).
@@ -52,275 +65,11 @@ SEED = 20240611
 
 RECIPES = ("resnet50", "mobilenet_v1")  # INTER_AREA, INTER_LINEAR
 READERS = ("imread", "imdecode")
-
-# --------------------------------------------------------------------------------------
-# Image generator (runs inside the generator venv: numpy + cv2 [+ PIL]).
-# --------------------------------------------------------------------------------------
-GENERATOR_SCRIPT = r'''
-import hashlib, json, os, struct, sys
-import numpy as np
-import cv2
-
-out_dir, seed = sys.argv[1], int(sys.argv[2])
-os.makedirs(out_dir, exist_ok=True)
-rs = np.random.RandomState(seed)
-notes = {}
-
-
-def content(h, w):
-    """Smooth gradients, sinusoids, sharp shapes, text, a fine checkerboard, noise."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    img = np.empty((h, w, 3), np.float64)
-    for c in range(3):
-        fx, fy, ph = rs.uniform(1.5, 9.0), rs.uniform(1.5, 9.0), rs.uniform(0, 6.3)
-        img[..., c] = (128 + 70 * np.sin(2 * np.pi * fx * xx / w + ph)
-                       * np.cos(2 * np.pi * fy * yy / h) + 40 * (xx / w - yy / h))
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    for _ in range(12):
-        color = tuple(int(v) for v in rs.randint(0, 256, 3))
-        x0, y0 = int(rs.randint(0, w)), int(rs.randint(0, h))
-        x1, y1 = int(rs.randint(0, w)), int(rs.randint(0, h))
-        if rs.rand() < 0.5:
-            cv2.rectangle(img, (x0, y0), (x1, y1), color, int(rs.randint(-1, 6)) or -1)
-        else:
-            r = int(rs.randint(2, max(3, min(h, w) // 3)))
-            cv2.circle(img, (x0, y0), r, color, int(rs.randint(-1, 6)) or -1, cv2.LINE_AA)
-    cv2.putText(img, "MLPerf %dx%d" % (w, h), (w // 10, h // 2), cv2.FONT_HERSHEY_SIMPLEX,
-                max(0.3, w / 600), (250, 250, 250), max(1, w // 300), cv2.LINE_AA)
-    cy, cx = int(rs.randint(0, max(1, h - h // 4))), int(rs.randint(0, max(1, w - w // 4)))
-    ch, cw = h // 4, w // 4
-    check = ((np.indices((ch, cw)).sum(axis=0) % 2) * 255).astype(np.uint8)
-    img[cy:cy + ch, cx:cx + cw] = check[..., None]
-    noise = rs.normal(0, 10, img.shape)
-    return np.clip(img.astype(np.float64) + noise, 0, 255).astype(np.uint8)
-
-
-def jpeg(name, h, w, quality=90, extra=()):
-    img = content(h, w)
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality] + list(extra))
-    assert ok
-    with open(os.path.join(out_dir, name), "wb") as f:
-        f.write(buf.tobytes())
-    return buf.tobytes()
-
-
-def exif_segment(orientation):
-    """APP1 'Exif' with a big-endian TIFF IFD holding only Orientation (0x0112)."""
-    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1)
-    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
-    payload = b"Exif\x00\x00" + tiff
-    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-
-
-def with_exif(data, orientation):
-    assert data[:2] == b"\xff\xd8"
-    pos = 2
-    if data[2:4] == b"\xff\xe0":  # keep JFIF APP0 first
-        pos = 4 + struct.unpack(">H", data[4:6])[0]
-    return data[:pos] + exif_segment(orientation) + data[pos:]
-
-
-# Name: (height, width, quality). ImageNet-like sizes, portrait and landscape, small
-# images that are upscaled, a large one, extreme aspect ratios, odd sizes.
-SIZES = {
-    "land_500x375_q90": (375, 500, 90),
-    "port_375x500_q90": (500, 375, 90),
-    "land_500x333_q75": (333, 500, 75),
-    "port_333x500_q95": (500, 333, 95),
-    "land_640x480_q50": (480, 640, 50),
-    "port_480x640_q100": (640, 480, 100),
-    "square_256_q90": (256, 256, 90),
-    "square_224_q85": (224, 224, 85),
-    "small_200x150_q90": (150, 200, 90),
-    "tiny_64x48_q90": (48, 64, 90),
-    "big_2048x1536_q85": (1536, 2048, 85),
-    "wide_1200x300_q90": (300, 1200, 90),
-    "tall_240x1000_q80": (1000, 240, 80),
-    "odd_257x259_q97": (259, 257, 97),
-    "odd_513x301_q60": (301, 513, 60),
-}
-for name, (h, w, q) in SIZES.items():
-    jpeg(name + ".jpg", h, w, q)
-
-jpeg("progressive_500x375_q90.jpg", 375, 500, 90, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
-jpeg("optimized_375x500_q90.jpg", 500, 375, 90, [cv2.IMWRITE_JPEG_OPTIMIZE, 1])
-if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):
-    jpeg("sampling444_500x375_q95.jpg", 375, 500, 95,
-         [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
-
-gray = content(400, 300)[..., 1]
-ok, buf = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, 90])
-open(os.path.join(out_dir, "gray_300x400_q90.jpg"), "wb").write(buf.tobytes())
-
-bgra = np.dstack([content(333, 500), rs.randint(0, 256, (333, 500)).astype(np.uint8)])
-bgra[:100, :, 3] = 0  # fully transparent band: imread drops alpha, keeps the colour
-ok, buf = cv2.imencode(".png", bgra)
-open(os.path.join(out_dir, "alpha_500x333.png"), "wb").write(buf.tobytes())
-
-ok, buf = cv2.imencode(".png", content(300, 420))
-open(os.path.join(out_dir, "rgb_420x300.png"), "wb").write(buf.tobytes())
-
-base = jpeg("exif_base_500x375_q90.jpg", 375, 500, 90)
-for orientation in (3, 6, 8):
-    with open(os.path.join(out_dir, "exif_orient%d_500x375_q90.jpg" % orientation), "wb") as f:
-        f.write(with_exif(base, orientation))
-
-try:
-    from PIL import Image
-    rgb = cv2.cvtColor(content(375, 500), cv2.COLOR_BGR2RGB)
-    Image.fromarray(rgb).convert("CMYK").save(os.path.join(out_dir, "cmyk_500x375_q90.jpg"),
-                                               quality=90)
-    import PIL
-    notes["pillow"] = PIL.__version__
-except ImportError as err:
-    notes["pillow"] = "not importable (%s): no CMYK JPEG" % err
-
-notes["generator_opencv"] = cv2.__version__
-notes["generator_numpy"] = np.__version__
-notes["seed"] = seed
-with open(os.path.join(out_dir, "generator.json"), "w") as f:
-    json.dump(notes, f, indent=1)
-'''
-
-# --------------------------------------------------------------------------------------
-# Worker (runs inside each version's venv: numpy + cv2 only).
-# --------------------------------------------------------------------------------------
-WORKER_SCRIPT = r"""
-import argparse, hashlib, json, os, re, sys
-import numpy as np
-import cv2
-
-p = argparse.ArgumentParser()
-p.add_argument("--images", required=True)
-p.add_argument("--out", required=True)
-p.add_argument("--crops", required=True)
-p.add_argument("--dump-decoded")
-p.add_argument("--ref-decoded")
-p.add_argument("--project-root")
-a = p.parse_args()
-cv2.setNumThreads(1)  # be gentle with shared CPUs; resize results do not depend on it
-os.makedirs(a.crops, exist_ok=True)
-INTERP = {"resnet50": cv2.INTER_AREA, "mobilenet_v1": cv2.INTER_LINEAR}
-
-
-def sha(arr):
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
-
-
-def read(path, reader):
-    if reader == "imread":
-        return cv2.imread(path)
-    return cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-
-
-def crop(bgr, recipe):
-    img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    height, width, _ = img.shape
-    if height > width:
-        w, h = 256, int(256 * height / width)
-    else:
-        h, w = 256, int(256 * width / height)
-    img = cv2.resize(img, (w, h), interpolation=INTERP[recipe])
-    height, width, _ = img.shape
-    top, bottom = int((height - 224) / 2), int((height + 224) / 2)
-    left, right = int((width - 224) / 2), int((width + 224) / 2)
-    return np.ascontiguousarray(img[top:bottom, left:right])
-
-
-def diff(a_, b_):
-    if a_.shape != b_.shape:
-        return {"shape": [list(a_.shape), list(b_.shape)]}
-    d = np.abs(a_.astype(np.int16) - b_.astype(np.int16))
-    return {"max_abs": int(d.max()), "pixels_differing": float((d.max(axis=-1) > 0).mean())}
-
-
-build = cv2.getBuildInformation()
-def build_line(key):
-    m = re.search(r"^\s*" + re.escape(key) + r":\s*(.*)$", build, re.M)
-    return m.group(1).strip() if m else None
-
-project_crop = None
-if a.project_root:
-    try:
-        import importlib.util
-        sys.path.insert(0, a.project_root)
-        spec = importlib.util.spec_from_file_location(
-            "_mlperf_port_recipes", os.path.join(a.project_root, "preprocess", "recipes.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        project_crop = mod.crop_uint8
-        project_error = None
-    except Exception as err:  # reported, not fatal
-        project_error = "%s: %s" % (type(err).__name__, err)
-
-result = {
-    "opencv": cv2.__version__, "numpy": np.__version__, "python": sys.version.split()[0],
-    "jpeg": build_line("JPEG"), "png": build_line("PNG"),
-    "baseline_simd": build_line("Baseline"),
-    "dispatched_simd": build_line("Dispatched code generation"),
-    "parallel": build_line("Parallel framework"),
-    "images": {},
-}
-if a.project_root:
-    result["project_check"] = project_error or "ran"
-
-for name in sorted(os.listdir(a.images)):
-    path = os.path.join(a.images, name)
-    if name.endswith(".json") or not os.path.isfile(path):
-        continue
-    entry = {}
-    decoded = {}
-    for reader in ("imread", "imdecode"):
-        try:
-            bgr = read(path, reader)
-        except cv2.error as err:
-            bgr, error = None, str(err)
-        else:
-            error = None if bgr is not None else "returned None"
-        if bgr is None:
-            entry[reader] = {"error": error}
-            continue
-        decoded[reader] = bgr
-        rec = {"shape": list(bgr.shape), "dtype": str(bgr.dtype), "decoded_sha256": sha(bgr),
-               "crops": {}}
-        for recipe in INTERP:
-            c = crop(bgr, recipe)
-            rec["crops"][recipe] = sha(c)
-            with open(os.path.join(a.crops, "%s__%s__%s.u8" % (name, reader, recipe)), "wb") as f:
-                f.write(c.tobytes())
-        entry[reader] = rec
-    if "imread" in decoded and "imdecode" in decoded:
-        entry["imread_vs_imdecode_decoded"] = diff(decoded["imread"], decoded["imdecode"])
-    if "imread" in decoded and a.dump_decoded:
-        os.makedirs(a.dump_decoded, exist_ok=True)
-        np.save(os.path.join(a.dump_decoded, name + ".npy"), decoded["imread"])
-    ref_path = os.path.join(a.ref_decoded or "", name + ".npy")
-    if a.ref_decoded and os.path.exists(ref_path):
-        ref = np.load(ref_path)
-        if "imread" in decoded:
-            entry["decoded_vs_ref"] = diff(decoded["imread"], ref)
-        # Resize on the reference's decoded pixels: isolates resize differences.
-        entry["crops_of_ref_decoded"] = {}
-        for recipe in INTERP:
-            c = crop(ref, recipe)
-            entry["crops_of_ref_decoded"][recipe] = sha(c)
-            with open(os.path.join(a.crops, "%s__refdec__%s.u8" % (name, recipe)), "wb") as f:
-                f.write(c.tobytes())
-    if project_crop is not None:
-        try:
-            entry["project_crop_uint8"] = {r: sha(project_crop(path, r)) for r in INTERP}
-        except Exception as err:
-            entry["project_crop_uint8"] = {"error": "%s: %s" % (type(err).__name__, err)}
-    result["images"][name] = entry
-
-with open(a.out, "w") as f:
-    json.dump(result, f, indent=1, sort_keys=True)
-print("worker done: opencv %s, %d images" % (cv2.__version__, len(result["images"])))
-"""
+BUILD_KEYS = ("opencv", "numpy", "jpeg", "png", "baseline_simd", "dispatched_simd", "parallel")
 
 
 # --------------------------------------------------------------------------------------
-# Driver (standard library only).
+# Running commands and building venvs.
 # --------------------------------------------------------------------------------------
 def version_key(version: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in version.split("."))
@@ -355,6 +104,42 @@ def last_line(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
+def reusable_venv(venv: Path, packages: list[str], fresh: bool) -> str | None:
+    """The note of an earlier install of exactly ``packages`` in ``venv``; otherwise None,
+    and ``venv`` is removed."""
+    py = venv / "bin" / "python"
+    marker = venv / "installed.json"
+    if fresh and venv.exists():
+        shutil.rmtree(venv)
+    if marker.exists() and py.exists():
+        recorded = json.loads(marker.read_text())
+        if recorded.get("packages") == packages:
+            return str(recorded.get("note"))
+        shutil.rmtree(venv)
+    elif venv.exists():
+        shutil.rmtree(venv)
+    return None
+
+
+def check_importable(
+    py: Path, pip: list[str], check_import: str, log_path: Path
+) -> tuple[bool, str]:
+    """(True, install note) when ``check_import`` runs, retrying with ``numpy<2`` when it
+    fails over NumPy; else (False, why)."""
+    note = "installed"
+    rc, out = run([str(py), "-c", check_import], 120, log_path)
+    if rc != 0 and "numpy" in out.lower():
+        # cv2 wheels built against NumPy 1.x cannot import under NumPy 2.
+        rc2, out2 = run(pip + ["numpy<2"], 1200, log_path)
+        if rc2 != 0:
+            return False, f"pip install numpy<2 failed (rc {rc2}): {last_line(out2)}"
+        rc, out = run([str(py), "-c", check_import], 120, log_path)
+        note = "installed; cv2 failed to import with NumPy 2, retried with numpy<2"
+    if rc != 0:
+        return False, f"import failed: {last_line(out)}"
+    return True, note
+
+
 def make_venv(
     venv: Path,
     packages: list[str],
@@ -365,16 +150,9 @@ def make_venv(
 ) -> tuple[Path | None, str]:
     """A venv with ``packages``; (python path, note) or (None, why it failed)."""
     py = venv / "bin" / "python"
-    marker = venv / "installed.json"
-    if fresh and venv.exists():
-        shutil.rmtree(venv)
-    if marker.exists() and py.exists():
-        recorded = json.loads(marker.read_text())
-        if recorded.get("packages") == packages:
-            return py, f"reused ({recorded.get('note')})"
-        shutil.rmtree(venv)
-    elif venv.exists():
-        shutil.rmtree(venv)
+    reused = reusable_venv(venv, packages, fresh)
+    if reused is not None:
+        return py, f"reused ({reused})"
     venv.parent.mkdir(parents=True, exist_ok=True)
     log_path = venv.parent / f"{venv.name}.log"
     log_path.write_text("")
@@ -390,26 +168,18 @@ def make_venv(
         return None, f"pip install failed (rc {rc}): {last_line(out)}"
     note = "installed"
     if check_import:
-        rc, out = run([str(py), "-c", check_import], 120, log_path)
-        if rc != 0 and "numpy" in out.lower():
-            # cv2 wheels built against NumPy 1.x cannot import under NumPy 2.
-            rc2, out2 = run(pip + ["numpy<2"], 1200, log_path)
-            if rc2 != 0:
-                return None, f"pip install numpy<2 failed (rc {rc2}): {last_line(out2)}"
-            rc, out = run([str(py), "-c", check_import], 120, log_path)
-            note = "installed; cv2 failed to import with NumPy 2, retried with numpy<2"
-        if rc != 0:
-            return None, f"import failed: {last_line(out)}"
-    marker.write_text(json.dumps({"packages": packages, "note": note}))
+        ok, note = check_importable(py, pip, check_import, log_path)
+        if not ok:
+            return None, note
+    (venv / "installed.json").write_text(json.dumps({"packages": packages, "note": note}))
     return py, note
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def generate_images(out: Path, samples: str, python: str, fresh: bool) -> dict:
-    images = out / "images"
+# --------------------------------------------------------------------------------------
+# The test images.
+# --------------------------------------------------------------------------------------
+def generator_python(out: Path, python: str, fresh: bool) -> Path:
+    """The generator venv's interpreter: with Pillow if it installs, else without."""
     venv = out / "venvs" / "generator"
     py, note = make_venv(
         venv, GENERATOR_REQUIREMENTS + GENERATOR_OPTIONAL, python, fresh, "import cv2, numpy, PIL"
@@ -419,31 +189,72 @@ def generate_images(out: Path, samples: str, python: str, fresh: bool) -> dict:
         py, note = make_venv(venv, GENERATOR_REQUIREMENTS, python, True, "import cv2, numpy")
         if py is None:
             raise SystemExit(f"cannot build the image generator venv: {note}")
-    if images.exists():
-        shutil.rmtree(images)
-    images.mkdir(parents=True)
-    script = out / "generate_images.py"
-    script.write_text(GENERATOR_SCRIPT)
-    rc, text = run([str(py), str(script), str(images), str(SEED)], 600)
-    if rc != 0:
-        raise SystemExit(f"image generation failed:\n{text}")
+    return py
+
+
+def copy_samples(samples: str, images: Path) -> list[str]:
+    """Copy the photos ``samples`` matches into ``images`` as sample_NAME; their paths."""
     copied = []
     for sample in sorted(glob.glob(samples)):
-        dest = images / ("sample_" + os.path.basename(sample))
-        shutil.copyfile(sample, dest)
+        shutil.copyfile(sample, images / ("sample_" + os.path.basename(sample)))
         copied.append(sample)
-    generator = json.loads((images / "generator.json").read_text())
+    return copied
+
+
+def image_manifest(images: Path, copied: list[str]) -> dict:
+    """The generator's notes, the samples copied, each image's sha256 and the set's."""
     files = {p.name: sha256_file(p) for p in sorted(images.iterdir()) if p.suffix != ".json"}
-    manifest = {
-        "generator": generator,
+    return {
+        "generator": json.loads((images / "generator.json").read_text()),
         "samples": copied,
         "sha256": files,
         "set_sha256": hashlib.sha256(
             "".join(f"{k}={v}\n" for k, v in files.items()).encode()
         ).hexdigest(),
     }
+
+
+def generate_images(out: Path, samples: str, python: str, fresh: bool) -> dict:
+    images = out / "images"
+    py = generator_python(out, python, fresh)
+    if images.exists():
+        shutil.rmtree(images)
+    images.mkdir(parents=True)
+    script = out / "generate_images.py"
+    shutil.copyfile(GENERATOR_SCRIPT_PATH, script)
+    rc, text = run([str(py), str(script), str(images), str(SEED)], 600)
+    if rc != 0:
+        raise SystemExit(f"image generation failed:\n{text}")
+    manifest = image_manifest(images, copy_samples(samples, images))
     (images / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+# --------------------------------------------------------------------------------------
+# Installing the versions and running the worker in each.
+# --------------------------------------------------------------------------------------
+def install_versions(
+    versions: list[str], out: Path, args: argparse.Namespace
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Newest first, a venv per version: (version: python of those that installed,
+    version: install note)."""
+    venvs: dict[str, Path] = {}
+    install_notes: dict[str, str] = {}
+    for v in sorted(versions, key=version_key, reverse=True):
+        log(f"[{v}] installing opencv-python-headless=={v} numpy")
+        py, note = make_venv(
+            out / "venvs" / f"ocv-{v}",
+            [f"opencv-python-headless=={v}", "numpy"],
+            args.python,
+            args.fresh,
+            "import cv2, numpy",
+            args.allow_source,
+        )
+        log(f"[{v}] {note}")
+        install_notes[v] = note
+        if py is not None:
+            venvs[v] = py
+    return venvs, install_notes
 
 
 def run_worker(
@@ -454,22 +265,13 @@ def run_worker(
     ref_decoded: Path | None,
     project_root: str | None,
 ) -> tuple[dict | None, str]:
-    worker = out / "worker.py"
     result_path = out / "results" / f"{version}.json"
     crops = out / "crops" / version
     if crops.exists():
         shutil.rmtree(crops)
     result_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        str(py),
-        str(worker),
-        "--images",
-        str(out / "images"),
-        "--out",
-        str(result_path),
-        "--crops",
-        str(crops),
-    ]
+    cmd = [str(py), str(out / "worker.py"), "--images", str(out / "images")]
+    cmd += ["--out", str(result_path), "--crops", str(crops)]
     if dump:
         decoded = out / "decoded_ref"
         if decoded.exists():
@@ -485,6 +287,52 @@ def run_worker(
     return json.loads(result_path.read_text()), "ok"
 
 
+def run_reference(
+    py: Path, out: Path, version: str, project_root: str | None
+) -> tuple[dict | None, str]:
+    """The reference's worker run, which saves its decoded pixels; when it fails with the
+    project check, once more without. The reference compares with itself: its results say
+    so, for a uniform analysis."""
+    res, note = run_worker(py, out, version, dump=True, ref_decoded=None, project_root=project_root)
+    if res is None and project_root:
+        res, note = run_worker(py, out, version, dump=True, ref_decoded=None, project_root=None)
+    if res is not None:
+        for entry in res["images"].values():
+            if "crops" in entry.get("imread", {}):
+                entry["decoded_vs_ref"] = {"max_abs": 0, "pixels_differing": 0.0}
+                entry["crops_of_ref_decoded"] = dict(entry["imread"]["crops"])
+    return res, note
+
+
+def run_versions(
+    venvs: dict[str, Path], out: Path, project_root: str | None
+) -> tuple[dict[str, dict], dict[str, str], str | None]:
+    """Newest first, the worker in each venv; the newest that runs is the reference, the
+    others crop its decoded pixels too. (results, version: note, reference version)."""
+    results: dict[str, dict] = {}
+    notes: dict[str, str] = {}
+    ref_version = None
+    for v in sorted(venvs, key=version_key, reverse=True):
+        is_ref = ref_version is None
+        log(f"[{v}] running worker" + (" (reference)" if is_ref else ""))
+        if is_ref:
+            res, note = run_reference(venvs[v], out, v, project_root)
+        else:
+            ref_decoded = out / "decoded_ref"
+            res, note = run_worker(venvs[v], out, v, False, ref_decoded, project_root=None)
+        notes[v] = note
+        if res is None:
+            log(f"[{v}] {note}")
+            continue
+        if is_ref:
+            ref_version = v
+        results[v] = res
+    return results, notes, ref_version
+
+
+# --------------------------------------------------------------------------------------
+# Comparing each version with the reference.
+# --------------------------------------------------------------------------------------
 def compare_raw(path_a: Path, path_b: Path) -> tuple[int, float]:
     """(max abs difference, share of pixels with any channel differing), pure Python."""
     a, b = path_a.read_bytes(), path_b.read_bytes()
@@ -503,93 +351,211 @@ def fmt_diff(max_abs: int, share: float) -> str:
     return f"max abs diff {max_abs}, {100 * share:.3g}% of pixels differ"
 
 
+def difference_cause(entry: dict, mine: dict, theirs: dict, recipe: str) -> str:
+    """Why a crop differs from the reference's: "resize" when the decoded pixels are the
+    same, "decoder (...)" when cropping the reference's pixels gives its crop, else both."""
+    if mine["decoded_sha256"] == theirs["decoded_sha256"]:
+        return "resize"
+    if entry.get("crops_of_ref_decoded", {}).get(recipe) != theirs["crops"][recipe]:
+        return "decoder and resize"
+    dec = entry.get("decoded_vs_ref", {})
+    if "max_abs" in dec:
+        return f"decoder (decoded max {dec['max_abs']}, {100 * dec['pixels_differing']:.3g}% px)"
+    return f"decoder (shape {dec.get('shape')})"
+
+
+def crop_difference(
+    out: Path, version: str, ref_version: str, name: str, recipe: str, entry: dict, ref: dict
+) -> dict:
+    """How one image's imread crop differs from the reference's, and why."""
+    mine, theirs = entry["imread"], ref["images"][name]["imread"]
+    max_abs, share = compare_raw(
+        out / "crops" / version / f"{name}__imread__{recipe}.u8",
+        out / "crops" / ref_version / f"{name}__imread__{recipe}.u8",
+    )
+    cause = difference_cause(entry, mine, theirs, recipe)
+    return {"image": name, "max_abs": max_abs, "pixels_differing": share, "cause": cause}
+
+
+def recipe_agreement(
+    out: Path, version: str, ref_version: str, res: dict, ref: dict, recipe: str
+) -> dict:
+    """For one recipe: how many imread crops equal the reference's, the ones that differ,
+    and the images either side could not read."""
+    names = sorted(ref["images"])
+    same, differ, errors = 0, [], []
+    for name in names:
+        mine = res["images"].get(name, {}).get("imread", {})
+        theirs = ref["images"][name].get("imread", {})
+        if "crops" not in mine or "crops" not in theirs:
+            errors.append(f"{name}: {mine.get('error') or theirs.get('error')}")
+        elif mine["crops"][recipe] == theirs["crops"][recipe]:
+            same += 1
+        else:
+            entry = res["images"][name]
+            differ.append(crop_difference(out, version, ref_version, name, recipe, entry, ref))
+    return {"identical": same, "total": len(names), "differ": differ, "errors": errors}
+
+
+def reader_mismatch(name: str, entry: dict) -> dict | None:
+    """How imread and imdecode disagree on one image (pixels, crops or errors), or None."""
+    r, d = entry.get("imread", {}), entry.get("imdecode", {})
+    if "crops" in r and "crops" in d:
+        if r["decoded_sha256"] == d["decoded_sha256"] and r["crops"] == d["crops"]:
+            return None
+        return {
+            "image": name,
+            "imread_shape": r["shape"],
+            "imdecode_shape": d["shape"],
+            "decoded": entry.get("imread_vs_imdecode_decoded"),
+        }
+    if r.get("error") or d.get("error"):
+        return {"image": name, "imread_error": r.get("error"), "imdecode_error": d.get("error")}
+    return None
+
+
+def imread_vs_imdecode(res: dict, names: list[str]) -> list[dict]:
+    mismatches = (reader_mismatch(name, res["images"].get(name, {})) for name in names)
+    return [m for m in mismatches if m is not None]
+
+
+def project_check_notes(res: dict) -> list[str]:
+    """Whether this repository's crop_uint8 gave the worker's imread crops, if it ran."""
+    proj = [
+        (name, e["project_crop_uint8"])
+        for name, e in res["images"].items()
+        if "project_crop_uint8" in e
+    ]
+    if proj:
+        bad = [name for name, p in proj if p != res["images"][name].get("imread", {}).get("crops")]
+        return [
+            f"project crop_uint8 vs worker: {len(proj) - len(bad)}/{len(proj)} identical"
+            + (f"; differ: {', '.join(bad)}" if bad else "")
+        ]
+    if res.get("project_check") not in (None, "ran"):
+        return [f"project crop_uint8 not checked: {res['project_check']}"]
+    return []
+
+
+def analyse_version(out: Path, version: str, ref_version: str, res: dict, ref: dict) -> dict:
+    return {
+        "recipes": {
+            recipe: recipe_agreement(out, version, ref_version, res, ref, recipe)
+            for recipe in RECIPES
+        },
+        "imread_vs_imdecode": imread_vs_imdecode(res, sorted(ref["images"])),
+        "notes": project_check_notes(res),
+    }
+
+
 def analyse(out: Path, ref_version: str, results: dict[str, dict]) -> dict:
     """Per version: crop agreement with the reference, and why crops differ."""
     ref = results[ref_version]
-    analysis = {}
-    for version, res in results.items():
-        per = {"recipes": {}, "imread_vs_imdecode": [], "notes": []}
-        names = sorted(ref["images"])
-        for recipe in RECIPES:
-            same, differ, errors = 0, [], []
-            for name in names:
-                mine = res["images"].get(name, {}).get("imread", {})
-                theirs = ref["images"][name].get("imread", {})
-                if "crops" not in mine or "crops" not in theirs:
-                    errors.append(f"{name}: {mine.get('error') or theirs.get('error')}")
-                    continue
-                if mine["crops"][recipe] == theirs["crops"][recipe]:
-                    same += 1
-                    continue
-                m, s = compare_raw(
-                    out / "crops" / version / f"{name}__imread__{recipe}.u8",
-                    out / "crops" / ref_version / f"{name}__imread__{recipe}.u8",
-                )
-                entry = res["images"][name]
-                dec = entry.get("decoded_vs_ref", {})
-                decoder_same = mine["decoded_sha256"] == theirs["decoded_sha256"]
-                resize_same = (
-                    entry.get("crops_of_ref_decoded", {}).get(recipe) == theirs["crops"][recipe]
-                )
-                if decoder_same:
-                    cause = "resize"
-                elif resize_same:
-                    cause = (
-                        "decoder ("
-                        + (
-                            f"decoded max {dec['max_abs']}, {100 * dec['pixels_differing']:.3g}% px"
-                            if "max_abs" in dec
-                            else f"shape {dec.get('shape')}"
-                        )
-                        + ")"
-                    )
-                else:
-                    cause = "decoder and resize"
-                differ.append({"image": name, "max_abs": m, "pixels_differing": s, "cause": cause})
-            per["recipes"][recipe] = {
-                "identical": same,
-                "total": len(names),
-                "differ": differ,
-                "errors": errors,
-            }
-        for name in names:
-            entry = res["images"].get(name, {})
-            r, d = entry.get("imread", {}), entry.get("imdecode", {})
-            if "crops" in r and "crops" in d:
-                if r["decoded_sha256"] != d["decoded_sha256"] or r["crops"] != d["crops"]:
-                    per["imread_vs_imdecode"].append(
-                        {
-                            "image": name,
-                            "imread_shape": r["shape"],
-                            "imdecode_shape": d["shape"],
-                            "decoded": entry.get("imread_vs_imdecode_decoded"),
-                        }
-                    )
-            elif r.get("error") or d.get("error"):
-                per["imread_vs_imdecode"].append(
-                    {
-                        "image": name,
-                        "imread_error": r.get("error"),
-                        "imdecode_error": d.get("error"),
-                    }
-                )
-        proj = [
-            (name, e["project_crop_uint8"])
-            for name, e in res["images"].items()
-            if "project_crop_uint8" in e
-        ]
-        if proj:
-            bad = [
-                name for name, p in proj if p != res["images"][name].get("imread", {}).get("crops")
-            ]
-            per["notes"].append(
-                f"project crop_uint8 vs worker: {len(proj) - len(bad)}/{len(proj)} identical"
-                + (f"; differ: {', '.join(bad)}" if bad else "")
+    return {
+        version: analyse_version(out, version, ref_version, res, ref)
+        for version, res in results.items()
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The report.
+# --------------------------------------------------------------------------------------
+TABLE_HEADER = [
+    "| opencv-python-headless | numpy | JPEG codec (build info) | resnet50 (INTER_AREA) "
+    "| mobilenet_v1 (INTER_LINEAR) | imread == imdecode |",
+    "|---|---|---|---|---|---|",
+]
+
+
+def render_heading(ref_version: str | None, manifest: dict) -> list[str]:
+    return [
+        f"Reference: the newest working version, {ref_version}. "
+        f"{len(manifest['sha256'])} images (set sha256 {manifest['set_sha256'][:16]}).",
+        "",
+    ]
+
+
+def recipe_cell(agreement: dict) -> str:
+    """ "12/30 identical", with ", N unreadable" when some images could not be read."""
+    errors = agreement["errors"]
+    return f"{agreement['identical']}/{agreement['total']} identical" + (
+        f", {len(errors)} unreadable" if errors else ""
+    )
+
+
+def readers_cell(res: dict, per: dict) -> str:
+    """ "N/M same": of the M images either reader could crop, N gave identical results."""
+    n_read = sum(
+        1
+        for e in res["images"].values()
+        if "crops" in e.get("imread", {}) or "crops" in e.get("imdecode", {})
+    )
+    return f"{n_read - len(per['imread_vs_imdecode'])}/{n_read} same"
+
+
+def table_row(version: str, status: dict, results: dict, analysis: dict) -> str:
+    if version not in results:
+        return f"| {version} | - | - | not tested: {status[version]} | | |"
+    res, per = results[version], analysis[version]
+    cells = [recipe_cell(per["recipes"][recipe]) for recipe in RECIPES]
+    return (
+        f"| {version} | {res['numpy']} | {res['jpeg']} | {cells[0]} | {cells[1]} "
+        f"| {readers_cell(res, per)} |"
+    )
+
+
+def render_table(versions: list[str], status: dict, results: dict, analysis: dict) -> list[str]:
+    rows = [table_row(v, status, results, analysis) for v in sorted(versions, key=version_key)]
+    return TABLE_HEADER + rows + [""]
+
+
+def recipe_details(per: dict) -> list[str]:
+    details = []
+    for recipe in RECIPES:
+        for d in per["recipes"][recipe]["differ"]:
+            details.append(
+                f"  - {recipe} {d['image']}: {fmt_diff(d['max_abs'], d['pixels_differing'])}"
+                f"; cause: {d['cause']}"
             )
-        elif res.get("project_check") not in (None, "ran"):
-            per["notes"].append(f"project crop_uint8 not checked: {res['project_check']}")
-        analysis[version] = per
-    return analysis
+        for e in per["recipes"][recipe]["errors"]:
+            details.append(f"  - {recipe} unreadable: {e}")
+    return details
+
+
+def reader_detail(d: dict) -> str:
+    """One line on how imread and imdecode disagree on an image."""
+    if "imread_shape" not in d:
+        return (
+            f"  - imread vs imdecode {d['image']}: imread error "
+            f"{d['imread_error']}, imdecode error {d['imdecode_error']}"
+        )
+    dec = d.get("decoded") or {}
+    if "max_abs" in dec:
+        decoded = f"max abs diff {dec['max_abs']}, {100 * dec['pixels_differing']:.3g}% px"
+    else:
+        decoded = f"shapes {dec.get('shape')}"
+    return (
+        f"  - imread vs imdecode {d['image']}: shapes {d['imread_shape']} / "
+        f"{d['imdecode_shape']}, decoded {decoded}"
+    )
+
+
+def version_details(per: dict) -> list[str]:
+    """Indented lines on everything one version's analysis found wrong or noted."""
+    return (
+        recipe_details(per)
+        + [reader_detail(d) for d in per["imread_vs_imdecode"]]
+        + [f"  - {note}" for note in per["notes"]]
+    )
+
+
+def render_details(results: dict, analysis: dict) -> list[str]:
+    lines = []
+    for v in sorted(results, key=version_key):
+        details = version_details(analysis[v])
+        if details:
+            lines += [f"- {v}:"] + details
+    return lines or ["No differences: every version's crops equal the reference's."]
 
 
 def render(
@@ -600,89 +566,16 @@ def render(
     analysis: dict,
     manifest: dict,
 ) -> str:
-    lines = []
-    n_images = len(manifest["sha256"])
-    lines.append(
-        f"Reference: the newest working version, {ref_version}. "
-        f"{n_images} images (set sha256 {manifest['set_sha256'][:16]})."
-    )
-    lines.append("")
-    lines.append(
-        "| opencv-python-headless | numpy | JPEG codec (build info) | resnet50 (INTER_AREA) "
-        "| mobilenet_v1 (INTER_LINEAR) | imread == imdecode |"
-    )
-    lines.append("|---|---|---|---|---|---|")
-    for v in sorted(versions, key=version_key):
-        if v not in results:
-            lines.append(f"| {v} | - | - | not tested: {status[v]} | | |")
-            continue
-        res, per = results[v], analysis[v]
-        cells = []
-        for recipe in RECIPES:
-            r = per["recipes"][recipe]
-            cells.append(
-                f"{r['identical']}/{r['total']} identical"
-                + (f", {len(r['errors'])} unreadable" if r["errors"] else "")
-            )
-        n_rd = sum(
-            1
-            for e in res["images"].values()
-            if "crops" in e.get("imread", {}) or "crops" in e.get("imdecode", {})
-        )
-        rd = f"{n_rd - len(per['imread_vs_imdecode'])}/{n_rd} same"
-        lines.append(f"| {v} | {res['numpy']} | {res['jpeg']} | {cells[0]} | {cells[1]} | {rd} |")
-    lines.append("")
-    any_detail = False
-    for v in sorted(results, key=version_key):
-        per = analysis[v]
-        details = []
-        for recipe in RECIPES:
-            for d in per["recipes"][recipe]["differ"]:
-                details.append(
-                    f"  - {recipe} {d['image']}: {fmt_diff(d['max_abs'], d['pixels_differing'])}"
-                    f"; cause: {d['cause']}"
-                )
-            for e in per["recipes"][recipe]["errors"]:
-                details.append(f"  - {recipe} unreadable: {e}")
-        for d in per["imread_vs_imdecode"]:
-            if "imread_shape" in d:
-                dec = d.get("decoded") or {}
-                details.append(
-                    f"  - imread vs imdecode {d['image']}: shapes {d['imread_shape']} / "
-                    f"{d['imdecode_shape']}, decoded "
-                    + (
-                        f"max abs diff {dec['max_abs']}, {100 * dec['pixels_differing']:.3g}% px"
-                        if "max_abs" in dec
-                        else f"shapes {dec.get('shape')}"
-                    )
-                )
-            else:
-                details.append(
-                    f"  - imread vs imdecode {d['image']}: imread error "
-                    f"{d['imread_error']}, imdecode error {d['imdecode_error']}"
-                )
-        for note in per["notes"]:
-            details.append(f"  - {note}")
-        if details:
-            any_detail = True
-            lines.append(f"- {v}:")
-            lines.extend(details)
-    if not any_detail:
-        lines.append("No differences: every version's crops equal the reference's.")
+    lines = render_heading(ref_version, manifest)
+    lines += render_table(versions, status, results, analysis)
+    lines += render_details(results, analysis)
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def main(argv: list[str] | None = None) -> int:
+# --------------------------------------------------------------------------------------
+# The command line.
+# --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--versions",
@@ -712,112 +605,83 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="do not also run this repo's preprocess/recipes.py crop_uint8 in the reference venv",
     )
-    args = parser.parse_args(argv)
+    return parser
 
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    versions = list(dict.fromkeys(args.versions))
-    log(f"generating images into {out / 'images'}")
-    manifest = generate_images(out, args.samples, args.python, args.fresh)
-    log(f"{len(manifest['sha256'])} images, set sha256 {manifest['set_sha256'][:16]}")
-    (out / "worker.py").write_text(WORKER_SCRIPT)
 
-    status: dict[str, str] = {}
-    venvs: dict[str, Path] = {}
-    install_notes: dict[str, str] = {}
-    for v in sorted(versions, key=version_key, reverse=True):
-        log(f"[{v}] installing opencv-python-headless=={v} numpy")
-        py, note = make_venv(
-            out / "venvs" / f"ocv-{v}",
-            [f"opencv-python-headless=={v}", "numpy"],
-            args.python,
-            args.fresh,
-            "import cv2, numpy",
-            args.allow_source,
-        )
-        log(f"[{v}] {note}")
-        install_notes[v] = note
-        if py is None:
-            status[v] = note
-        else:
-            venvs[v] = py
+def command_line() -> str:
+    """This run's command, the script's path relative to the working directory."""
+    script = sys.argv[0]
+    shown = os.path.relpath(script, Path.cwd()) if Path(script).exists() else script
+    return " ".join([shown] + sys.argv[1:])
 
-    results: dict[str, dict] = {}
-    ref_version = None
-    project_root = None if args.no_project_check else str(REPO_ROOT)
-    for v in sorted(venvs, key=version_key, reverse=True):
-        is_ref = ref_version is None
-        log(f"[{v}] running worker" + (" (reference)" if is_ref else ""))
-        res, note = run_worker(
-            venvs[v],
-            out,
-            v,
-            dump=is_ref,
-            ref_decoded=None if is_ref else out / "decoded_ref",
-            project_root=project_root if is_ref else None,
-        )
-        if res is None and is_ref and project_root:
-            res, note = run_worker(venvs[v], out, v, dump=True, ref_decoded=None, project_root=None)
-        if res is None:
-            status[v] = note
-            log(f"[{v}] {note}")
-            continue
-        if is_ref:
-            # The reference compares with itself: record that for a uniform analysis.
-            for _name, entry in res["images"].items():
-                if "crops" in entry.get("imread", {}):
-                    entry["decoded_vs_ref"] = {"max_abs": 0, "pixels_differing": 0.0}
-                    entry["crops_of_ref_decoded"] = dict(entry["imread"]["crops"])
-            ref_version = v
-        res["install"] = install_notes[v]
-        results[v] = res
-        status[v] = "ok"
 
-    if ref_version is None:
-        print("No version could be installed and run:")
-        for v in versions:
-            print(f"  {v}: {status.get(v)}")
-        return 1
-    analysis = analyse(out, ref_version, results)
-    table = render(versions, ref_version, status, results, analysis, manifest)
-    summary = {
+def build_summary(
+    ref_version: str,
+    status: dict[str, str],
+    install_notes: dict[str, str],
+    results: dict[str, dict],
+    analysis: dict,
+    manifest: dict,
+) -> dict:
+    """What summary.json records: when, where and how it ran, and everything found."""
+    return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
+        "cpu": cpu_description()["cpu"],
         "python": platform.python_version(),
-        "command": " ".join(
-            [
-                os.path.relpath(sys.argv[0], Path.cwd())
-                if Path(sys.argv[0]).exists()
-                else sys.argv[0]
-            ]
-            + sys.argv[1:]
-        ),
+        "command": command_line(),
         "reference": ref_version,
         "status": status,
         "install": install_notes,
-        "builds": {
-            v: {
-                k: r.get(k)
-                for k in (
-                    "opencv",
-                    "numpy",
-                    "jpeg",
-                    "png",
-                    "baseline_simd",
-                    "dispatched_simd",
-                    "parallel",
-                )
-            }
-            for v, r in results.items()
-        },
+        "builds": {v: {k: r.get(k) for k in BUILD_KEYS} for v, r in results.items()},
         "analysis": analysis,
         "images": manifest,
     }
+
+
+def report_nothing_ran(versions: list[str], status: dict[str, str]) -> int:
+    print("No version could be installed and run:")
+    for v in versions:
+        print(f"  {v}: {status.get(v)}")
+    return 1
+
+
+def write_report(out: Path, summary: dict, table: str) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(table + "\n")
     print(f"CPU: {summary['cpu']}; Python {summary['python']}; {summary['date']}")
     print(table)
     print(f"\nDetails: {out / 'summary.json'}, per-version results in {out / 'results'}")
+
+
+def prepare(out: Path, args: argparse.Namespace) -> dict:
+    """The work folder with the test images and the worker script; the image manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"generating images into {out / 'images'}")
+    manifest = generate_images(out, args.samples, args.python, args.fresh)
+    log(f"{len(manifest['sha256'])} images, set sha256 {manifest['set_sha256'][:16]}")
+    shutil.copyfile(WORKER_SCRIPT_PATH, out / "worker.py")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out).resolve()
+    versions = list(dict.fromkeys(args.versions))
+    manifest = prepare(out, args)
+    venvs, install_notes = install_versions(versions, out, args)
+    project_root = None if args.no_project_check else str(REPO_ROOT)
+    results, run_notes, ref_version = run_versions(venvs, out, project_root)
+    # Failed installs first, then the runs, newest first in each (summary.json's order).
+    status = {v: note for v, note in install_notes.items() if v not in venvs}
+    status.update(run_notes)
+    if ref_version is None:
+        return report_nothing_ran(versions, status)
+    for v, res in results.items():
+        res["install"] = install_notes[v]
+    analysis = analyse(out, ref_version, results)
+    table = render(versions, ref_version, status, results, analysis, manifest)
+    summary = build_summary(ref_version, status, install_notes, results, analysis, manifest)
+    write_report(out, summary, table)
     return 0
 
 
