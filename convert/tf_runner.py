@@ -106,6 +106,19 @@ def placeholder_dims(placeholder: Any) -> list[int]:
     return [d.size for d in placeholder.attr["shape"].shape.dim]
 
 
+def _runner_input_shape(
+    placeholder: Any, layout: str
+) -> tuple[list[int | None] | None, int | None]:
+    """The NHWC shape of the runner's own placeholder (batch left open; None when the
+    original has no shape), and the batch size the original pins (None when it pins none)."""
+    dims = placeholder_dims(placeholder)
+    if layout == "NCHW" and len(dims) == 4:
+        dims = [dims[0], dims[2], dims[3], dims[1]]
+    shape = [None, *[d if d > 0 else None for d in dims[1:]]] if dims else None
+    pinned_batch = dims[0] if dims and dims[0] > 0 else None
+    return shape, pinned_batch
+
+
 class TFGraphRunner:
     """The original frozen graph in one TF session; takes NHWC float32 batches of any size.
 
@@ -135,20 +148,26 @@ class TFGraphRunner:
             check_importable(graph_def, self.source)
         self.input_name = node_name(input_tensor or self.profile.input_tensor)
         self.logits_tensor = tensor_name(logits_tensor or self.profile.logits_tensor)
-        original = next((n for n in graph_def.node if n.name == self.input_name), None)
-        if original is None:
-            raise UserError(f"{checkpoint_path} has no input tensor {self.input_name}:0")
+        original = self._find_input_placeholder(graph_def, checkpoint_path)
         # Before TensorFlow sees the graph: nothing but pure tensor ops may run.
         self._graph_def = graph_def
         self._checked: set[str] = set()
         self._check_fetches([self.logits_tensor])
         self.input_layout = placeholder_layout(graph_def, original)
-        dims = placeholder_dims(original)
-        if self.input_layout == "NCHW" and len(dims) == 4:
-            dims = [dims[0], dims[2], dims[3], dims[1]]
-        shape = [None, *[d if d > 0 else None for d in dims[1:]]] if dims else None
-        self.pinned_batch = dims[0] if dims and dims[0] > 0 else None
+        shape, self.pinned_batch = _runner_input_shape(original, self.input_layout)
+        self._import_graph(graph_def, shape)
+        self.session = _quiet_tensorflow().compat.v1.Session(graph=self.graph)
+        self._one_at_a_time = False
 
+    def _find_input_placeholder(self, graph_def: Any, checkpoint_path: str | os.PathLike) -> Any:
+        """The graph's own input node (UserError when the graph has none by that name)."""
+        original = next((n for n in graph_def.node if n.name == self.input_name), None)
+        if original is None:
+            raise UserError(f"{checkpoint_path} has no input tensor {self.input_name}:0")
+        return original
+
+    def _import_graph(self, graph_def: Any, shape: list[int | None] | None) -> None:
+        """Import the graph into ``self.graph``, fed by an NHWC placeholder ``self._input``."""
         tf = _quiet_tensorflow()
         self.graph = tf.Graph()
         with self.graph.as_default():
@@ -166,8 +185,6 @@ class TFGraphRunner:
                 raise UserError(
                     f"TensorFlow cannot load graph {self.source} ({first_line(err, 200)})"
                 ) from None
-        self.session = tf.compat.v1.Session(graph=self.graph)
-        self._one_at_a_time = False
 
     def _check_fetches(self, names: Sequence[str]) -> None:
         """Refuse (UserError) any fetch whose nodes are not all pure tensor ops."""

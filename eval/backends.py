@@ -122,6 +122,17 @@ class TorchBackend(Backend):
             self._label_offset = label_offset
         self._torch = torch
         self.torch_device = resolve_torch_device(device)
+        self._name_weights(weights_path, weights_sha256)
+        self._pinned: list = []  # keeps the pinned tensors behind allocate_batch alive
+        self._make_normalization_constants()
+        if self.torch_device.type != "cpu":
+            self.check_normalization()
+        self.precision = precision
+        self._start_engine(module, engine, batch_size, num_images, verify_images, transform)
+        self._set_up_batch_pipeline()
+
+    def _name_weights(self, weights_path, weights_sha256: str | None) -> None:
+        """Set ``weights_path`` and ``weights_sha256``, the weights' name in the records."""
         self.weights_path = Path(weights_path) if weights_path is not None else None
         # What results.json and the resume journal name the weights by: the digest of the
         # bytes loaded when the caller has it, else the file's now, before any image runs (a
@@ -129,7 +140,10 @@ class TorchBackend(Backend):
         if weights_sha256 is None and self.weights_path is not None:
             weights_sha256 = sha256_file(self.weights_path)
         self.weights_sha256 = weights_sha256
-        self._pinned: list = []  # keeps the pinned tensors behind allocate_batch alive
+
+    def _make_normalization_constants(self) -> None:
+        """The constants ``normalize`` uses, as float32 tensors on the model's device."""
+        torch = self._torch
         # Normalisation constants live on the device as float32 tensors, like the float32
         # numpy operands of the CPU recipe. Dividing by a device tensor (not a Python
         # scalar) matters on CUDA: a CPU-scalar divisor is turned into a multiply by its
@@ -137,9 +151,9 @@ class TorchBackend(Backend):
         as_f32 = {"dtype": torch.float32, "device": self.torch_device}
         self._vgg_means = torch.tensor(VGG_MEANS_RGB, **as_f32)
         self._f255, self._f0_5, self._f2 = (torch.tensor(v, **as_f32) for v in (255.0, 0.5, 2.0))
-        if self.torch_device.type != "cpu":
-            self.check_normalization()
-        self.precision = precision
+
+    def _start_engine(self, module, engine, batch_size, num_images, verify_images, transform):
+        """Set ``prepared`` and ``engine``: the module ready to run, eager or fast."""
         # A module that already runs its own int8 kernels has nothing for a fast builder to
         # freeze or compile (they fail on its packed weights): it runs eager.
         kernels = (getattr(module, "quantization_record", None) or {}).get("kernels", "")
@@ -153,10 +167,13 @@ class TorchBackend(Backend):
                 note += f" ({kernels}): eager, as fast engines freeze or compile fp32 models"
             self.prepared.notes.insert(0, note)
         self.engine = self.prepared.name
+
+    def _set_up_batch_pipeline(self) -> None:
+        """How batches flow: copy stream, labels fetched per group, reader threads."""
         # On CUDA: a side stream copies the next batch in while the current one computes,
         # and top-5 labels stay on the device until a group of batches is fetched at once.
         on_cuda = self.torch_device.type == "cuda"
-        self._copy_stream = torch.cuda.Stream(self.torch_device) if on_cuda else None
+        self._copy_stream = self._torch.cuda.Stream(self.torch_device) if on_cuda else None
         self.collect_every = CUDA_COLLECT_EVERY if on_cuda else 1
         # On the CPU the model needs every core; a GPU run is bound by reading and checking
         # crops (sha256, ~0.15 ms per crop per core), so it reads on several threads.

@@ -86,28 +86,88 @@ def quantize_model(
     images = sum(len(batch) for batch in batches)
     source = copy.deepcopy(model).to("cpu").eval()
     net = build_simulated(source).eval()
+    techniques, findings = _apply_techniques(
+        net,
+        batches,
+        parsed,
+        method=method,
+        equalize=equalize,
+        bias_correction=bias_correction,
+        quiet=quiet,
+    )
+    quantized = _back_end(net, parsed)
+    quantized.quantization_record = _quantization_record(
+        parsed, method, images, techniques, findings, started
+    )
+    log.info(
+        "quantized %s to %s in %.1f s",
+        type(model).__name__,
+        parsed.name,
+        time.perf_counter() - started,
+    )
+    return quantized.eval()
+
+
+def _clips_weights_by_mse(parsed: QuantScheme) -> bool:
+    """Whether each weight channel's clip is searched (least MSE) rather than its max |w|."""
+    return parsed.weight_bits < LOW_WEIGHT_BITS
+
+
+def _apply_techniques(
+    net,
+    batches: list[torch.Tensor],
+    parsed: QuantScheme,
+    *,
+    method: str,
+    equalize: bool,
+    bias_correction: bool,
+    quiet: bool,
+) -> tuple[list[str], dict]:
+    """Quantize ``net`` in place: the names of the techniques applied, and what they found.
+
+    The order matters: equalization, then activation ranges, weight quantization and last
+    bias correction. The findings' keys keep that order in ``quantization_record``.
+    """
     techniques = ["batch-norm folding"]
-    record: dict = {}
+    findings: dict = {}
     if equalize:
-        record["equalization"] = equalize_layers(net)
+        findings["equalization"] = equalize_layers(net)
         techniques.append("cross-layer equalization")
     observe_ranges(net, batches, quiet)
-    record["activation_ranges"] = assign_ranges(net, method, parsed.activation_bits)
-    mse_clip = parsed.weight_bits < LOW_WEIGHT_BITS
-    record["weight_clipping"] = {}
-    for name, layer in net.layers():
-        info = layer.quantize_weight(parsed.weight_bits, mse_clip)
-        if mse_clip:
-            record["weight_clipping"][name] = info["clipped_share"]
+    findings["activation_ranges"] = assign_ranges(net, method, parsed.activation_bits)
+    mse_clip = _clips_weights_by_mse(parsed)
+    findings["weight_clipping"] = _quantize_weights(net, parsed.weight_bits, mse_clip)
     if mse_clip:
         techniques.append("per-channel MSE weight clipping")
     set_quantized(net, True)
     if bias_correction:
-        record["bias_correction"] = correct_biases(net, batches, quiet, BIAS_CORRECTION_IMAGES)
+        findings["bias_correction"] = correct_biases(net, batches, quiet, BIAS_CORRECTION_IMAGES)
         techniques.append("bias correction")
     set_quantized(net, True)
-    quantized = _back_end(net, parsed)
-    quantized.quantization_record = {
+    return techniques, findings
+
+
+def _quantize_weights(net, weight_bits: int, mse_clip: bool) -> dict[str, float]:
+    """Quantize every layer's weights; with ``mse_clip``, each layer's clipped share."""
+    clipping: dict[str, float] = {}
+    for name, layer in net.layers():
+        info = layer.quantize_weight(weight_bits, mse_clip)
+        if mse_clip:
+            clipping[name] = info["clipped_share"]
+    return clipping
+
+
+def _quantization_record(
+    parsed: QuantScheme,
+    method: str,
+    images: int,
+    techniques: list[str],
+    findings: dict,
+    started: float,
+) -> dict:
+    """The ``quantization_record`` of a model quantized since ``started`` (perf_counter)."""
+    mse_clip = _clips_weights_by_mse(parsed)
+    return {
         "scheme": parsed.name,
         "weight_bits": parsed.weight_bits,
         "activation_bits": parsed.activation_bits,
@@ -122,15 +182,8 @@ def quantize_model(
         "calibration_images": images,
         "techniques": techniques,
         "seconds": round(time.perf_counter() - started, 1),
-        **record,
+        **findings,
     }
-    log.info(
-        "quantized %s to %s in %.1f s",
-        type(model).__name__,
-        parsed.name,
-        time.perf_counter() - started,
-    )
-    return quantized.eval()
 
 
 def _back_end(net, parsed: QuantScheme) -> nn.Module:
