@@ -56,14 +56,36 @@ def observe_ranges(net: SimNet, batches: list[torch.Tensor], quiet: bool) -> Non
             quant.observing = None
 
 
+def exact_pixel_input(net: SimNet) -> str:
+    """Quantize MobileNet's 8-bit input without error: its codes are the pixel values.
+
+    The input is ``p / 127.5 - 1`` for a uint8 pixel ``p``. With scale 1/127.5, zero point
+    127 and the input shifted up by half a step first, ``p`` itself is the code, where
+    min/max would put every pixel half a step from its code. The first convolution's bias
+    takes the shift back (exact away from the border; its TF-SAME padding row and column
+    see the pad as -half a step instead of 0)."""
+    quant, first = net.input_quant, net.features[0]
+    quant.set_range(-1.0, 1.0, 8)
+    quant.zero_point = 127
+    quant.shift = quant.scale / 2
+    quant.range = (-127 * quant.scale, 128 * quant.scale)
+    taps = first.weight.double().sum(dim=(1, 2, 3))
+    first.bias_q = (first.bias_q.double() - quant.shift * taps).float()
+    return "exact pixel codes (zero point 127, shifted half a step)"
+
+
 def assign_ranges(net: SimNet, method: str, bits: int) -> dict:
-    """Each activation's range by ``method`` (the network input: min/max); the record."""
+    """Each activation's range by ``method`` (the network input: min/max, or MobileNet's
+    8-bit input exactly, ``exact_pixel_input``); the record."""
     ranges = {}
     for name, quant in net.act_quants():
         observer = quant.observer
         chosen = "minmax" if name == "input_quant" else method
-        lo, hi = observer.choose(chosen, bits)
-        quant.set_range(lo, hi, bits)
+        if name == "input_quant" and net.arch == "mobilenet" and bits == 8:
+            chosen = exact_pixel_input(net)
+        else:
+            lo, hi = observer.choose(chosen, bits)
+            quant.set_range(lo, hi, bits)
         ranges[name.removesuffix(".out_quant")] = {
             "observed": [observer.min, observer.max],
             "range": [quant.range[0], quant.range[1]],

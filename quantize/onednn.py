@@ -32,13 +32,14 @@ class QParams:
     def __init__(self, quant: ActQuant):
         if quant.bits != 8:
             raise ValueError("the int8 back end needs 8-bit activations")
-        self.scale, self.zero_point = quant.scale, quant.zero_point
+        self.scale, self.zero_point, self.shift = quant.scale, quant.zero_point, quant.shift
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
         return (q.float() - self.zero_point) * self.scale
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        codes = quantize_codes(x.float(), self.scale, self.zero_point, 255)
+        x = x.float() + self.shift if self.shift else x.float()
+        codes = quantize_codes(x, self.scale, self.zero_point, 255)
         return codes.to(torch.uint8)
 
 

@@ -36,12 +36,14 @@ class ActQuant(nn.Module):
     """A per-tensor activation quantizer: observes during calibration, fake-quantizes after.
 
     ``scale``/``zero_point``/``bits`` are set by calibration; an unsigned range (after a
-    ReLU) gets zero point 0.
+    ReLU) gets zero point 0. ``shift`` is added before quantizing: MobileNet's input uses
+    half a step, which makes its codes the pixel values themselves (``exact_pixel_input``).
     """
 
     def __init__(self):
         super().__init__()
         self.scale, self.zero_point, self.bits = 1.0, 0, 8
+        self.shift = 0.0
         self.quantized = False
         self.observer: HistogramObserver | None = None
         self.observing: str | None = None  # "minmax" or "histogram" while calibrating
@@ -63,7 +65,9 @@ class ActQuant(nn.Module):
             self.observer.observe_histogram(x)
         if not self.quantized:
             return x
-        return fake_quantize(x, self.scale, self.zero_point, self.qmax)
+        return fake_quantize(
+            x + self.shift if self.shift else x, self.scale, self.zero_point, self.qmax
+        )
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.6g}, zero_point={self.zero_point}, bits={self.bits}"
