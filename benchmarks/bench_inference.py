@@ -174,7 +174,9 @@ def bench_model(model_name: str, args: argparse.Namespace, cores: int, progress)
     module = converted_model(model_name, graph, args.fixture_dir)
     gflop_per_image = 2 * multiply_adds(module) / 1e9
     runner = TFGraphRunner(graph, model_name) if "tf" in args.engines else None
-    calibration = normalize(crops_uint8(CALIBRATION_IMAGES, seed=7)[0], model_name)
+    calibration = None  # photo crops, read only when an int8 row needs them
+    if {"int8", "onnx-int8"} & set(args.engines):
+        calibration = normalize(crops_uint8(CALIBRATION_IMAGES, seed=7)[0], model_name)
     onnx = onnx_sessions(model_name, graph, cores, calibration, args.engines)
     int8 = int8_model(module, calibration) if "int8" in args.engines else None
     rows = []

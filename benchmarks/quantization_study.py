@@ -17,6 +17,7 @@ depthwise channels, a head that tells the photos apart).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import tempfile
@@ -43,13 +44,17 @@ TECHNIQUES = {  # name -> (equalize, bias_correction)
 }
 
 
+@functools.cache
 def fp32_model(model_name: str, checkpoint: str | None, seed: int):
-    """The converted ``checkpoint``, or the tests' realistic stand-in model."""
+    """The converted ``checkpoint`` (converted once, whatever the seed), or the tests'
+    realistic stand-in model for ``seed``."""
     if checkpoint is None:
         from fixtures import photo_models as models
 
         builder = models.mobilenet if model_name == "mobilenet_v1" else models.resnet
         return builder(seed), "stand-in: random weights, batch norm measured on photos"
+    if seed != 0:  # one converted model serves every seed
+        return fp32_model(model_name, checkpoint, 0)
     from convert import convert_checkpoint, load_checkpoint
 
     with tempfile.TemporaryDirectory() as folder:
@@ -78,7 +83,7 @@ def agreement(logits: np.ndarray, reference: np.ndarray) -> dict:
     noise = float(((logits - reference) ** 2).sum())
     sqnr = 10 * np.log10(float((reference**2).sum()) / noise) if noise else float("inf")
     kept = float((logits.argmax(1) == reference.argmax(1)).mean())
-    return {"kept": kept, "logit_sqnr_db": round(sqnr, 2)}
+    return {"kept": kept, "logit_sqnr_db": round(float(sqnr), 2)}
 
 
 def ours(model, calibration, held_out, expected, scheme: str, methods) -> list[dict]:

@@ -80,12 +80,11 @@ def assign_ranges(net: SimNet, method: str, bits: int) -> dict:
     ranges = {}
     for name, quant in net.act_quants():
         observer = quant.observer
-        chosen = "minmax" if name == "input_quant" else method
         if name == "input_quant" and net.arch == "mobilenet" and bits == 8:
             chosen = exact_pixel_input(net)
         else:
-            lo, hi = observer.choose(chosen, bits)
-            quant.set_range(lo, hi, bits)
+            chosen = "minmax" if name == "input_quant" else method
+            quant.set_range(*observer.choose(chosen, bits), bits)
         ranges[name.removesuffix(".out_quant")] = {
             "observed": [observer.min, observer.max],
             "range": [quant.range[0], quant.range[1]],
