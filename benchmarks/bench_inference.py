@@ -35,7 +35,7 @@ from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.errors import UserError, first_line
 from core.files import sha256_file, write_text_atomic
 from core.profiles import MODEL_NAMES, get_profile
-from eval.cpu_workers import WORKERS_ENV
+from eval.engines.cpu_workers import WORKERS_ENV
 
 log = logging.getLogger("bench_inference")
 

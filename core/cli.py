@@ -35,6 +35,12 @@ def check_at_least_one(value: int | None, name: str) -> None:
         raise UserError(f"{name} must be at least 1, got {value}")
 
 
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    """UserError (one sentence) unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise UserError(f"unknown {what} {value!r}: expected one of {', '.join(choices)}")
+
+
 def renamed_options(argv: list[str] | None, renamed: dict[str, str]) -> list[str]:
     """``argv`` with old option spellings (``--old=x`` too), which scripts may still use but
     ``--help`` does not show, replaced by their new names; each use logs a warning."""

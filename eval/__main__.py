@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         "recorded as not MLPerf's list)",
     )
     parser.add_argument(
+        "--reference",
+        metavar="DIR",
+        help="the fp32 run (an eval --out folder) a modified model is judged against "
+        "(default: the sibling folder of --out with an fp32 run of the same model, cache and "
+        "weights); one made from other weights, another cache or fewer images is refused",
+    )
+    parser.add_argument(
         "--wait", action="store_true", help="wait for another run using --out to finish"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or info logs")
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return compare_main(argv[1:])
     if argv[:1] == ["layers"]:
-        from eval.layers import main as layers_main
+        from eval.method.layers import main as layers_main
 
         return layers_main(argv[1:])
     args = build_parser().parse_args(renamed_options(argv, RENAMED_OPTIONS))
@@ -91,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     settings.check()
 
     from eval.evaluate import evaluate
+    from eval.method.summary import method_rows
 
     out_dir = args.out or default_out_dir(args.model, settings)
     result = evaluate(args.model, args.cache_dir, settings, out_dir=out_dir)
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     log.info("wrote %s/results.json, predictions.npy, top5.npy", out_dir)
-    print(result.table())
+    print(result.table(method_rows(result.to_json())))
     return 0
 
 

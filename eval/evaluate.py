@@ -35,15 +35,12 @@ from core.files import (
 from core.profiles import ModelProfile, get_profile
 from eval import distributed
 from eval.backends import Backend, check_model_inputs, make_backend, resolve_torch_device
-from eval.calibration import calibration_set
-from eval.fp32_reference import fp32_agreement
 from eval.journal import ResumeJournal, journal_key, loaded_inputs
-from eval.loadgen_pass import run_loadgen_pass
+from eval.loadgen.cache_pass import run_loadgen_pass
+from eval.method.prepare import PreparedMethod, prepare_method
 from eval.metrics import TOP_K, AccuracyCounter
 from eval.options import VERIFY_IMAGES, EvalSettings
 from eval.results import EvalResult, build_result, write_outputs
-from eval.transform import describe_transform
-from eval.verdict import FLIPS_FILE, flips, mlperf_gate, write_flips
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +202,7 @@ class _Job:
     settings: EvalSettings
     ctx: distributed.DistContext
     count: int  # images to evaluate over all ranks: the cache's, or the first ``limit``
-    calibration: Any = None  # eval.calibration.CalibrationBatches, for a transform
-    calibration_record: dict | None = None
+    method: PreparedMethod | None = None  # a modified model's (eval.method)
 
 
 def evaluate(
@@ -242,12 +238,14 @@ def evaluate(
         # Cheap checks first: a typo in a path leaves no output folder behind.
         cache = load_cache(Path(cache_dir), profile)
         count = _images_to_evaluate(cache, settings.batch_size, settings.limit)
-        job = _Job(profile, cache, cache_dir, settings, ctx, count)
         check_model_inputs(settings)
-        if settings.transformed:  # its file and its calibration images, before any output
-            describe_transform(settings)
-            batches, record = calibration_set(profile, cache, settings.calibration_cache)
-            job = dataclasses.replace(job, calibration=batches, calibration_record=record)
+        # A method's file, calibration images and fp32 reference, before any output.
+        reports = out_dir is not None and ctx.is_main
+        method = prepare_method(
+            profile, cache, cache_dir, count, settings, Path(out_dir) if reports else None,
+            judged=ctx.is_main,
+        )  # fmt: skip
+        job = _Job(profile, cache, cache_dir, settings, ctx, count, method)
         if settings.backend == "torch":
             resolve_torch_device(settings.device)  # a missing GPU, before any output
         if out_dir is None or not ctx.is_main:
@@ -271,74 +269,21 @@ def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
         settings,
         num_images=last - first,
         verify_images=verify_images,
-        calibration=job.calibration,
+        modify=None if job.method is None else job.method.modify,
     ) as backend:
         outcome = _predict(backend, job, out_dir, distributed.CacheShard(cache, first, last))
         if outcome is None:  # not rank 0: rank 0 reports
             return None
         result = build_result(backend, outcome, cache, job.cache_dir, settings, job.ctx.world_size)
-        result.transform = getattr(backend, "transform", None)
-        result.calibration = job.calibration_record
         if settings.loadgen is not None:
             loadgen_dir = out_dir / "loadgen"
             result.loadgen = run_loadgen_pass(backend, cache, result.images, loadgen_dir, settings)
-        if out_dir is not None and result.transform is not None:
-            result.layers = _write_layer_report(out_dir, backend, job)
+        if job.method is not None:  # its verdict, flips.csv, layers.json: before results.json
+            job.method.judge(result, backend, out_dir)
     if out_dir is not None:
-        if result.modified:
-            _compare_with_fp32(out_dir, result, job)
         write_outputs(out_dir, result)
         (out_dir / "resume.npz").unlink(missing_ok=True)
     return result
-
-
-def _write_layer_report(out_dir: Path, backend, job: _Job) -> dict | None:
-    """layers.json: the modified module just evaluated against the fp32 weights, block by
-    block, on the first cached images (on the CPU, where both models can run)."""
-    from convert.api import load_checkpoint
-    from eval.layers import DEFAULT_IMAGES, LAYERS_FILE, compare_with_fp32, write_report
-
-    if backend.torch_device.type != "cpu":
-        log.info("layers.json is made on the CPU only: run python -m eval layers there")
-        (out_dir / LAYERS_FILE).unlink(missing_ok=True)  # an older run's would mislead
-        return None
-    fp32_model, record = load_checkpoint(backend.weights_path, expected_model=job.profile.name)
-    if record["file_sha256"] != backend.weights_sha256:  # replaced since it was evaluated
-        raise UserError(
-            f"{backend.weights_path} changed during the evaluation: its fp32 weights are not "
-            "the ones the method was applied to; rerun"
-        )
-    count = min(DEFAULT_IMAGES, len(job.cache))
-    report = compare_with_fp32(
-        fp32_model,
-        backend.module,
-        job.cache.normalized(0, count),
-        method=backend.transform.spec,
-        source=f"the first {count} images of {job.cache_dir}",
-        quiet=job.settings.quiet,
-    )
-    write_report(out_dir, report)
-    return {
-        "file": LAYERS_FILE,
-        "first_below_threshold": report.first_below_threshold,
-        "summary": report.summary_line(),
-    }
-
-
-def _compare_with_fp32(out_dir: Path, result: EvalResult, job: _Job) -> None:
-    """A modified model's run against the fp32 run beside it: the share of equal
-    predictions, MLPerf's gate, and flips.csv (written now; results.json comes last)."""
-    reference = fp32_agreement(out_dir, result.to_json(), result.predictions)
-    result.fp32_reference = reference
-    fp32_top1 = None if reference is None else reference.top1
-    result.mlperf_gate = mlperf_gate(job.profile, result.top1, fp32_top1, result.images)
-    if reference is None:
-        (out_dir / FLIPS_FILE).unlink(missing_ok=True)  # an older run's would mislead
-        return
-    labels = np.asarray(job.cache.labels[: result.images])
-    files = list(job.cache.files[: result.images])
-    result.flips, text = flips(files, labels, reference.predictions, result.predictions)
-    write_flips(out_dir, text)
 
 
 def _predict(
@@ -349,7 +294,9 @@ def _predict(
     settings = job.settings
     journal = None
     if out_dir is not None and not job.ctx.distributed:
-        journal = ResumeJournal(out_dir / "resume.npz", journal_key(backend, job.cache, job.count))
+        method = None if job.method is None else job.method.digest
+        key = journal_key(backend, job.cache, job.count, method)
+        journal = ResumeJournal(out_dir / "resume.npz", key)
     # A rank may get an empty shard (fewer images than ranks): an empty outcome.
     outcome = EvaluationOutcome(
         np.empty((0, TOP_K), np.int64), AccuracyCounter(), inference_seconds=0.0, wall_seconds=0.0

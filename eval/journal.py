@@ -59,9 +59,9 @@ def loaded_inputs(backend, cache) -> dict:
     }
 
 
-def journal_key(backend, cache, count: int) -> str:
+def journal_key(backend, cache, count: int, method: str | None = None) -> str:
     """A digest of everything that decides the predictions: model, backend, engine, model
-    file digests, cache fingerprint, image count and precision."""
+    file digests, cache fingerprint, image count, precision and the method's digest."""
     identity = {
         "model": backend.profile.name,
         "backend": backend.name,
@@ -69,5 +69,6 @@ def journal_key(backend, cache, count: int) -> str:
         **loaded_inputs(backend, cache),
         "count": count,
         "precision": getattr(backend, "precision", "fp32"),
+        "method": method,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

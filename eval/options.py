@@ -11,12 +11,13 @@ import os
 import re
 from dataclasses import dataclass, fields, replace
 
-from core.cli import positive_int
+from core.cli import check_choice, positive_int
 from core.errors import UserError
+from eval.method.options import add_method_options, check_method_settings, method_name
 
 BACKENDS = ("torch", "tf")
 ENGINES = ("auto", "eager", "fast")
-# The builders behind "fast:NAME" (``eval.fast_builders.FAST_BUILDERS``), named here so the
+# The builders behind "fast:NAME" (``eval.engines.fast_builders.FAST_BUILDERS``), named here so the
 # option is checked without importing torch.
 FAST_BUILDER_NAMES = ("torchscript-freeze", "inductor", "torchscript-onednn")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -29,27 +30,12 @@ CPU_BATCH, CUDA_BATCH = 32, 256
 VERIFY_IMAGES = 8
 
 
-# --calibration-method choices (``quantize.CALIBRATION_METHODS``), named here so the option
-# is checked without importing torch.
-CALIBRATION_METHODS = ("minmax", "percentile", "mse", "entropy")
-
-
-def evaluation_name(
-    backend: str, precision: str = "fp32", transform: str | None = None, variant: str = ""
-) -> str:
+def evaluation_name(backend: str, precision: str = "fp32", method: str | None = None) -> str:
     """One evaluation's folder name: the backend, plus the precision unless fp32 and the
-    transform's name, so a ``torch-bf16`` or ``torch-int8`` run sits beside (not over)
-    ``torch``, the fp32 run ``eval.fp32_reference`` compares it with."""
+    method's name, so a ``torch-bf16`` or ``torch-int8`` run sits beside (not over)
+    ``torch``, the fp32 run it is judged against."""
     name = backend if precision == "fp32" else f"{backend}-{precision}"
-    if transform is not None:
-        name += f"-{transform}{variant}"
-    return name
-
-
-def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    """UserError (one sentence) unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise UserError(f"unknown {what} {value!r}: expected one of {', '.join(choices)}")
+    return name if method is None else f"{name}-{method}"
 
 
 def check_engine(engine: str) -> None:
@@ -90,61 +76,12 @@ def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         help=f"images per batch (default: {CPU_BATCH} on the CPU, {CUDA_BATCH} on CUDA)",
     )
-    add_transform_options(parser)
+    add_method_options(parser)
     parser.add_argument(
         "--loadgen", action="store_true", help="also run MLPerf LoadGen (logs in OUT/loadgen)"
     )
     parser.add_argument("--loadgen-mode", choices=LOADGEN_MODES, default="accuracy")
     parser.add_argument("--scenario", choices=SCENARIOS, default="Offline")
-
-
-def add_transform_options(parser: argparse.ArgumentParser) -> None:
-    """A user's method applied to the fp32 model before it is evaluated (eval.transform)."""
-    group = parser.add_argument_group(
-        "your method (an fp32 run of the same model is its reference)"
-    )
-    what = group.add_mutually_exclusive_group()
-    what.add_argument(
-        "--transform",
-        metavar="SPEC",
-        help="path/to/file.py:function or package.module:function, called once as "
-        "function(model, calibration) -> the module to evaluate",
-    )
-    what.add_argument(
-        "--quantize",
-        metavar="SCHEME",
-        help="built-in post-training quantization: int8 (oneDNN int8 kernels, CPU) or a "
-        "simulated wXaY such as w8a8, w4a8, w6a6 (fake-quantized in float32)",
-    )
-    group.add_argument(
-        "--calibration-method",
-        choices=CALIBRATION_METHODS,
-        help="how --quantize sets activation ranges (default: the quantize package's)",
-    )
-    group.add_argument(
-        "--equalization",
-        dest="equalize",
-        action="store_true",
-        help="--quantize with cross-layer equalization (off by default: with per-channel "
-        "weights it cost accuracy where measured; see benchmarks/quantization_study.py)",
-    )
-    group.add_argument(
-        "--no-bias-correction",
-        dest="bias_correction",
-        action="store_false",
-        help="--quantize without bias correction (to measure what it adds)",
-    )
-
-
-def transform_variant(settings) -> str:
-    """The folder-name suffix of a --quantize run that leaves the defaults (a method, or a
-    technique left out), so such runs sit beside the default one instead of over it."""
-    if settings.quantize is None:
-        return ""
-    suffix = f"-{settings.calibration_method}" if settings.calibration_method else ""
-    suffix += "-cle" if settings.equalize else ""
-    suffix += "" if settings.bias_correction else "-no-bc"
-    return suffix
 
 
 @dataclass(frozen=True)
@@ -163,7 +100,8 @@ class EvalSettings:
     scenario: str = "Offline"
     quiet: bool = False
     wait: bool = False  # wait for another run's lock on the output folder instead of refusing
-    # A user's method (eval.transform): a function spec, or a built-in quantization scheme.
+    # A user's method (eval.method.options): a function spec, or a built-in quantization
+    # scheme with its choices.
     transform: str | None = None
     quantize: str | None = None
     calibration_method: str | None = None  # None: the quantize package's default
@@ -171,18 +109,24 @@ class EvalSettings:
     bias_correction: bool = True
     # The preprocessed calibration images; None: the first images of the evaluated cache.
     calibration_cache: str | os.PathLike | None = None
+    # The fp32 run a modified model is judged against; None: the sibling run of --out
+    # with the same model, cache and weights (eval.method.reference).
+    reference: str | os.PathLike | None = None
 
     @property
     def transformed(self) -> bool:
+        """A transform or a quantization is applied to the fp32 model."""
         return self.transform is not None or self.quantize is not None
+
+    @property
+    def modified(self) -> bool:
+        """Not the converted model in fp32: judged against an fp32 run."""
+        return self.transformed or self.precision != "fp32"
 
     @property
     def folder_name(self) -> str:
         """This evaluation's folder name (``evaluation_name``)."""
-        from eval.transform import transform_name
-
-        name = transform_name(self.transform, self.quantize)
-        return evaluation_name(self.backend, self.precision, name, transform_variant(self))
+        return evaluation_name(self.backend, self.precision, method_name(self))
 
     @classmethod
     def from_options(cls, options) -> EvalSettings:
@@ -207,50 +151,4 @@ class EvalSettings:
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise UserError(f"unknown device {self.device!r}: use cpu, cuda or cuda:N")
         check_precision(self.precision, self.device)
-        self._check_transform()
-
-    def _check_transform(self) -> None:
-        """The method options fit together and fit the backend and device."""
-        if self.transform is not None and self.quantize is not None:
-            raise UserError("give --transform or --quantize, not both")
-        if not self.transformed:
-            for given, option in (
-                (self.calibration_method is not None, "--calibration-method"),
-                (self.equalize, "--equalization"),
-                (not self.bias_correction, "--no-bias-correction"),
-            ):
-                if given:
-                    raise UserError(f"{option} is for --quantize")
-            return
-        if self.backend == "tf":
-            raise UserError(
-                "--transform and --quantize modify the PyTorch model: use --backend torch"
-            )
-        if self.transform is not None:
-            from eval.transform import transform_name
-
-            transform_name(self.transform, None)  # its spelling, before any work
-            if self.calibration_method is not None or self.equalize or not self.bias_correction:
-                raise UserError(
-                    "--calibration-method, --equalization and --no-bias-correction are "
-                    "for --quantize; your transform chooses its own"
-                )
-            return
-        if self.calibration_method is not None:
-            check_choice("calibration method", self.calibration_method, CALIBRATION_METHODS)
-        check_scheme_spelling(self.quantize, self.device)
-
-
-def check_scheme_spelling(scheme: str, device: str) -> None:
-    """``int8`` or ``wXaY`` (2 to 16 bits each); int8 only on the CPU."""
-    match = re.fullmatch(r"w(\d+)a(\d+)", scheme)
-    if scheme != "int8" and not (match and all(2 <= int(b) <= 16 for b in match.groups())):
-        raise UserError(
-            f"unknown --quantize scheme {scheme!r}: use int8 (real int8 kernels) or a "
-            "simulated wXaY with 2 to 16 bits each, such as w8a8, w4a8 or w6a6"
-        )
-    if scheme == "int8" and not device.startswith("cpu"):
-        raise UserError(
-            "--quantize int8 runs on the CPU (oneDNN int8 kernels); on CUDA use a "
-            "simulated scheme such as w8a8"
-        )
+        check_method_settings(self)

@@ -1,6 +1,7 @@
 """The evaluation's result (``EvalResult``) and its files: results.json, predictions.npy,
-top5.npy. Each is written atomically, results.json last, so a results.json on disk always
-sits beside complete prediction files from the same run.
+top5.npy. Each is written atomically, results.json last (with the sha256 of the
+predictions.npy beside it), so a results.json on disk always sits beside complete
+prediction files from the same run; ``load_predictions`` reads them back, checked.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.files import save_npy_atomic, write_text_atomic
+from core.errors import UserError
+from core.files import save_npy_atomic, sha256_file, write_text_atomic
 from core.records import Record
 
 if TYPE_CHECKING:
     from eval.loadgen import LoadgenResult
+    from eval.method.reference import Fp32Reference
+    from eval.method.transform import TransformRecord
     from eval.options import EvalSettings
-    from eval.transform import TransformRecord
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.npy"
@@ -53,23 +56,11 @@ def library_versions() -> dict:
 
 
 @dataclass
-class Fp32Agreement(Record):
-    """A non-fp32 run next to an fp32 run of the same model, cache and weights."""
-
-    dir: Path  # the fp32 run's folder
-    top1: float | None  # its top-1, when it covered exactly this run's images
-    equal_predictions: int
-    equal_share: float | None
-    predictions: np.ndarray | None = field(default=None, repr=False)  # its, for these images
-
-    _not_json = ("predictions",)
-
-
-@dataclass
 class EvalResult(Record):
     """One evaluation: the fields of results.json, and the top-5 labels behind them.
     ``backend_info`` (``Backend.describe()``) is written at results.json's top level;
-    ``loadgen`` only after a LoadGen run, ``fp32_reference`` only for a non-fp32 precision."""
+    ``loadgen`` only after a LoadGen run; the method's fields (``eval.method``) only for a
+    modified model (another precision, a transform)."""
 
     model: str
     backend: str
@@ -95,14 +86,16 @@ class EvalResult(Record):
     backend_info: dict[str, Any]
     top5_labels: np.ndarray = field(repr=False)  # int64 (N, 5), best first; not in JSON
     world_size: int = 1
+    predictions_sha256: str | None = None  # of predictions.npy, set when it is written
     loadgen: LoadgenResult | None = None
-    fp32_reference: Fp32Agreement | None = None
-    # A modified model's run (eval.transform, eval.calibration, eval.verdict).
+    # A modified model's run, filled by eval.method: what was applied, what it calibrated on,
+    # the fp32 run it is judged against, the verdict, flips.csv and layers.json.
+    fp32_reference: Fp32Reference | None = None
     transform: TransformRecord | None = None
     calibration: dict[str, Any] | None = None
     mlperf_gate: dict[str, Any] | None = None
     flips: dict[str, Any] | None = None
-    layers: dict[str, Any] | None = None  # eval.layers' summary; the rows are in layers.json
+    layers: dict[str, Any] | None = None  # the layer report's summary; rows in layers.json
 
     _not_json = ("top5_labels",)
     # Fields written only when they hold something.
@@ -136,8 +129,9 @@ class EvalResult(Record):
             del data["fp32_reference"]
         return data
 
-    def table(self) -> str:
-        """A small two-column table a person reads at a glance."""
+    def table(self, extra_rows: list[tuple[str, str]] = ()) -> str:
+        """A small two-column table a person reads at a glance; ``extra_rows`` (a method's,
+        ``eval.method.summary``) go at the end."""
         images = f"{self.images:,}"
         if self.cache_images and self.cache_images != self.images:
             images += f" of {self.cache_images:,}"
@@ -153,40 +147,10 @@ class EvalResult(Record):
         ]
         if self.loadgen is not None:
             rows.append(("LoadGen", self.loadgen.summary_line()))
-        rows += self._modified_rows()
+        rows += list(extra_rows)
         width = max(len(name) for name, _ in rows)
         rule = "-" * (width + 2 + max(len(value) for _, value in rows))
         return "\n".join([rule, *(f"{name:<{width}}  {value}" for name, value in rows), rule])
-
-    def _modified_rows(self) -> list[tuple[str, str]]:
-        """A modified run's method, its verdict against fp32 and MLPerf's gate, its flips."""
-        rows = []
-        if self.transform is not None:
-            rows.append(("method", self.transform.spec))
-        if self.calibration is not None:
-            note = self.calibration["note"] or "MLPerf's calibration list"
-            rows.append(("calibration", f"{self.calibration['images']} images ({note})"))
-        if not self.modified:
-            return rows
-        reference = self.fp32_reference
-        if reference is not None and reference.equal_share is not None:
-            rows.append(("same as fp32", f"{100 * reference.equal_share:.3f} % of images"))
-        if self.mlperf_gate is not None:
-            from eval.verdict import gate_line
-
-            rows.append(("MLPerf gate", gate_line(self.mlperf_gate)))
-        if self.flips is not None:
-            f = self.flips
-            rows.append(
-                (
-                    "flips vs fp32",
-                    f"{f['changed']} changed: {f['fixed']} fixed, "
-                    f"{f['broken']} broken (net {f['net']:+d}), see {f['file']}",
-                )
-            )
-        if self.layers is not None:
-            rows.append(("layers vs fp32", f"{self.layers['summary']}, see {self.layers['file']}"))
-        return rows
 
 
 def build_result(
@@ -223,9 +187,43 @@ def build_result(
 
 
 def write_outputs(out_dir: Path, result: EvalResult) -> None:
-    """Write predictions.npy, top5.npy, then results.json into ``out_dir``."""
+    """Write predictions.npy, top5.npy, then results.json (naming the predictions' sha256)
+    into ``out_dir``."""
     out_dir = Path(out_dir)
-    save_npy_atomic(out_dir / PREDICTIONS_FILE, np.asarray(result.predictions, dtype=np.int64))
+    predictions = out_dir / PREDICTIONS_FILE
+    save_npy_atomic(predictions, np.asarray(result.predictions, dtype=np.int64))
+    result.predictions_sha256 = sha256_file(predictions)
     save_npy_atomic(out_dir / TOP5_FILE, np.asarray(result.top5_labels, dtype=np.int64))
     text = json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n"
     write_text_atomic(out_dir / RESULTS_FILE, text)
+
+
+def load_predictions(path: str | os.PathLike) -> np.ndarray:
+    """Read a predictions.npy file, or the one inside an evaluation output directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PREDICTIONS_FILE
+    if not path.is_file():
+        raise UserError(f"predictions file not found: {path}")
+    try:
+        predictions = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"cannot read predictions from {path}: {err}") from None
+    if not isinstance(predictions, np.ndarray) or not np.issubdtype(predictions.dtype, np.integer):
+        kind = getattr(predictions, "dtype", type(predictions).__name__)
+        raise UserError(
+            f"{path} does not hold predicted labels: expected an integer array, found {kind}"
+        )
+    return predictions
+
+
+def read_results(path: str | os.PathLike) -> dict | None:
+    """The results.json beside a predictions file (or in an eval output folder) as a dict;
+    None when there is none to read."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    try:
+        results = json.loads((folder / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None

@@ -33,6 +33,7 @@ from core.files import (
 from core.profiles import MODEL_NAMES, ModelProfile, get_profile
 from core.sources import source_digest
 from eval.distributed import DistContext, init_from_environment, shutdown
+from eval.method.options import unmodified
 from eval.options import (
     BACKENDS,
     CPU_BATCH,
@@ -74,7 +75,7 @@ class RunOptions:
     loadgen_mode: str = "accuracy"
     scenario: str = "Offline"
     wait: bool = False
-    # A user's method (eval.transform) and what it calibrates on.
+    # A user's method (eval.method.transform) and what it calibrates on.
     transform: str | None = None
     quantize: str | None = None
     calibration_method: str | None = None
@@ -276,25 +277,14 @@ def _evaluation_runs(
     for backend in BACKEND_RUNS[backend_runs]:
         run = _backend_settings(settings, backend, state, asked_batch)
         if backend == "torch" and (run.transformed or run.precision != "fp32"):
-            runs.append(("torch", unmodified(run)))
-            runs.append(("method", replace(run, calibration_cache=state.calibration_cache)))
+            fp32 = unmodified(run)
+            reference = state.model_dir / f"eval-{fp32.folder_name}"
+            runs.append(("torch", fp32))
+            method = replace(run, calibration_cache=state.calibration_cache, reference=reference)
+            runs.append(("method", method))
         else:
             runs.append((backend, run))
     return runs
-
-
-def unmodified(settings: EvalSettings) -> EvalSettings:
-    """The same evaluation of the converted model itself: fp32, no transform."""
-    return replace(
-        settings,
-        precision="fp32",
-        transform=None,
-        quantize=None,
-        calibration_method=None,
-        equalize=False,
-        bias_correction=True,
-        calibration_cache=None,
-    )
 
 
 def _backend_settings(
@@ -318,7 +308,7 @@ def _backend_settings(
 
 def _evaluate_inputs(settings: EvalSettings, state: RunState) -> dict[str, Any]:
     """What one backend's evaluation depends on: its stamp records these."""
-    from eval.transform import describe_transform, spec_digest
+    from eval.method.transform import describe_transform, spec_digest
 
     torch = settings.backend == "torch"
     calibration = None
@@ -415,7 +405,8 @@ def combined_results(opts: RunOptions, state: RunState) -> dict[str, Any]:
 
 
 def _prediction_agreement(opts: RunOptions, state: RunState) -> float:
-    from eval.compare import compare_predictions, load_predictions
+    from eval.compare import compare_predictions
+    from eval.results import load_predictions
 
     torch_run = load_predictions(state.model_dir / "eval-torch")  # the fp32 run
     tf_run = load_predictions(state.model_dir / "eval-tf")
@@ -461,31 +452,12 @@ def format_summary(combined: dict[str, Any], state: RunState) -> str:
 
 
 def _method_rows(method: dict[str, Any]) -> list[tuple[str, str]]:
-    """The modified model's figures: what it is, its top-1 and speed, and how it compares
-    with the fp32 run (equal predictions, MLPerf's gate, flips, the first layer to drift)."""
-    from eval.verdict import gate_line
+    """The modified model's top-1 and speed, then the rows ``python -m eval`` prints for it."""
+    from eval.method.summary import method_rows
 
-    name = (method.get("transform") or {}).get("spec") or f"precision {method.get('precision')}"
-    rows = [
-        ("method", name),
-        ("top-1 method", f"{_pct(method['top1'])}  ({method['images_per_second']:,.1f} img/s)"),
-    ]
-    calibration = method.get("calibration")
-    if calibration is not None:
-        note = calibration["note"] or "MLPerf's calibration list"
-        rows.append(("calibration", f"{calibration['images']} images ({note})"))
-    reference = method.get("fp32_reference") or {}
-    if reference.get("equal_share") is not None:
-        rows.append(("same as fp32", f"{100 * reference['equal_share']:.3f} % of images"))
-    if method.get("mlperf_gate"):
-        rows.append(("MLPerf gate", gate_line(method["mlperf_gate"])))
-    if flips := method.get("flips"):
-        rows.append(
-            ("flips vs fp32", f"{flips['fixed']} fixed, {flips['broken']} broken (flips.csv)")
-        )
-    if layers := method.get("layers"):
-        rows.append(("layers vs fp32", layers["summary"]))
-    return rows
+    top1 = f"{_pct(method['top1'])}  ({method['images_per_second']:,.1f} img/s)"
+    rows = method_rows(method)
+    return rows[:1] + [("top-1 method", top1)] + rows[1:]
 
 
 def _pct(value: float | None) -> str:

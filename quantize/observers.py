@@ -19,21 +19,12 @@ import math
 import numpy as np
 import torch
 
-from core.errors import UserError
+from .scheme import check_method
 
-CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "percentile", "mse", "entropy")
 HISTOGRAM_BINS = 2048
 PERCENTILE = 99.99
 CANDIDATES = 256  # range shrinks searched by mse and entropy: f = k / CANDIDATES
 MAX_CLIPPED = 0.01  # entropy: the largest share of values a range may clip
-
-
-def check_method(method: str) -> str:
-    if method not in CALIBRATION_METHODS:
-        raise UserError(
-            f"calibration method {method!r} is unknown: use one of {', '.join(CALIBRATION_METHODS)}"
-        )
-    return method
 
 
 def to_float32(value: float) -> float:

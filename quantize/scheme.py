@@ -1,5 +1,6 @@
 """Quantization schemes: how many bits for weights and activations, and which back end runs
-them ("int8": real oneDNN int8 kernels; "w<b>a<b>": fake-quantized in float32)."""
+them ("int8": real oneDNN int8 kernels; "w<b>a<b>": fake-quantized in float32), and the
+calibration methods. Torch-free: the command-line checks import it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from dataclasses import dataclass
 
 from core.errors import UserError
 
+# How activation ranges are chosen from the calibration histograms, and the default
+# (percentile measured best: docs/measurements.md).
+CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "percentile", "mse", "entropy")
+DEFAULT_METHOD = "percentile"
 # Named schemes the command line lists; any other "w<2-16>a<2-16>" parses too.
 SCHEMES: tuple[str, ...] = ("int8", "w8a8", "w4a8", "w6a6", "w4a4", "w8a16")
 MIN_BITS, MAX_BITS = 2, 16
@@ -49,3 +54,12 @@ def parse_scheme(text: str) -> QuantScheme:
                 f"use {MIN_BITS} to {MAX_BITS} bits"
             )
     return QuantScheme(name, weight_bits, activation_bits, simulated=True)
+
+
+def check_method(method: str) -> str:
+    """``method`` if it is one of CALIBRATION_METHODS; UserError otherwise."""
+    if method not in CALIBRATION_METHODS:
+        raise UserError(
+            f"calibration method {method!r} is unknown: use one of {', '.join(CALIBRATION_METHODS)}"
+        )
+    return method

@@ -18,7 +18,7 @@ import pytest
 from core.errors import UserError
 from core.files import check_output_dir, exclusive_lock
 from eval.evaluate import evaluate, run_evaluation
-from eval.loadgen_pass import CacheCrops
+from eval.loadgen.cache_pass import CacheCrops
 from eval.options import EvalSettings
 from tests.eval.fakes import FakeCache, ToyBackend
 
@@ -74,7 +74,7 @@ def test_cache_crops_reads_index_arrays_as_runs_of_consecutive_crops():
 
 def test_loadgen_reads_crops_through_the_reader(tmp_path):
     pytest.importorskip("mlperf_loadgen")
-    from eval.loadgen_pass import run_loadgen_pass
+    from eval.loadgen.cache_pass import run_loadgen_pass
 
     cache = DamagedCache(bad=-1, n=9)
     settings = EvalSettings(loadgen="accuracy", batch_size=4, quiet=True)

@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from eval import cpu_workers, fast_builders
-from eval.cpu_workers import WORKERS_ENV, chunk_images, worker_count
-from eval.engines import prepare_engine
+from eval.engines import cpu_workers, fast_builders, prepare_engine
+from eval.engines.cpu_workers import WORKERS_ENV, chunk_images, worker_count
 
 pytestmark = pytest.mark.slow
 

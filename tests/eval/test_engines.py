@@ -11,10 +11,10 @@ from torch import nn
 
 from convert import build_model
 from core.errors import UserError
-from eval import engines, fast_builders
-from eval.engine_choice import AUTO_MIN_IMAGES, choose_engine
-from eval.engines import PreparedEngine, prepare_engine
-from eval.fast_builders import compare_logits
+from eval.engines import PreparedEngine, fast_builders, prepare_engine
+from eval.engines import prepare as engines
+from eval.engines.choice import AUTO_MIN_IMAGES, choose_engine
+from eval.engines.fast_builders import compare_logits
 from preprocess import normalize
 
 pytestmark = pytest.mark.slow

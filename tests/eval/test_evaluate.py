@@ -1,3 +1,4 @@
+import hashlib
 import json
 import time
 from dataclasses import replace
@@ -141,7 +142,10 @@ def test_results_hold_every_key_and_files_are_written(tmp_path):
     assert predictions.dtype == np.int64
     np.testing.assert_array_equal(predictions, outcome.predictions)
     assert np.load(out / "top5.npy").shape == (11, 5)
-    assert json.loads((out / RESULTS_FILE).read_text()) == results
+    # results.json names the predictions.npy beside it by its sha256 (a reference is checked)
+    digest = hashlib.sha256((out / "predictions.npy").read_bytes()).hexdigest()
+    assert results["predictions_sha256"] is None
+    assert json.loads((out / RESULTS_FILE).read_text()) == {**results, "predictions_sha256": digest}
 
 
 def test_a_failed_write_leaves_the_previous_results_untouched(tmp_path, monkeypatch):
@@ -195,18 +199,22 @@ def test_killed_evaluation_resumes_from_its_journal(tmp_path):
 
 def test_result_json_holds_the_optional_parts_only_when_they_apply():
     from eval.loadgen import LoadgenResult
-    from eval.results import Fp32Agreement
+    from eval.method.reference import Fp32Reference
 
     _, _, result = make_results()
     bf16 = replace(result, backend_info={"precision": "bf16", "device_name": "gpu"})
     data = bf16.to_json()
     assert data["precision"] == "bf16" and data["fp32_reference"] is None
-    assert list(data)[-3:] == ["device_name", "world_size", "fp32_reference"]
-    bf16.fp32_reference = Fp32Agreement(Path("/runs/fp32"), 50.0, 10, 0.9)
+    assert list(data)[-4:] == ["device_name", "world_size", "predictions_sha256", "fp32_reference"]
+    bf16.fp32_reference = Fp32Reference(
+        Path("/runs/fp32"), "--reference", 11, "resnet50", "c", "w", "p", 50.0, 10, 0.9
+    )
     bf16.loadgen = LoadgenResult("accuracy", "Offline", Path("/runs/lg"), 11, accuracy_line="a")
     data = json.loads(json.dumps(bf16.to_json()))
     assert data["fp32_reference"] == {
-        "dir": "/runs/fp32", "top1": 50.0, "equal_predictions": 10, "equal_share": 0.9
+        "dir": "/runs/fp32", "chosen_by": "--reference", "images": 11, "model": "resnet50",
+        "cache_fingerprint": "c", "weights_sha256": "w", "predictions_sha256": "p",
+        "top1": 50.0, "equal_predictions": 10, "equal_share": 0.9,
     }  # fmt: skip
     assert data["loadgen"]["out_dir"] == "/runs/lg" and data["loadgen"]["accuracy_line"] == "a"
     assert "LoadGen" in bf16.table() and "Offline accuracy: a" in bf16.table()

@@ -17,9 +17,12 @@ pytest.importorskip("mlperf_loadgen")
 
 from core.cli import run_cli  # noqa: E402
 from core.errors import UserError  # noqa: E402
-from eval import accuracy_imagenet  # noqa: E402
-from eval.accuracy_imagenet import AccuracyScore, score_accuracy_log  # noqa: E402
-from eval.loadgen import LoadgenResult, run_loadgen  # noqa: E402
+from eval.loadgen import (  # noqa: E402
+    LoadgenResult,
+    accuracy_imagenet,  # noqa: E402
+    run_loadgen,
+)
+from eval.loadgen.accuracy_imagenet import AccuracyScore, score_accuracy_log  # noqa: E402
 
 NUM_IMAGES = 50
 NUM_RIGHT = 37

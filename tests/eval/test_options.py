@@ -66,7 +66,11 @@ def test_check_accepts_every_engine_and_device_form():
 
 
 def test_fast_builder_names_are_the_engines_builders():
-    from eval.fast_builders import CUDA_FAST_BUILDER_ORDER, FAST_BUILDER_ORDER, FAST_BUILDERS
+    from eval.engines.fast_builders import (
+        CUDA_FAST_BUILDER_ORDER,
+        FAST_BUILDER_ORDER,
+        FAST_BUILDERS,
+    )
 
     assert set(FAST_BUILDERS) == set(FAST_BUILDER_NAMES)
     assert set(FAST_BUILDER_ORDER) | set(CUDA_FAST_BUILDER_ORDER) <= set(FAST_BUILDER_NAMES)

@@ -3,7 +3,6 @@ memory format, top-5 on the device and the fp32 agreement of a non-fp32 run."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -13,15 +12,14 @@ from torch import nn
 
 from core.errors import UserError
 from core.profiles import get_profile
-from eval import build_times, engine_choice, fast_builders
 from eval.backends import Backend, TorchBackend
-from eval.cpu_workers import WORKERS_ENV
-from eval.engine_choice import choose_engine, prefers_channels_last
-from eval.engines import prepare_engine
+from eval.engines import build_times, fast_builders, prepare_engine
+from eval.engines import choice as engine_choice
+from eval.engines.choice import choose_engine, prefers_channels_last
+from eval.engines.cpu_workers import WORKERS_ENV
+from eval.engines.warmup import warmup_batch_sizes
 from eval.evaluate import run_evaluation
-from eval.fp32_reference import fp32_agreement
 from eval.options import check_precision
-from eval.warmup import warmup_batch_sizes
 from tests.eval.fakes import FakeCache, ToyNet
 
 RESNET = get_profile("resnet50")
@@ -155,56 +153,6 @@ def test_grouped_collect_keeps_batch_order():
     single = run_evaluation(backend, cache, batch_size=2, quiet=True)
     assert np.array_equal(grouped.top5, single.top5)
     assert grouped.counter == single.counter
-
-
-def write_run(folder, precision, predictions, **fields):
-    folder.mkdir(parents=True)
-    results = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w",
-               "images": len(predictions), "top1": 50.0, **fields}  # fmt: skip
-    if precision is not None:
-        results["precision"] = precision
-    (folder / "results.json").write_text(json.dumps(results))
-    np.save(folder / "predictions.npy", np.asarray(predictions, dtype=np.int64))
-    return results
-
-
-def test_a_bf16_run_finds_its_fp32_sibling_and_counts_equal_predictions(tmp_path):
-    write_run(tmp_path / "resnet50-torch", None, [1, 2, 3, 4])  # unrecorded means fp32
-    write_run(tmp_path / "other-weights", "fp32", [9, 9, 9, 9], weights_sha256="x")
-    write_run(tmp_path / "other-tf32", "tf32", [1, 2, 3, 4])
-    mine = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w", "images": 4}
-    out = tmp_path / "resnet50-torch-bf16"
-    agreement = fp32_agreement(out, mine, np.array([1, 2, 0, 4]))
-    assert agreement.equal_predictions == 3 and agreement.equal_share == 0.75
-    assert agreement.top1 == 50.0 and agreement.dir == (tmp_path / "resnet50-torch").resolve()
-    fewer = {**mine, "images": 5}  # a reference must cover every image of this run
-    assert fp32_agreement(out, fewer, np.zeros(5, np.int64)) is None
-
-
-def test_an_fp32_reference_with_damaged_predictions_is_not_used(tmp_path):
-    write_run(tmp_path / "resnet50-torch", "fp32", [1, 2, 3, 4])
-    mine = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w", "images": 4}
-    out = tmp_path / "resnet50-bf16"
-    predictions = tmp_path / "resnet50-torch" / "predictions.npy"
-    np.save(predictions, np.array([1, 2], dtype=np.int64))  # shorter than its results.json
-    assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])) is None
-    np.save(predictions, np.array([1.0, 2.0, 3.0, 4.0]))  # not labels
-    assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])) is None
-    predictions.write_bytes(b"not a numpy file")
-    assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])) is None
-
-
-def test_an_fp32_reference_being_written_is_not_used(tmp_path):
-    """A run holding the reference folder may have replaced predictions.npy but not yet
-    results.json: its predictions must not be paired with the older results."""
-    from core.files import exclusive_lock
-
-    write_run(tmp_path / "resnet50-torch", "fp32", [1, 2, 3, 4])
-    mine = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w", "images": 4}
-    out = tmp_path / "resnet50-bf16"
-    with exclusive_lock(tmp_path / "resnet50-torch", "output dir"):
-        assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])) is None
-    assert fp32_agreement(out, mine, np.array([1, 2, 3, 4])).equal_predictions == 4
 
 
 def test_cudnn_autotune_only_for_runs_that_repay_it(monkeypatch):

@@ -15,7 +15,7 @@ import torch
 
 from core.cli import run_cli
 from eval.__main__ import main
-from eval.calibration import CalibrationBatches, names_sha256
+from eval.method.calibration import CalibrationBatches, names_sha256
 from fixtures.images import write_val_set
 from preprocess import build_cache, load_cache, normalize
 from preprocess.calibration import MLPERF_LIST_SHA256, mlperf_list
@@ -190,7 +190,7 @@ def test_a_broken_transform_is_one_sentence_and_writes_nothing(
         (["--transform", "no_colon_here"], "is not 'path/to/file.py:function'"),
         (["--transform", "missing/file.py:fn"], "transform file missing/file.py not found"),
         (["--transform", "no.such.module_xyz:fn"], "cannot find the transform module"),
-        (["--quantize", "int9"], "unknown --quantize scheme 'int9'"),
+        (["--quantize", "int9"], "--quantize 'int9' is not a scheme"),
         (["--calibration-method", "mse"], "--calibration-method is for --quantize"),
         (["--transform", "a.py:f", "--no-bias-correction"], "are for --quantize"),
         (["--quantize", "int8", "--backend", "tf"], "--weights is for the torch backend"),

@@ -258,23 +258,14 @@ def test_batch_size_defaults_by_device():
     assert EvalSettings.from_options(cuda).batch_size == CUDA_BATCH == 256
 
 
-def test_non_fp32_runs_get_their_own_folder_beside_the_fp32_one(tmp_path):
-    from eval.fp32_reference import fp32_agreement
+def test_non_fp32_runs_get_their_own_folder_beside_the_fp32_one():
     from eval.options import evaluation_name
 
     assert evaluation_name("torch", "fp32") == "torch"
     assert evaluation_name("tf", "fp32") == "tf"
     names = {evaluation_name("torch", p) for p in ("fp32", "bf16", "tf32")}
     assert names == {"torch", "torch-bf16", "torch-tf32"}
-    # eval looks for the fp32 reference among the sibling folders of a bf16 run's --out.
-    fp32 = tmp_path / f"eval-{evaluation_name('torch', 'fp32')}"
-    fp32.mkdir()
-    same = {"model": "resnet50", "cache_fingerprint": "c", "weights_sha256": "w", "images": 4}
-    (fp32 / "results.json").write_text(json.dumps({**same, "precision": "fp32"}))
-    np.save(fp32 / "predictions.npy", np.zeros(4, dtype=np.int64))
-    bf16 = tmp_path / f"eval-{evaluation_name('torch', 'bf16')}"
-    found = fp32_agreement(bf16, {**same, "precision": "bf16"}, np.zeros(4, dtype=np.int64))
-    assert found.dir == fp32.resolve() and found.equal_predictions == 4
+    assert evaluation_name("torch", "fp32", "int8") == "torch-int8"
 
 
 @pytest.mark.parametrize(

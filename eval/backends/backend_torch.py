@@ -1,17 +1,10 @@
-"""Inference backends: uint8 NHWC crops in, float32 logits ``(N, num_classes)`` out.
-
-A backend owns normalisation, device transfer and the model call; the evaluation loop and
-the LoadGen pass only see ``submit``/``collect`` and ``logits``. ``TorchBackend`` runs a
-converted module (its device normalisation checked bit for bit against
-``preprocess.recipes.normalize`` on CUDA); ``TFBackend`` runs the original frozen graph on
-the recipe's output: the reference to compare against.
-"""
+"""The converted PyTorch module as a backend, on ``cpu`` or ``cuda[:N]``: its device
+normalisation is checked bit for bit against ``preprocess.recipes.normalize`` on CUDA."""
 
 from __future__ import annotations
 
 import logging
 import os
-from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +13,13 @@ from core.errors import UserError
 from core.files import sha256_file
 from core.profiles import CROP_SIZE, VGG_MEANS_RGB, ModelProfile
 from core.system import available_cores
-from eval.metrics import TOP_K, labels_from_classes, top_k_classes
-from eval.options import BACKENDS, EvalSettings, check_choice
+from eval.backends.base import Backend, check_logits_shape
+from eval.backends.devices import resolve_torch_device
+from eval.metrics import TOP_K
 from preprocess.recipes import normalize
 
 log = logging.getLogger(__name__)
+
 
 # CUDA batches whose top-5 labels are fetched in one transfer: each fetch synchronises the
 # device, so fetching per batch would leave the GPU idle between batches.
@@ -32,63 +27,6 @@ CUDA_COLLECT_EVERY = 16
 # Cache reader threads on CUDA, at most: 8 check ~50,000 crops/s (sha256, ~0.15 ms each),
 # over ten times the fastest GPU rate measured (~3,500 img/s): more would not speed it up.
 CUDA_READER_THREADS = 8
-
-
-class Backend(ABC):
-    """What the evaluation loop needs from an inference engine."""
-
-    #: Short name recorded in results.json ("torch", "tf", ...).
-    name: str = "backend"
-    #: How the model is executed within the backend (e.g. "eager"); None when not applicable.
-    engine: str | None = None
-
-    def __init__(self, profile: ModelProfile, device: str):
-        self.profile = profile
-        self.device = device
-        self._label_offset = profile.label_offset
-
-    @property
-    def label_offset(self) -> int:
-        """label = argmax - label_offset: 1 for a 1001-class head with background, else 0."""
-        return self._label_offset
-
-    @abstractmethod
-    def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
-        """Return float32 logits ``(N, num_classes)`` for uint8 crops ``(N, 224, 224, 3)``."""
-
-    #: The evaluation loop hands ``collect`` this many pending batches at a time.
-    collect_every: int = 1
-    #: Threads reading (and digest-checking) crops from the cache ahead of the backend.
-    reader_threads: int = 1
-
-    def submit(self, u8_nhwc: np.ndarray):
-        """Start one batch (its buffer may be refilled once this returns); ``collect`` turns
-        the handles into top-5 labels. By default the handle already is those labels."""
-        logits = self.logits(u8_nhwc)
-        return labels_from_classes(top_k_classes(logits, TOP_K), self.label_offset)
-
-    def collect(self, handles: list) -> list[np.ndarray]:
-        """The int64 top-5 labels of each submitted batch, in order."""
-        return list(handles)
-
-    def allocate_batch(self, batch_size: int) -> np.ndarray:
-        """A writable uint8 ``(batch_size, 224, 224, 3)`` buffer the reader fills; backends
-        override it to hand out memory they transfer fast (pinned memory)."""
-        return np.empty((batch_size, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
-
-    def describe(self) -> dict:
-        """Fields for results.json that identify what ran (weights hash, device name)."""
-        return {}
-
-    def close(self) -> None:
-        """Free sessions or device memory early; the backend is unusable afterwards."""
-        return None  # nothing to free by default
-
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class TorchBackend(Backend):
@@ -111,12 +49,10 @@ class TorchBackend(Backend):
         label_offset: int | None = None,
         precision: str = "fp32",
         weights_sha256: str | None = None,
-        transform=None,
     ):
         import torch
 
         super().__init__(profile, device)
-        self.transform = transform  # eval.transform.TransformRecord of a modified model
         self.module = module  # the eager module (a fast engine runs a folded copy of it)
         if label_offset is not None:  # the checkpoint's own record (num_classes - 1000)
             self._label_offset = label_offset
@@ -128,7 +64,7 @@ class TorchBackend(Backend):
         if self.torch_device.type != "cpu":
             self.check_normalization()
         self.precision = precision
-        self._start_engine(module, engine, batch_size, num_images, verify_images, transform)
+        self._start_engine(module, engine, batch_size, num_images, verify_images)
         self._set_up_batch_pipeline()
 
     def _name_weights(self, weights_path, weights_sha256: str | None) -> None:
@@ -152,7 +88,7 @@ class TorchBackend(Backend):
         self._vgg_means = torch.tensor(VGG_MEANS_RGB, **as_f32)
         self._f255, self._f0_5, self._f2 = (torch.tensor(v, **as_f32) for v in (255.0, 0.5, 2.0))
 
-    def _start_engine(self, module, engine, batch_size, num_images, verify_images, transform):
+    def _start_engine(self, module, engine, batch_size, num_images, verify_images):
         """Set ``prepared`` and ``engine``: the module ready to run, eager or fast."""
         # A module that already runs its own int8 kernels has nothing for a fast builder to
         # freeze or compile (they fail on its packed weights): it runs eager.
@@ -161,10 +97,8 @@ class TorchBackend(Backend):
             engine = "eager"
         # prepare_engine sets TF32 per precision on CUDA and takes the module over.
         self.prepared = self._prepare(module, engine, batch_size, num_images, verify_images)
-        if transform is not None:
-            note = f"model: {transform.spec}"
-            if kernels.startswith("int8"):
-                note += f" ({kernels}): eager, as fast engines freeze or compile fp32 models"
+        if kernels.startswith("int8"):
+            note = f"{kernels}: eager, as fast engines freeze or compile fp32 models"
             self.prepared.notes.insert(0, note)
         self.engine = self.prepared.name
 
@@ -293,149 +227,4 @@ class TorchBackend(Backend):
         if self.weights_path is not None:
             info["weights"] = os.fspath(self.weights_path)
             info["weights_sha256"] = self.weights_sha256
-        if self.transform is not None:  # in the resume journal's key, like the weights
-            from eval.transform import spec_digest
-
-            info["transform_sha256"] = spec_digest(self.transform)
         return info
-
-
-class TFBackend(Backend):
-    """The original frozen graph, run by TensorFlow on the CPU: the reference."""
-
-    name = "tf"
-
-    def __init__(self, checkpoint, profile: ModelProfile, device: str = "cpu"):
-        if device != "cpu":
-            raise UserError(f"the tf reference backend runs on the CPU only, not {device!r}")
-        super().__init__(profile, device)
-        from convert.tf_runner import TFGraphRunner
-
-        self.checkpoint_path = Path(checkpoint)
-        self.runner = TFGraphRunner(self.checkpoint_path, profile)
-        self._label_offset: int | None = None  # known once the graph has answered
-
-    @property
-    def label_offset(self) -> int:
-        """From the graph's logits width (1001 classes: 1, 1000 classes: 0)."""
-        if self._label_offset is None:
-            # No batch has run (a run restored whole from its journal): ask the graph with
-            # one blank crop; ``logits`` records the width, or refuses one it cannot use.
-            self.logits(np.zeros((1, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8))
-        return self._label_offset
-
-    def logits(self, u8_nhwc: np.ndarray) -> np.ndarray:
-        result = np.asarray(self.runner.logits(normalize(u8_nhwc, self.profile)), dtype=np.float32)
-        if self._label_offset is None and result.ndim == 2 and result.shape[1] in (1000, 1001):
-            self._label_offset = result.shape[1] - 1000
-        expected = 1000 + (self._label_offset or 0)
-        check_logits_shape(result, len(u8_nhwc), expected, "the frozen graph")
-        return result
-
-    def close(self) -> None:
-        self.runner.close()
-
-    def describe(self) -> dict:
-        return {
-            "device_name": "cpu",
-            "checkpoint": os.fspath(self.checkpoint_path),
-            # The digest of the bytes the runner parsed, not of the file as it is now.
-            "checkpoint_sha256": self.runner.source_sha256,
-        }
-
-
-def check_logits_shape(logits, batch: int, num_classes: int, what: str) -> None:
-    """UserError unless the logits (a numpy array or a torch tensor) are (batch, classes)."""
-    if tuple(logits.shape) != (batch, num_classes):
-        raise UserError(
-            f"{what} returned logits of shape {tuple(logits.shape)}, "
-            f"expected ({batch}, {num_classes})"
-        )
-
-
-def resolve_torch_device(device: str):
-    """Turn ``cpu`` / ``cuda`` / ``cuda:N`` into a torch.device, or explain why not."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"unknown device {device!r}: use cpu or cuda") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"unsupported device {device!r}: use cpu or cuda")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"--device {device} was requested but this PyTorch ({torch.__version__}) "
-                "sees no CUDA GPU; use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(
-                f"--device {device} was requested but only "
-                f"{torch.cuda.device_count()} CUDA device(s) exist"
-            )
-    return dev
-
-
-def make_backend(
-    profile: ModelProfile,
-    settings: EvalSettings,
-    *,
-    num_images: int | None = None,
-    verify_images: np.ndarray | None = None,
-    calibration=None,
-) -> Backend:
-    """Build the backend ``settings`` name, with one-sentence errors for missing inputs.
-
-    ``num_images`` and ``verify_images`` (crops a fast engine is checked on): torch only.
-    ``calibration`` (``eval.calibration.CalibrationBatches``): what a transform sees.
-    """
-    check_model_inputs(settings)
-    if settings.backend == "tf":
-        return TFBackend(Path(settings.checkpoint), profile, settings.device)
-    from convert.api import load_checkpoint
-
-    weights = Path(settings.weights)
-    dev = resolve_torch_device(settings.device)  # before loading: fail fast on a missing GPU
-    # Refuses a damaged file or another model's in one sentence, before any evaluation work.
-    module, record = load_checkpoint(weights, expected_model=profile.name)
-    transform = None
-    if settings.transformed:
-        from eval.transform import apply_transform, load_transform
-
-        function, transform = load_transform(settings)
-        module = apply_transform(function, transform, module, calibration, record["num_classes"])
-    return TorchBackend(
-        module,
-        profile,
-        str(dev),
-        weights_path=weights,
-        engine=settings.engine,
-        batch_size=settings.resolved().batch_size,
-        num_images=num_images,
-        verify_images=verify_images,
-        label_offset=record["label_offset"],
-        precision=settings.precision,
-        weights_sha256=record["file_sha256"],
-        transform=transform,
-    )
-
-
-def check_model_inputs(settings: EvalSettings) -> None:
-    """The model file the backend needs exists: checked before any output folder is made."""
-    backend, weights, checkpoint = settings.backend, settings.weights, settings.checkpoint
-    check_choice("backend", backend, BACKENDS)
-    if backend == "torch":
-        if weights is None:
-            raise UserError("the torch backend needs --weights (a converted .pth file)")
-        if not Path(weights).is_file():
-            raise UserError(f"weights file not found: {weights}")
-        return
-    if settings.precision != "fp32":
-        raise UserError(
-            f"--precision {settings.precision} is for the torch backend on CUDA; tf runs fp32"
-        )
-    if checkpoint is None:
-        raise UserError("the tf backend needs --checkpoint (the frozen graph .pb)")
-    if not Path(checkpoint).is_file():
-        raise UserError(f"checkpoint file not found: {checkpoint}")

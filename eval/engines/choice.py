@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from eval.build_times import recorded_build_seconds
+from eval.engines.build_times import recorded_build_seconds
 from eval.options import check_engine
 
 # "auto" on the CPU: a fast build costs up to ~10 s and saves 3.3 ms per MobileNet image

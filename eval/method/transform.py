@@ -2,7 +2,7 @@
 
 ``--transform path/to/file.py:function`` or ``--transform package.module:function`` names a
 function called once as ``function(model, calibration)``: ``model`` is the converted fp32
-module in eval mode, ``calibration`` an ``eval.calibration.CalibrationBatches``
+module in eval mode, ``calibration`` an ``eval.method.calibration.CalibrationBatches``
 (MLPerf-normalised NCHW float32 batches of the calibration set, iterable as often as
 needed). It returns the module
 to evaluate. ``--quantize SCHEME`` is the built-in transform (``quantize.quantize_model``).
@@ -19,7 +19,6 @@ import hashlib
 import importlib
 import importlib.util
 import logging
-import re
 import sys
 import types
 from collections.abc import Callable
@@ -31,10 +30,9 @@ from core.errors import UserError, first_line
 from core.files import sha256_file
 from core.records import Record
 from core.sources import source_digest
+from eval.method.options import split_spec
 
 log = logging.getLogger(__name__)
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -49,27 +47,8 @@ class TransformRecord(Record):
     applied: dict[str, Any] | None = None  # what the transform reported (quantization_record)
 
 
-def _split_spec(spec: str) -> tuple[str, str]:
-    """``(module or file, function)``; one sentence when ``spec`` is not of either form."""
-    target, sep, function = spec.rpartition(":")
-    if not sep or not target or not _IDENTIFIER.fullmatch(function):
-        raise UserError(
-            f"--transform {spec!r} is not 'path/to/file.py:function' or 'package.module:function'"
-        )
-    return target, function
-
-
 def _is_file_target(target: str) -> bool:
     return target.endswith(".py") or "/" in target or Path(target).is_file()
-
-
-def transform_name(spec: str | None, quantize: str | None) -> str | None:
-    """The name an evaluation folder carries for this transform (cheap: nothing imported)."""
-    if quantize is not None:
-        return quantize
-    if spec is None:
-        return None
-    return _split_spec(spec)[1]
 
 
 def _module_file(module_name: str, spec: str) -> Path:
@@ -87,7 +66,7 @@ def _module_file(module_name: str, spec: str) -> Path:
 
 def quantize_options(settings) -> dict[str, Any]:
     """--quantize's choices as recorded: scheme, calibration method and techniques."""
-    from quantize import DEFAULT_METHOD
+    from quantize.scheme import DEFAULT_METHOD
 
     return {
         "scheme": settings.quantize,
@@ -110,7 +89,7 @@ def describe_transform(settings) -> TransformRecord | None:
         )
     if settings.transform is None:
         return None
-    target, function = _split_spec(settings.transform)
+    target, function = split_spec(settings.transform)
     path = Path(target) if _is_file_target(target) else _module_file(target, settings.transform)
     if not path.is_file():
         raise UserError(f"transform file {path} not found (from --transform {settings.transform})")
@@ -119,11 +98,9 @@ def describe_transform(settings) -> TransformRecord | None:
     )
 
 
-def load_transform(settings) -> tuple[Callable, TransformRecord] | None:
-    """The transform function of ``settings`` and its record (None without a transform)."""
-    record = describe_transform(settings)
-    if record is None:
-        return None
+def load_transform(settings, record: TransformRecord) -> Callable:
+    """The function ``record`` (``describe_transform(settings)``) names, imported from the
+    bytes whose sha256 the record holds."""
     if settings.quantize is not None:
         from quantize import quantize_model
 
@@ -135,8 +112,8 @@ def load_transform(settings) -> tuple[Callable, TransformRecord] | None:
             quiet=settings.quiet,
             **options,
         )
-        return function, record
-    target, function_name = _split_spec(settings.transform)
+        return function
+    target, function_name = split_spec(settings.transform)
     module = _import_file(Path(record.source), record) if _is_file_target(target) else None
     if module is None:
         module = _import_module(target, record)
@@ -145,7 +122,7 @@ def load_transform(settings) -> tuple[Callable, TransformRecord] | None:
         raise UserError(f"the transform file {record.source} has no function {function_name!r}")
     if not callable(function):
         raise UserError(f"{function_name!r} in {record.source} is not a function")
-    return function, record
+    return function
 
 
 def _import_file(path: Path, record: TransformRecord):
@@ -191,54 +168,46 @@ def _recorded_bytes(path: Path, record: TransformRecord) -> bytes:
     return data
 
 
-def apply_transform(
-    function: Callable,
-    record: TransformRecord,
-    model,
-    calibration,
-    num_classes: int,
-):
+def apply_transform(function: Callable, record: TransformRecord, model, calibration):
     """``function(model, calibration)``, checked: anything it raises, a result that is not
-    an ``nn.Module`` or whose logits have another shape is one sentence naming it."""
+    an ``nn.Module`` or whose logits differ in shape from the fp32 model's is one sentence
+    naming it."""
     import torch
     from torch import nn
 
+    sample = next(iter(calibration))[:2]
+    with torch.inference_mode():  # before the function runs: it may change model in place
+        expected = tuple(model(sample).shape)
     log.info("applying transform %s to the fp32 model", record.spec)
-    try:
-        result = function(model, calibration)
-    except UserError:
-        raise
-    except Exception as err:
-        raise UserError(
-            f"the transform {record.spec} raised {type(err).__name__}: {first_line(err, 200)}"
-        ) from None
+    result = _call(f"the transform {record.spec}", function, model, calibration)
     if not isinstance(result, nn.Module):
         raise UserError(
             f"the transform {record.spec} returned {type(result).__name__}, not a torch.nn.Module"
         )
     result.eval()
-    sample = next(iter(calibration))[:2]
-    try:
-        with torch.inference_mode():
-            logits = result(sample)
-    except UserError:
-        raise
-    except Exception as err:
-        raise UserError(
-            f"the model returned by the transform {record.spec} raised "
-            f"{type(err).__name__} on a calibration batch: {first_line(err, 200)}"
-        ) from None
-    expected = (len(sample), num_classes)
+    with torch.inference_mode():
+        what = f"the model returned by the transform {record.spec}"
+        logits = _call(what, result, sample, on=" on a calibration batch")
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise UserError(
             f"the transform {record.spec} changed the logits to {shape}; the evaluation "
-            f"needs {expected} (batch, classes)"
+            f"needs {expected} (batch, classes), as the fp32 model gives"
         )
     applied = getattr(result, "quantization_record", None)
     if isinstance(applied, dict):
         record.applied = applied
     return result
+
+
+def _call(what: str, function: Callable, *args, on: str = ""):
+    """``function(*args)``; anything but a UserError it raises becomes one sentence."""
+    try:
+        return function(*args)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"{what} raised {type(err).__name__}{on}: {first_line(err, 200)}") from None
 
 
 def spec_digest(record: TransformRecord | None) -> str | None:

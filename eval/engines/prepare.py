@@ -1,17 +1,5 @@
-"""Inference engines for the converted models: eager PyTorch or a faster frozen graph.
-
-``prepare_engine`` returns a ``PreparedEngine``: ``NCHW float32 -> logits``, recording the
-engine that really runs (``.name``), its build cost and why it was chosen (``.notes``).
-"fast" runs the first fast builder that builds and matches eager on a sample, else eager.
-A fast engine runs a copy with its TF-SAME pads folded into the convolutions, always at the
-batch shape it was built for (smaller batches zero-padded, larger ones split), so nothing is
-re-traced. On the CPU one single-threaded worker per core runs (``eval.cpu_workers``).
-
-- ``eval.engine_choice``: what "auto" resolves to, the memory format, cuDNN autotuning.
-- ``eval.fast_builders``: the fast builders, the order they are tried in, the eager check.
-- ``eval.build_times``: the recorded fast-build seconds that "auto" on CUDA reads.
-- ``eval.warmup``: each batch shape run once during setup (by default on CUDA).
-"""
+"""Build the engine a run asks for: eager, or a fast one checked against eager (see the
+package's docstring)."""
 
 from __future__ import annotations
 
@@ -31,18 +19,18 @@ from convert.models.pad_folding import fold_same_padding
 from core.cli import check_at_least_one
 from core.errors import first_line
 from core.system import temporarily
-from eval.build_times import CACHED_BUILDER, record_build_seconds
-from eval.cpu_workers import CoreWorkers, chunk_images, cores_for_this_process, worker_count
-from eval.engine_choice import choose_engine, cudnn_autotune, prefers_channels_last
-from eval.fast_builders import (
+from eval.engines.build_times import CACHED_BUILDER, record_build_seconds
+from eval.engines.choice import choose_engine, cudnn_autotune, prefers_channels_last
+from eval.engines.cpu_workers import CoreWorkers, chunk_images, cores_for_this_process, worker_count
+from eval.engines.fast_builders import (
     CUDA_FAST_BUILDER_ORDER,
     FAST_BUILDER_ORDER,
     FAST_BUILDERS,
     Forward,
     check_against_eager,
 )
+from eval.engines.warmup import example_batch, warm_up
 from eval.options import VERIFY_IMAGES, check_precision
-from eval.warmup import example_batch, warm_up
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from core.cli import check_at_least_one
 from core.errors import UserError
 from core.records import Record
-from eval.accuracy_imagenet import score_accuracy_log
+from eval.loadgen.accuracy_imagenet import score_accuracy_log
 from eval.options import LOADGEN_MODES, SCENARIOS, check_choice
 
 log = logging.getLogger(__name__)

@@ -197,18 +197,18 @@ def layer_report_for(
     """Load ``weights``, apply ``settings``' transform (calibrated on ``calibration``) and
     compare it with the untouched fp32 model on the first ``images`` cached crops."""
     from convert.api import load_checkpoint
-    from eval.transform import apply_transform, load_transform
+    from eval.method.transform import apply_transform, describe_transform, load_transform
 
-    fp32_model, record = load_checkpoint(weights, expected_model=profile.name)
+    fp32_model, _ = load_checkpoint(weights, expected_model=profile.name)
     candidate, _ = load_checkpoint(weights, expected_model=profile.name)
-    function, transform = load_transform(settings)
-    modified = apply_transform(function, transform, candidate, calibration, record["num_classes"])
+    transform = describe_transform(settings)
+    function = load_transform(settings, transform)
+    modified = apply_transform(function, transform, candidate, calibration)
     count = min(images, len(cache))
-    batch = cache.normalized(0, count)
     return compare_with_fp32(
         fp32_model,
         modified,
-        batch,
+        cache.normalized(0, count),
         method=transform.spec,
         source=f"the first {count} images of {cache.cache_dir}",
         threshold_db=threshold_db,
@@ -216,11 +216,46 @@ def layer_report_for(
     )
 
 
+def report_on_run(
+    out_dir: Path, backend, cache, cache_dir, method: str, quiet: bool
+) -> dict | None:
+    """layers.json for an evaluation: the modified module ``backend`` just evaluated against
+    its fp32 weights, block by block, on the first cached images (on the CPU, where both
+    models can run); the summary results.json keeps (None off the CPU)."""
+    from convert.api import load_checkpoint
+
+    if backend.torch_device.type != "cpu":
+        log.info("layers.json is made on the CPU only: run python -m eval layers there")
+        (out_dir / LAYERS_FILE).unlink(missing_ok=True)  # an older run's would mislead
+        return None
+    fp32_model, record = load_checkpoint(backend.weights_path, expected_model=backend.profile.name)
+    if record["file_sha256"] != backend.weights_sha256:  # replaced since it was evaluated
+        raise UserError(
+            f"{backend.weights_path} changed during the evaluation: its fp32 weights are not "
+            "the ones the method was applied to; rerun"
+        )
+    count = min(DEFAULT_IMAGES, len(cache))
+    report = compare_with_fp32(
+        fp32_model,
+        backend.module,
+        cache.normalized(0, count),
+        method=method,
+        source=f"the first {count} images of {cache_dir}",
+        quiet=quiet,
+    )
+    write_report(out_dir, report)
+    return {
+        "file": LAYERS_FILE,
+        "first_below_threshold": report.first_below_threshold,
+        "summary": report.summary_line(),
+    }
+
+
 # ---------------------------------------------------------------------------- CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from eval.options import add_transform_options
+    from eval.method.options import add_method_options
 
     parser = argparse.ArgumentParser(
         prog="python -m eval layers",
@@ -235,12 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold-db", type=float, default=DEFAULT_THRESHOLD_DB)
     parser.add_argument("--out", required=True, help=f"folder for {LAYERS_FILE}")
     parser.add_argument("--quiet", action="store_true")
-    add_transform_options(parser)
+    add_method_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.calibration import calibration_set
+    from eval.method.calibration import calibration_set
     from eval.options import EvalSettings
     from preprocess import load_cache
 
