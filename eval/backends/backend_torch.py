@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 # CUDA batches whose top-5 labels are fetched in one transfer: each fetch synchronises the
 # device, so fetching per batch would leave the GPU idle between batches.
 CUDA_COLLECT_EVERY = 16
-# Cache reader threads on CUDA, at most: 8 check ~50,000 crops/s (sha256, ~0.15 ms each),
-# over ten times the fastest GPU rate measured (~3,500 img/s): more would not speed it up.
+# Cache reader threads on CUDA, at most (and no more than the cores): a GPU outruns one
+# thread reading and sha256-checking crops, so several read ahead at once.
 CUDA_READER_THREADS = 8
 
 
@@ -110,7 +110,7 @@ class TorchBackend(Backend):
         self._copy_stream = self._torch.cuda.Stream(self.torch_device) if on_cuda else None
         self.collect_every = CUDA_COLLECT_EVERY if on_cuda else 1
         # On the CPU the model needs every core; a GPU run is bound by reading and checking
-        # crops (sha256, ~0.15 ms per crop per core), so it reads on several threads.
+        # crops (a sha256 per crop), so it reads on several threads.
         self.reader_threads = min(CUDA_READER_THREADS, available_cores()) if on_cuda else 1
 
     def _prepare(self, module, engine, batch_size, num_images, verify_images):

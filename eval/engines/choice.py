@@ -1,7 +1,7 @@
 """Which engine and memory layout should finish a run first, decided before anything is
 built: "auto" weighs a fast build's cost against the images it would speed up (by image
 count on the CPU, by estimated time on CUDA); the memory format and cuDNN autotuning
-follow what was measured faster. tf32 and bf16 (CUDA only) always run eager.
+follow fixed rules by model and run length. tf32 and bf16 (CUDA only) always run eager.
 """
 
 from __future__ import annotations
@@ -11,15 +11,20 @@ import os
 from eval.engines.build_times import recorded_build_seconds
 from eval.options import check_engine
 
-# "auto" on the CPU: a fast build costs up to ~10 s and saves 3.3 ms per MobileNet image
-# (workers: eager 100.4, fast 150.4 img/s) and 15.6 ms per ResNet-50 image (18.3 vs 25.6),
-# so it pays back after ~3,000 images at worst; 5,000 leaves a ~1.7x margin for a slower
-# build or a smaller saving on another CPU.
+# "auto" on the CPU: a fast build costs 1-10 s and saves ~3 ms per MobileNet image (workers:
+# eager 110.3, fast 163.6 img/s) and ~12 ms per ResNet-50 image (19.8 vs 26.0), so it pays
+# back after ~3,400 images at worst; 5,000 leaves a ~1.5x margin for a slower build or a
+# smaller saving on another CPU. Figures: docs/measurements.md, "Measured so far", the
+# Inference table and the paragraph below it (python -m benchmarks.bench_inference --models
+# mobilenet_v1 resnet50 --batches 32 --engines eager fast ..., on 2 EPYC cores).
 AUTO_MIN_IMAGES = 5000
 
-# CUDA img/s for "auto" and the cold fast-build seconds, measured on one H100 (fp32, batch
-# 256, 50,000 images). Other precisions and cards reuse them: only the order of magnitude
-# of the break-even matters.
+# CUDA img/s for "auto" and the cold fast-build seconds (fp32, batch 256): rough figures,
+# reused for other precisions and cards, as only the break-even's order of magnitude
+# matters. Only MobileNet's eager rate has a recorded run: 50,000 images in 25.4 s of wall
+# time (~2,000 img/s) on one H100, at an earlier version of the loop (docs/measurements.md,
+# "Measured so far", GPU: python -m eval --engine eager). python -m benchmarks.gpu_check
+# --out OUT measures both engines' setup seconds and img/s on a card.
 CUDA_RATES = {
     "resnet50": {"eager": 2300.0, "fast": 3470.0, "build_seconds": 37.0},
     "mobilenet_v1": {"eager": 2000.0, "fast": 3300.0, "build_seconds": 33.0},
@@ -28,8 +33,9 @@ CUDNN_AUTOTUNE_MIN_IMAGES = 200_000
 
 
 def cudnn_autotune(num_images: int | None) -> tuple[bool, str]:
-    """Whether cuDNN should time every algorithm per shape, and why: ResNet-50's cost 12.3 s
-    on an H100, more than a 50,000-image run wins back. MLPERF_PORT_CUDNN_AUTOTUNE=1/0 rules."""
+    """Whether cuDNN should time every algorithm per shape, and why: its one-time cost pays
+    back only over long runs (python -m benchmarks.gpu_check's full.autotune step measures
+    it on a card). MLPERF_PORT_CUDNN_AUTOTUNE=1/0 rules."""
     forced = os.environ.get("MLPERF_PORT_CUDNN_AUTOTUNE")
     if forced in ("0", "1"):
         return forced == "1", f"cuDNN autotune {'on' if forced == '1' else 'off'} (environment)"
@@ -44,7 +50,7 @@ def cudnn_autotune(num_images: int | None) -> tuple[bool, str]:
 def prefers_channels_last(
     model_name: str | None, device_type: str, precision: str = "fp32"
 ) -> bool:
-    """The measured faster memory format: NCHW only for fp32 ResNet-50 on CUDA."""
+    """The memory format a run uses: NCHW only for fp32 ResNet-50 on CUDA."""
     return not (device_type == "cuda" and precision == "fp32" and model_name == "resnet50")
 
 

@@ -2,8 +2,10 @@
 
 Intra-op threads share each convolution and meet at a barrier after every layer; a worker
 per core running its own few images keeps every core busy, and small chunks keep its
-activations in cache. On 2 cores (batch 32) MobileNet-v1 ran 1.4x faster fast and 1.9x
-eager (``python -m benchmarks.bench_inference``'s ``@intra-op`` rows are the comparison).
+activations in cache. On 2 cores (batch 32) that made MobileNet-v1 1.4x faster with the
+fast engine and 1.5-2.0x with eager: docs/measurements.md, "Measured so far", Inference
+(``python -m benchmarks.bench_inference ... --engines eager@intra-op eager fast@intra-op
+fast ...``; the ``@intra-op`` rows run without the workers).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from core.errors import UserError
 from core.system import available_cores
 
 # Images each worker runs per call: small enough that one image's activations stay in the
-# core's cache between layers, large enough to amortise a call (2-4 measured best).
+# core's cache between layers, large enough to amortise a call.
 CHUNK_IMAGES = 4
 # MLPERF_PORT_CPU_WORKERS=N forces N workers; 1 runs every call on intra-op threads (several
 # processes sharing one machine may want that).

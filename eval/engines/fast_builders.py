@@ -31,7 +31,8 @@ def build_torchscript_freeze(module: nn.Module, example: torch.Tensor) -> Forwar
     with torch.no_grad(), warnings.catch_warnings():
         # Shape arithmetic in the TF-SAME padding becomes constants: right for a fixed shape.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # torch 2.13 marks jit.freeze deprecated; it still measured fastest here.
+        # torch 2.13 marks jit.freeze deprecated; the CPU default (its oneDNN-fused form)
+        # is level with or ahead of inductor (docs/measurements.md, Inference table).
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(module, example, check_trace=False)
         frozen = torch.jit.freeze(traced.eval())

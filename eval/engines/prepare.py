@@ -119,7 +119,7 @@ def prepare_engine(
 
     ``engine``: "eager", "fast", "fast:<builder>" or "auto" (module docstring). Fast
     candidates must match eager on ``verify_sample`` (default: VERIFY_IMAGES synthetic
-    images). ``None``: the measured ``channels_last``; ``warmup`` on CUDA only.
+    images). ``None``: ``channels_last`` by the model's rule; ``warmup`` on CUDA only.
     """
     check_at_least_one(batch_size, "--batch-size")
     start = time.perf_counter()
