@@ -120,7 +120,7 @@ def load_labels(source: str | os.PathLike, model_name: str | None = None) -> Lab
     if path.is_dir():
         cache = _load_any_cache(path, model_name, "labels")
         labels = np.asarray(cache.labels, dtype=np.int64)
-        name = cache.manifest.get("model")
+        name = cache.profile.name
         return Labels(labels, f"cache {path}", name, cache.fingerprint, list(cache.files))
     if not path.is_file():
         raise UserError(f"--labels path not found: {path}")

@@ -41,22 +41,12 @@ LOGITS = ""  # a report point naming the model's own output
 
 def report_points(model) -> list[str]:
     """The module names compared, in forward order ("" = the logits): every block that ends
-    in an activation, named the same in the fp32 and the quantized models."""
-    from convert.models import MobileNetV1, ResNet50
+    in an activation, named the same in the fp32 and the quantized models, as quantize's
+    architecture table lists them; a model of neither architecture gives the logits only."""
+    from quantize.architectures import find_architecture
 
-    if isinstance(model, MobileNetV1):
-        blocks = [
-            f"features.{i}.{part}" for i in range(1, 14) for part in ("depthwise", "pointwise")
-        ]
-        return ["features.0", *blocks, "avgpool", LOGITS]
-    if isinstance(model, ResNet50):
-        blocks = [
-            f"layer{stage}.{block}"
-            for stage, count in enumerate((3, 4, 6, 3), start=1)
-            for block in range(count)
-        ]
-        return ["maxpool", *blocks, "avgpool", LOGITS]
-    return [LOGITS]
+    architecture = find_architecture(model)
+    return [LOGITS] if architecture is None else architecture.report_points(model)
 
 
 class ModelRunner:

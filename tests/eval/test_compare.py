@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -166,3 +168,52 @@ def test_runs_of_one_cache_or_without_results_are_compared(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("agreement: 2/3")
     assert main([str(a), str(bare)]) == 0
     assert capsys.readouterr().out.strip() == "agreement: 3/3 (100.000 %)"
+
+
+def test_labels_from_a_val_map_give_the_verdict_with_counts(tmp_path, capsys):
+    """Predictions from another harness (one label per image) and MLPerf's val_map.txt."""
+    labels = [7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+    val_map = tmp_path / "val_map.txt"
+    val_map.write_text("".join(f"ILSVRC2012_val_{i:08d}.JPEG {x}\n" for i, x in enumerate(labels)))
+    np.save(tmp_path / "fp32.npy", np.array(labels, dtype=np.int64))
+    method = np.array(labels, dtype=np.int64)
+    method[0] = 0  # one of ten lost: 0.9 of fp32, below MobileNet's 0.98
+    np.save(tmp_path / "method.npy", method)
+    argv = [str(tmp_path / "fp32.npy"), str(tmp_path / "method.npy"), "--labels", str(val_map),
+            "--model", "mobilenet_v1"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "top-1 A:     100.000 %  (10 right, fp32)" in out
+    assert "top-1 B:     90.000 %  (9 right, the method)" in out
+    assert "MLPerf gate: FAIL  90.000 % = 0.900000 x fp32" in out
+    assert "flips:       0 fixed, 1 broken (net -1)" in out and "agreement: 9/10" in out
+    assert main([*argv[:2], "--labels", str(val_map), "--model", "resnet50", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gate"]["passes"] is False and report["gate"]["required_ratio"] == 0.99
+    assert report["equal_predictions"] == 9 and report["labels"] == f"val map {val_map}"
+    np.save(tmp_path / "long.npy", np.zeros(11, dtype=np.int64))
+    assert run_cli(main, [str(tmp_path / "long.npy")] * 2 + argv[2:]) == 1
+    assert "holds 10 labels but the predictions cover 11 images" in capsys.readouterr().err
+
+
+def test_labels_from_a_cache_must_be_the_cache_the_runs_read(tmp_path, capsys):
+    from fixtures.images import write_val_set
+    from preprocess import build_cache, load_cache
+
+    write_val_set(tmp_path / "data", 4, seed=3)
+    build_cache("resnet50", tmp_path / "data", tmp_path / "cache", workers=1, quiet=True)
+    cache = load_cache(tmp_path / "cache", "resnet50")
+    labels = np.asarray(cache.labels, dtype=np.int64)
+    a = _run_folder(tmp_path / "a", labels, cache.fingerprint)
+    b = _run_folder(tmp_path / "b", labels, cache.fingerprint)
+    assert main([str(a), str(b), "--labels", str(tmp_path / "cache"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "resnet50" and report["gate"]["passes"] is True
+    other = _run_folder(tmp_path / "other", labels, "ef" * 32)
+    argv = [str(a), str(other / "predictions.npy"), "--labels", str(tmp_path / "cache")]
+    assert run_cli(main, argv) == 1
+    assert "were evaluated on different caches" in capsys.readouterr().err
+    bare = tmp_path / "bare.npy"
+    np.save(bare, labels)
+    assert run_cli(main, [str(bare), str(other), "--labels", str(tmp_path / "cache")]) == 1
+    assert "was evaluated on another cache than cache" in capsys.readouterr().err

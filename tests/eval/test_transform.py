@@ -19,14 +19,26 @@ from eval.method.calibration import CalibrationBatches, names_sha256
 from fixtures.images import write_val_set
 from preprocess import build_cache, load_cache, normalize
 from preprocess.calibration import MLPERF_LIST_SHA256, mlperf_list
+from tests.eval.fakes import ToyNet
 
 N_IMAGES = 12
+FP32_RIGHT = 8  # the toy fp32 model gets the first 8 images right (labels made so)
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
+    """12 images labelled so that the toy converted model (``ToyNet(seed=3)``, what
+    ``toy_convert`` loads) is right on exactly the first FP32_RIGHT: a top-1 that is not 0."""
     root = tmp_path_factory.mktemp("transform")
-    write_val_set(root / "data", N_IMAGES, layout="val_map", seed=11)
+    entries = write_val_set(root / "data", N_IMAGES, layout="val_map", seed=11)
+    build_cache("resnet50", root / "data", root / "first", workers=1, quiet=True)
+    crops = torch.from_numpy(load_cache(root / "first", "resnet50").normalized(0, N_IMAGES))
+    with torch.inference_mode():
+        toy = ToyNet(seed=3).eval()(crops.permute(0, 3, 1, 2).contiguous())
+    predicted = (toy.argmax(dim=1) - 1).tolist()  # label = argmax - 1
+    labels = [p if i < FP32_RIGHT else (p + 1) % 1000 for i, p in enumerate(predicted)]
+    lines = "".join(f"{name} {label}\n" for (name, _), label in zip(entries, labels, strict=True))
+    (root / "data" / "val_map.txt").write_text(lines)
     build_cache("resnet50", root / "data", root / "cache", workers=1, quiet=True)
     return root / "cache"
 
@@ -91,12 +103,14 @@ def test_identity_transform_gives_fp32_predictions_bit_for_bit(
     assert results["transform"]["spec"] == spec and results["transform"]["name"] == "method"
     digest = __import__("hashlib").sha256((tmp_path / "identity.py").read_bytes()).hexdigest()
     assert results["transform"]["source_sha256"] == digest
-    assert results["fp32_reference"]["equal_share"] == 1.0
+    reference = results["fp32_reference"]
+    assert reference["equal_share"] == 1.0 and reference["dir"] == str(tmp_path / "r-torch")
+    assert "digests" in reference["chosen_by"] and reference["images"] == N_IMAGES
+    assert results["correct_top1"] == FP32_RIGHT
     gate = results["mlperf_gate"]
-    assert gate["required_ratio"] == 0.99 and gate["fp32_top1"] == results["top1"]
-    assert gate["ratio"] in (1.0, None) and gate["passes"] in (True, None)
-    if results["top1"] > 0:
-        assert gate["ratio"] == 1.0 and gate["passes"] is True
+    assert gate["required_ratio"] == 0.99 and gate["fp32_top1"] == 100 * FP32_RIGHT / N_IMAGES
+    assert gate["ratio"] == 1.0 and gate["passes"] is True
+    assert gate["correct"] == gate["fp32_correct"] == FP32_RIGHT
     no_flips = {"file": "flips.csv", "changed": 0, "fixed": 0, "broken": 0, "net": 0}
     assert results["flips"] == no_flips
     assert results["calibration"]["images"] == N_IMAGES
@@ -131,9 +145,40 @@ def test_a_transform_forcing_one_class_scores_that_labels_share(
             index = cache.files.index(row["file"])
             assert int(row["label"]) == labels[index] and int(row["method"]) == label
             assert int(row["fp32"]) == fp32[index]
-        fixed = sum(row["change"] == "fixed" for row in rows)
-        assert results["flips"]["fixed"] == fixed
-        assert results["flips"]["net"] == fixed - results["flips"]["broken"]
+        # right now and wrong in fp32 is "fixed"; right in fp32 and wrong now, "broken"
+        for row in rows:
+            now_right, was_right = row["method"] == row["label"], row["fp32"] == row["label"]
+            assert row["change"] == ("fixed" if now_right else "broken" if was_right else
+                                     "both wrong")  # fmt: skip
+        fixed = int(((labels == label) & (fp32 != labels)).sum())
+        broken = int(((fp32 == labels) & (labels != label)).sum())
+        assert (results["flips"]["fixed"], results["flips"]["broken"]) == (fixed, broken)
+        assert results["flips"]["net"] == fixed - broken
+        gate = results["mlperf_gate"]  # one class can never keep 0.99 of 8 right of 12
+        assert gate["fp32_correct"] == FP32_RIGHT and gate["passes"] is False
+        assert gate["correct"] == int((labels == label).sum())
+
+
+def test_the_reference_is_named_or_refused_before_any_work(
+    cache_dir, toy_convert, tmp_path, capsys
+):
+    assert run(eval_argv(cache_dir, toy_convert, tmp_path / "fp32"), capsys)[0] == 0
+    spec = write_transform(tmp_path / "identity.py", IDENTITY)
+    out = tmp_path / "elsewhere" / "method"
+    named = ["--transform", spec, "--reference", str(tmp_path / "fp32")]
+    assert run(eval_argv(cache_dir, toy_convert, out, *named), capsys)[0] == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["fp32_reference"]["chosen_by"] == "--reference"
+    assert results["fp32_reference"]["dir"] == str(tmp_path / "fp32")
+    assert results["mlperf_gate"]["passes"] is True
+    # a reference made from other weights: one sentence, and no output folder at all
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"other toy weights")
+    refused = tmp_path / "refused"
+    argv = eval_argv(cache_dir, other, refused, *named)
+    code, stdout, err = run(argv, capsys)
+    assert code != 0 and "was made from other weights" in err and err.count("\n") == 1
+    assert stdout == "" and not refused.exists()
 
 
 def test_the_transform_sees_the_calibration_images_normalised_nchw(tmp_path, cache_dir):
