@@ -24,8 +24,11 @@ comma := ,
 
 # Every package make setup installs, with its exact version and hashes (make lock writes it).
 # The lock is for Linux x86_64 and CPython 3.11, the project's machines; torch is its CPU
-# build (2.13.0+cpu), which pip finds through FIND_LINKS (elsewhere add
-# --extra-index-url https://download.pytorch.org/whl/cpu to the install).
+# build (2.13.0+cpu). make setup passes pip no index or wheel folder: pip finds that wheel
+# where its own configuration points, on the project's machines the folder /opt/wheels (the
+# user's pip.conf and PIP_FIND_LINKS); elsewhere it needs PyTorch's CPU index, e.g.
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make setup. FIND_LINKS is that
+# folder for make lock, which resolves torch from it.
 LOCK        ?= requirements.lock
 EXTRAS      ?= dev,loadgen,bench
 FIND_LINKS  ?= /opt/wheels
@@ -59,10 +62,10 @@ setup-latest:
 test: lint
 	$(PYTHON) -m pytest -q -n auto
 
-# The quick loop while editing: lint, then every test but the TensorFlow and slow ones
-# (make test, and CI, still run everything).
+# The quick loop while editing: lint, then every test not marked slow (a test is slow when
+# it takes more than about 5 s); make test, and CI, still run everything.
 test-fast: lint
-	$(PYTHON) -m pytest -q -m "not tf and not slow"
+	$(PYTHON) -m pytest -q -n auto -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check .
