@@ -67,9 +67,9 @@ def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         choices=PRECISIONS,
         help="fp32 (default, TF32 off: the figure comparable with MLPerf's); tf32 or bf16 on "
-        "CUDA only. A non-fp32 run records in results.json the share of its predictions equal "
-        "to an fp32 run of the same model, cache and weights found in a sibling folder of "
-        "--out (e.g. results/resnet50-torch beside results/resnet50-torch-bf16)",
+        "CUDA only. A non-fp32 run is judged like a method against its fp32 reference "
+        "(--reference, or the sibling folder of --out with an fp32 run of the same model, "
+        "cache and weights, e.g. results/resnet50-torch beside results/resnet50-torch-bf16)",
     )
     parser.add_argument(
         "--batch-size",

@@ -111,6 +111,11 @@ def check_method_settings(settings) -> None:
     )
     if settings.transform is not None and settings.quantize is not None:
         raise UserError("give --transform or --quantize, not both")
+    if settings.reference is not None and not settings.modified:
+        raise UserError(
+            "--reference names the fp32 run a modified model is judged against: give it "
+            "with --transform, --quantize or a --precision other than fp32"
+        )
     if settings.transform is None and settings.quantize is None:
         for given, option in quantize_only:
             if given:

@@ -239,6 +239,7 @@ def test_a_broken_transform_is_one_sentence_and_writes_nothing(
         (["--calibration-method", "mse"], "--calibration-method is for --quantize"),
         (["--transform", "a.py:f", "--no-bias-correction"], "are for --quantize"),
         (["--quantize", "int8", "--backend", "tf"], "--weights is for the torch backend"),
+        (["--reference", "some/run"], "--reference names the fp32 run a modified model"),
     ],
 )
 def test_bad_method_options_are_refused_before_any_work(
