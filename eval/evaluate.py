@@ -221,8 +221,6 @@ def evaluate(
     go to ``out_dir/loadgen``). Under torchrun every rank evaluates its shard and rank 0
     alone writes and returns the result (other ranks return None; no resume journal).
     """
-    from preprocess import load_cache
-
     settings = dataclasses.replace(settings or EvalSettings(), **changes).resolved()
     profile = get_profile(model_name)
     settings.check()  # settings that cannot work: one sentence, before any work
@@ -235,20 +233,9 @@ def evaluate(
             raise UserError("a LoadGen run is one process: run it without torchrun")
         device, quiet = distributed.device_for_rank(settings.device, ctx), not ctx.is_main
         settings = dataclasses.replace(settings, device=device, quiet=settings.quiet or quiet)
-        # Cheap checks first: a typo in a path leaves no output folder behind.
-        cache = load_cache(Path(cache_dir), profile)
-        count = _images_to_evaluate(cache, settings.batch_size, settings.limit)
-        check_model_inputs(settings)
-        # A method's file, calibration images and fp32 reference, before any output.
         reports = out_dir is not None and ctx.is_main
-        method = prepare_method(
-            profile, cache, cache_dir, count, settings, Path(out_dir) if reports else None,
-            judged=ctx.is_main,
-        )  # fmt: skip
-        job = _Job(profile, cache, cache_dir, settings, ctx, count, method)
-        if settings.backend == "torch":
-            resolve_torch_device(settings.device)  # a missing GPU, before any output
-        if out_dir is None or not ctx.is_main:
+        job = _checked_job(profile, cache_dir, settings, ctx, Path(out_dir) if reports else None)
+        if not reports:
             return _evaluate_into(None, job)
         out_dir = Path(out_dir)
         check_output_dir(out_dir)  # before the long work: a read-only --out is one sentence
@@ -257,6 +244,21 @@ def evaluate(
             return _evaluate_into(out_dir, job)
     finally:
         distributed.shutdown(ctx)
+
+
+def _checked_job(profile, cache_dir, settings: EvalSettings, ctx, out_dir: Path | None) -> _Job:
+    """The evaluation's inputs, each checked before any output exists: a typo in a path,
+    a missing GPU or an unusable method leaves no output folder behind."""
+    from preprocess import load_cache
+
+    cache = load_cache(Path(cache_dir), profile)
+    count = _images_to_evaluate(cache, settings.batch_size, settings.limit)
+    check_model_inputs(settings)
+    # A method's file, calibration images and fp32 reference (rank 0 judges).
+    method = prepare_method(profile, cache, cache_dir, count, settings, out_dir, ctx.is_main)
+    if settings.backend == "torch":
+        resolve_torch_device(settings.device)
+    return _Job(profile, cache, cache_dir, settings, ctx, count, method)
 
 
 def _evaluate_into(out_dir: Path | None, job: _Job) -> EvalResult | None:
