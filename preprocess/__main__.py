@@ -22,7 +22,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cache-dir", required=True, help="where the cache is written")
     parser.add_argument("--val-map", help="a val_map.txt elsewhere (paths relative to data dir)")
-    parser.add_argument("--limit", type=positive_int, help="take only the first N listed images")
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        help="take only the first N listed images (of the list, with --calibration-list)",
+    )
+    parser.add_argument(
+        "--calibration-list",
+        metavar="FILE",
+        help="cache only the images this MLPerf-format list names (one file name per line, "
+        "relative to the data dir, no labels), in its order, each labelled from the data "
+        "dir's listing; 'mlperf' for MLPerf's cal_image_list_option_1.txt (shipped). The "
+        "result is a --calibration-cache for python -m eval",
+    )
     parser.add_argument("--workers", type=positive_int, help="worker threads (default: all cores)")
     parser.add_argument(
         "--skip-bad", action="store_true", help="leave unreadable images out instead of failing"

@@ -68,6 +68,7 @@ from preprocess.cache import (
     read_manifest,
     write_file_names,
 )
+from preprocess.calibration import list_calibration_images
 from preprocess.dataset import Listing, list_dataset
 from preprocess.incremental import (
     SIGNATURE_WIDTH,
@@ -248,8 +249,13 @@ def build_cache(
     force: bool = False,
     wait: bool = False,
     repair: bool = False,
+    calibration_list: str | os.PathLike | None = None,
 ) -> BuildSummary:
     """Make ``cache_dir`` hold ``model_name``'s uint8 crops of the listing, doing only missing work.
+
+    The listing is the data dir's (or ``val_map``'s); with ``calibration_list`` (an MLPerf
+    list file, or ``"mlperf"`` for MLPerf's own) only the images it names, in its order,
+    each with its label from that listing. ``limit`` keeps the first N of either.
 
     Unreadable files end the build with a UserError (exit code 2) naming the first and the
     count, unless ``skip_bad``, which leaves them out and records them in the manifest.
@@ -262,7 +268,11 @@ def build_cache(
     profile = get_profile(model_name)
     workers = available_cores() if workers is None else workers
     check_at_least_one(workers, "--workers")
-    listing = list_dataset(data_dir, val_map=val_map, limit=limit)
+    # Listed before the cache dir is touched: a bad listing or list writes nothing.
+    if calibration_list is None:
+        listing = list_dataset(data_dir, val_map=val_map, limit=limit)
+    else:
+        listing = list_calibration_images(calibration_list, data_dir, val_map, limit)
     cache_dir = Path(cache_dir)
     _check_cache_dir(cache_dir, listing.root, rebuild=force or repair)
     _prepare_cache_dir(cache_dir)

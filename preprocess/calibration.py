@@ -2,18 +2,19 @@
 
 MLPerf lets a quantized submission calibrate only on a published list of validation images
 (``cal_image_list_option_1.txt``: 500 file names, one per line, relative to the data dir, no
-labels), shipped here in ``data/``. A list becomes a val_map, with each name's label taken
-from the data dir's own listing, so the calibration cache is built by ``build_cache`` with
-the same recipe and the same trust rules as the evaluation cache.
+labels), shipped here in ``data/``. A list selects images of the data dir's own listing, each
+with its label from there, and ``build_cache(calibration_list=...)`` crops them with the same
+recipe and the same trust rules as the evaluation cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from core.cli import check_at_least_one
 from core.errors import UserError
 from core.files import write_text_atomic
 from preprocess.dataset import Listing, list_dataset
@@ -23,6 +24,8 @@ from preprocess.dataset import Listing, list_dataset
 # MLPerf's list.
 MLPERF_LIST = Path(__file__).resolve().parent / "data" / "cal_image_list_option_1.txt"
 MLPERF_LIST_SHA256 = "7662247d1d9407d6cb564268f64c5a4a6cf9f1a34fd2e6cdc3b94dcf278b3dc9"
+# The word that names the shipped list where a list file is asked for (--calibration-list).
+MLPERF_LIST_WORD = "mlperf"
 # Without a usable list: the first this many images of the evaluation listing.
 DEFAULT_CALIBRATION_IMAGES = 500
 NOT_MLPERF_NOTE = "calibrated on evaluation images, not MLPerf's list"
@@ -39,6 +42,11 @@ class CalibrationList:
     @property
     def is_mlperf(self) -> bool:
         return self.sha256 == MLPERF_LIST_SHA256
+
+
+class MissingCalibrationImages(UserError):
+    """The data dir's listing lacks images the list names: a data dir that is not the one
+    the list was made for (the pipeline then calibrates on evaluation images instead)."""
 
 
 def read_calibration_list(path: str | os.PathLike) -> CalibrationList:
@@ -100,6 +108,29 @@ def mlperf_list() -> CalibrationList:
     return listed
 
 
+def load_calibration_list(source: str | os.PathLike) -> CalibrationList:
+    """The list ``source`` names: a list file, or the word ``mlperf`` for the shipped list
+    (a file of that name is ``./mlperf``)."""
+    if os.fspath(source) == MLPERF_LIST_WORD:
+        return mlperf_list()
+    return read_calibration_list(source)
+
+
+def list_calibration_images(
+    source: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    val_map: str | os.PathLike | None = None,
+    limit: int | None = None,
+) -> Listing:
+    """The listing a calibration cache holds: the images of list ``source`` (a file or
+    ``mlperf``) in list order, labelled from the data dir's listing; the first ``limit``."""
+    check_at_least_one(limit, "--limit")
+    listing = calibration_listing(load_calibration_list(source), data_dir, val_map)
+    if limit is None or limit >= len(listing):
+        return listing
+    return replace(listing, files=listing.files[:limit], labels=listing.labels[:limit])
+
+
 def calibration_listing(
     listed: CalibrationList, data_dir: str | os.PathLike, val_map: str | os.PathLike | None
 ) -> Listing:
@@ -109,13 +140,23 @@ def calibration_listing(
     label_of = dict(zip(full.files, full.labels, strict=True))
     missing = [name for name in listed.names if name not in label_of]
     if missing:
-        raise UserError(
-            f"{len(missing)} of the {len(listed.names)} images in calibration list "
-            f"{listed.path} are not in the listing of {full.source} (first: {missing[0]}); "
-            "give a list of images from this data dir"
-        )
+        raise MissingCalibrationImages(_missing_images_message(listed, missing, full.source))
     labels = [label_of[name] for name in listed.names]
     return Listing(root=full.root, files=list(listed.names), labels=labels, source=str(listed.path))
+
+
+def _missing_images_message(listed: CalibrationList, missing: list[str], source: str) -> str:
+    which = "MLPerf's calibration list" if listed.is_mlperf else "calibration list"
+    fix = (
+        "it names ImageNet validation images, so give the ImageNet val data dir or a list of "
+        "your own"
+        if listed.is_mlperf
+        else "give a list of images from this data dir"
+    )
+    return (
+        f"{len(missing)} of the {len(listed.names)} images in {which} {listed.path} are not "
+        f"in the listing of {source} (first: {missing[0]}); {fix}"
+    )
 
 
 def write_calibration_val_map(listing: Listing, path: str | os.PathLike) -> Path:
