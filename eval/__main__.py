@@ -3,7 +3,7 @@
     python -m eval --model M --cache-dir CACHE (--weights W.pth | --backend tf --checkpoint PB)
     python -m eval --model M --cache-dir C --weights W.pth (--transform F.py:fn | --quantize int8)
     torchrun --nproc-per-node N -m eval ...   (one shard of the cache per process)
-    python -m eval compare A.npy B.npy [--files CACHE_OR_NAMES] [--model M] [--strict]
+    python -m eval compare FP32 METHOD [--labels VAL_MAP_OR_CACHE --model M] [--json] ...
     python -m eval layers --model M --weights W.pth (--transform SPEC | --quantize int8) ...
 
 Writes DIR/results.json, predictions.npy and top5.npy and prints a summary table; one run
@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.errors import UserError
-from core.profiles import MODEL_NAMES
+from core.files import check_output_dir, exclusive_lock
+from core.profiles import MODEL_NAMES, get_profile
+from eval.method.options import add_method_options
 from eval.options import BACKENDS, EvalSettings, add_evaluation_options
 
 log = logging.getLogger("eval")
@@ -88,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return compare_main(argv[1:])
     if argv[:1] == ["layers"]:
-        from eval.method.layers import main as layers_main
-
         return layers_main(argv[1:])
     args = build_parser().parse_args(renamed_options(argv, RENAMED_OPTIONS))
     configure_logging(args.quiet)
@@ -106,6 +107,61 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     log.info("wrote %s/results.json, predictions.npy, top5.npy", out_dir)
     print(result.table(method_rows(result.to_json())))
+    return 0
+
+
+# ---------------------------------------------------------------- python -m eval layers
+
+
+def build_layers_parser() -> argparse.ArgumentParser:
+    from eval.method.layers import DEFAULT_IMAGES, DEFAULT_THRESHOLD_DB, LAYERS_FILE
+
+    parser = argparse.ArgumentParser(
+        prog="python -m eval layers",
+        description="Compare a modified model (--transform or --quantize) with the fp32 model "
+        "block by block on cached images: SQNR, cosine similarity, max |difference|.",
+    )
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
+    parser.add_argument("--weights", required=True, help="the converted fp32 .pth")
+    parser.add_argument("--cache-dir", required=True, help="preprocessed images to compare on")
+    parser.add_argument("--calibration-cache", metavar="DIR", help="as for python -m eval")
+    parser.add_argument("--images", type=positive_int, default=DEFAULT_IMAGES)
+    parser.add_argument("--threshold-db", type=float, default=DEFAULT_THRESHOLD_DB)
+    parser.add_argument("--out", required=True, help=f"folder for {LAYERS_FILE}")
+    parser.add_argument("--quiet", action="store_true")
+    add_method_options(parser)
+    return parser
+
+
+def layers_main(argv: list[str] | None = None) -> int:
+    from eval.method.calibration import calibration_set
+    from eval.method.layers import layer_report_for, write_report
+    from preprocess import load_cache
+
+    args = build_layers_parser().parse_args(argv)
+    configure_logging(args.quiet)
+    # The evaluation options this command has no flags for, at their defaults.
+    defaults = {"loadgen": False, "loadgen_mode": "accuracy", "batch_size": None}
+    settings = EvalSettings.from_options(argparse.Namespace(**{**defaults, **vars(args)}))
+    settings.check()
+    if not settings.transformed:
+        raise UserError(
+            "python -m eval layers compares a modified model: give --transform or --quantize"
+        )
+    profile = get_profile(args.model)
+    if not Path(args.weights).is_file():
+        raise UserError(f"weights file not found: {args.weights}")
+    cache = load_cache(Path(args.cache_dir), profile)
+    calibration, _ = calibration_set(profile, cache, settings.calibration_cache)
+    out_dir = Path(args.out)
+    check_output_dir(out_dir)
+    with exclusive_lock(out_dir, "output dir"):
+        report = layer_report_for(
+            profile, args.weights, settings, cache, calibration, args.images,
+            args.threshold_db, args.quiet,
+        )  # fmt: skip
+        write_report(out_dir, report)
+    print(report.table())
     return 0
 
 

@@ -15,19 +15,13 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from core.errors import UserError
 from core.files import save_npy_atomic, sha256_file, write_text_atomic
 from core.records import Record
-
-if TYPE_CHECKING:
-    from eval.loadgen import LoadgenResult
-    from eval.method.reference import Fp32Reference
-    from eval.method.transform import TransformRecord
-    from eval.options import EvalSettings
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.npy"
@@ -87,11 +81,13 @@ class EvalResult(Record):
     top5_labels: np.ndarray = field(repr=False)  # int64 (N, 5), best first; not in JSON
     world_size: int = 1
     predictions_sha256: str | None = None  # of predictions.npy, set when it is written
-    loadgen: LoadgenResult | None = None
-    # A modified model's run, filled by eval.method: what was applied, what it calibrated on,
-    # the fp32 run it is judged against, the verdict, flips.csv and layers.json.
-    fp32_reference: Fp32Reference | None = None
-    transform: TransformRecord | None = None
+    loadgen: Record | None = None  # eval.loadgen.LoadgenResult
+    # A modified model's run, filled by eval.method (results sit below it, so these name
+    # only Record): the fp32 run it is judged against (eval.method.reference.Fp32Reference),
+    # what was applied (eval.method.transform.TransformRecord), what it calibrated on, the
+    # verdict, flips.csv and layers.json.
+    fp32_reference: Record | None = None
+    transform: Record | None = None
     calibration: dict[str, Any] | None = None
     mlperf_gate: dict[str, Any] | None = None
     flips: dict[str, Any] | None = None
@@ -153,9 +149,7 @@ class EvalResult(Record):
         return "\n".join([rule, *(f"{name:<{width}}  {value}" for name, value in rows), rule])
 
 
-def build_result(
-    backend, outcome, cache, cache_dir, settings: EvalSettings, world_size: int = 1
-) -> EvalResult:
+def build_result(backend, outcome, cache, cache_dir, settings, world_size: int = 1) -> EvalResult:
     """The result of one evaluation run (``outcome``) of ``backend`` over ``cache``."""
     counter = outcome.counter
     return EvalResult(

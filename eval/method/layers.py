@@ -11,7 +11,6 @@ block whose SQNR falls below a threshold is named.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass, field
@@ -21,10 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from core.cli import configure_logging, positive_int, run_cli
 from core.errors import UserError
-from core.files import check_output_dir, exclusive_lock, write_text_atomic
-from core.profiles import MODEL_NAMES, get_profile
+from core.files import write_text_atomic
 from core.records import Record
 
 log = logging.getLogger(__name__)
@@ -239,66 +236,3 @@ def report_on_run(
         "first_below_threshold": report.first_below_threshold,
         "summary": report.summary_line(),
     }
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from eval.method.options import add_method_options
-
-    parser = argparse.ArgumentParser(
-        prog="python -m eval layers",
-        description="Compare a modified model (--transform or --quantize) with the fp32 model "
-        "block by block on cached images: SQNR, cosine similarity, max |difference|.",
-    )
-    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
-    parser.add_argument("--weights", required=True, help="the converted fp32 .pth")
-    parser.add_argument("--cache-dir", required=True, help="preprocessed images to compare on")
-    parser.add_argument("--calibration-cache", metavar="DIR", help="as for python -m eval")
-    parser.add_argument("--images", type=positive_int, default=DEFAULT_IMAGES)
-    parser.add_argument("--threshold-db", type=float, default=DEFAULT_THRESHOLD_DB)
-    parser.add_argument("--out", required=True, help=f"folder for {LAYERS_FILE}")
-    parser.add_argument("--quiet", action="store_true")
-    add_method_options(parser)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from eval.method.calibration import calibration_set
-    from eval.options import EvalSettings
-    from preprocess import load_cache
-
-    args = build_parser().parse_args(argv)
-    configure_logging(args.quiet)
-    settings = EvalSettings.from_options(_with_defaults(args))
-    settings.check()
-    if not settings.transformed:
-        raise UserError(
-            "python -m eval layers compares a modified model: give --transform or --quantize"
-        )
-    profile = get_profile(args.model)
-    if not Path(args.weights).is_file():
-        raise UserError(f"weights file not found: {args.weights}")
-    cache = load_cache(Path(args.cache_dir), profile)
-    calibration, _ = calibration_set(profile, cache, settings.calibration_cache)
-    out_dir = Path(args.out)
-    check_output_dir(out_dir)
-    with exclusive_lock(out_dir, "output dir"):
-        report = layer_report_for(
-            profile, args.weights, settings, cache, calibration, args.images,
-            args.threshold_db, args.quiet,
-        )  # fmt: skip
-        write_report(out_dir, report)
-    print(report.table())
-    return 0
-
-
-def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """The evaluation options this command has no flags for, at their defaults."""
-    defaults = {"loadgen": False, "loadgen_mode": "accuracy", "batch_size": None}
-    return argparse.Namespace(**{**defaults, **vars(args)})
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
