@@ -16,7 +16,6 @@ from pathlib import Path
 
 from core.cli import check_at_least_one
 from core.errors import UserError
-from core.files import write_text_atomic
 from preprocess.dataset import Listing, list_dataset
 
 # MLPerf's calibration list for ImageNet (mlcommons/inference, calibration/ImageNet/), and
@@ -157,13 +156,3 @@ def _missing_images_message(listed: CalibrationList, missing: list[str], source:
         f"{len(missing)} of the {len(listed.names)} images in {which} {listed.path} are not "
         f"in the listing of {source} (first: {missing[0]}); {fix}"
     )
-
-
-def write_calibration_val_map(listing: Listing, path: str | os.PathLike) -> Path:
-    """Write ``listing`` as a val_map (``name label`` lines) for ``build_cache``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pairs = zip(listing.files, listing.labels, strict=True)
-    text = "".join(f"{name} {label}\n" for name, label in pairs)
-    write_text_atomic(path, text)
-    return path

@@ -82,7 +82,9 @@ def write_dataset(data_dir: Path, labels: list[int]) -> None:
 
 
 def run_model(model: str, checkpoint: Path, data_dir: Path, work_dir: Path):
-    from pipeline.run import RunOptions, run_pipeline
+    from eval.options import EvalSettings
+    from pipeline.options import RunOptions
+    from pipeline.stages import run_pipeline
 
     opts = RunOptions(
         model_name=model,
@@ -90,10 +92,9 @@ def run_model(model: str, checkpoint: Path, data_dir: Path, work_dir: Path):
         checkpoint_source=str(checkpoint),
         data_dir=data_dir,
         backend="both",
-        engine="auto",
-        batch_size=8,
-        quiet=True,
-        loadgen=True,
+        # LoadGen in its accuracy mode, as --loadgen runs it.
+        evaluation=EvalSettings(engine="auto", batch_size=8, quiet=True, loadgen="accuracy"),
+        batch_size_given=True,
     )
     return run_pipeline(opts)
 

@@ -7,13 +7,17 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from core.errors import UserError
+from eval.options import EvalSettings
 from fixtures.images import write_val_set
-from pipeline.run import STAGES, RunOptions, main, run_pipeline
+from pipeline.options import STAGES, RunOptions
+from pipeline.run import main
+from pipeline.stages import run_pipeline
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -34,8 +38,8 @@ def first_run(mobilenet_v1_tgz, val_dir, tmp_path_factory):
         checkpoint_source=str(mobilenet_v1_tgz),
         data_dir=val_dir,
         backend="both",
-        batch_size=4,
-        quiet=True,
+        evaluation=EvalSettings(batch_size=4, quiet=True),
+        batch_size_given=True,
     )
     state = run_pipeline(opts)
     return opts, state
@@ -88,7 +92,7 @@ def test_torchrun_ranks_run_the_pipeline_as_one_process(first_run, mobilenet_v1_
         np.testing.assert_array_equal(
             np.load(work / "mobilenet_v1" / run / "predictions.npy"), alone
         )
-    rerun = run_pipeline(RunOptions(**{**opts.__dict__, "work_dir": work}))
+    rerun = run_pipeline(replace(opts, work_dir=work))
     assert all(rerun.ran[stage].startswith("skipped") for stage in STAGES[1:])
 
 
@@ -140,7 +144,7 @@ def test_changed_limit_redoes_data_stages_but_not_conversion(first_run):
     opts, _ = first_run
     weights = opts.work_dir / "mobilenet_v1" / "model.pth"
     before = weights.stat().st_mtime_ns
-    limited = RunOptions(**{**opts.__dict__, "limit": 3, "backend": "torch"})
+    limited = replace(opts, evaluation=replace(opts.evaluation, limit=3), backend="torch")
     state = run_pipeline(limited)
     assert state.ran["preprocess"] == "ran"
     assert state.ran["convert"].startswith("skipped")
@@ -174,7 +178,7 @@ def test_missing_local_checkpoint(tmp_path, val_dir):
         work_dir=tmp_path,
         checkpoint_source=str(tmp_path / "nope.pb"),
         data_dir=val_dir,
-        quiet=True,
+        evaluation=EvalSettings(quiet=True),
     )
     with pytest.raises(UserError, match="nope.pb"):
         run_pipeline(opts)
@@ -206,7 +210,7 @@ def test_both_entry_points_build_the_same_evaluation_settings(options):
     from_eval = EvalSettings.from_options(eval_args)
     # --checkpoint (a path or URL, for the fetch stage) is not the evaluation's checkpoint.
     from_pipeline = EvalSettings.from_options(pipeline_args)
-    assert from_eval == from_pipeline
+    assert from_eval == from_pipeline == RunOptions.from_options(pipeline_args).evaluation
     batch = 7 if "--batch-size" in options else 256 if "--device" in options else 32
     assert from_eval.batch_size == batch
     assert from_eval.loadgen == ("performance" if "performance" in options else
@@ -242,20 +246,24 @@ def test_local_pb_with_its_sha256_is_used_in_place(tmp_path):
     pb = _local_pb(tmp_path)
     opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work",
                       checkpoint_source=str(pb), sha256=sha256_file(pb), stages=("fetch",),
-                      quiet=True)  # fmt: skip
+                      evaluation=EvalSettings(quiet=True))  # fmt: skip
     state = run_pipeline(opts)
     assert state.checkpoint == pb
     assert state.ran["fetch"] == "skipped (local .pb, used in place)"
 
 
 def test_batch_size_defaults_by_device():
-    from eval.options import CPU_BATCH, CUDA_BATCH, EvalSettings
+    from eval.options import CPU_BATCH, CUDA_BATCH
+    from pipeline.run import build_parser
 
-    cpu = RunOptions(model_name="resnet50", work_dir="w")
-    cuda = RunOptions(model_name="resnet50", work_dir="w", device="cuda")
-    assert cpu.batch_size is None and cuda.batch_size is None
-    assert EvalSettings.from_options(cpu).batch_size == CPU_BATCH
-    assert EvalSettings.from_options(cuda).batch_size == CUDA_BATCH == 256
+    def options(*argv: str) -> RunOptions:
+        return RunOptions.from_options(build_parser().parse_args(["--model", "resnet50", *argv]))
+
+    cpu, cuda, asked = options(), options("--device", "cuda"), options("--batch-size", "7")
+    assert not cpu.batch_size_given and not cuda.batch_size_given and asked.batch_size_given
+    assert cpu.evaluation.batch_size == CPU_BATCH
+    assert cuda.evaluation.batch_size == CUDA_BATCH == 256
+    assert asked.evaluation.batch_size == 7
 
 
 def test_non_fp32_runs_get_their_own_folder_beside_the_fp32_one():
@@ -278,7 +286,7 @@ def test_stages_run_up_to_the_last_named_one(tmp_path, val_dir, stages, expected
     pb = _local_pb(tmp_path)
     opts = RunOptions(model_name="resnet50", work_dir=tmp_path / "work",
                       checkpoint_source=str(pb), sha256=sha256_file(pb), data_dir=val_dir,
-                      workers=1, stages=stages, quiet=True)  # fmt: skip
+                      workers=1, stages=stages, evaluation=EvalSettings(quiet=True))  # fmt: skip
     state = run_pipeline(opts)
     assert list(state.ran) == expected
     # Preprocessing needs no checkpoint: it is resolved only when fetch is asked for.
@@ -315,13 +323,12 @@ def test_bad_evaluation_options_are_refused_before_any_stage(
 
 @pytest.mark.parametrize(("asked", "tf_batch"), [(None, 32), (7, 7)])
 def test_tensorflow_reference_runs_on_the_cpu_with_the_cpus_batch(tmp_path, asked, tf_batch):
-    from eval.options import EvalSettings
-    from pipeline.run import RunState, _backend_settings
+    from pipeline.plan import backend_settings
+    from pipeline.state import RunState
 
-    opts = RunOptions(model_name="resnet50", work_dir=tmp_path, device="cuda", batch_size=asked)
     state = RunState(profile=None, model_dir=tmp_path, checkpoint=tmp_path / "g.pb")
-    settings = EvalSettings.from_options(opts)
-    torch_run = _backend_settings(settings, "torch", state, opts.batch_size)
-    tf_run = _backend_settings(settings, "tf", state, opts.batch_size)
+    settings = EvalSettings(device="cuda", batch_size=asked).resolved()
+    torch_run = backend_settings(settings, "torch", state, batch_size_given=asked is not None)
+    tf_run = backend_settings(settings, "tf", state, batch_size_given=asked is not None)
     assert (torch_run.device, torch_run.batch_size) == ("cuda", asked or 256)
     assert (tf_run.device, tf_run.batch_size) == ("cpu", tf_batch)

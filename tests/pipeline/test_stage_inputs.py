@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-import pipeline.run as run
+import pipeline.stage_inputs as stage_inputs
+from eval.options import EvalSettings
 from fixtures.images import write_val_set
-from pipeline.run import RunOptions, run_pipeline
+from pipeline.options import RunOptions
+from pipeline.stages import run_pipeline
 
 pytestmark = pytest.mark.tf
 
@@ -20,8 +22,8 @@ def opts(mobilenet_v1_tgz, tmp_path):
         work_dir=tmp_path / "work",
         checkpoint_source=str(mobilenet_v1_tgz),
         data_dir=tmp_path / "data",
-        batch_size=4,
-        quiet=True,
+        evaluation=EvalSettings(batch_size=4, quiet=True),
+        batch_size_given=True,
     )
     first = run_pipeline(options)
     assert first.ran["convert"] == "ran" and first.ran["evaluate"] == "ran"
@@ -34,13 +36,13 @@ def ran(state) -> set[str]:
 
 def change_code_of(package: str, monkeypatch) -> None:
     """As if ``package``'s source had been edited: every digest over it differs."""
-    real = run.source_digest
+    real = stage_inputs.source_digest
 
     def changed(*packages, **kwargs):
         digest = real(*packages, **kwargs)
         return digest[::-1] if package in packages else digest
 
-    monkeypatch.setattr(run, "source_digest", changed)
+    monkeypatch.setattr(stage_inputs, "source_digest", changed)
 
 
 def test_a_change_to_the_preprocessing_code_re_crops_and_re_evaluates(opts, monkeypatch):
@@ -59,11 +61,11 @@ def test_a_change_to_the_converter_code_reconverts(opts, monkeypatch):
 
 
 def test_another_library_version_reconverts_and_re_evaluates(opts, monkeypatch):
-    real = run.library_versions
-    monkeypatch.setattr(run, "library_versions", lambda: {**real(), "torch": "99.0"})
+    real = stage_inputs.library_versions
+    monkeypatch.setattr(stage_inputs, "library_versions", lambda: {**real(), "torch": "99.0"})
     state = run_pipeline(opts)
     assert state.ran["convert"] == "ran" and state.ran["evaluate"] == "ran"
-    monkeypatch.setattr(run, "library_versions", real)
+    monkeypatch.setattr(stage_inputs, "library_versions", real)
     state = run_pipeline(opts)
     assert state.ran["convert"] == "ran"  # back to the installed versions: redone again
     assert run_pipeline(opts).ran["convert"].startswith("skipped")
