@@ -13,6 +13,8 @@ import pytest
 from fixtures.images import write_val_set
 from pipeline.run import main
 
+# Slow: the edit test (three pipeline runs) and int8 (whose time grows most beside other
+# work).
 pytestmark = pytest.mark.tf
 
 FORCE_CLASS = """
@@ -45,6 +47,7 @@ def labels_of(data_dir) -> list[int]:
     return [int(line.split()[1]) for line in (data_dir / "val_map.txt").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_forced_class_method_and_its_edit(mobilenet_v1_tgz, data_dir, tmp_path, capsys):
     labels = labels_of(data_dir)
     names = [line.split()[0] for line in (data_dir / "val_map.txt").read_text().splitlines()]
@@ -98,6 +101,7 @@ def test_default_calibration_is_the_first_listed_images(mobilenet_v1_tgz, data_d
     assert method["calibration"]["images"] == 8 and method["calibration"]["mlperf_list"] is False
 
 
+@pytest.mark.slow
 def test_quantize_int8_runs_beside_fp32_with_its_verdict(mobilenet_v1_tgz, data_dir, tmp_path):
     work = tmp_path / "work"
     argv = [

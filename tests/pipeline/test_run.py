@@ -19,7 +19,8 @@ from pipeline.options import STAGES, RunOptions
 from pipeline.run import main
 from pipeline.stages import run_pipeline
 
-pytestmark = [pytest.mark.tf, pytest.mark.slow]
+# Slow: the tests that start torchrun's processes (each imports torch and TensorFlow).
+pytestmark = pytest.mark.tf
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,7 @@ def test_identical_rerun_skips_every_stage(first_run):
     assert state.results["torch"]["top1"] == state.results["tf"]["top1"]
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_run_the_pipeline_as_one_process(first_run, mobilenet_v1_tgz, val_dir):
     """Rank 0 runs the stages, both ranks evaluate their shards; the predictions are one
     process's, and a one-process rerun finds every stage up to date."""
@@ -96,6 +98,7 @@ def test_torchrun_ranks_run_the_pipeline_as_one_process(first_run, mobilenet_v1_
     assert all(rerun.ran[stage].startswith("skipped") for stage in STAGES[1:])
 
 
+@pytest.mark.slow
 def test_a_torchrun_rank_that_fails_leaves_one_sentence_per_rank(tmp_path, val_dir):
     missing = tmp_path / "nope.pb"
     argv = ["--model", "mobilenet_v1", "--work-dir", str(tmp_path / "w"), "--checkpoint",

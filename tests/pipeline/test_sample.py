@@ -23,8 +23,6 @@ from pipeline.sample import (
     sample_readme,
 )
 
-pytestmark = pytest.mark.slow
-
 
 def _manifest() -> dict:
     return json.loads((sample_dir() / "manifest.json").read_text())

@@ -19,7 +19,9 @@ import pytest
 from core.files import exclusive_lock
 from fixtures.images import textured_image, write_image, write_val_set
 
-pytestmark = [pytest.mark.tf, pytest.mark.slow]
+# Every test here runs the pipeline as processes: each takes 6 s or more, or needs
+# ``first_run`` (about 10 s).
+pytestmark = pytest.mark.tf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "mobilenet_v1"
@@ -73,6 +75,7 @@ def first_run(mobilenet_v1_pb, tmp_path_factory):
     return mobilenet_v1_pb, data, work, root
 
 
+@pytest.mark.slow
 def test_an_overwritten_image_redoes_evaluation_and_matches_a_fresh_run(first_run):
     checkpoint, data, work, root = first_run
     _, _, before = reported(work)
@@ -90,6 +93,7 @@ def test_an_overwritten_image_redoes_evaluation_and_matches_a_fresh_run(first_ru
     assert combined["correct_top1"] == int((expected[:, 0] == _labels(data)).sum())
 
 
+@pytest.mark.slow
 def test_a_deleted_image_redoes_evaluation_and_matches_a_fresh_run(first_run):
     checkpoint, data, work, root = first_run
     (data / "ILSVRC2012_val_00000005.JPEG").unlink()
@@ -105,6 +109,7 @@ def test_a_deleted_image_redoes_evaluation_and_matches_a_fresh_run(first_run):
     np.testing.assert_array_equal(predictions, expected[:, 0])
 
 
+@pytest.mark.slow
 def test_zeroed_cache_under_force_is_repaired_and_gives_the_right_number(first_run):
     checkpoint, data, work, root = first_run
     images = np.load(work / MODEL / "cache" / "images.npy", mmap_mode="r+")
@@ -137,6 +142,7 @@ def _wait_for_holder(lock_file: Path, pid: int, timeout: float = 120.0) -> None:
     raise AssertionError(f"process {pid} never took {lock_file}")
 
 
+@pytest.mark.slow
 def test_racing_runs_on_one_work_dir_the_second_exits_naming_the_first(mobilenet_v1_pb, tmp_path):
     data_a, data_b, work = tmp_path / "a", tmp_path / "b", tmp_path / "work"
     write_val_set(data_a, 5, layout="val_map", seed=31)
@@ -165,6 +171,7 @@ def test_racing_runs_on_one_work_dir_the_second_exits_naming_the_first(mobilenet
     np.testing.assert_array_equal(cache.read(0, len(cache)), fresh.read(0, len(fresh)))
 
 
+@pytest.mark.slow
 def test_wait_runs_after_the_holder_lets_go(mobilenet_v1_pb, first_run, tmp_path):
     _, data, work, _ = first_run
     other = tmp_path / "other"
