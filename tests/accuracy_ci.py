@@ -204,6 +204,42 @@ def _compact_json(payload: dict) -> str:
     )
 
 
+def learned_labels(checkpoints: dict[str, Path], data_dir: Path, run_dir: Path) -> list[int]:
+    """--update-expected: a first pass with placeholder labels, only to learn what each
+    model predicts, and the labels made from those predictions."""
+    write_dataset(data_dir, [0] * NUM_IMAGES)
+    first = {}
+    for model in MODELS:
+        run_model(model, checkpoints[model], data_dir, run_dir)
+        first[model] = model_outcome(model, run_dir)["tf_predictions"]
+    return labels_from_predictions(first)
+
+
+def print_outcomes(outcomes: dict[str, dict]) -> None:
+    print(f"accuracy-ci: {NUM_IMAGES} generated images, fixture checkpoints (random weights)")
+    for model, o in outcomes.items():
+        print(
+            f"  {model:13s} top-1 PyTorch {o['top1']:7.3f} %  TF {o['tf_top1']:7.3f} %  "
+            f"LoadGen {o['loadgen_top1']:7.3f} %  top-5 {o['top5']:7.3f} %  "
+            f"logits rel diff {o['logits_max_rel']:.1e}"
+        )
+
+
+def write_expected(labels: list[int], outcomes: dict[str, dict]) -> None:
+    payload = {"num_images": NUM_IMAGES, "labels": labels}
+    for model, o in outcomes.items():
+        payload[model] = {
+            "top1": o["top1"],
+            "top5_percent": o["top5"],
+            "predictions": o["torch_predictions"],
+            "top5": o["top5_labels"],
+            "crops_sha256": o["crops_sha256"],
+            "opencv": o["opencv"],
+        }
+    write_text_atomic(EXPECTED_PATH, _compact_json(payload))
+    print(f"  wrote {EXPECTED_PATH}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.accuracy_ci", description=__doc__)
     parser.add_argument("--work-dir", type=Path, default=Path("work/accuracy-ci"))
@@ -215,15 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = build_checkpoints(args.work_dir / "checkpoints")
     expected = None if args.update_expected else json.loads(EXPECTED_PATH.read_text())
     data_dir, run_dir = args.work_dir / "data", args.work_dir / "run"
-
     if args.update_expected:
-        # First pass with placeholder labels, only to learn what each model predicts.
-        write_dataset(data_dir, [0] * NUM_IMAGES)
-        first = {}
-        for model in MODELS:
-            run_model(model, checkpoints[model], data_dir, run_dir)
-            first[model] = model_outcome(model, run_dir)["tf_predictions"]
-        labels = labels_from_predictions(first)
+        labels = learned_labels(checkpoints, data_dir, run_dir)
     else:
         labels = expected["labels"]
     write_dataset(data_dir, labels)
@@ -233,27 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         run_model(model, checkpoints[model], data_dir, run_dir)
         outcomes[model] = model_outcome(model, run_dir)
         failures += check(model, outcomes[model], None if expected is None else expected[model])
-
-    print(f"accuracy-ci: {NUM_IMAGES} generated images, fixture checkpoints (random weights)")
-    for model, o in outcomes.items():
-        print(
-            f"  {model:13s} top-1 PyTorch {o['top1']:7.3f} %  TF {o['tf_top1']:7.3f} %  "
-            f"LoadGen {o['loadgen_top1']:7.3f} %  top-5 {o['top5']:7.3f} %  "
-            f"logits rel diff {o['logits_max_rel']:.1e}"
-        )
+    print_outcomes(outcomes)
     if args.update_expected and not failures:
-        payload = {"num_images": NUM_IMAGES, "labels": labels}
-        for model, o in outcomes.items():
-            payload[model] = {
-                "top1": o["top1"],
-                "top5_percent": o["top5"],
-                "predictions": o["torch_predictions"],
-                "top5": o["top5_labels"],
-                "crops_sha256": o["crops_sha256"],
-                "opencv": o["opencv"],
-            }
-        write_text_atomic(EXPECTED_PATH, _compact_json(payload))
-        print(f"  wrote {EXPECTED_PATH}")
+        write_expected(labels, outcomes)
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     elapsed = time.perf_counter() - started
