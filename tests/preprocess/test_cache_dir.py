@@ -12,8 +12,6 @@ from fixtures.images import write_val_set
 from preprocess import build_cache, load_cache
 from tests.conftest import mounted_tmpfs
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def data(tmp_path):

@@ -19,8 +19,6 @@ from preprocess import build_cache, load_cache
 from tests.conftest import mounted_tmpfs
 from tests.preprocess.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow
-
 SIZES = [(200, 260), (260, 200), (256, 256)]
 CONTENT = ("images.npy", "digests.npy", "labels.npy", "files.txt")
 

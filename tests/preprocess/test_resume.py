@@ -17,8 +17,6 @@ from fixtures.images import write_val_set
 from preprocess import build_cache
 from tests.preprocess.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow
-
 N_IMAGES = 160
 
 
@@ -34,6 +32,7 @@ def processes_in_group(pgid: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow  # builds, kills and resumes a real process (seconds)
 def test_kill_9_then_resume_matches_clean_build(tmp_path, run_preprocess_cli):
     data = tmp_path / "data"
     write_val_set(data, N_IMAGES, sizes=[(375, 500), (500, 375), (333, 517)], seed=5)

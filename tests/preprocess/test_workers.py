@@ -13,8 +13,6 @@ from preprocess.recipes import unreadable_reason
 from preprocess.workers import run_ranges
 from tests.preprocess.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow
-
 
 def test_every_range_runs_once_and_results_arrive_in_the_calling_thread():
     seen_threads, results = set(), []
