@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from .observers import HistogramObserver
-from .simulated import SimNet, _QuantLayer, set_quantized
+from .simulated import QuantLayer, SimNet, set_quantized
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,14 @@ def observe_ranges(net: SimNet, batches: list[torch.Tensor], quiet: bool) -> Non
 
 
 def exact_pixel_input(net: SimNet) -> str:
-    """Quantize MobileNet's 8-bit input without error: its codes are the pixel values.
+    """Quantize an 8-bit pixel input without error: its codes are the pixel values.
 
-    The input is ``p / 127.5 - 1`` for a uint8 pixel ``p``. With scale 1/127.5, zero point
-    127 and the input shifted up by half a step first, ``p`` itself is the code, where
-    min/max would put every pixel half a step from its code. The first convolution's bias
-    takes the shift back (exact away from the border; its TF-SAME padding row and column
-    see the pad as -half a step instead of 0)."""
-    quant, first = net.input_quant, net.features[0]
+    The input is ``p / 127.5 - 1`` for a uint8 pixel ``p`` (MobileNet's preprocessing).
+    With scale 1/127.5, zero point 127 and the input shifted up by half a step first, ``p``
+    itself is the code, where min/max would put every pixel half a step from its code. The
+    first convolution's bias takes the shift back (exact away from the border; its TF-SAME
+    padding row and column see the pad as -half a step instead of 0)."""
+    quant, first = net.input_quant, net.layers()[0][1]  # the first convolution
     quant.set_range(-1.0, 1.0, 8)
     quant.zero_point = 127
     quant.shift = quant.scale / 2
@@ -75,12 +75,12 @@ def exact_pixel_input(net: SimNet) -> str:
 
 
 def assign_ranges(net: SimNet, method: str, bits: int) -> dict:
-    """Each activation's range by ``method`` (the network input: min/max, or MobileNet's
-    8-bit input exactly, ``exact_pixel_input``); the record."""
+    """Each activation's range by ``method`` (the network input: min/max, or exactly where
+    the model's row says ``exact_pixel_input`` and ``bits`` is 8); the record."""
     ranges = {}
     for name, quant in net.act_quants():
         observer = quant.observer
-        if name == "input_quant" and net.arch == "mobilenet" and bits == 8:
+        if name == "input_quant" and net.architecture.exact_pixel_input and bits == 8:
             chosen = exact_pixel_input(net)
         else:
             chosen = "minmax" if name == "input_quant" else method
@@ -95,11 +95,11 @@ def assign_ranges(net: SimNet, method: str, bits: int) -> dict:
     return ranges
 
 
-def _stage_layers(stage: torch.nn.Module) -> list[_QuantLayer]:
-    return [m for m in stage.modules() if isinstance(m, _QuantLayer)]
+def _stage_layers(stage: torch.nn.Module) -> list[QuantLayer]:
+    return [m for m in stage.modules() if isinstance(m, QuantLayer)]
 
 
-def _tap(layers: list[_QuantLayer], on: bool) -> None:
+def _tap(layers: list[QuantLayer], on: bool) -> None:
     for layer in layers:
         layer.tapping, layer.tap_sum, layer.tap_count = on, None, 0
 

@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from .simulated import SimConv, SimNet, _QuantLayer
+from .simulated import QuantLayer, SimConv, SimNet
 
 log = logging.getLogger(__name__)
 
@@ -23,38 +23,18 @@ MAX_SWEEPS = 20  # the scales change little after that
 TOLERANCE = 1e-3  # stop when every scale of a sweep is within 0.1 % of 1
 
 
-def equalization_pairs(net: SimNet) -> list[tuple[str, _QuantLayer, str, _QuantLayer]]:
-    """(name1, layer1, name2, layer2) for each pair joined by ReLU/ReLU6 (and avg pool)."""
+def equalization_pairs(net: SimNet) -> list[tuple[str, QuantLayer, str, QuantLayer]]:
+    """(name1, layer1, name2, layer2) for each pair joined by ReLU/ReLU6 (and avg pool),
+    as the model's row names them."""
     modules = dict(net.named_modules())
-    if net.arch == "mobilenet":
-        chain = ["features.0"]
-        for i in range(1, len(net.features)):
-            chain += [f"features.{i}.depthwise", f"features.{i}.pointwise"]
-        chain.append("classifier")  # through the average pool: linear per channel
-    else:
-        chain = []
-    pairs = [(a, modules[a], b, modules[b]) for a, b in zip(chain, chain[1:], strict=False)]
-    if net.arch == "resnet":
-        for k in range(1, 5):
-            for j in range(len(getattr(net, f"layer{k}"))):
-                block = f"layer{k}.{j}"
-                for a, b in (("conv1", "conv2"), ("conv2", "conv3")):
-                    pairs.append(
-                        (
-                            f"{block}.{a}",
-                            modules[f"{block}.{a}"],
-                            f"{block}.{b}",
-                            modules[f"{block}.{b}"],
-                        )
-                    )
-    return pairs
+    return [(a, modules[a], b, modules[b]) for a, b in net.architecture.equalization_pairs(net)]
 
 
-def _is_depthwise(layer: _QuantLayer) -> bool:
+def _is_depthwise(layer: QuantLayer) -> bool:
     return isinstance(layer, SimConv) and layer.groups > 1
 
 
-def _input_ranges(layer: _QuantLayer, weight: torch.Tensor) -> torch.Tensor:
+def _input_ranges(layer: QuantLayer, weight: torch.Tensor) -> torch.Tensor:
     if _is_depthwise(layer):  # depthwise: channel i is weight[i], both in and out
         return weight.abs().reshape(weight.shape[0], -1).amax(1)
     return weight.abs().transpose(0, 1).reshape(weight.shape[1], -1).amax(1)

@@ -10,14 +10,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from convert.models.mobilenet_v1 import MobileNetV1
-from convert.models.resnet import ResNet50
 from core.errors import UserError
 
+from .architectures import architecture_of, build_simulated
 from .calibrate import BIAS_CORRECTION_IMAGES, assign_ranges, correct_biases, observe_ranges
 from .equalize import equalize as equalize_layers
 from .scheme import DEFAULT_METHOD, QuantScheme, check_method, parse_scheme
-from .simulated import build_simulated, set_quantized
+from .simulated import set_quantized
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +49,7 @@ def quantize_model(
     quiet: bool = False,
 ) -> nn.Module:
     """A quantized copy of ``model`` (left untouched), with ``quantization_record``."""
-    if not isinstance(model, (MobileNetV1, ResNet50)):
-        raise UserError(
-            "--quantize supports the converted MobileNetV1 and ResNet50 modules, "
-            f"not {type(model).__name__}"
-        )
+    architecture_of(model)  # a UserError for any other module, before any work
     parsed = parse_scheme(scheme)
     check_method(method)
     started = time.perf_counter()

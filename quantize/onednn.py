@@ -312,40 +312,18 @@ class Int8AvgPool(_Dequantizes):
 
 
 class Int8Net(nn.Module):
-    """The int8 model: float32 NCHW in, float32 logits [N, classes] out, CPU only."""
+    """The int8 model: float32 NCHW in, float32 logits [N, classes] out, CPU only.
+
+    Its blocks, named as the SimNet's, come from the model's row (``int8_parts``)."""
 
     def __init__(self, sim: SimNet):
         super().__init__()
-        self.arch = sim.arch
+        self.architecture = sim.architecture
         self.input_quant = Int8Input(sim.input_quant)
-        current = self.input_quant.out
-        if sim.arch == "mobilenet":
-            stem = sim.features[0]
-            blocks = [Int8Conv(stem, current, QParams(stem.out_quant))]
-            current = blocks[0].out
-            for block in list(sim.features)[1:]:
-                dw = Int8Conv(block.depthwise, current, QParams(block.depthwise.out_quant))
-                pw = Int8Conv(block.pointwise, dw.out, QParams(block.pointwise.out_quant))
-                blocks.append(Int8Separable(dw, pw))
-                current = pw.out
-            self.features = nn.Sequential(*blocks)
-            self.avgpool = Int8AvgPool(sim.avgpool, current)
-            self.classifier = Int8Conv(sim.classifier, self.avgpool.out, None)
-            self._order = ["input_quant", "features", "avgpool", "classifier"]
-        else:
-            self.conv1 = Int8Conv(sim.conv1, current, QParams(sim.conv1.out_quant))
-            self.maxpool = Int8MaxPool(sim.maxpool.kernel, sim.maxpool.stride, self.conv1.out)
-            current = self.maxpool.out
-            for k in range(1, 5):
-                blocks = []
-                for block in getattr(sim, f"layer{k}"):
-                    blocks.append(Int8Bottleneck(block, current))
-                    current = blocks[-1].out
-                setattr(self, f"layer{k}", nn.Sequential(*blocks))
-            self.avgpool = Int8AvgPool(sim.avgpool, current)
-            self.fc = Int8Linear(sim.fc, self.avgpool.out)
-            self._order = ["input_quant", "conv1", "maxpool"]
-            self._order += [f"layer{k}" for k in range(1, 5)] + ["avgpool", "fc"]
+        parts = sim.architecture.int8_parts(sim, self.input_quant.out)
+        for name, part in parts:
+            self.add_module(name, part)
+        self._order = ["input_quant", *(name for name, _ in parts)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for name in self._order:

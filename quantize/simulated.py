@@ -1,7 +1,8 @@
 """The quantized network in float32: batch norm folded, fake quantization switchable.
 
-``build_simulated`` turns a converted ``MobileNetV1`` or ``ResNet50`` into a ``SimNet``
-whose blocks keep the fp32 names (``features.3.depthwise``, ``layer2.1`` ...). With
+``architectures.build_simulated`` turns a converted ``MobileNetV1`` or ``ResNet50`` into a
+``SimNet`` (its blocks from the model's row, batch norm folded by ``folding.py``), whose
+blocks keep the fp32 names (``features.3.depthwise``, ``layer2.1`` ...). With
 quantization off it computes the fp32 model (batch norm folded, maybe equalized); with it
 on, weights are fake-quantized per output channel and every activation per tensor, with
 round-half-to-even and clamping like the int8 kernels. Calibration, cross-layer
@@ -15,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convert.models.mobilenet_v1 import ConvBNReLU6, MobileNetV1
 from convert.models.padding import tf_same_pads
-from convert.models.resnet import ResNet50
 
+from .architecture import Architecture, Parts
 from .observers import HistogramObserver, activation_qparams
 
 
@@ -73,7 +73,7 @@ class ActQuant(nn.Module):
         return f"scale={self.scale:.6g}, zero_point={self.zero_point}, bits={self.bits}"
 
 
-class _QuantLayer(nn.Module):
+class QuantLayer(nn.Module):
     """Weights/bias shared by the conv and linear layers: fp32 copies and quantized ones."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, act: str):
@@ -144,7 +144,7 @@ class _QuantLayer(nn.Module):
         return self.weight, self.bias
 
 
-class SimConv(_QuantLayer):
+class SimConv(QuantLayer):
     """Conv (batch norm folded) + activation (+ output quantizer). ``padding`` is an int,
     or "same" for TF-SAME padding computed from the input size."""
 
@@ -182,7 +182,7 @@ class SimConv(_QuantLayer):
         )
 
 
-class SimLinear(_QuantLayer):
+class SimLinear(QuantLayer):
     """Linear layer; float32 out (the logits)."""
 
     def __init__(self, weight, bias):
@@ -249,24 +249,20 @@ class SimAvgPool(nn.Module):
 
 
 class SimNet(nn.Module):
-    """Input quantizer, then the stages in order; logits [N, classes] in float32."""
+    """Input quantizer, then the stages in order; logits [N, classes] in float32.
 
-    def __init__(self, arch: str):
+    ``architecture`` is the model's row (``architectures.py``): it names the stages."""
+
+    def __init__(self, architecture: Architecture, parts: Parts):
         super().__init__()
-        self.arch = arch
+        self.architecture = architecture
         self.input_quant = ActQuant()
+        for name, part in parts:
+            self.add_module(name, part)
 
     def stage_names(self) -> list[str]:
         """Names of the modules run one after the other (each one's output feeds the next)."""
-        if self.arch == "mobilenet":
-            names = ["input_quant", "features.0"]
-            for i in range(1, len(self.features)):
-                names += [f"features.{i}.depthwise", f"features.{i}.pointwise"]
-            return names + ["avgpool", "classifier"]
-        names = ["input_quant", "conv1", "maxpool"]
-        for k in range(1, 5):
-            names += [f"layer{k}.{j}" for j in range(len(getattr(self, f"layer{k}")))]
-        return names + ["avgpool", "fc"]
+        return ["input_quant", *self.architecture.stage_names(self)]
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [(name, self.get_submodule(name)) for name in self.stage_names()]
@@ -276,8 +272,8 @@ class SimNet(nn.Module):
             x = stage(x)
         return torch.flatten(x, 1)
 
-    def layers(self) -> list[tuple[str, _QuantLayer]]:
-        return [(n, m) for n, m in self.named_modules() if isinstance(m, _QuantLayer)]
+    def layers(self) -> list[tuple[str, QuantLayer]]:
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, QuantLayer)]
 
     def act_quants(self) -> list[tuple[str, ActQuant]]:
         return [(n, m) for n, m in self.named_modules() if isinstance(m, ActQuant)]
@@ -286,74 +282,5 @@ class SimNet(nn.Module):
 def set_quantized(module: nn.Module, enabled: bool) -> None:
     """Switch fake quantization of weights and activations on or off under ``module``."""
     for layer in module.modules():
-        if isinstance(layer, (ActQuant, _QuantLayer)):
+        if isinstance(layer, (ActQuant, QuantLayer)):
             layer.quantized = enabled
-
-
-# -- building from the converted fp32 models ------------------------------------------------
-def fold_batch_norm(conv: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | None):
-    """(weight, bias) of ``conv`` followed by ``bn`` in eval mode, folded in float64."""
-    weight = conv.weight.detach().double()
-    bias = (
-        conv.bias.detach().double()
-        if conv.bias is not None
-        else torch.zeros(weight.shape[0], dtype=torch.float64)
-    )
-    if bn is None:
-        return weight.float(), bias.float()
-    factor = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    shift = bn.bias.detach().double() - factor * bn.running_mean.double()
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    return (weight * factor.view(shape)).float(), (bias * factor + shift).float()
-
-
-def _from_conv_bn_relu6(block: ConvBNReLU6) -> SimConv:
-    conv = block.conv
-    weight, bias = fold_batch_norm(conv, block.bn)
-    return SimConv(weight, bias, conv.stride[0], "same", conv.groups, "relu6")
-
-
-def _from_conv(conv: nn.Conv2d, bn, act: str, out_quant: bool = True) -> SimConv:
-    weight, bias = fold_batch_norm(conv, bn)
-    return SimConv(weight, bias, conv.stride[0], conv.padding[0], conv.groups, act, out_quant)
-
-
-def build_simulated(model: nn.Module) -> SimNet:
-    """A ``SimNet`` computing ``model`` (quantization off), batch norm folded."""
-    if isinstance(model, MobileNetV1):
-        net = SimNet("mobilenet")
-        blocks = [_from_conv_bn_relu6(model.features[0])]
-        for block in list(model.features)[1:]:
-            blocks.append(
-                SimSeparable(
-                    _from_conv_bn_relu6(block.depthwise), _from_conv_bn_relu6(block.pointwise)
-                )
-            )
-        net.features = nn.Sequential(*blocks)
-        net.avgpool = SimAvgPool(model.avgpool.kernel_size)
-        net.classifier = _from_conv(model.classifier, None, "none", out_quant=False)
-        return net
-    if isinstance(model, ResNet50):
-        net = SimNet("resnet")
-        net.conv1 = _from_conv(model.conv1, model.bn1, "relu")
-        net.maxpool = SimMaxPool(model.maxpool.kernel_size, model.maxpool.stride)
-        for k in range(1, 5):
-            blocks = []
-            for block in getattr(model, f"layer{k}"):
-                downsample = None
-                if block.downsample is not None:
-                    downsample = _from_conv(block.downsample[0], block.downsample[1], "none")
-                blocks.append(
-                    SimBottleneck(
-                        _from_conv(block.conv1, block.bn1, "relu"),
-                        _from_conv(block.conv2, block.bn2, "relu"),
-                        _from_conv(block.conv3, block.bn3, "none", out_quant=False),
-                        downsample,
-                    )
-                )
-            setattr(net, f"layer{k}", nn.Sequential(*blocks))
-        net.avgpool = SimAvgPool(None)
-        weight, bias = fold_batch_norm(model.fc, None)
-        net.fc = SimLinear(weight, bias)
-        return net
-    raise TypeError(type(model).__name__)

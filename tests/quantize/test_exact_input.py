@@ -5,9 +5,9 @@ import torch
 
 from convert.models import MobileNetV1, ResNet50
 from preprocess import normalize
+from quantize.architectures import build_simulated
 from quantize.calibrate import assign_ranges, observe_ranges
 from quantize.onednn import Int8Input
-from quantize.simulated import build_simulated
 
 
 def calibrated(model, images: torch.Tensor, bits: int = 8):

@@ -13,9 +13,9 @@ import torch
 from core.errors import UserError
 from fixtures import photo_models as models
 from quantize import CALIBRATION_METHODS, DEFAULT_METHOD, SCHEMES, parse_scheme, quantize_model
+from quantize.architectures import build_simulated
 from quantize.equalize import equalize
 from quantize.observers import HistogramObserver
-from quantize.simulated import build_simulated
 
 pytestmark = pytest.mark.slow  # builds and quantizes real-sized models (about a minute)
 
