@@ -17,7 +17,8 @@ from quantize.architectures import build_simulated
 from quantize.equalize import equalize
 from quantize.observers import HistogramObserver
 
-pytestmark = pytest.mark.slow  # builds and quantizes real-sized models (about a minute)
+# A test that builds or quantizes a real-sized model (itself or through a module fixture)
+# takes more than about 5 s: each such test is marked slow; the others stay quick.
 
 CALIBRATION, HELD_OUT = 16, 32
 
@@ -74,6 +75,7 @@ def test_bad_scheme_is_one_sentence(text):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_user_errors(mobilenet, mobilenet_data):
     calibration = [mobilenet_data[0][:2]]
     cases = [
@@ -134,6 +136,7 @@ def test_observer_ranges():
 
 
 # -- exactness of the float32 transformations -------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["mobilenet", "resnet"])
 def test_folding_and_equalization_keep_logits(arch, request):
     model = request.getfixturevalue(arch)
@@ -151,6 +154,7 @@ def test_folding_and_equalization_keep_logits(arch, request):
 
 
 # -- back ends ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_int8_record_names_and_dequantize(mobilenet, mobilenet_int8, mobilenet_data):
     record = mobilenet_int8.quantization_record
     json.dumps(record)
@@ -180,6 +184,7 @@ def test_int8_record_names_and_dequantize(mobilenet, mobilenet_int8, mobilenet_d
     assert isinstance(mobilenet.features[1].depthwise.bn, torch.nn.BatchNorm2d)
 
 
+@pytest.mark.slow
 def test_simulated_and_int8_agree(mobilenet, mobilenet_int8, mobilenet_data):
     calibration, held_out = mobilenet_data
     simulated = quantize_model(mobilenet, [calibration], "w8a8", equalize=True, quiet=True)
@@ -194,6 +199,7 @@ def test_simulated_and_int8_agree(mobilenet, mobilenet_int8, mobilenet_data):
     assert float((a - b).abs().max()) < 0.05 * float(a.abs().max())
 
 
+@pytest.mark.slow
 def test_int8_keeps_fp32_top1(mobilenet, mobilenet_int8, mobilenet_data):
     held_out = mobilenet_data[1]
     reference = _logits(mobilenet, held_out)
@@ -203,6 +209,7 @@ def test_int8_keeps_fp32_top1(mobilenet, mobilenet_int8, mobilenet_data):
     assert _top1_agreement(reference, quantized) >= 0.6
 
 
+@pytest.mark.slow
 def test_resnet_int8(resnet, resnet_data):
     calibration, held_out = resnet_data
     int8 = quantize_model(resnet, [calibration], "int8", quiet=True)
@@ -216,6 +223,7 @@ def test_resnet_int8(resnet, resnet_data):
         copy.deepcopy(int8).to("meta")
 
 
+@pytest.mark.slow
 def test_int8_is_thread_safe(mobilenet_int8, mobilenet_data):
     images = mobilenet_data[1][:8]
     expected = _logits(mobilenet_int8, images)
@@ -238,6 +246,7 @@ def test_int8_is_thread_safe(mobilenet_int8, mobilenet_data):
     assert torch.equal(torch.cat([results[0], results[1]]), expected)
 
 
+@pytest.mark.slow
 def test_techniques_help_the_fragile_mobilenet(mobilenet, mobilenet_data):
     calibration, held_out = mobilenet_data
     reference = _logits(mobilenet, held_out)
