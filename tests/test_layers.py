@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (
     "core",
@@ -195,7 +193,12 @@ def test_the_check_sees_a_cycle_also_through_a_function_level_import(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("layer", LAYERS[:-1])
+# Each layer is imported in a fresh process: fixtures (TensorFlow and all below) takes 5 s
+# alone, several times that on a busy machine.
+@pytest.mark.parametrize(
+    "layer",
+    [pytest.param(n, marks=pytest.mark.slow) if n == "fixtures" else n for n in LAYERS[:-1]],
+)
 def test_each_layer_imports_without_the_ones_above(layer):
     import subprocess
     import sys

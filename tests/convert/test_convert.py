@@ -24,11 +24,14 @@ from core.cli import run_cli
 from core.profiles import MOBILENET_V1, RESNET50
 
 pytestmark = pytest.mark.tf
+SLOW = pytest.mark.slow
 
 ABS_LOGIT_TOL = 1e-3
 REL_LOGIT_TOL = 1e-4
 
 
+# A full ResNet-50 conversion verified against TensorFlow: about 4 s alone, so its tests
+# (with their own seconds) are marked slow.
 @pytest.fixture(scope="module")
 def resnet_cli(resnet50_pb, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("resnet_cli")
@@ -57,6 +60,7 @@ def _assert_accepted(verification: dict) -> None:
     assert verification["first_failing_layer"] is None
 
 
+@pytest.mark.slow
 def test_cli_writes_model_file_sidecar_and_report(resnet_cli, resnet50_pb):
     out, report_path = resnet_cli
     sidecar = json.loads(out.with_suffix(".json").read_text())
@@ -91,6 +95,7 @@ def test_cli_writes_model_file_sidecar_and_report(resnet_cli, resnet50_pb):
     assert state["fc.weight"].shape == (1001, 2048)
 
 
+@pytest.mark.slow
 def test_load_model_round_trip_matches_tf(resnet_cli, resnet50_pb):
     out, _ = resnet_cli
     model = load_model(out)
@@ -105,6 +110,7 @@ def test_load_model_round_trip_matches_tf(resnet_cli, resnet50_pb):
     np.testing.assert_array_equal(pt_logits.argmax(1), tf_logits.argmax(1))
 
 
+@pytest.mark.slow
 def test_load_needs_only_the_pth(resnet_cli, tmp_path):
     out, _ = resnet_cli
     alone = tmp_path / "alone.pth"
@@ -117,10 +123,10 @@ def test_load_needs_only_the_pth(resnet_cli, tmp_path):
 
 @pytest.mark.parametrize(
     ("fixture", "model", "bn_encoding", "data_format"),
-    [
-        ("resnet50_decomposed_pb", "resnet50", "decomposed", "NHWC"),
-        ("resnet50_batch1_pb", "resnet50", "fused", "NHWC"),
-        ("resnet50_nchw_pb", "resnet50", "fused", "NCHW"),
+    [  # a ResNet-50 conversion with verification: 3-5 s alone, slow
+        pytest.param("resnet50_decomposed_pb", "resnet50", "decomposed", "NHWC", marks=SLOW),
+        pytest.param("resnet50_batch1_pb", "resnet50", "fused", "NHWC", marks=SLOW),
+        pytest.param("resnet50_nchw_pb", "resnet50", "fused", "NCHW", marks=SLOW),
         ("mobilenet_v1_pb", "mobilenet_v1", "fused", "NHWC"),
         ("mobilenet_v1_decomposed_pb", "mobilenet_v1", "decomposed", "NHWC"),
         ("mobilenet_v1_tgz", "mobilenet_v1", "fused", "NHWC"),
@@ -176,6 +182,7 @@ def test_runner_takes_any_batch_on_pinned_graph(mobilenet_v1_batch1_pb):
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_verify_on_real_images_and_cache(mobilenet_v1_pb, tmp_path):
     from fixtures.images import write_val_set
     from preprocess import build_cache

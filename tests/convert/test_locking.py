@@ -20,7 +20,7 @@ import pytest
 from convert import load_checkpoint
 from convert.api import remove_stale_outputs
 
-pytestmark = [pytest.mark.tf, pytest.mark.slow]
+pytestmark = pytest.mark.tf
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,6 +56,7 @@ def _temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
+@pytest.mark.slow
 def test_second_writer_fails_naming_the_holder_or_waits(mobilenet_v1_pb, tmp_path):
     out = tmp_path / "model.pth"
     holder = _frozen_holder(mobilenet_v1_pb, out)
@@ -84,6 +85,7 @@ def test_second_writer_fails_naming_the_holder_or_waits(mobilenet_v1_pb, tmp_pat
     assert _temporaries(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_killed_holder_releases_lock_and_its_temporaries_are_removed(mobilenet_v1_pb, tmp_path):
     out = tmp_path / "model.pth"
     holder = _frozen_holder(mobilenet_v1_pb, out)

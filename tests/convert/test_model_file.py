@@ -18,7 +18,7 @@ from convert.verify import synthetic_images
 from core.errors import UserError
 from core.profiles import MOBILENET_V1
 
-pytestmark = [pytest.mark.tf, pytest.mark.slow]
+pytestmark = pytest.mark.tf
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,6 +30,8 @@ def _python_m(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+# A real python -m convert (torch and TensorFlow imported in a fresh process): about 5 s, so
+# every test using it is marked slow.
 @pytest.fixture(scope="module")
 def converted(mobilenet_v1_pb, tmp_path_factory) -> Path:
     """A MobileNet-v1 converted by a real ``python -m convert``."""
@@ -78,6 +80,7 @@ def _copy(converted: Path, folder: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_record_comes_from_the_pth(converted):
     module, record = load_checkpoint(converted)
     assert not module.training
@@ -90,6 +93,7 @@ def test_record_comes_from_the_pth(converted):
     assert eps == record["bn_epsilons"]
 
 
+@pytest.mark.slow
 def test_edited_sidecar_changes_nothing(converted, images, tmp_path):
     copy = _copy(converted, tmp_path)
     before = _logits(copy, images)
@@ -103,6 +107,7 @@ def test_edited_sidecar_changes_nothing(converted, images, tmp_path):
     assert torch.equal(_logits(copy, images), before)
 
 
+@pytest.mark.slow
 def test_epsilons_in_the_pth_are_what_the_model_uses(converted, images, tmp_path):
     """The counterpart: the same edit inside the .pth (digest redone) does change logits."""
     payload = _payload(converted)
@@ -111,6 +116,7 @@ def test_epsilons_in_the_pth_are_what_the_model_uses(converted, images, tmp_path
     assert not torch.allclose(_logits(edited, images), _logits(converted, images))
 
 
+@pytest.mark.slow
 def test_edit_inside_the_pth_without_digest_is_refused(converted, tmp_path):
     payload = _payload(converted)
     payload["bn_epsilons"]["features.3.depthwise.bn"] = 0.5
@@ -122,6 +128,7 @@ def test_edit_inside_the_pth_without_digest_is_refused(converted, tmp_path):
         load_checkpoint(_save(payload, tmp_path / "weights.pth"))
 
 
+@pytest.mark.slow
 def test_unknown_key_is_refused_by_load_and_by_eval(converted, tiny_cache, tmp_path):
     payload = _payload(converted)
     payload["bn_momentum"] = 0.9
@@ -151,6 +158,7 @@ def test_unknown_key_is_refused_by_load_and_by_eval(converted, tiny_cache, tmp_p
     assert not (out / "results.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
@@ -169,6 +177,7 @@ def test_wrong_types_and_values_are_one_sentence(converted, tmp_path, field, val
         load_checkpoint(_save(payload, tmp_path / "m.pth", redigest=True))
 
 
+@pytest.mark.slow
 def test_wrong_entry_types_are_one_sentence(converted, tmp_path):
     payload = _payload(converted)
     payload["bn_epsilons"]["features.0.bn"] = "0.001"
@@ -180,6 +189,7 @@ def test_wrong_entry_types_are_one_sentence(converted, tmp_path):
         load_checkpoint(_save(payload, tmp_path / "m.pth", redigest=True))
 
 
+@pytest.mark.slow
 def test_older_state_dict_only_format_says_convert_again(converted, tmp_path):
     old = tmp_path / "old.pth"
     torch.save(_payload(converted)["state_dict"], old)
@@ -192,6 +202,7 @@ def test_older_state_dict_only_format_says_convert_again(converted, tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "text", "empty", "pickled module"])
 def test_damaged_or_foreign_files_are_one_sentence(converted, tmp_path, damage):
     path = tmp_path / "m.pth"
@@ -209,6 +220,7 @@ def test_damaged_or_foreign_files_are_one_sentence(converted, tmp_path, damage):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_expected_model_is_checked(converted):
     with pytest.raises(UserError, match="holds a converted mobilenet_v1 model, not resnet50"):
         load_model("resnet50", converted)  # the older (model, path) call
@@ -217,6 +229,7 @@ def test_expected_model_is_checked(converted):
     assert load_model("mobilenet_v1", converted) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -12,8 +12,6 @@ from convert.registry import MODELS
 from core.errors import UserError
 from core.profiles import PROFILES
 
-pytestmark = pytest.mark.slow
-
 
 def test_resnet50_names_and_shapes():
     model = ResNet50()

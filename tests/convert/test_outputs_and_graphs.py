@@ -18,7 +18,7 @@ from convert.tf_runner import TFGraphRunner
 from core.errors import UserError
 from tests.conftest import mounted_tmpfs
 
-pytestmark = [pytest.mark.tf, pytest.mark.slow]
+pytestmark = pytest.mark.tf
 
 tf = pytest.importorskip("tensorflow")
 
@@ -87,6 +87,7 @@ def test_the_same_graph_gives_byte_identical_model_files(mobilenet_v1_pb, tmp_pa
 # ------------------------------------------------------------------ a full disk
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("marker", [".model.pth.", ".report.json."])
 def test_a_full_disk_is_one_sentence_and_leaves_nothing(mobilenet_v1_pb, tmp_path, marker):
     out, report = tmp_path / "out" / "model.pth", tmp_path / "reports" / "report.json"
@@ -109,6 +110,7 @@ def small_tmpfs(tmp_path):
         yield mount_point
 
 
+@pytest.mark.slow
 def test_a_really_full_disk_for_the_model_or_the_report(mobilenet_v1_pb, tmp_path, small_tmpfs):
     out = small_tmpfs / "model.pth"
     result = python("-m", "convert", *convert_args(mobilenet_v1_pb, out, "--no-verify", "--quiet"))
@@ -169,6 +171,7 @@ def mobilenet_graph_def(mobilenet_v1_pb):
 HOW = ["unknown op", "duplicate name"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", HOW)
 def test_convert_refuses_a_graph_tf_cannot_import(mobilenet_graph_def, tmp_path, how):
     pb = tmp_path / "in" / "mobilenet_v1_1.0_224_frozen.pb"
@@ -180,6 +183,7 @@ def test_convert_refuses_a_graph_tf_cannot_import(mobilenet_graph_def, tmp_path,
     assert not out.parent.exists() or outputs(out.parent) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", HOW)
 def test_eval_tf_backend_refuses_a_graph_tf_cannot_import(
     mobilenet_graph_def, tiny_cache, tmp_path, how

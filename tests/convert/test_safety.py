@@ -23,7 +23,7 @@ from convert.verify import synthetic_images
 from core.errors import UserError
 from core.profiles import MOBILENET_V1, get_profile
 
-pytestmark = [pytest.mark.tf, pytest.mark.slow]
+pytestmark = pytest.mark.tf
 
 tf = pytest.importorskip("tensorflow")
 from fixtures.hostile_graphs import WRITE_NODE, run_unguarded, with_side_effect  # noqa: E402
@@ -90,6 +90,7 @@ def test_unguarded_tensorflow_runs_the_side_effect(mobilenet_graph_def, tmp_path
     assert (tmp_path / "victim.txt").read_bytes() == b"written by a frozen graph\n"
 
 
+@pytest.mark.slow
 def test_convert_cli_refuses_hostile_graph(mobilenet_graph_def, tmp_path):
     pb, victim = _hostile_pb(mobilenet_graph_def, tmp_path / "in")
     out = tmp_path / "out" / "model.pth"
@@ -133,6 +134,7 @@ def test_runner_checks_every_later_fetch(mobilenet_graph_def, tmp_path):
     assert not victim.exists()
 
 
+@pytest.mark.slow
 def test_eval_tf_backend_refuses_hostile_graph(mobilenet_graph_def, tiny_cache, tmp_path):
     pb, victim = _hostile_pb(mobilenet_graph_def, tmp_path / "in")
     out = tmp_path / "results"

@@ -11,8 +11,6 @@ import pytest
 
 from core.cli import positive_int, renamed_options
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -23,8 +23,6 @@ from core.files import (
     write_text_atomic,
 )
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[2]
 
 HOLD_LOCK = """

@@ -22,7 +22,10 @@ pytestmark = pytest.mark.tf
 N_IMAGES = 8
 
 
-@pytest.fixture(scope="module", params=["mobilenet_v1", "resnet50"])
+# ResNet-50's conversion and both backends' runs take over 5 s: slow.
+@pytest.fixture(
+    scope="module", params=["mobilenet_v1", pytest.param("resnet50", marks=pytest.mark.slow)]
+)
 def converted(request, tmp_path_factory):
     """(model, cache_dir, frozen graph, converted .pth) for one model."""
     model = request.param

@@ -22,8 +22,6 @@ from eval.loadgen.cache_pass import CacheCrops
 from eval.options import EvalSettings
 from tests.eval.fakes import FakeCache, ToyBackend
 
-pytestmark = pytest.mark.slow
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -143,6 +141,7 @@ def _eval_cli(cache_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_out_exits_naming_the_holder_or_waits(cache_dir, tmp_path):
     import os
 

@@ -20,8 +20,6 @@ from fixtures.images import write_val_set
 from preprocess import build_cache, load_cache
 from tests.eval.fakes import ToyNet
 
-pytestmark = pytest.mark.slow
-
 N_IMAGES = 9
 
 

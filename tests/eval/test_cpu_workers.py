@@ -12,8 +12,6 @@ from core.errors import UserError
 from eval.engines import cpu_workers, fast_builders, prepare_engine
 from eval.engines.cpu_workers import WORKERS_ENV, chunk_images, worker_count
 
-pytestmark = pytest.mark.slow
-
 
 class RecordingModel(nn.Module):
     """Row-wise logits (row i -> its input mean), recording each call's thread state."""
@@ -92,6 +90,7 @@ def test_one_worker_means_whole_batches_on_intra_op_threads(monkeypatch):
     assert model.calls == [(threading.current_thread().name, torch.get_num_threads(), 10)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_fast_engine_logits_do_not_depend_on_the_split(monkeypatch, workers):
     """A real fast engine (pads folded, frozen) through workers equals eager per image."""

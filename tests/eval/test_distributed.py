@@ -28,8 +28,6 @@ from fixtures.images import write_val_set
 from preprocess import build_cache
 from tests.eval.fakes import FakeCache
 
-pytestmark = pytest.mark.slow
-
 N_IMAGES = 7  # 2 ranks: shards of 4 and 3
 
 
@@ -129,6 +127,7 @@ def run_module(args: list[str], env_extra: dict | None = None) -> subprocess.Com
     )
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_equal_one_process(mobilenet_run):
     root, weights = mobilenet_run
     common = ["--model", "mobilenet_v1", "--cache-dir", str(root / "cache"), "--weights",
@@ -166,9 +165,13 @@ def test_precision_other_than_fp32_is_refused_on_the_cpu(mobilenet_run, tmp_path
     assert not (tmp_path / "o").exists()
 
 
-def test_results_record_the_precision(mobilenet_run):
+def test_results_record_the_precision(mobilenet_run, tmp_path):
     root, weights = mobilenet_run
-    results = json.loads((root / "single" / "results.json").read_text())
+    eval_stage.evaluate(
+        "mobilenet_v1", root / "cache", weights=weights, engine="eager", batch_size=2,
+        out_dir=tmp_path, quiet=True,
+    )  # fmt: skip
+    results = json.loads((tmp_path / "results.json").read_text())
     assert results["precision"] == "fp32"
     assert any("fp32, channels-last" in note for note in results["engine_notes"])
     assert torch.get_num_threads() >= 1
@@ -224,6 +227,7 @@ def test_a_local_rank_without_its_own_gpu_is_one_sentence(monkeypatch):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a PyTorch that sees no GPU")
 def test_torchrun_with_cuda_on_a_cpu_build_says_so_on_every_rank(mobilenet_run, tmp_path):
     root, weights = mobilenet_run

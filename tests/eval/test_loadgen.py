@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
-
 pytest.importorskip("mlperf_loadgen")
 
 from core.cli import run_cli  # noqa: E402
