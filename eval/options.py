@@ -23,7 +23,8 @@ FAST_BUILDER_NAMES = ("torchscript-freeze", "inductor", "torchscript-onednn")
 PRECISIONS = ("fp32", "tf32", "bf16")
 LOADGEN_MODES = ("accuracy", "performance")
 SCENARIOS = ("Offline", "SingleStream")
-# Default batch sizes: 32 measured best on the CPU; a GPU needs large batches to be busy.
+# Default batch sizes: 32 on the CPU (what make bench measures beside batch 1, in
+# docs/measurements.md); a GPU needs large batches to be busy.
 CPU_BATCH, CUDA_BATCH = 32, 256
 # Real crops a fast engine must match eager on before it runs: enough rows to catch a wrong
 # kernel or layout, few enough to cost a fraction of a second.

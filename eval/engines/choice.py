@@ -43,7 +43,7 @@ def cudnn_autotune(num_images: int | None) -> tuple[bool, str]:
     size = "unknown" if num_images is None else str(num_images)
     return on, (
         f"cuDNN autotune {'on' if on else 'off'} ({size} images vs "
-        f"{CUDNN_AUTOTUNE_MIN_IMAGES} that repay its ~12 s)"
+        f"{CUDNN_AUTOTUNE_MIN_IMAGES} that repay its one-time tuning)"
     )
 
 
