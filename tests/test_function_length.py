@@ -4,17 +4,9 @@ named steps, which the reader can follow and the tests can reach one at a time."
 import ast
 from pathlib import Path
 
+from tests.test_layers import LAYERS as PACKAGES  # the project's packages, bottom to top
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = (
-    "core",
-    "preprocess",
-    "convert",
-    "quantize",
-    "eval",
-    "pipeline",
-    "fixtures",
-    "benchmarks",
-)
 MAX_LINES = 50
 
 
