@@ -11,7 +11,6 @@ the one its results.json was written with (its sha256) and gives the top-1 it re
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from core.errors import UserError
 from core.files import exclusive_lock
 from core.records import Record
-from eval.results import PREDICTIONS_FILE, RESULTS_FILE, load_predictions
+from eval.results import PREDICTIONS_FILE, RESULTS_FILE, load_predictions, read_results
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def find_reference(
     sibling of ``out_dir`` that fits (None when there is none; a UserError when several
     that fit disagree). ``labels``: the cache's, to check a reference's recorded top-1."""
     if named is not None:
-        reason = _unfit(Path(named), identity)
+        reason = _unfit(Path(named), identity, read_results(named))
         if reason is not None:
             raise UserError(
                 f"--reference {named} {reason}: name an unmodified fp32 run of the same "
@@ -80,7 +79,7 @@ def find_reference(
         return None
     here = Path(out_dir).resolve()
     folders = sorted(p.parent for p in here.parent.glob(f"*/{RESULTS_FILE}") if p.parent != here)
-    fitting = [folder for folder in folders if _unfit(folder, identity) is None]
+    fitting = [f for f in folders if _unfit(f, identity, read_results(f)) is None]
     if not fitting:
         log.info("no fp32 run of the same model, cache and weights beside %s", out_dir)
         return None
@@ -90,10 +89,9 @@ def find_reference(
     return found[0]
 
 
-def _unfit(folder: Path, identity: RunIdentity) -> str | None:
+def _unfit(folder: Path, identity: RunIdentity, results: dict | None) -> str | None:
     """Why ``folder`` cannot be ``identity``'s reference, as the end of a sentence; None
-    when it can."""
-    results = _results(folder)
+    when it can. ``results``: its results.json as read (None: unreadable)."""
     if results is None:
         return f"holds no readable {RESULTS_FILE}"
     for key, words in _SAME.items():
@@ -108,21 +106,13 @@ def _unfit(folder: Path, identity: RunIdentity) -> str | None:
     return None
 
 
-def _results(folder: Path) -> dict | None:
-    try:
-        results = json.loads((folder / RESULTS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return results if isinstance(results, dict) else None
-
-
 def _read(folder: Path, identity: RunIdentity, labels: np.ndarray, how: str) -> Fp32Reference:
     """The reference in ``folder``, read under its lock and checked (one sentence if not)."""
     # Under its lock, and only if its results.json is still the one chosen: a run writing
     # there now must not pair its predictions with another run's results.
     with exclusive_lock(folder, "fp32 reference folder"):
-        results = _results(folder)
-        if results is None or _unfit(folder, identity) is not None:
+        results = read_results(folder)
+        if _unfit(folder, identity, results) is not None:
             raise UserError(f"the fp32 reference {folder} was rewritten while it was read")
         data = (folder / PREDICTIONS_FILE).read_bytes()
         predictions = load_predictions(folder)
