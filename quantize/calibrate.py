@@ -74,22 +74,25 @@ def exact_pixel_input(net: SimNet) -> str:
     return "exact pixel codes (zero point 127, shifted half a step)"
 
 
-def assign_ranges(net: SimNet, method: str, bits: int) -> dict:
-    """Each activation's range by ``method`` (the network input: min/max, or exactly where
-    the model's row says ``exact_pixel_input`` and ``bits`` is 8); the record."""
+def assign_ranges(net: SimNet, method: str, bits: int | dict[str, int]) -> dict:
+    """Each activation's range by ``method`` at its width (``bits``: one for all, or per
+    quantizer name); the network input by min/max, or exactly where the model's row says
+    ``exact_pixel_input`` and its width is 8. The record."""
     ranges = {}
     for name, quant in net.act_quants():
         observer = quant.observer
-        if name == "input_quant" and net.architecture.exact_pixel_input and bits == 8:
+        width = bits if isinstance(bits, int) else bits[name]
+        if name == "input_quant" and net.architecture.exact_pixel_input and width == 8:
             chosen = exact_pixel_input(net)
         else:
             chosen = "minmax" if name == "input_quant" else method
-            quant.set_range(*observer.choose(chosen, bits), bits)
+            quant.set_range(*observer.choose(chosen, width), width)
         ranges[name.removesuffix(".out_quant")] = {
             "observed": [observer.min, observer.max],
             "range": [quant.range[0], quant.range[1]],
             "scale": quant.scale,
             "zero_point": quant.zero_point,
+            "bits": width,
             "method": chosen,
         }
     return ranges

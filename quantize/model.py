@@ -6,6 +6,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,8 +16,11 @@ from core.errors import UserError
 from .architectures import architecture_of, build_simulated
 from .calibrate import BIAS_CORRECTION_IMAGES, assign_ranges, correct_biases, observe_ranges
 from .equalize import equalize as equalize_layers
+from .layer_bits import bits_names, parse_layer_bits
+from .rounding import ROUNDINGS, gptq_round, learned_layers
 from .scheme import DEFAULT_METHOD, QuantScheme, check_method, parse_scheme
 from .simulated import set_quantized
+from .wiring import Widths, plan_widths
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +50,32 @@ def quantize_model(
     method: str = DEFAULT_METHOD,
     equalize: bool = False,
     bias_correction: bool = True,
+    rounding: str = "auto",
+    layer_bits: str | dict[str, str] | None = None,
+    device: str = "cpu",
     quiet: bool = False,
 ) -> nn.Module:
-    """A quantized copy of ``model`` (left untouched), with ``quantization_record``."""
+    """A quantized copy of ``model`` (left untouched), with ``quantization_record``.
+
+    ``layer_bits``: a ``--layer-bits`` SPEC (text or its parsed map) over a simulated
+    scheme. ``rounding``: "auto" (GPTQ for weights of LEARNED_BITS or fewer), "gptq" or
+    "nearest". ``device``: where learned rounding computes (the result is on the CPU)."""
     architecture_of(model)  # a UserError for any other module, before any work
     parsed = parse_scheme(scheme)
     check_method(method)
+    check_rounding(rounding)
+    spec = layer_spec(layer_bits, parsed)
     started = time.perf_counter()
     batches = _collect(calibration)
     images = sum(len(batch) for batch in batches)
     source = copy.deepcopy(model).to("cpu").eval()
     net = build_simulated(source).eval()
-    techniques, findings = _apply_techniques(
-        net,
-        batches,
-        parsed,
-        method=method,
-        equalize=equalize,
-        bias_correction=bias_correction,
-        quiet=quiet,
-    )
+    widths = plan_widths(net, parsed, spec)
+    choices = Choices(method, equalize, bias_correction, rounding, device, quiet)
+    techniques, findings = _apply_techniques(net, batches, widths, choices)
     quantized = _back_end(net, parsed)
     quantized.quantization_record = _quantization_record(
-        parsed, method, images, techniques, findings, started
+        parsed, widths, choices, images, techniques, findings, started
     )
     log.info(
         "quantized %s to %s in %.1f s",
@@ -79,77 +86,110 @@ def quantize_model(
     return quantized.eval()
 
 
-def _clips_weights_by_mse(parsed: QuantScheme) -> bool:
-    """Whether each weight channel's clip is searched (least MSE) rather than its max |w|."""
-    return parsed.weight_bits < LOW_WEIGHT_BITS
+@dataclass(frozen=True)
+class Choices:
+    """The recipe's switches, as quantize_model was given them."""
+
+    method: str
+    equalize: bool
+    bias_correction: bool
+    rounding: str
+    device: str
+    quiet: bool
 
 
-def _apply_techniques(
-    net,
-    batches: list[torch.Tensor],
-    parsed: QuantScheme,
-    *,
-    method: str,
-    equalize: bool,
-    bias_correction: bool,
-    quiet: bool,
-) -> tuple[list[str], dict]:
+def check_rounding(rounding: str) -> str:
+    if rounding not in ROUNDINGS:
+        raise UserError(f"rounding {rounding!r} is unknown: use one of {', '.join(ROUNDINGS)}")
+    return rounding
+
+
+def layer_spec(layer_bits, parsed: QuantScheme) -> dict[str, str] | None:
+    """The parsed ``--layer-bits`` map (None without one); refused over the int8 kernels,
+    which run 8 bits everywhere."""
+    if layer_bits is None:
+        return None
+    if not parsed.simulated:
+        raise UserError(
+            "--layer-bits needs a simulated --quantize wXaY (such as w4a8): the int8 "
+            "kernels run every layer at 8 bits"
+        )
+    return parse_layer_bits(layer_bits) if isinstance(layer_bits, str) else dict(layer_bits)
+
+
+def _apply_techniques(net, batches: list[torch.Tensor], widths: Widths, choices: Choices):
     """Quantize ``net`` in place: the names of the techniques applied, and what they found.
 
-    The order matters: equalization, then activation ranges, weight quantization and last
-    bias correction. The findings' keys keep that order in ``quantization_record``.
+    The order matters: equalization, then activation ranges, weight quantization (scales,
+    then learned rounding) and last bias correction. The findings' keys keep that order
+    in ``quantization_record``.
     """
     techniques = ["batch-norm folding"]
     findings: dict = {}
-    if equalize:
+    if choices.equalize:
         findings["equalization"] = equalize_layers(net)
         techniques.append("cross-layer equalization")
-    observe_ranges(net, batches, quiet)
-    findings["activation_ranges"] = assign_ranges(net, method, parsed.activation_bits)
-    mse_clip = _clips_weights_by_mse(parsed)
-    findings["weight_clipping"] = _quantize_weights(net, parsed.weight_bits, mse_clip)
-    if mse_clip:
+    observe_ranges(net, batches, choices.quiet)
+    findings["activation_ranges"] = assign_ranges(net, choices.method, widths.quantizers)
+    findings["weight_clipping"] = _quantize_weights(net, widths)
+    if findings["weight_clipping"]:
         techniques.append("per-channel MSE weight clipping")
+    learned = learned_layers(choices.rounding, widths.weight_bits())
+    if learned:
+        findings["learned_rounding"] = {
+            "method": "GPTQ (second-order error feedback, act order)",
+            "layers": learned,
+            **gptq_round(net, batches, learned, choices.quiet, choices.device),
+        }
+        techniques.append("learned rounding (GPTQ)")
     set_quantized(net, True)
-    if bias_correction:
-        findings["bias_correction"] = correct_biases(net, batches, quiet, BIAS_CORRECTION_IMAGES)
+    if choices.bias_correction:
+        findings["bias_correction"] = correct_biases(
+            net, batches, choices.quiet, BIAS_CORRECTION_IMAGES
+        )
         techniques.append("bias correction")
     set_quantized(net, True)
     return techniques, findings
 
 
-def _quantize_weights(net, weight_bits: int, mse_clip: bool) -> dict[str, float]:
-    """Quantize every layer's weights; with ``mse_clip``, each layer's clipped share."""
+def _quantize_weights(net, widths: Widths) -> dict[str, float]:
+    """Quantize every layer's weights at its width; below LOW_WEIGHT_BITS each channel's
+    clip is searched (least MSE): those layers' clipped shares."""
     clipping: dict[str, float] = {}
     for name, layer in net.layers():
-        info = layer.quantize_weight(weight_bits, mse_clip)
-        if mse_clip:
+        bits = widths.layers[name][0]
+        info = layer.quantize_weight(bits, bits < LOW_WEIGHT_BITS)
+        if bits < LOW_WEIGHT_BITS:
             clipping[name] = info["clipped_share"]
     return clipping
 
 
 def _quantization_record(
     parsed: QuantScheme,
-    method: str,
+    widths: Widths,
+    choices: Choices,
     images: int,
     techniques: list[str],
     findings: dict,
     started: float,
 ) -> dict:
     """The ``quantization_record`` of a model quantized since ``started`` (perf_counter)."""
-    mse_clip = _clips_weights_by_mse(parsed)
+    method = choices.method
     return {
         "scheme": parsed.name,
         "weight_bits": parsed.weight_bits,
         "activation_bits": parsed.activation_bits,
+        "layer_bits": bits_names(widths.layers),
+        "weight_bits_mean": round(widths.weight_bits_mean, 4),
+        "input_bits": widths.quantizers["input_quant"],
         "kernels": parsed.kernels,
-        "weights": "per output channel, symmetric"
-        + (
-            ", clip per channel by least squared error" if mse_clip else ", range [-max|w|, max|w|]"
-        ),
+        "weights": "per output channel, symmetric; below "
+        f"{LOW_WEIGHT_BITS} bits each channel's clip by least squared error, else "
+        "[-max|w|, max|w|]",
         "activations": "per tensor, asymmetric (unsigned, zero point 0, after ReLU/ReLU6); "
         f"network input by min/max, the rest by {method}; logits stay float32",
         "calibration_method": method,
+        "rounding": choices.rounding,
         "calibration_images": images,
         "techniques": techniques,
         "seconds": round(time.perf_counter() - started, 1),

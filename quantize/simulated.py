@@ -118,9 +118,10 @@ class QuantLayer(nn.Module):
         return {"clipped_share": float((clip < maxabs).double().mean())}
 
     def weight_codes(self) -> torch.Tensor:
+        """The integer codes of ``weight_q`` (nearest or learned rounding alike)."""
         qmax = 2 ** (self.weight_bits - 1) - 1
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        return torch.round(self.weight / self.weight_scale.view(shape)).clamp_(-qmax, qmax)
+        return torch.round(self.weight_q / self.weight_scale.view(shape)).clamp_(-qmax, qmax)
 
     def _tap(self, z: torch.Tensor) -> None:
         dims = [0] + list(range(2, z.dim()))
