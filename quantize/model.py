@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 LOW_WEIGHT_BITS = 8  # below this, each weight channel's clip is searched (least MSE)
 
 
-def _collect(calibration: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+def collect_batches(calibration: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     batches = []
     for batch in calibration:  # once: it may be a generator
         batch = torch.as_tensor(batch)
@@ -62,20 +62,14 @@ def quantize_model(
     "nearest". ``device``: where learned rounding computes (the result is on the CPU)."""
     architecture_of(model)  # a UserError for any other module, before any work
     parsed = parse_scheme(scheme)
-    check_method(method)
-    check_rounding(rounding)
     spec = layer_spec(layer_bits, parsed)
+    choices = Choices(method, equalize, bias_correction, check_rounding(rounding), device, quiet)
     started = time.perf_counter()
-    batches = _collect(calibration)
-    images = sum(len(batch) for batch in batches)
-    source = copy.deepcopy(model).to("cpu").eval()
-    net = build_simulated(source).eval()
-    widths = plan_widths(net, parsed, spec)
-    choices = Choices(method, equalize, bias_correction, rounding, device, quiet)
-    techniques, findings = _apply_techniques(net, batches, widths, choices)
+    batches = collect_batches(calibration)
+    net, widths, techniques, findings = calibrated_net(model, batches, parsed, spec, choices)
     quantized = _back_end(net, parsed)
     quantized.quantization_record = _quantization_record(
-        parsed, widths, choices, images, techniques, findings, started
+        parsed, widths, choices, batches, techniques, findings, started
     )
     log.info(
         "quantized %s to %s in %.1f s",
@@ -84,6 +78,18 @@ def quantize_model(
         time.perf_counter() - started,
     )
     return quantized.eval()
+
+
+def calibrated_net(model: nn.Module, batches, parsed: QuantScheme, spec, choices: Choices):
+    """``(SimNet, Widths, techniques, findings)``: a copy of fp32 ``model`` quantized (in
+    simulation, quantization on) at ``parsed`` with the ``--layer-bits`` map ``spec``."""
+    architecture_of(model)  # a UserError for any other module, before any work
+    check_method(choices.method)
+    source = copy.deepcopy(model).to("cpu").eval()
+    net = build_simulated(source).eval()
+    widths = plan_widths(net, parsed, spec)
+    techniques, findings = _apply_techniques(net, batches, widths, choices)
+    return net, widths, techniques, findings
 
 
 @dataclass(frozen=True)
@@ -168,13 +174,14 @@ def _quantization_record(
     parsed: QuantScheme,
     widths: Widths,
     choices: Choices,
-    images: int,
+    batches: list[torch.Tensor],
     techniques: list[str],
     findings: dict,
     started: float,
 ) -> dict:
     """The ``quantization_record`` of a model quantized since ``started`` (perf_counter)."""
     method = choices.method
+    images = sum(len(batch) for batch in batches)
     return {
         "scheme": parsed.name,
         "weight_bits": parsed.weight_bits,
