@@ -108,6 +108,12 @@ class EvalSettings:
     calibration_method: str | None = None  # None: the quantize package's default
     equalize: bool = False
     bias_correction: bool = True
+    # Per-layer widths over a simulated scheme: a --layer-bits SPEC as given (NAME=wXaY,...
+    # or a JSON file); the record holds the parsed map.
+    layer_bits: str | None = None
+    rounding: str = "auto"  # one of eval.method.options.ROUNDINGS
+    mixed_precision: bool = False
+    bit_budget: float | None = None  # mean weight bits a mixed-precision plan may spend
     # The preprocessed calibration images; None: the first images of the evaluated cache.
     calibration_cache: str | os.PathLike | None = None
     # The fp32 run a modified model is judged against; None: the sibling run of --out

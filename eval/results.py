@@ -85,9 +85,11 @@ class EvalResult(Record):
     # A modified model's run, filled by eval.method (results sit below it, so these name
     # only Record): the fp32 run it is judged against (eval.method.reference.Fp32Reference),
     # what was applied (eval.method.transform.TransformRecord), what it calibrated on, the
-    # verdict, flips.csv and layers.json.
+    # verdict, flips.csv and layers.json; for --quantize, the widths it ran at
+    # (eval.method.transform.quantization_section).
     fp32_reference: Record | None = None
     transform: Record | None = None
+    quantization: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     mlperf_gate: dict[str, Any] | None = None
     flips: dict[str, Any] | None = None
@@ -95,7 +97,15 @@ class EvalResult(Record):
 
     _not_json = ("top5_labels",)
     # Fields written only when they hold something.
-    _optional = ("loadgen", "transform", "calibration", "mlperf_gate", "flips", "layers")
+    _optional = (
+        "loadgen",
+        "transform",
+        "quantization",
+        "calibration",
+        "mlperf_gate",
+        "flips",
+        "layers",
+    )
 
     @property
     def predictions(self) -> np.ndarray:

@@ -47,8 +47,9 @@ def evaluate_inputs(settings: EvalSettings, state: RunState) -> dict[str, Any]:
         "engine": settings.engine if torch else None,
         "precision": settings.precision if torch else None,
         "loadgen": [settings.loadgen, settings.scenario] if settings.loadgen else None,
-        # A transform's source file and options, and the images it calibrated on.
-        "transform": spec_digest(describe_transform(settings)),
+        # A transform's source file and options (--quantize's: every choice, from --layer-bits'
+        # parsed map to --mixed-precision's target), and the images it calibrated on.
+        "transform": spec_digest(describe_transform(settings, state.profile)),
         "calibration": calibration,
         # The code that evaluates (quantize: the built-in methods) and the libraries that
         # compute the numbers.

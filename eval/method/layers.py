@@ -188,7 +188,7 @@ def layer_report_for(
 
     fp32_model, _ = load_checkpoint(weights, expected_model=profile.name)
     candidate, _ = load_checkpoint(weights, expected_model=profile.name)
-    transform = describe_transform(settings)
+    transform = describe_transform(settings, profile)
     function = load_transform(settings, transform)
     modified = apply_transform(function, transform, candidate, calibration)
     count = min(images, len(cache))

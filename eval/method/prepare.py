@@ -32,11 +32,17 @@ from eval.method.transform import (
     apply_transform,
     describe_transform,
     load_transform,
+    quantization_section,
     spec_digest,
 )
 from eval.method.verdict import judge_predictions
 
 log = logging.getLogger(__name__)
+
+# Beside the evaluation folders (W/<model>/ for pipeline.run, --out's parent for python -m
+# eval): where --quantize caches its calibrations, keyed by the quantize package itself, so
+# a rerun that changes only how it is evaluated does not calibrate again.
+CALIBRATION_STORE = "calibrations"
 
 
 @dataclass
@@ -51,6 +57,7 @@ class PreparedMethod:
     calibration: CalibrationBatches | None = None
     calibration_record: dict | None = None
     reference: Fp32Reference | None = None
+    store: Path | None = None  # --quantize's calibration cache (CALIBRATION_STORE)
 
     @property
     def modify(self) -> Callable | None:
@@ -67,7 +74,7 @@ class PreparedMethod:
         return hashlib.sha256(f"{spec_digest(self.transform)}\0{calibration}".encode()).hexdigest()
 
     def _apply(self, module):
-        function = load_transform(self.settings, self.transform)
+        function = load_transform(self.settings, self.transform, self.store)
         return apply_transform(function, self.transform, module, self.calibration)
 
     def judge(self, result, backend, out_dir: Path | None) -> None:
@@ -75,6 +82,8 @@ class PreparedMethod:
         flips.csv and layers.json into ``out_dir``; call while ``backend`` is open."""
         result.transform = self.transform
         result.calibration = self.calibration_record
+        if self.settings.quantize is not None:
+            result.quantization = quantization_section(self.transform)
         if self.transform is not None:
             result.backend_info.setdefault("engine_notes", []).insert(
                 0, f"model: {self.transform.spec}"
@@ -131,7 +140,9 @@ def prepare_method(
         return None
     method = PreparedMethod(profile, settings, cache, cache_dir)
     if settings.transformed:  # its file and its calibration images
-        method.transform = describe_transform(settings)
+        method.transform = describe_transform(settings, profile)
+        if settings.quantize is not None and out_dir is not None:
+            method.store = Path(out_dir).parent / CALIBRATION_STORE
         method.calibration, method.calibration_record = calibration_set(
             profile, cache, settings.calibration_cache
         )

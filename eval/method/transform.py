@@ -18,6 +18,8 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
+import json
 import logging
 import sys
 import types
@@ -28,6 +30,7 @@ from typing import Any
 
 from core.errors import UserError, first_line
 from core.files import sha256_file
+from core.profiles import ModelProfile, as_profile
 from core.records import Record
 from core.sources import source_digest
 from eval.method.options import split_spec
@@ -64,28 +67,44 @@ def _module_file(module_name: str, spec: str) -> Path:
     return Path(found.origin)
 
 
-def quantize_options(settings) -> dict[str, Any]:
-    """--quantize's choices as recorded: scheme, calibration method and techniques."""
+def quantize_options(settings, profile: ModelProfile | str) -> dict[str, Any]:
+    """--quantize's choices as recorded and passed to ``quantize_model``: the scheme,
+    calibration method, techniques, rounding, the parsed --layer-bits map (a JSON file's
+    content, not its path, so editing the file redoes the run), the device (learned rounding
+    runs there and may round otherwise on CUDA: in the digests, though not in the folder
+    name) and, for --mixed-precision, its budget and target agreement with fp32 (the
+    model's MLPerf ratio, ``profile.gate_ratio``)."""
+    from quantize.layer_bits import parse_layer_bits
     from quantize.scheme import DEFAULT_METHOD
 
-    return {
+    spec = settings.layer_bits
+    options = {
         "scheme": settings.quantize,
         "calibration_method": settings.calibration_method or DEFAULT_METHOD,
         "equalize": settings.equalize,
         "bias_correction": settings.bias_correction,
+        "rounding": settings.rounding,
+        "layer_bits": None if spec is None else parse_layer_bits(spec),
+        "device": settings.device,
+        "mixed_precision": settings.mixed_precision,
     }
+    if settings.mixed_precision:
+        options["bit_budget"] = settings.bit_budget
+        options["target_agreement"] = as_profile(profile).gate_ratio
+    return options
 
 
-def describe_transform(settings) -> TransformRecord | None:
-    """The record of ``settings``' transform without applying it (None without one): the
-    source file's sha256 is read now, so a stamp can compare it before any work."""
+def describe_transform(settings, profile: ModelProfile | str) -> TransformRecord | None:
+    """The record of ``settings``' transform for ``profile``'s model without applying it
+    (None without one): the source file's sha256 is read now, so a stamp can compare it
+    before any work."""
     if settings.quantize is not None:
         return TransformRecord(
             spec=f"quantize {settings.quantize}",
             name=settings.quantize,
             source="quantize (the project's package)",
             source_sha256=source_digest("quantize"),
-            options=quantize_options(settings),
+            options=quantize_options(settings, profile),
         )
     if settings.transform is None:
         return None
@@ -98,21 +117,22 @@ def describe_transform(settings) -> TransformRecord | None:
     )
 
 
-def load_transform(settings, record: TransformRecord) -> Callable:
-    """The function ``record`` (``describe_transform(settings)``) names, imported from the
-    bytes whose sha256 the record holds."""
+def load_transform(settings, record: TransformRecord, store: Path | None = None) -> Callable:
+    """The function ``record`` (``describe_transform(settings, profile)``) names, imported
+    from the bytes whose sha256 the record holds. ``store``: the folder where --quantize
+    caches its calibrations (None: none kept); not in the record, as it changes no number."""
     if settings.quantize is not None:
         from quantize import quantize_model
 
         options = dict(record.options)
-        function = functools.partial(
-            quantize_model,
-            scheme=options.pop("scheme"),
-            method=options.pop("calibration_method"),
-            quiet=settings.quiet,
+        choices = {
+            "scheme": options.pop("scheme"),
+            "method": options.pop("calibration_method"),
             **options,
-        )
-        return function
+            "store": store,
+            "quiet": settings.quiet,
+        }
+        return functools.partial(quantize_model, **_taken_by(quantize_model, choices))
     target, function_name = split_spec(settings.transform)
     module = _import_file(Path(record.source), record) if _is_file_target(target) else None
     if module is None:
@@ -123,6 +143,36 @@ def load_transform(settings, record: TransformRecord) -> Callable:
     if not callable(function):
         raise UserError(f"{function_name!r} in {record.source} is not a function")
     return function
+
+
+def _taken_by(function: Callable, choices: dict[str, Any]) -> dict[str, Any]:
+    """The ``choices`` ``function`` has parameters for. One it lacks is left out when it asks
+    for nothing (False, None) or is the calibration store (only a cache), so a quantize
+    package from before an option still runs; any other is one sentence."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return choices
+    taken = {}
+    for name, value in choices.items():
+        if name in parameters:
+            taken[name] = value
+        elif name != "store" and value is not None and value is not False:
+            raise UserError(
+                f"this quantize package's quantize_model has no {name} option: "
+                f"--{name.replace('_', '-')} needs a newer one"
+            )
+    return taken
+
+
+def quantization_section(record: TransformRecord | None) -> dict[str, Any] | None:
+    """results.json's ``quantization``, from what --quantize reported (``record.applied``):
+    the scheme, every layer's width, the mean weight bits, the rounding and the
+    mixed-precision plan, each where the report holds it (None: nothing reported)."""
+    applied = None if record is None else record.applied
+    if not applied:
+        return None
+    keys = ("scheme", "layer_bits", "weight_bits_mean", "rounding", "mixed_precision")
+    return {key: applied[key] for key in keys if key in applied}
 
 
 def _import_file(path: Path, record: TransformRecord):
@@ -214,5 +264,7 @@ def spec_digest(record: TransformRecord | None) -> str | None:
     """One digest of everything a transform's output depends on (spec, source, options)."""
     if record is None:
         return None
-    text = f"{record.spec}\0{record.source_sha256}\0{sorted(record.options.items())}"
+    # JSON with sorted keys: a --layer-bits map hashes the same whatever order it was given.
+    options = json.dumps(record.options, sort_keys=True, default=str)
+    text = f"{record.spec}\0{record.source_sha256}\0{options}"
     return hashlib.sha256(text.encode()).hexdigest()

@@ -237,7 +237,7 @@ def test_a_broken_transform_is_one_sentence_and_writes_nothing(
         (["--transform", "no.such.module_xyz:fn"], "cannot find the transform module"),
         (["--quantize", "int9"], "--quantize 'int9' is not a scheme"),
         (["--calibration-method", "mse"], "--calibration-method is for --quantize"),
-        (["--transform", "a.py:f", "--no-bias-correction"], "are for --quantize"),
+        (["--transform", "a.py:f", "--no-bias-correction"], "is for --quantize; your transform"),
         (["--quantize", "int8", "--backend", "tf"], "--weights is for the torch backend"),
         (["--reference", "some/run"], "--reference names the fp32 run a modified model"),
     ],

@@ -200,8 +200,10 @@ def test_stage_list_is_validated(capsys):
         ["--device", "cuda:1", "--engine", "fast", "--precision", "bf16", "--limit", "5"],
         ["--batch-size", "7", "--loadgen", "--loadgen-mode", "performance", "--wait"],
         ["--scenario", "SingleStream", "--loadgen", "--quiet"],
+        ["--quantize", "w4a8", "--layer-bits", "first=w8a8,last=w8a8", "--rounding", "gptq",
+         "--mixed-precision", "--bit-budget", "5"],
     ],
-)
+)  # fmt: skip
 def test_both_entry_points_build_the_same_evaluation_settings(options):
     from eval.__main__ import build_parser as eval_parser
     from eval.options import EvalSettings
@@ -308,8 +310,16 @@ def test_stages_help_says_what_the_option_does():
         (["--engine", "fsat"], "error: unknown engine 'fsat': expected one of auto, eager, fast"),
         (["--precision", "bf16"], "error: --precision bf16 runs on CUDA only; on the cpu use fp32"),
         (["--device", "gpu"], "error: unknown device 'gpu': use cpu, cuda or cuda:N"),
+        (["--layer-bits", "last=w8a8"], "error: --layer-bits is for --quantize"),
+        (["--quantize", "int8", "--layer-bits", "last=w8a8"],
+         "error: --layer-bits needs a simulated --quantize wXaY"),
+        (["--quantize", "int8", "--mixed-precision"], "error: --mixed-precision raises layers"),
+        (["--quantize", "w4a8", "--mixed-precision", "--bit-budget", "3"],
+         "error: --bit-budget 3 is below w4a8's 4 weight bits: no plan can be that small"),
+        (["--quantize", "w4a8", "--mixed-precision", "--bit-budget", "x"],
+         "error: --bit-budget 'x' is not a number"),
     ],
-)
+)  # fmt: skip
 def test_bad_evaluation_options_are_refused_before_any_stage(
     tmp_path, val_dir, capsys, options, message
 ):
@@ -335,3 +345,39 @@ def test_tensorflow_reference_runs_on_the_cpu_with_the_cpus_batch(tmp_path, aske
     tf_run = backend_settings(settings, "tf", state, batch_size_given=asked is not None)
     assert (torch_run.device, torch_run.batch_size) == ("cuda", asked or 256)
     assert (tf_run.device, tf_run.batch_size) == ("cpu", tf_batch)
+
+
+def test_quantize_choices_reach_the_method_run_and_redo_only_its_evaluation(tmp_path):
+    """Each choice is in the method run's settings and in its stamp's inputs; the fp32
+    reference run beside it is the same whatever they are."""
+    from core.profiles import get_profile
+    from pipeline.plan import evaluation_runs
+    from pipeline.run import build_parser
+    from pipeline.stage_inputs import evaluate_inputs
+    from pipeline.state import RunState
+
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"weights")
+    state = RunState(profile=get_profile("mobilenet_v1"), model_dir=tmp_path, weights=weights)
+
+    def planned(*choices: str) -> dict:
+        argv = ["--model", "mobilenet_v1", "--quantize", "w4a8", *choices]
+        opts = RunOptions.from_options(build_parser().parse_args(argv))
+        runs = dict(evaluation_runs(opts, state))
+        return {key: (run, evaluate_inputs(run, state)) for key, run in runs.items()}
+
+    default = planned()
+    choices = (["--layer-bits", "first=w8a8"], ["--rounding", "nearest"], ["--mixed-precision"],
+               ["--mixed-precision", "--bit-budget", "5"], ["--device", "cuda"])  # fmt: skip
+    seen = {default["method"][1]["transform"]}
+    for choice in choices:
+        runs = planned(*choice)
+        method, inputs = runs["method"]
+        seen.add(inputs["transform"])
+        if choice[0] != "--device":
+            assert runs["torch"][1] == default["torch"][1]  # fp32 is not redone
+            assert method.folder_name != default["method"][0].folder_name
+    assert len(seen) == 1 + len(choices)
+    method, inputs = planned("--mixed-precision", "--layer-bits", "last=w8a8")["method"]
+    assert (method.mixed_precision, method.layer_bits) == (True, "last=w8a8")
+    assert method.folder_name == "torch-w4a8-lbd040bc64-mp"
