@@ -58,8 +58,9 @@ def quantize_model(
     """A quantized copy of ``model`` (left untouched), with ``quantization_record``.
 
     ``layer_bits``: a ``--layer-bits`` SPEC (text or its parsed map) over a simulated
-    scheme. ``rounding``: "auto" (GPTQ for weights of LEARNED_BITS or fewer), "gptq" or
-    "nearest". ``device``: where learned rounding computes (the result is on the CPU)."""
+    scheme. ``rounding``: "auto" (GPTQ where a layer's weights or the activation it reads
+    have LEARNED_BITS or fewer), "gptq" or "nearest". ``device``: where learned rounding
+    computes (the result is on the CPU)."""
     architecture_of(model)  # a UserError for any other module, before any work
     parsed = parse_scheme(scheme)
     spec = layer_spec(layer_bits, parsed)
@@ -140,10 +141,11 @@ def _apply_techniques(net, batches: list[torch.Tensor], widths: Widths, choices:
     findings["weight_clipping"] = _quantize_weights(net, widths)
     if findings["weight_clipping"]:
         techniques.append("per-channel MSE weight clipping")
-    learned = learned_layers(choices.rounding, widths.weight_bits())
+    learned = learned_layers(choices.rounding, widths.layers)
     if learned:
         findings["learned_rounding"] = {
-            "method": "GPTQ (second-order error feedback, act order)",
+            "method": "GPTQ (second-order error feedback, act order) on weights refitted "
+            "to the fp32 output",
             "layers": learned,
             **gptq_round(net, batches, learned, choices.quiet, choices.device),
         }

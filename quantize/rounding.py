@@ -3,13 +3,16 @@
 Rounding every weight to its nearest code treats the errors as independent, but a layer's
 output sums them. GPTQ quantizes one input column at a time and spreads each column's
 rounding error over the columns not yet quantized, weighted by the inverse Hessian of the
-layer's squared output error, ``H = X Xᵀ`` over the calibration inputs ``X``. The scales stay
-the ones chosen before (per output channel); only which code each weight takes changes.
+layer's squared output error, ``H = X Xᵀ`` over the calibration inputs ``X``.
 
 Layers are taken in forward order, each one's inputs read from the network with every
-earlier layer already quantized (weights and activations), so a layer also makes up for
-the error that reaches it. Columns go in descending Hessian diagonal ("act order").
-Depthwise convolutions are one small problem per channel, solved as a batch.
+earlier layer already quantized (weights and activations). The target is the fp32
+network's output of the layer, not the quantized input times the fp32 weights: where the
+layer sees enough samples, its weights are first refitted by least squares to map the
+quantized input onto the fp32 output (which lets 8-bit weights absorb most of a 4-bit
+activation's error), their per-channel scales widened to span the refit, and only then
+rounded. Columns go in descending Hessian diagonal ("act order"). Depthwise convolutions
+are one small problem per channel, solved as a batch.
 """
 
 from __future__ import annotations
@@ -25,23 +28,25 @@ from .simulated import QuantLayer, SimConv, SimNet, set_quantized
 
 log = logging.getLogger(__name__)
 
-ROUNDINGS = ("auto", "nearest", "gptq")  # auto: GPTQ for layers at LEARNED_BITS or fewer
+ROUNDINGS = ("auto", "nearest", "gptq")  # auto: GPTQ where a layer has LEARNED_BITS or fewer
 LEARNED_BITS = 6
 DAMPING = 0.01  # of the mean Hessian diagonal, added to the diagonal
 BLOCK = 128  # columns updated lazily together
+REFIT_SAMPLES = 16  # samples per weight of a row needed before the weights are refitted
 
 
 class _Captured(Exception):
     """Raised by the capture hook: the rest of the forward pass is not needed."""
 
 
-def learned_layers(rounding: str, weight_bits: dict[str, int]) -> list[str]:
-    """The layers whose weights ``rounding`` rounds by GPTQ."""
+def learned_layers(rounding: str, layer_bits: dict[str, tuple[int, int]]) -> list[str]:
+    """The layers whose weights ``rounding`` rounds by GPTQ: under "auto", those with
+    weights or the activation they read at LEARNED_BITS or fewer."""
     if rounding == "nearest":
         return []
     if rounding == "gptq":
-        return list(weight_bits)
-    return [name for name, bits in weight_bits.items() if bits <= LEARNED_BITS]
+        return list(layer_bits)
+    return [name for name, bits in layer_bits.items() if min(bits) <= LEARNED_BITS]
 
 
 def gptq_round(
@@ -52,11 +57,16 @@ def gptq_round(
     device: str = "cpu",
 ) -> dict:
     """GPTQ for ``layers`` (forward order) of a calibrated ``net`` whose weights already
-    hold their scales; the record: per layer, the output error it saves."""
+    hold their scales; the record: per layer, the output error it saves.
+
+    Each layer's target is its fp32 output: with its input quantized as the network
+    quantizes it (``X_q``) and the fp32 network's input (``X``), the weights are first
+    refitted to ``W' = W X X_qᵀ (X_q X_qᵀ)⁻¹`` (least squares), so they also absorb the
+    error of the activations they read, then rounded by GPTQ on ``X_q X_qᵀ``."""
     wanted = set(layers)
     net.to(device)
-    set_quantized(net, True)
-    states = [piece.to(device) for piece in chunks(batches)]
+    quantized = [piece.to(device) for piece in chunks(batches)]
+    reference = [piece.clone() for piece in quantized]
     saved = {}
     with (
         torch.inference_mode(),
@@ -65,12 +75,19 @@ def gptq_round(
         for stage_name, stage in net.stages():
             for name, layer in _layers_in(stage, stage_name):
                 if name in wanted:
-                    hessian = _hessian(stage, layer, states)
-                    saved[name] = _round_layer(layer, hessian)
+                    statistics = _statistics(stage, layer, quantized, reference)
+                    saved[name] = _round_layer(layer, *statistics)
                     bar.update(1)
-            states = [stage(x) for x in states]
+            quantized = _run(stage, quantized, True)
+            reference = _run(stage, reference, False)
+    set_quantized(net, True)
     net.to("cpu")
     return {"images": sum(len(b) for b in batches), "output_error_ratio": saved}
+
+
+def _run(stage: torch.nn.Module, states: list[torch.Tensor], quantized: bool):
+    set_quantized(stage, quantized)
+    return [stage(x) for x in states]
 
 
 def _layers_in(stage: torch.nn.Module, stage_name: str) -> list[tuple[str, QuantLayer]]:
@@ -79,27 +96,37 @@ def _layers_in(stage: torch.nn.Module, stage_name: str) -> list[tuple[str, Quant
     return [(name, module) for name, module in found if isinstance(module, QuantLayer)]
 
 
-def _hessian(stage: torch.nn.Module, layer: QuantLayer, states: list[torch.Tensor]):
-    """``X Xᵀ`` per group [G, K, K] (float64) of ``layer``'s inputs within ``stage``."""
-    total = None
+def _statistics(stage, layer: QuantLayer, quantized: list, reference: list):
+    """``(X_q X_qᵀ, X X_qᵀ, X Xᵀ)`` per group [G, K, K] (float64) of ``layer``'s inputs
+    within ``stage``: ``X_q`` quantized as the network runs, ``X`` in fp32."""
+    sums, samples = None, 0
+    for q_state, fp_state in zip(quantized, reference, strict=True):
+        q_columns = _capture(stage, layer, q_state, True).transpose(1, 2)
+        fp_columns = _capture(stage, layer, fp_state, False)
+        parts = (q_columns.transpose(1, 2) @ q_columns, fp_columns @ q_columns)
+        parts += (fp_columns @ fp_columns.transpose(1, 2),)
+        sums = parts if sums is None else tuple(a + b for a, b in zip(sums, parts, strict=True))
+        samples += q_columns.shape[1]
+    return (*sums, samples)
+
+
+def _capture(stage, layer: QuantLayer, x: torch.Tensor, quantized: bool) -> torch.Tensor:
+    """``layer``'s input columns [G, K, M] when ``stage`` runs ``x``."""
+    found = []
 
     def capture(_module, inputs):
-        nonlocal total
-        columns = _columns(layer, inputs[0])  # [G, K, M]
-        part = columns @ columns.transpose(1, 2)
-        total = part if total is None else total + part
+        found.append(_columns(layer, inputs[0]))
         raise _Captured
 
+    set_quantized(stage, quantized)
     handle = layer.register_forward_pre_hook(capture)
     try:
-        for x in states:
-            try:
-                stage(x)
-            except _Captured:
-                pass
+        stage(x)
+    except _Captured:
+        pass
     finally:
         handle.remove()
-    return total
+    return found[0]
 
 
 def _columns(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
@@ -119,26 +146,54 @@ def _columns(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     return grouped.reshape(groups, k // groups, n * length)
 
 
-def _round_layer(layer: QuantLayer, hessian: torch.Tensor) -> float:
-    """Replace ``layer.weight_q`` by GPTQ's codes; the output error it keeps, relative to
-    nearest rounding's (below 1: better), measured on the Hessian."""
+def _round_layer(layer: QuantLayer, hessian, cross, fp_hessian, samples: int) -> float:
+    """Replace ``layer.weight_q`` (and its scales) by GPTQ's codes for the refitted
+    weights; the output error against fp32 it keeps, relative to nearest rounding's of
+    the fp32 weights (below 1: better), both measured on the calibration inputs."""
     groups = hessian.shape[0]
     weight = layer.weight.double().to(hessian.device)
     shape = weight.shape
     rows = weight.reshape(groups, shape[0] // groups, -1)  # [G, R, K]
-    scale = layer.weight_scale.double().to(hessian.device).reshape(groups, -1)
     qmax = 2 ** (layer.weight_bits - 1) - 1
-    learned = gptq(rows, hessian, scale, qmax)
+    scale = layer.weight_scale.double().to(hessian.device).reshape(groups, -1)
     nearest = torch.round(rows / scale[..., None]).clamp(-qmax, qmax) * scale[..., None]
-    nearest_error = max(_output_error(rows - nearest, hessian), 1e-300)
-    ratio = _output_error(rows - learned, hessian) / nearest_error
+    # Refitting K weights per row needs well over K samples, or it fits the calibration
+    # images' noise (the classifier sees one sample per image).
+    refit = samples >= REFIT_SAMPLES * rows.shape[-1]
+    target = _refit(rows, hessian, cross) if refit else rows
+    scale = _rescale(target, scale, rows)
+    learned = gptq(target, hessian, scale, qmax)
+    errors = [_fp32_error(rows, q, hessian, cross, fp_hessian) for q in (learned, nearest)]
+    ratio = errors[0] / max(errors[1], 1e-300)
+    layer.weight_scale = scale.reshape(-1).float().to(layer.weight.device)
     layer.weight_q = learned.reshape(shape).float().to(layer.weight.device)
     return round(ratio, 4)
 
 
-def _output_error(delta: torch.Tensor, hessian: torch.Tensor) -> float:
-    """Σ over rows of δ H δᵀ: the squared output error of a weight change ``delta``."""
-    return float(torch.einsum("grk,gkl,grl->", delta, hessian, delta))
+def _refit(rows: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """``W X X_qᵀ (X_q X_qᵀ + λI)⁻¹``: the weights whose output on the quantized inputs is
+    closest to the fp32 output (λ: DAMPING of the mean diagonal)."""
+    damped = hessian.clone()
+    mean = torch.diagonal(hessian, dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+    damped.diagonal(dim1=1, dim2=2).add_(DAMPING * mean[:, None])
+    # rows C H⁻¹ = (H⁻¹ Cᵀ rowsᵀ)ᵀ, H symmetric
+    solved = torch.linalg.solve(damped, cross.transpose(1, 2) @ rows.transpose(1, 2))
+    return solved.transpose(1, 2)
+
+
+def _rescale(target: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Each row's scale grown by as much as refitting grew its largest weight, so the
+    grid still spans it (the clip chosen for the fp32 weights, kept relative)."""
+    grown = target.abs().amax(-1) / rows.abs().amax(-1).clamp_min(1e-12)
+    return scale * grown.clamp_min(1.0)
+
+
+def _fp32_error(rows, candidate, hessian, cross, fp_hessian) -> float:
+    """Σ over rows of ‖W X − Q X_q‖² = tr(W X Xᵀ Wᵀ) − 2 tr(W C Qᵀ) + tr(Q H Qᵀ), with
+    ``cross`` C = X X_qᵀ and ``hessian`` H = X_q X_qᵀ."""
+    reference = torch.einsum("grk,gkl,grl->", rows, fp_hessian, rows)
+    fit = torch.einsum("grk,gkl,grl->", candidate, hessian, candidate)
+    return float(reference + fit - 2 * torch.einsum("grk,gkl,grl->", rows, cross, candidate))
 
 
 def gptq(rows: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, qmax: int):
