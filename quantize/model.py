@@ -19,6 +19,7 @@ from .equalize import equalize as equalize_layers
 from .layer_bits import bits_names, parse_layer_bits
 from .rounding import ROUNDINGS, gptq_round, learned_layers
 from .scheme import DEFAULT_METHOD, QuantScheme, check_method, parse_scheme
+from .sensitivity import LayerCost, layer_costs
 from .simulated import set_quantized
 from .wiring import Widths, plan_widths
 
@@ -91,6 +92,33 @@ def calibrated_net(model: nn.Module, batches, parsed: QuantScheme, spec, choices
     widths = plan_widths(net, parsed, spec)
     techniques, findings = _apply_techniques(net, batches, widths, choices)
     return net, widths, techniques, findings
+
+
+def layer_sensitivity(
+    model: nn.Module,
+    calibration: Iterable[torch.Tensor],
+    scheme: str,
+    *,
+    method: str = DEFAULT_METHOD,
+    equalize: bool = False,
+    bias_correction: bool = True,
+    rounding: str = "auto",
+    layer_bits: str | dict[str, str] | None = None,
+    device: str = "cpu",
+    quiet: bool = False,
+) -> tuple[list[LayerCost], dict]:
+    """Each layer of ``model`` quantized alone at its width under ``scheme`` (the recipe
+    of ``quantize_model``, the rest fp32), measured on the calibration images only: the
+    costs in forward order and the record of the calibration they come from."""
+    architecture_of(model)
+    parsed = parse_scheme(scheme)
+    spec = layer_spec(layer_bits, parsed)
+    choices = Choices(method, equalize, bias_correction, check_rounding(rounding), device, quiet)
+    started = time.perf_counter()
+    batches = collect_batches(calibration)
+    net, widths, techniques, findings = calibrated_net(model, batches, parsed, spec, choices)
+    record = _quantization_record(parsed, widths, choices, batches, techniques, findings, started)
+    return layer_costs(net, batches, widths.layers, quiet), record
 
 
 @dataclass(frozen=True)
