@@ -5,11 +5,16 @@ Public API (``scheme`` is torch-free; ``quantize_model`` imports torch when firs
     SCHEMES, CALIBRATION_METHODS, DEFAULT_METHOD
     parse_scheme(text) -> QuantScheme
     quantize_model(model, calibration, scheme="int8", *, method=DEFAULT_METHOD,
-                   equalize=False, bias_correction=True, quiet=False) -> nn.Module
+                   equalize=False, bias_correction=True, rounding="auto", layer_bits=None,
+                   mixed_precision=False, bit_budget=None, target_agreement=0.98,
+                   device="cpu", store=None, quiet=False) -> nn.Module
+    quantize.model.layer_sensitivity(model, calibration, scheme, ...) -> (costs, record)
 
 Steps: batch norm folded into the convolutions; cross-layer equalization; activation
 ranges per tensor from histograms of the calibration batches; weights symmetric per output
-channel; empirical bias correction. One set of scales feeds both back ends: "int8" runs
+channel (below 8 bits each channel's clip searched); learned rounding (GPTQ) where a layer
+has 6 bits or fewer; empirical bias correction. Per-layer widths come from
+``--layer-bits`` or a mixed-precision plan (``mixed.py``); ``store`` keeps calibrations. One set of scales feeds both back ends: "int8" runs
 oneDNN's int8 kernels on the CPU; "w<b>a<b>" fake-quantizes in float32 on any device.
 """
 

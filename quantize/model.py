@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,10 +19,12 @@ from .architectures import architecture_of, build_simulated
 from .calibrate import BIAS_CORRECTION_IMAGES, assign_ranges, correct_biases, observe_ranges
 from .equalize import equalize as equalize_layers
 from .layer_bits import bits_names, parse_layer_bits
+from .mixed import Goal, plan_mixed_precision
 from .rounding import ROUNDINGS, gptq_round, learned_layers
 from .scheme import DEFAULT_METHOD, QuantScheme, check_method, parse_scheme
 from .sensitivity import LayerCost, layer_costs
 from .simulated import set_quantized
+from .store import calibration_key, load_calibration, save_calibration, store_path
 from .wiring import Widths, plan_widths
 
 log = logging.getLogger(__name__)
@@ -53,26 +57,32 @@ def quantize_model(
     bias_correction: bool = True,
     rounding: str = "auto",
     layer_bits: str | dict[str, str] | None = None,
+    mixed_precision: bool = False,
+    bit_budget: float | None = None,
+    target_agreement: float = 0.98,
     device: str = "cpu",
+    store: str | Path | None = None,
     quiet: bool = False,
 ) -> nn.Module:
     """A quantized copy of ``model`` (left untouched), with ``quantization_record``.
 
     ``layer_bits``: a ``--layer-bits`` SPEC (text or its parsed map) over a simulated
     scheme. ``rounding``: "auto" (GPTQ where a layer's weights or the activation it reads
-    have LEARNED_BITS or fewer), "gptq" or "nearest". ``device``: where learned rounding
-    computes (the result is on the CPU)."""
+    have LEARNED_BITS or fewer), "gptq" or "nearest". ``mixed_precision``: raise layers to
+    8 bits until ``target_agreement`` with fp32 on the calibration images, or (with
+    ``bit_budget``) the best agreement at that mean weight width (``quantize.mixed``).
+    ``device``: where learned rounding computes (the result is on the CPU). ``store``: a
+    folder keeping calibrations, reused when nothing they depend on changed."""
     architecture_of(model)  # a UserError for any other module, before any work
     parsed = parse_scheme(scheme)
     spec = layer_spec(layer_bits, parsed)
     choices = Choices(method, equalize, bias_correction, check_rounding(rounding), device, quiet)
+    goal = mixed_goal(parsed, mixed_precision, bit_budget, target_agreement)
     started = time.perf_counter()
     batches = collect_batches(calibration)
-    net, widths, techniques, findings = calibrated_net(model, batches, parsed, spec, choices)
+    net, record = _calibrated(model, batches, Recipe(parsed, spec, choices, goal), store, started)
     quantized = _back_end(net, parsed)
-    quantized.quantization_record = _quantization_record(
-        parsed, widths, choices, batches, techniques, findings, started
-    )
+    quantized.quantization_record = record
     log.info(
         "quantized %s to %s in %.1f s",
         type(model).__name__,
@@ -80,6 +90,76 @@ def quantize_model(
         time.perf_counter() - started,
     )
     return quantized.eval()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a calibration is made with, beside the model and the images."""
+
+    scheme: QuantScheme
+    spec: dict[str, str] | None
+    choices: Choices
+    goal: Goal | None
+
+    def key_options(self) -> dict:
+        """What the calibration store keys on (not ``quiet``: it changes no number)."""
+        choices = {k: v for k, v in dataclasses.asdict(self.choices).items() if k != "quiet"}
+        goal = None if self.goal is None else dataclasses.asdict(self.goal)
+        return {"scheme": self.scheme.name, "layer_bits": self.spec, **choices, "goal": goal}
+
+
+def mixed_goal(parsed: QuantScheme, mixed: bool, budget, target: float) -> Goal | None:
+    """The mixed-precision goal (None without ``mixed``); one sentence for a scheme with
+    nothing to raise, a budget without a plan or outside the scheme's widths."""
+    if not mixed:
+        if budget is not None:
+            raise UserError("--bit-budget is the size of a --mixed-precision plan: give both")
+        return None
+    if not parsed.simulated or min(parsed.weight_bits, parsed.activation_bits) >= 8:
+        raise UserError(
+            f"--mixed-precision raises low-bit layers to 8 bits, and {parsed.name} runs every "
+            "layer at 8 bits or more already: give a scheme such as w4a8"
+        )
+    if budget is not None and not parsed.weight_bits <= budget <= 8:
+        raise UserError(
+            f"--bit-budget {budget:g} is outside {parsed.name}'s {parsed.weight_bits} to 8 "
+            "mean weight bits"
+        )
+    return Goal(float(target), None if budget is None else float(budget))
+
+
+def _calibrated(model, batches, recipe: Recipe, store, started: float):
+    """The calibrated SimNet and its record: from ``store`` when it holds this very
+    calibration, else calibrated now (and kept there)."""
+    path = key = None
+    if store is not None:
+        key = calibration_key(model, batches, recipe.key_options())
+        path = store_path(store, key)
+        net = build_simulated(copy.deepcopy(model).to("cpu").eval()).eval()
+        record = load_calibration(path, key, net)
+        if record is not None:
+            log.info("reusing the calibration in %s", path)
+            return net, {**record, "calibration_file": str(path), "reused": True}
+    choices = recipe.choices
+
+    def calibrate(spec):
+        return calibrated_net(model, batches, recipe.scheme, spec, choices)
+
+    if recipe.goal is None:
+        net, widths, techniques, findings = calibrate(recipe.spec)
+    else:
+        calibrated, plan = plan_mixed_precision(
+            calibrate, batches, recipe.spec, recipe.goal, choices.quiet
+        )
+        net, widths, techniques, findings = calibrated
+        findings = {**findings, "mixed_precision": plan}
+    record = _quantization_record(
+        recipe.scheme, widths, choices, batches, techniques, findings, started
+    )
+    if path is not None:
+        save_calibration(path, key, net, record)
+        record = {**record, "calibration_file": str(path), "reused": False}
+    return net, record
 
 
 def calibrated_net(model: nn.Module, batches, parsed: QuantScheme, spec, choices: Choices):

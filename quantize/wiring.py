@@ -76,6 +76,7 @@ class Widths:
     layers: dict[str, Bits]
     quantizers: dict[str, int]
     parameters: dict[str, int]
+    scheme: QuantScheme | None = None  # the scheme the widths were planned under
 
     @property
     def weight_bits_mean(self) -> float:
@@ -104,4 +105,4 @@ def plan_widths(net: SimNet, scheme: QuantScheme, spec: dict[str, str] | None) -
     if order[0] not in explicit_layers(spec, order):
         quantizers["input_quant"] = max(8, scheme.activation_bits)
     parameters = {name: modules[name].weight.numel() for name in order}
-    return Widths(layers, quantizers, parameters)
+    return Widths(layers, quantizers, parameters, scheme)

@@ -18,7 +18,6 @@ import functools
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import json
 import logging
 import sys
@@ -132,7 +131,7 @@ def load_transform(settings, record: TransformRecord, store: Path | None = None)
             "store": store,
             "quiet": settings.quiet,
         }
-        return functools.partial(quantize_model, **_taken_by(quantize_model, choices))
+        return functools.partial(quantize_model, **choices)
     target, function_name = split_spec(settings.transform)
     module = _import_file(Path(record.source), record) if _is_file_target(target) else None
     if module is None:
@@ -143,25 +142,6 @@ def load_transform(settings, record: TransformRecord, store: Path | None = None)
     if not callable(function):
         raise UserError(f"{function_name!r} in {record.source} is not a function")
     return function
-
-
-def _taken_by(function: Callable, choices: dict[str, Any]) -> dict[str, Any]:
-    """The ``choices`` ``function`` has parameters for. One it lacks is left out when it asks
-    for nothing (False, None) or is the calibration store (only a cache), so a quantize
-    package from before an option still runs; any other is one sentence."""
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return choices
-    taken = {}
-    for name, value in choices.items():
-        if name in parameters:
-            taken[name] = value
-        elif name != "store" and value is not None and value is not False:
-            raise UserError(
-                f"this quantize package's quantize_model has no {name} option: "
-                f"--{name.replace('_', '-')} needs a newer one"
-            )
-    return taken
 
 
 def quantization_section(record: TransformRecord | None) -> dict[str, Any] | None:

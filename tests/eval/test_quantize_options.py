@@ -27,7 +27,6 @@ from eval.method.options import ROUNDINGS, layer_bits_digest, unmodified
 from eval.method.transform import (
     TransformRecord,
     describe_transform,
-    load_transform,
     quantization_section,
     spec_digest,
 )
@@ -264,25 +263,6 @@ def test_the_choices_reach_quantize_model_with_the_store(
     options = results["transform"]["options"]
     assert options["layer_bits"] == {"last": "w8a8"} and options["target_agreement"] == 0.99
     assert "store" not in options  # a cache: it changes no number
-
-
-def test_an_older_quantize_model_still_runs_what_it_can(monkeypatch, tmp_path):
-    """Without the store it calibrates every time; a choice it cannot make is one sentence."""
-    import quantize.model
-
-    def older(model, calibration, scheme="int8", *, method="percentile", equalize=False,
-              bias_correction=True, rounding="auto", layer_bits=None, device="cpu",
-              quiet=False):  # fmt: skip
-        return model
-
-    monkeypatch.setattr(quantize.model, "quantize_model", older)
-    settings = EvalSettings(quantize="w4a8", quiet=True)
-    record = describe_transform(settings, "resnet50")
-    function = load_transform(settings, record, tmp_path / "calibrations")
-    assert "store" not in function.keywords and "mixed_precision" not in function.keywords
-    planned = replace(settings, mixed_precision=True)
-    with pytest.raises(UserError, match="has no mixed_precision option: --mixed-precision"):
-        load_transform(planned, describe_transform(planned, "resnet50"))
 
 
 def test_fp32_and_transform_runs_have_no_quantization_section(
