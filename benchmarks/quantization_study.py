@@ -32,7 +32,7 @@ from benchmarks.onnx_int8 import ORT_METHODS, cpu_session, quantize_onnx
 from core.cli import configure_logging, positive_int, renamed_options, run_cli
 from core.errors import first_line
 from core.files import write_text_atomic
-from core.profiles import MODEL_NAMES
+from core.profiles import MODEL_NAMES, get_profile
 
 log = logging.getLogger("quantization_study")
 
@@ -86,30 +86,66 @@ def agreement(logits: np.ndarray, reference: np.ndarray) -> dict:
     return {"kept": kept, "logit_sqnr_db": round(float(sqnr), 2)}
 
 
-def ours(model, calibration, held_out, expected, scheme: str, methods) -> list[dict]:
-    """Every calibration method with each set of techniques."""
-    from quantize import CALIBRATION_METHODS, quantize_model
+# --recipes: the low-bit recipe, and each technique taken out of it or added to it
+RECIPES = {
+    "default recipe": {},
+    "- learned rounding": {"rounding": "nearest"},
+    "- bias correction": {"bias_correction": False},
+    "+ cross-layer equalization": {"equalize": True},
+    "+ GPTQ at 8 bits too": {"rounding": "gptq"},
+    "first, last at w8a8": {"layer_bits": "first=w8a8,last=w8a8"},
+    "mixed precision, 5 bits": {"mixed_precision": True, "bit_budget": 5.0},
+    "mixed precision, gate": {"mixed_precision": True},
+}
+
+
+def settings_for(scheme: str, methods, recipes: bool, model_name: str) -> list[tuple]:
+    """``(techniques, method, quantize_model options)`` of every row for ``scheme``: each
+    calibration method with each TECHNIQUES pair, or (``recipes``) each RECIPES row that
+    applies to the scheme, with the default method."""
+    from quantize import CALIBRATION_METHODS, DEFAULT_METHOD, parse_scheme
+
+    if not recipes:
+        return [
+            (technique, method, {"equalize": equalize, "bias_correction": bias_correction})
+            for technique, (equalize, bias_correction) in TECHNIQUES.items()
+            for method in methods or CALIBRATION_METHODS
+        ]
+    parsed = parse_scheme(scheme)
+    low = parsed.simulated and min(parsed.weight_bits, parsed.activation_bits) < 8
+    target = get_profile(model_name).gate_ratio
+    rows = []
+    for name, options in RECIPES.items():
+        if ("layer_bits" in options and not parsed.simulated) or (
+            options.get("mixed_precision") and not low
+        ):
+            continue
+        if options.get("bit_budget", 8) < parsed.weight_bits:
+            continue
+        extra = {"target_agreement": target} if options.get("mixed_precision") else {}
+        rows.append((name, DEFAULT_METHOD, {**options, **extra}))
+    return rows
+
+
+def ours(model, calibration, held_out, expected, scheme: str, settings) -> list[dict]:
+    """One row per ``(techniques, method, options)`` of ``settings``."""
+    from quantize import quantize_model
 
     rows = []
-    for technique, (equalize, bias_correction) in TECHNIQUES.items():
-        for method in methods or CALIBRATION_METHODS:
-            start = time.perf_counter()
-            quantized = quantize_model(
-                model,
-                [calibration],
-                scheme,
-                method=method,
-                equalize=equalize,
-                bias_correction=bias_correction,
-                quiet=True,
-            )
-            seconds = time.perf_counter() - start
-            score = agreement(all_logits(quantized, held_out), expected)
-            rows.append(
-                {"tool": "mlperf-port", "scheme": scheme, "techniques": technique,
-                 "method": method, **score, "quantize_seconds": round(seconds, 1)}
-            )  # fmt: skip
-            log.info("%s %s %s: %s", scheme, technique, method, score)
+    for technique, method, options in settings:
+        start = time.perf_counter()
+        quantized = quantize_model(
+            model, [calibration], scheme, method=method, quiet=True, **options
+        )
+        seconds = time.perf_counter() - start
+        score = agreement(all_logits(quantized, held_out), expected)
+        bits = quantized.quantization_record.get("weight_bits_mean")
+        rows.append(
+            {"tool": "mlperf-port", "scheme": scheme, "techniques": technique,
+             "method": method, **score, "weight_bits_mean": bits,
+             "quantize_seconds": round(seconds, 1)}
+        )  # fmt: skip
+        log.info("%s %s %s: %s in %.0f s", scheme, technique, method, score, seconds)
     return rows
 
 
@@ -157,15 +193,20 @@ def table(rows: list[dict], images: int, seeds: list[int]) -> str:
         f"{images} held-out photo crops per seed, seeds {', '.join(map(str, seeds))}: share "
         "keeping fp32's top-1 and logits' SQNR against fp32, mean over seeds (per seed)",
         "",
-        f"{'tool':<12} {'scheme':<30} {'techniques':<28} {'method':<11} {'kept':>7} {'SQNR':>8}",
+        f"{'tool':<12} {'scheme':<30} {'techniques':<28} {'method':<11} {'kept':>7} {'SQNR':>8}"
+        f" {'w bits':>6} {'time':>6}",
     ]
     for (tool, scheme, techniques, method), group in settings.items():
         kept = [row["kept"] for row in group]
         sqnr = [row["logit_sqnr_db"] for row in group]
         per_seed = " ".join(f"{100 * k:.1f}/{q:.1f}" for k, q in zip(kept, sqnr, strict=True))
+        bits = group[0].get("weight_bits_mean")
+        seconds = [row["quantize_seconds"] for row in group if "quantize_seconds" in row]
         lines.append(
             f"{tool:<12} {scheme:<30} {techniques:<28} {method:<11} "
-            f"{100 * np.mean(kept):5.1f} % {np.mean(sqnr):5.1f} dB  ({per_seed})"
+            f"{100 * np.mean(kept):5.1f} % {np.mean(sqnr):5.1f} dB "
+            f"{'' if bits is None else f'{bits:.2f}':>6} "
+            f"{f'{np.mean(seconds):.0f}s' if seconds else '':>6}  ({per_seed})"
         )
     return "\n".join(lines + errors)
 
@@ -180,6 +221,13 @@ def parse_args(argv):
     p.add_argument("--images", type=positive_int, default=240, help="held-out crops scored")
     p.add_argument("--schemes", nargs="+", default=["int8"], help="e.g. int8 w8a8 w4a8")
     p.add_argument("--methods", nargs="+", help="our calibration methods (default: all)")
+    p.add_argument(
+        "--recipes",
+        action="store_true",
+        help="each technique of the low-bit recipe taken out or added (RECIPES), with the "
+        "default calibration method, instead of every method with and without CLE and "
+        "bias correction",
+    )
     p.add_argument("--no-onnxruntime", action="store_true")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="stand-in and crop seeds")
     p.add_argument("--json", type=Path, help="write every row here")
@@ -203,7 +251,8 @@ def study(args, seed: int) -> tuple[list[dict], str]:
     expected = all_logits(model, held_out)
     rows = []
     for scheme in args.schemes:
-        rows += ours(model, calibration, held_out, expected, scheme, args.methods)
+        settings = settings_for(scheme, args.methods, args.recipes, args.model)
+        rows += ours(model, calibration, held_out, expected, scheme, settings)
     if not args.no_onnxruntime:
         with tempfile.TemporaryDirectory() as folder:
             rows += onnx_runtime(model, calibration, held_out, expected, Path(folder))
