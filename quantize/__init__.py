@@ -14,8 +14,9 @@ Steps: batch norm folded into the convolutions; cross-layer equalization; activa
 ranges per tensor from histograms of the calibration batches; weights symmetric per output
 channel (below 8 bits each channel's clip searched); learned rounding (GPTQ) where a layer
 has 6 bits or fewer; empirical bias correction. Per-layer widths come from
-``--layer-bits`` or a mixed-precision plan (``mixed.py``); ``store`` keeps calibrations. One set of scales feeds both back ends: "int8" runs
-oneDNN's int8 kernels on the CPU; "w<b>a<b>" fake-quantizes in float32 on any device.
+``--layer-bits`` or a mixed-precision plan (``mixed.py``); ``store`` keeps calibrations.
+One set of scales feeds both back ends: "int8" runs oneDNN's int8 kernels on the CPU;
+"w<b>a<b>" fake-quantizes in float32 on any device.
 """
 
 from quantize.scheme import (

