@@ -5,6 +5,7 @@
     torchrun --nproc-per-node N -m eval ...   (one shard of the cache per process)
     python -m eval compare FP32 METHOD [--labels VAL_MAP_OR_CACHE --model M] [--json] ...
     python -m eval layers --model M --weights W.pth (--transform SPEC | --quantize int8) ...
+    python -m eval layers --sensitivity --model M --weights W.pth --quantize wXaY ...
 
 Writes DIR/results.json, predictions.npy and top5.npy and prints a summary table; one run
 writes into DIR at a time (a second one refuses, or waits with --wait).
@@ -119,50 +120,113 @@ def build_layers_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m eval layers",
         description="Compare a modified model (--transform or --quantize) with the fp32 model "
-        "block by block on cached images: SQNR, cosine similarity, max |difference|.",
+        "block by block on cached images: SQNR, cosine similarity, max |difference|. With "
+        "--sensitivity: each layer's own cost under --quantize wXaY, on calibration images.",
     )
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--weights", required=True, help="the converted fp32 .pth")
     parser.add_argument("--cache-dir", required=True, help="preprocessed images to compare on")
     parser.add_argument("--calibration-cache", metavar="DIR", help="as for python -m eval")
-    parser.add_argument("--images", type=positive_int, default=DEFAULT_IMAGES)
-    parser.add_argument("--threshold-db", type=float, default=DEFAULT_THRESHOLD_DB)
-    parser.add_argument("--out", required=True, help=f"folder for {LAYERS_FILE}")
+    parser.add_argument(
+        "--images", type=positive_int, help=f"cached images compared (default {DEFAULT_IMAGES})"
+    )
+    parser.add_argument(
+        "--threshold-db",
+        type=float,
+        help=f"the SQNR a block should keep (default {DEFAULT_THRESHOLD_DB:g})",
+    )
+    parser.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="instead: each layer quantized alone at its --quantize wXaY width (its weights "
+        "and the activation it reads, the rest fp32), its logits SQNR and top-1 changes "
+        "measured on the calibration images only, never on evaluation images (MLPerf's rule: "
+        "give --calibration-cache; without it the first images of --cache-dir stand in, "
+        "flagged as not MLPerf's list); writes sensitivity.json (and sensitivity.png with "
+        "matplotlib)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help=f"folder for {LAYERS_FILE} (sensitivity.json with --sensitivity)",
+    )
     parser.add_argument("--quiet", action="store_true")
     add_method_options(parser)
     return parser
 
 
-def layers_main(argv: list[str] | None = None) -> int:
-    from eval.method.calibration import calibration_set
-    from eval.method.layers import layer_report_for, write_report
-    from preprocess import load_cache
+def layers_settings(args: argparse.Namespace) -> EvalSettings:
+    """The method options of ``python -m eval layers``, checked: one sentence before any
+    work."""
+    from eval.method.sensitivity import check_sensitivity_settings
 
-    args = build_layers_parser().parse_args(argv)
-    configure_logging(args.quiet)
     # The evaluation options this command has no flags for, at their defaults.
     defaults = {"loadgen": False, "loadgen_mode": "accuracy", "batch_size": None}
     settings = EvalSettings.from_options(argparse.Namespace(**{**defaults, **vars(args)}))
+    if args.sensitivity:
+        check_sensitivity_settings(settings)
+        given = [
+            option
+            for option, value in (("--images", args.images), ("--threshold-db", args.threshold_db))
+            if value is not None
+        ]
+        if given:
+            raise UserError(
+                f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for the block "
+                "comparison: --sensitivity measures on every calibration image"
+            )
     settings.check()
     if not settings.transformed:
         raise UserError(
             "python -m eval layers compares a modified model: give --transform or --quantize"
         )
+    return settings
+
+
+def layers_main(argv: list[str] | None = None) -> int:
+    from eval.method.calibration import calibration_set
+    from preprocess import load_cache
+
+    args = build_layers_parser().parse_args(argv)
+    configure_logging(args.quiet)
+    settings = layers_settings(args)
     profile = get_profile(args.model)
     if not Path(args.weights).is_file():
         raise UserError(f"weights file not found: {args.weights}")
     cache = load_cache(Path(args.cache_dir), profile)
-    calibration, _ = calibration_set(profile, cache, settings.calibration_cache)
+    calibration, calibration_record = calibration_set(profile, cache, settings.calibration_cache)
     out_dir = Path(args.out)
     check_output_dir(out_dir)
     with exclusive_lock(out_dir, "output dir"):
-        report = layer_report_for(
-            profile, args.weights, settings, cache, calibration, args.images,
-            args.threshold_db, args.quiet,
-        )  # fmt: skip
-        write_report(out_dir, report)
+        if args.sensitivity:
+            from eval.method.sensitivity import sensitivity_report_for, write_sensitivity
+
+            report = sensitivity_report_for(
+                profile, args.weights, settings, calibration, calibration_record, args.quiet
+            )
+            write_sensitivity(out_dir, report)
+        else:
+            report = _layer_report(args, profile, settings, cache, calibration, out_dir)
     print(report.table())
     return 0
+
+
+def _layer_report(args, profile, settings, cache, calibration, out_dir: Path):
+    """The block-by-block comparison with fp32, written as layers.json (and layers.png)."""
+    from eval.method.layers import (
+        DEFAULT_IMAGES,
+        DEFAULT_THRESHOLD_DB,
+        layer_report_for,
+        write_report,
+    )
+
+    images = DEFAULT_IMAGES if args.images is None else args.images
+    threshold = DEFAULT_THRESHOLD_DB if args.threshold_db is None else args.threshold_db
+    report = layer_report_for(
+        profile, args.weights, settings, cache, calibration, images, threshold, args.quiet
+    )
+    write_report(out_dir, report)
+    return report
 
 
 if __name__ == "__main__":
