@@ -142,11 +142,11 @@ def _calibrated(model, batches, recipe: Recipe, store, started: float):
             return net, {**record, "calibration_file": str(path), "reused": True}
     choices = recipe.choices
 
-    def calibrate(spec):
-        return calibrated_net(model, batches, recipe.scheme, spec, choices)
+    def calibrate(spec, images):
+        return calibrated_net(model, images, recipe.scheme, spec, choices)
 
     if recipe.goal is None:
-        net, widths, techniques, findings = calibrate(recipe.spec)
+        net, widths, techniques, findings = calibrate(recipe.spec, batches)
     else:
         calibrated, plan = plan_mixed_precision(
             calibrate, batches, recipe.spec, recipe.goal, choices.quiet
@@ -156,8 +156,7 @@ def _calibrated(model, batches, recipe: Recipe, store, started: float):
     record = _quantization_record(
         recipe.scheme, widths, choices, batches, techniques, findings, started
     )
-    if path is not None:
-        save_calibration(path, key, net, record)
+    if path is not None and save_calibration(path, key, net, record):
         record = {**record, "calibration_file": str(path), "reused": False}
     return net, record
 

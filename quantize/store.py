@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from core.errors import first_line
 from core.files import atomic_path
 from core.sources import source_digest
 
@@ -45,8 +46,9 @@ def store_path(store: str | Path, key: str) -> Path:
     return Path(store) / f"calibration-{key[:24]}.pt"
 
 
-def save_calibration(path: Path, key: str, net: SimNet, record: dict) -> None:
-    """``net`` (calibrated) and its record, under ``key``; atomically."""
+def save_calibration(path: Path, key: str, net: SimNet, record: dict) -> bool:
+    """``net`` (calibrated) and its record, under ``key``, atomically; False (with a
+    warning) when it could not be written: the store is only a cache."""
     content = {
         "key": key,
         "state": {name: value.clone() for name, value in net.state_dict().items()},
@@ -60,8 +62,11 @@ def save_calibration(path: Path, key: str, net: SimNet, record: dict) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save(content, tmp)
-    except OSError as err:  # a cache only: the calibration itself is done
-        log.warning("could not keep the calibration in %s (%s)", path, err.strerror or err)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        reason = getattr(err, "strerror", None) or first_line(err, 200)
+        log.warning("could not keep the calibration in %s (%s)", path, reason)
+        return False
+    return True
 
 
 def load_calibration(path: Path, key: str, net: SimNet) -> dict | None:
