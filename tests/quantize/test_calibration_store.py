@@ -18,24 +18,11 @@ import quantize.store as store_module
 from fixtures import photo_models as models
 from quantize import quantize_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CALIBRATION, HELD_OUT = 8, 8
 # 8-bit weights: no clip search, so each calibration takes about a second
 BASE = {"scheme": "w8a8", "rounding": "nearest", "bias_correction": False, "quiet": True}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here (restored after): on a busy machine, two threads each of two
-    processes spin for one another and make these runs several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mobilenet():
-    return models.mobilenet(seed=0, images=8)
 
 
 @pytest.fixture(scope="module")

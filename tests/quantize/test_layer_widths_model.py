@@ -16,23 +16,10 @@ from quantize.model import Choices, calibrated_net
 from quantize.onednn import Int8Net
 from quantize.scheme import parse_scheme
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CALIBRATION = 4
 SPEC = "first=w8a8,last=w8a8"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here (restored after): on a busy machine, two threads each of two
-    processes spin for one another and make these runs several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mobilenet():
-    return models.mobilenet(seed=0, images=8)
 
 
 @pytest.fixture(scope="module")

@@ -20,21 +20,13 @@ from quantize.model import mixed_goal
 from quantize.simulated import SimNet, set_quantized
 from quantize.wiring import input_quantizers
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Each plan calibrates the stand-in several times and runs it once per layer and per prefix
 # of the ranking: a test using a plan fixture is slow.
 
 CALIBRATION, HELD_OUT = 8, 8
 BUDGET = 5.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here (restored after): on a busy machine, two threads each of two
-    processes spin for one another and make these runs several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _memo(function, key):
@@ -71,11 +63,6 @@ def shared_plan_steps():
     patch.setattr(mixed, "layer_costs", _memo(mixed.layer_costs, _costs_key))
     yield
     patch.undo()
-
-
-@pytest.fixture(scope="module")
-def mobilenet():
-    return models.mobilenet(seed=0, images=8)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from fixtures import photo_models as models
 from quantize import quantize_model
 from quantize.rounding import BLOCK, DAMPING, LEARNED_BITS, gptq, learned_layers
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 QMAX = 7  # 4-bit weights
 
 
@@ -127,21 +129,6 @@ def test_learned_layers():
 
 
 # -- through quantize_model -----------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here (restored after): on a busy machine, two threads each of two
-    processes spin for one another and make these runs several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def mobilenet():
-    return models.mobilenet(seed=0, images=8)
-
-
 @pytest.fixture(scope="module")
 def calibration():
     return models.crops(4, 101, "mobilenet")
